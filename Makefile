@@ -1,0 +1,19 @@
+# The two commands from the README. Both set up their own virtualenv in .venv.
+VENV ?= .venv
+PYTHON ?= python3
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: serve test bench
+
+serve:
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing (the first install compiles llama-cpp-python: several minutes)"
+	@$(VENV)/bin/python -m pip install -q --upgrade pip
+	@$(VENV)/bin/python -m pip install -q -e .
+	$(VENV)/bin/llm-gateway serve
+
+test:
+	bash tests/run.sh
+
+bench:
+	bash bench/run.sh

@@ -1,0 +1,1 @@
+"""Backends: one module per engine or provider, all behind `backends.base.Backend`."""

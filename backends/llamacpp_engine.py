@@ -1,0 +1,281 @@
+"""A llama.cpp model instance on its own thread, fed by a bounded queue.
+
+`Llama` objects are not thread-safe and every call blocks, so each instance
+owns one worker thread. The event loop only enqueues jobs and awaits events
+that the worker posts back with `call_soon_threadsafe`. A job is cancelled by
+setting its flag; the worker checks it after every token, so an abandoned
+stream frees the model within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from backends.text_stream import StopTextStream
+
+log = logging.getLogger("llm_gateway.llamacpp")
+
+# Events posted from the worker to the request's asyncio queue.
+TEXT = "text"  # (TEXT, choice, text)
+DONE = "done"  # (DONE, choice, finish_reason, completion_tokens)
+END = "end"  # (END,)
+ERROR = "error"  # (ERROR, exception)
+
+
+@dataclass(slots=True)
+class Sampling:
+    """Explicit sampling values: llama.cpp's own defaults differ from OpenAI's."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(slots=True)
+class Job:
+    prompt_tokens: list[int]
+    max_tokens: int
+    sampling: Sampling
+    stop: list[str]
+    n: int = 1
+    grammar: Any = None  # llama_cpp.LlamaGrammar
+    ignore_eos: bool = False
+    post: Callable[[tuple], None] = lambda ev: None
+    events: Any = None  # the request's asyncio.Queue, owned by the event loop
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class EngineSettings:
+    model_path: str
+    n_ctx: int = 8192
+    n_threads: int | None = None
+    n_batch: int = 512
+    flash_attn: bool = False
+    max_queue: int = 16
+    warmup: bool = True
+    reuse_prompt_prefix: bool = False
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class LlamaEngine:
+    """One `Llama` instance, one thread, one bounded queue."""
+
+    def __init__(self, settings: EngineSettings, name: str = "llamacpp") -> None:
+        self.settings = settings
+        self.name = name
+        self.llm: Any = None
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=settings.max_queue)
+        self._thread: threading.Thread | None = None
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
+        self._current: Job | None = None
+        self._avg_job_s = 2.0
+        self.busy = False
+        self.completed = 0
+        self.cancelled = 0
+        self.tokens_generated = 0
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"llama-{self.name}", daemon=True)
+        self._thread.start()
+
+    async def wait_loaded(self) -> None:
+        await asyncio.to_thread(self._loaded.wait)
+        if self._load_error is not None:
+            raise self._load_error
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded.is_set() and self._load_error is None
+
+    @property
+    def load_error(self) -> BaseException | None:
+        return self._load_error
+
+    def stop(self, timeout: float = 5.0) -> None:
+        job = self._current
+        if job is not None:
+            job.cancelled.set()
+        while True:  # drop queued work so the sentinel gets in
+            try:
+                pending = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if pending is not None:
+                pending.cancelled.set()
+                pending.post((END,))
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- submission ------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Enqueue or raise `queue.Full`; never blocks the event loop."""
+        self._queue.put_nowait(job)
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def load(self) -> int:
+        return self.depth + (1 if self.busy else 0)
+
+    def retry_after(self) -> float:
+        return min(60.0, max(1.0, self._avg_job_s * (self.depth + 1)))
+
+    # -- worker thread ---------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._load()
+        except BaseException as exc:  # reported through /ready, never raised on the loop
+            log.error("model %s failed to load: %s", self.name, exc)
+            self._load_error = exc
+            self._loaded.set()
+            return
+        self._loaded.set()
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if job.cancelled.is_set():
+                self.cancelled += 1
+                job.post((END,))
+                continue
+            self._current = job
+            self.busy = True
+            started = time.monotonic()
+            try:
+                finished = self._generate(job)
+            except Exception as exc:  # the request fails, the worker lives on
+                log.exception("generation failed on %s", self.name)
+                finished = False
+                job.post((ERROR, exc))
+            finally:
+                self.busy = False
+                self._current = None
+                self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * (time.monotonic() - started)
+            if finished:
+                self.completed += 1
+            else:
+                self.cancelled += 1
+
+    def _load(self) -> None:
+        from llama_cpp import Llama
+
+        s = self.settings
+        threads = s.n_threads or default_threads()
+        self.llm = Llama(
+            model_path=s.model_path,
+            n_ctx=s.n_ctx,
+            n_batch=s.n_batch,
+            n_threads=threads,
+            n_threads_batch=threads,
+            flash_attn=s.flash_attn,
+            verbose=False,
+        )
+        if s.warmup:
+            self._warmup()
+
+    def _warmup(self) -> None:
+        """One short generation so the first real request doesn't pay for page faults and graph setup."""
+        tokens = self.llm.tokenize(b"Hello", add_bos=True, special=False)
+        job = Job(prompt_tokens=tokens, max_tokens=4, sampling=Sampling(temperature=0.0), stop=[])
+        self._generate(job)
+        self.llm.reset()
+
+    def _generate(self, job: Job) -> bool:
+        """Run every choice of the job; False if it was cancelled part-way."""
+        for choice in range(job.n):
+            if job.cancelled.is_set():
+                break
+            self._generate_one(job, choice)
+        finished = not job.cancelled.is_set()
+        job.post((END,))
+        return finished
+
+    def _generate_one(self, job: Job, choice: int) -> None:
+        from llama_cpp import llama_vocab_is_eog
+
+        llm = self.llm
+        sp = job.sampling
+        seed = (sp.seed + choice) if sp.seed is not None else random.getrandbits(31)
+        llm.set_seed(seed & 0x7FFFFFFF)
+        vocab = llm._model.vocab
+        stream = StopTextStream(job.stop)
+        n_ctx = llm.n_ctx()
+        budget = min(job.max_tokens, n_ctx - len(job.prompt_tokens))
+        produced = 0
+        finish = "length"
+        if budget > 0:
+            if not self.settings.reuse_prompt_prefix:
+                # Evaluate the whole prompt afresh: reusing a cached prefix changes the batch shape of
+                # the prefill, hence the logits' last bits, and so the output of a seeded request.
+                llm.reset()
+            gen = llm.generate(
+                job.prompt_tokens,
+                top_k=sp.top_k,
+                top_p=sp.top_p,
+                min_p=sp.min_p,
+                typical_p=1.0,
+                temp=sp.temperature,
+                repeat_penalty=sp.repeat_penalty,
+                frequency_penalty=sp.frequency_penalty,
+                presence_penalty=sp.presence_penalty,
+                reset=True,
+                grammar=job.grammar,
+            )
+            try:
+                for token in gen:
+                    if job.cancelled.is_set():
+                        finish = "cancelled"
+                        break
+                    if not job.ignore_eos and llama_vocab_is_eog(vocab, token):
+                        finish = "stop"
+                        break
+                    produced += 1
+                    self.tokens_generated += 1
+                    text = stream.feed(llm.detokenize([token]))
+                    if text:
+                        job.post((TEXT, choice, text))
+                    if stream.stopped:
+                        finish = "stop"
+                        break
+                    if produced >= budget:
+                        break
+            finally:
+                gen.close()
+        if not stream.stopped:
+            tail = stream.flush()
+            if tail:
+                job.post((TEXT, choice, tail))
+        if finish != "cancelled":
+            job.post((DONE, choice, finish, produced))

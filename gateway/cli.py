@@ -1,0 +1,152 @@
+"""`llm-gateway`: serve, list model cards, check a config.
+
+Settings come from, in order of precedence: command-line flags, environment
+variables (LLM_GATEWAY_*), the YAML config, built-in defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from gateway import __version__
+from gateway.model_cards import ModelCard, ModelCardError, default_cards_dir, load_cards
+from routing.config import ConfigError, GatewayConfig, load_config
+
+ENV_CONFIG = "LLM_GATEWAY_CONFIG"
+ENV_HOST = "LLM_GATEWAY_HOST"
+ENV_PORT = "LLM_GATEWAY_PORT"
+ENV_LOG_LEVEL = "LLM_GATEWAY_LOG_LEVEL"
+ENV_CARDS = "LLM_GATEWAY_MODEL_CARDS_DIR"
+
+
+def _cards_dir(config: GatewayConfig | None = None) -> Path:
+    env = os.environ.get(ENV_CARDS)
+    if env:
+        return Path(env)
+    if config is not None and config.server.model_cards_dir:
+        return Path(config.server.model_cards_dir)
+    return default_cards_dir()
+
+
+def _load(config_path: str | None) -> tuple[GatewayConfig, dict[str, ModelCard]]:
+    """Config and cards, or exit 2 with line-numbered messages."""
+    try:
+        cards = load_cards(_cards_dir())
+        config = load_config(config_path, known_cards=set(cards))
+        if config.server.model_cards_dir and not os.environ.get(ENV_CARDS):
+            cards = load_cards(Path(config.server.model_cards_dir))
+            config = load_config(config_path, known_cards=set(cards))
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        raise SystemExit(2)
+    except ModelCardError as exc:
+        print(f"model card error: {exc}", file=sys.stderr)
+        raise SystemExit(2)
+    return config, cards
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.weights import WeightsError, progress_bar, resolve_weights
+
+    config, cards = _load(args.config or os.environ.get(ENV_CONFIG))
+    server = config.server
+    host = args.host or os.environ.get(ENV_HOST) or server.host
+    port = args.port if args.port is not None else int(os.environ.get(ENV_PORT) or server.port)
+    log_level = args.log_level or os.environ.get(ENV_LOG_LEVEL) or server.log_level
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    # Build any missing GGUF now, in the foreground, where a progress bar makes sense.
+    for model in config.models:
+        card = cards[model.card]
+        try:
+            resolve_weights(card, model.model_path, progress_bar(f"assembling {card.id}"))
+        except WeightsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+
+    app = create_app(config, cards)
+    shown = f"[{host}]" if ":" in host else host
+    first = config.models[0].card if config.models else "MODEL"
+    print(f"llm-gateway {__version__} listening on http://{shown}:{port}  (OpenAI base_url: http://{shown}:{port}/v1)")
+    print("models: " + ", ".join(m.card for m in config.models) + "  (loading; GET /ready turns 200 when warm)")
+    print("try:\n  curl http://%s:%d/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+          "    -d '{\"model\": \"%s\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'"
+          % (shown, port, first))
+    sys.stdout.flush()
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=args.access_log,
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    try:
+        cards = load_cards(_cards_dir())
+    except ModelCardError as exc:
+        print(f"model card error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps([c.model_dump(exclude_none=True) for c in cards.values()],
+                                      option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    rows = [("ID", "BACKEND", "FORMAT", "QUANT", "PARAMS", "CONTEXT", "PRICE IN/OUT $/1M")]
+    for c in cards.values():
+        price = f"{c.pricing.input_per_mtok:g}/{c.pricing.output_per_mtok:g}" if c.pricing else "-"
+        rows.append((c.id, c.backend, c.format, c.quantization or "-", c.parameters, str(c.context_length), price))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config, _ = _load(args.file)
+    print(f"{args.file}: OK ({len(config.models)} model(s))")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"llm-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run the gateway (default: gemma-3-270m on the CPU, 127.0.0.1:8000)")
+    serve.add_argument("--config", help=f"YAML config file (env {ENV_CONFIG})")
+    serve.add_argument("--host", help=f"bind address (env {ENV_HOST}; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help=f"port (env {ENV_PORT}; default 8000)")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help=f"env {ENV_LOG_LEVEL}")
+    serve.add_argument("--access-log", action="store_true", help="log every request line")
+    serve.set_defaults(func=cmd_serve)
+
+    models = sub.add_parser("models", help="list the model cards")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.set_defaults(func=cmd_models)
+
+    check = sub.add_parser("check", help="validate a config file; exit 2 with line-numbered messages")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

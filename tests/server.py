@@ -1,0 +1,86 @@
+"""Start the real gateway (`python -m gateway serve`) on a free loopback port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GatewayProcess:
+    """A gateway subprocess; `base_url` ends in /v1 like the OpenAI SDK expects."""
+
+    def __init__(self, config: dict[str, Any], *, ready_timeout: float = 180.0) -> None:
+        self.config = config
+        self.ready_timeout = ready_timeout
+        self.port = free_port()
+        self.root_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.root_url}/v1"
+        self._dir = tempfile.TemporaryDirectory(prefix="gw-test-")
+        self.log_path = Path(self._dir.name) / "gateway.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> "GatewayProcess":
+        cfg = Path(self._dir.name) / "gateway.yaml"
+        cfg.write_text(yaml.safe_dump(self.config), encoding="utf-8")
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(self.port)],
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if httpx.get(f"{self.root_url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"gateway not ready after {self.ready_timeout}s:\n{self.logs()}")
+
+    def ready_stats(self, model: str) -> dict[str, Any]:
+        body = httpx.get(f"{self.root_url}/ready", timeout=5).json()
+        return body["backends"][model]["stats"]
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-8000:]
+        except OSError:
+            return ""
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        self._dir.cleanup()

@@ -1,0 +1,69 @@
+"""The YAML config: line-numbered errors, and the CLI that checks and lists."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from routing.config import ConfigError, parse_config
+from tests.server import ROOT
+
+GOOD = """\
+server:
+  port: 9000
+models:
+  - card: gemma-3-270m
+    n_ctx: 4096
+"""
+
+
+def test_good_config() -> None:
+    cfg = parse_config(GOOD, known_cards={"gemma-3-270m"})
+    assert cfg.server.port == 9000 and cfg.models[0].n_ctx == 4096
+
+
+def test_default_config_serves_gemma() -> None:
+    cfg = parse_config("")
+    assert [m.card for m in cfg.models] == ["gemma-3-270m"]
+    assert cfg.server.host == "127.0.0.1" and cfg.server.port == 8000
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("server:\n  port: 70000\n", "<t>:2: server.port:"),
+    ("models:\n  - card: gemma-3-270m\n    n_ctx: -1\n", "<t>:3: models[0].n_ctx:"),
+    ("models:\n  - card: gemma-3-270m\n    colour: red\n", "<t>:3: models[0].colour: Extra inputs"),
+    ("models:\n  - card: nope\n", "<t>:2: models[0].card: no model card with id 'nope'"),
+    ("models:\n  - card: gemma-3-270m\n  - card: gemma-3-270m\n", "<t>:3: models[1].card: model 'gemma-3-270m' is listed twice"),
+    ("server: [\n", "<t>:2: invalid YAML"),
+    ("- a\n- b\n", "<t>:1: the top level must be a mapping"),
+])
+def test_errors_are_line_numbered(text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "<t>", known_cards={"gemma-3-270m"})
+    assert any(p.startswith(needle) for p in err.value.problems), err.value.problems
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_cli_version_models_and_check(tmp_path: Path) -> None:
+    v = cli("--version")
+    assert v.returncode == 0 and v.stdout.startswith("llm-gateway ")
+    m = cli("models")
+    assert m.returncode == 0
+    for card in ("gemma-3-270m", "smollm2-135m-instruct", "qwen2.5-7b-instruct-awq", "gpt-4o-mini", "claude-haiku-4-5"):
+        assert card in m.stdout
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    assert cli("check", str(good)).returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  - card: gemma-3-270m\n    n_ctx: zero\n")
+    r = cli("check", str(bad))
+    assert r.returncode == 2
+    assert f"{bad}:3: models[0].n_ctx:" in r.stderr
+    r = cli("serve", "--config", str(bad))
+    assert r.returncode == 2 and ":3:" in r.stderr

