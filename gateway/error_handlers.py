@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from gateway.disconnect import ClientDisconnected
 from gateway.errors import GatewayError, InvalidRequest
 
 log = logging.getLogger("llm_gateway")
@@ -45,7 +46,13 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return error_response(InvalidRequest(f"Invalid request: {first.get('msg', 'validation failed')}.", param=param))
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # Nobody is listening; 499 is nginx's "client closed request", for the logs only.
+    return Response(status_code=499)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnected, _client_gone)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -67,3 +67,8 @@ def test_cli_version_models_and_check(tmp_path: Path) -> None:
     assert f"{bad}:3: models[0].n_ctx:" in r.stderr
     r = cli("serve", "--config", str(bad))
     assert r.returncode == 2 and ":3:" in r.stderr
+
+
+def test_shipped_example_config_passes_check() -> None:
+    r = cli("check", str(ROOT / "deploy" / "gateway.example.yaml"))
+    assert r.returncode == 0, r.stderr

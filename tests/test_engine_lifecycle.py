@@ -93,3 +93,14 @@ def test_full_queue_is_503_with_retry_after_and_timeout_is_504(tight_gateway: Ga
     wait_for(lambda: gw.ready_stats(MODEL)["busy"] == 0 and gw.ready_stats(MODEL)["queue_depth"] == 0)
     ok = sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
     assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def test_disconnect_while_waiting_for_a_full_answer_frees_the_engine(gateway: GatewayProcess) -> None:
+    """A non-streaming client that gives up (e.g. its own timeout) cancels the generation too."""
+    before = gateway.ready_stats(MODEL)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gateway.base_url}/chat/completions", json=LONG, timeout=httpx.Timeout(30, read=1.0))
+    wait_for(lambda: gateway.ready_stats(MODEL)["busy"] == 0)
+    after = gateway.ready_stats(MODEL)
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["tokens_generated"] - before["tokens_generated"] < 300  # ~1 s of tokens, not 1,500

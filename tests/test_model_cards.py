@@ -72,3 +72,31 @@ def test_non_text_parts_are_refused() -> None:
     m = ChatMessage.model_validate({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]})
     with pytest.raises(InvalidRequest):
         m.text()
+
+
+class _FakeModel:
+    def token_bos(self) -> int:
+        return 1
+
+    def token_eos(self) -> int:
+        return 2
+
+    def token_get_text(self, token: int) -> str:
+        return {1: "<s>", 2: "</s>"}[token]
+
+
+class _FakeLlama:
+    def __init__(self, metadata: dict) -> None:
+        self.metadata = metadata
+        self._model = _FakeModel()
+
+
+def test_gguf_template_wins_over_the_card(cards) -> None:
+    from backends.llamacpp import LlamaCppBackend
+    from routing.config import LlamaCppModelConfig
+
+    backend = LlamaCppBackend("gemma-3-270m", cards["gemma-3-270m"], LlamaCppModelConfig(card="gemma-3-270m"))
+    own = backend._chat_template(_FakeLlama({"tokenizer.chat_template": "{{ bos_token }}[{{ messages[0]['content'] }}]"}))
+    assert own is not None and own.render(msgs(("user", "x"))) == "<s>[x]"
+    fallback = backend._chat_template(_FakeLlama({}))
+    assert fallback is not None and fallback.source == cards["gemma-3-270m"].chat_template

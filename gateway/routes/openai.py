@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
+from gateway.disconnect import unless_disconnected
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
 from gateway.registry import ModelRegistry
 
@@ -35,7 +36,7 @@ async def chat_completions(request: Request) -> Response:
     if body.stream:
         stream = await backend.chat_stream(body, rid)
         return StreamingResponse(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
-    return _json(await backend.chat(body, rid))
+    return _json(await unless_disconnected(request, backend.chat(body, rid)))
 
 
 @router.post("/completions")
@@ -46,7 +47,7 @@ async def completions(request: Request) -> Response:
     if body.stream:
         stream = await backend.completion_stream(body, rid)
         return StreamingResponse(stream, media_type="text/event-stream", headers=_SSE_HEADERS)
-    return _json(await backend.completion(body, rid))
+    return _json(await unless_disconnected(request, backend.completion(body, rid)))
 
 
 @router.get("/models")
