@@ -1,10 +1,16 @@
 """The one small async interface every engine and provider sits behind.
 
 A backend takes a validated OpenAI request and returns either a complete
-OpenAI response body (a dict) or a stream of ready-to-send SSE frames
-(bytes). Streaming methods return only once the first frame exists, so any
-failure before the first token is an ordinary exception the caller can turn
-into an HTTP error (or, later, fail over on) before a single byte is sent.
+OpenAI response body (a dict, or raw JSON bytes passed through untouched) or
+a stream of ready-to-send SSE frames (bytes, each ending in a blank line, the
+last one `data: [DONE]`).
+
+Streaming methods return only once the first frame exists, so any failure
+before the first token is an ordinary exception that the router can fail
+over on before a single byte reaches the client. A failure after that is
+raised from the iterator (never written into the stream by the backend): the
+router decides whether to continue elsewhere or to end the stream with an
+in-band error.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from gateway.model_cards import ModelCard
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 
 BackendState = Literal["loading", "ready", "failed", "stopped"]
+SSEStream = AsyncIterator[bytes]
+Body = dict[str, Any] | bytes
 
 
 @dataclass
@@ -37,22 +45,34 @@ class BackendStatus:
         return out
 
 
-SSEStream = AsyncIterator[bytes]
+@dataclass
+class CallContext:
+    """Per-attempt settings the router hands a backend."""
+
+    request_id: str = "-"
+    connect_timeout: float | None = None  # seconds to open a connection
+    read_timeout: float | None = None  # seconds to the first byte, and between stream chunks
+    continue_from: str | None = None  # partial assistant text the answer must continue
+    params: dict[str, Any] = field(default_factory=dict)  # deployment parameter overrides
 
 
 class Backend(abc.ABC):
-    """A model endpoint. `name` is the model id clients see; `card` describes it."""
+    """A model endpoint. `name` is what it is called in logs and metrics; `card` describes the model."""
 
     kind: str = "abstract"
+    # Can this backend continue a partial assistant message (for mid-stream failover)?
+    supports_continuation: bool = False
+    # Set once start() has been scheduled, so a reload never starts (loads) a backend twice.
+    started: bool = False
 
-    def __init__(self, name: str, card: ModelCard, *, required: bool = True) -> None:
+    def __init__(self, name: str, card: ModelCard | None, *, required: bool = True) -> None:
         self.name = name
         self.card = card
         self.required = required
 
     @abc.abstractmethod
     async def start(self) -> None:
-        """Load or connect. Called once, from the app's lifespan, in a background task."""
+        """Load or connect. Called once, from the app's lifespan or a reload, in a background task."""
 
     @abc.abstractmethod
     async def aclose(self) -> None:
@@ -61,19 +81,27 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def status(self) -> BackendStatus: ...
 
+    async def probe(self) -> bool:
+        """Active health check; the default trusts `status()`."""
+        return self.status().state == "ready"
+
+    def load_score(self) -> float:
+        """Queue pressure for `least-busy` routing, beyond the router's own in-flight count."""
+        return 0.0
+
     @property
-    def context_length(self) -> int:
-        """The context this deployment actually serves (may be less than the card's maximum)."""
-        return self.card.context_length
+    def context_length(self) -> int | None:
+        """The context this deployment actually serves, when known."""
+        return self.card.context_length if self.card else None
 
     @abc.abstractmethod
-    async def chat(self, request: ChatCompletionRequest, request_id: str) -> dict[str, Any]: ...
+    async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> Body: ...
 
     @abc.abstractmethod
-    async def chat_stream(self, request: ChatCompletionRequest, request_id: str) -> SSEStream: ...
+    async def chat_stream(self, request: ChatCompletionRequest, ctx: CallContext) -> SSEStream: ...
 
     @abc.abstractmethod
-    async def completion(self, request: CompletionRequest, request_id: str) -> dict[str, Any]: ...
+    async def completion(self, request: CompletionRequest, ctx: CallContext) -> Body: ...
 
     @abc.abstractmethod
-    async def completion_stream(self, request: CompletionRequest, request_id: str) -> SSEStream: ...
+    async def completion_stream(self, request: CompletionRequest, ctx: CallContext) -> SSEStream: ...

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from backends import openai_format as fmt
-from backends.base import Backend, BackendStatus, SSEStream
+from backends.base import Backend, BackendStatus, CallContext, SSEStream
 from backends.chat_template import ChatTemplate
 from backends.llamacpp_engine import DONE, END, ERROR, TEXT, EngineSettings, Job, LlamaEngine, Sampling
 from gateway.errors import (
     ContextLengthExceeded,
     EngineError,
-    GatewayError,
     InvalidRequest,
     NotReady,
     Overloaded,
@@ -42,6 +41,7 @@ _LONG_TEXT = 16_000  # characters; longer prompts are tokenized off the event lo
 
 class LlamaCppBackend(Backend):
     kind = "llamacpp"
+    supports_continuation = True
 
     def __init__(self, name: str, card: ModelCard, config: LlamaCppModelConfig, progress: Progress | None = None) -> None:
         super().__init__(name, card, required=config.required)
@@ -113,25 +113,36 @@ class LlamaCppBackend(Backend):
     def context_length(self) -> int:
         return self._n_ctx
 
+    @property
+    def model_id(self) -> str:
+        """What responses call the model: the card's id, whatever the deployment is named."""
+        return self.card.id if self.card else self.name
+
     # -- OpenAI endpoints ------------------------------------------------------
 
-    async def chat(self, request: ChatCompletionRequest, request_id: str) -> dict[str, Any]:
-        job, prompt_len = await self._chat_job(request)
+    def load_score(self) -> float:
+        return float(sum(e.load for e in self.engines))
+
+    async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> dict[str, Any]:
+        request = _with_params(request, ctx)
+        job, prompt_len = await self._chat_job(request, ctx.continue_from)
         texts, finishes, produced = await self._collect(job, request.n)
         return fmt.chat_response(
-            id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.name, fingerprint=self._fingerprint,
+            id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.model_id, fingerprint=self._fingerprint,
             choices=list(zip(texts, finishes)), prompt_tokens=prompt_len, completion_tokens=produced,
         )
 
-    async def chat_stream(self, request: ChatCompletionRequest, request_id: str) -> SSEStream:
-        job, prompt_len = await self._chat_job(request)
+    async def chat_stream(self, request: ChatCompletionRequest, ctx: CallContext) -> SSEStream:
+        request = _with_params(request, ctx)
+        job, prompt_len = await self._chat_job(request, ctx.continue_from)
         events = self._events(job)
         first = await _first(events)
-        chunks = fmt.ChatChunks(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.name,
+        chunks = fmt.ChatChunks(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.model_id,
                                 fingerprint=self._fingerprint, include_usage=request.include_usage)
         return self._chat_frames(first, events, chunks, prompt_len, request.include_usage)
 
-    async def completion(self, request: CompletionRequest, request_id: str) -> dict[str, Any]:
+    async def completion(self, request: CompletionRequest, ctx: CallContext) -> dict[str, Any]:
+        request = _with_params(request, ctx)
         self._check_completion_params(request)
         choices: list[tuple[str, str]] = []
         prompt_total = produced_total = 0
@@ -145,11 +156,12 @@ class LlamaCppBackend(Backend):
             prompt_total += len(tokens)
             produced_total += produced
         return fmt.completion_response(
-            id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.name, fingerprint=self._fingerprint,
+            id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.model_id, fingerprint=self._fingerprint,
             choices=choices, prompt_tokens=prompt_total, completion_tokens=produced_total,
         )
 
-    async def completion_stream(self, request: CompletionRequest, request_id: str) -> SSEStream:
+    async def completion_stream(self, request: CompletionRequest, ctx: CallContext) -> SSEStream:
+        request = _with_params(request, ctx)
         self._check_completion_params(request)
         prompts = request.prompts()
         prepared = [await self._completion_prompt(p) for p in prompts]
@@ -160,7 +172,7 @@ class LlamaCppBackend(Backend):
         self._submit(job)
         events = self._events(job)
         first = await _first(events)
-        chunks = fmt.CompletionChunks(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.name,
+        chunks = fmt.CompletionChunks(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.model_id,
                                       fingerprint=self._fingerprint)
         return self._completion_frames(request, prepared, first, events, chunks)
 
@@ -170,7 +182,7 @@ class LlamaCppBackend(Backend):
         if self._state != "ready":
             raise NotReady(f"The model '{self.name}' is {self._state}; try again shortly.")
 
-    async def _chat_job(self, request: ChatCompletionRequest) -> tuple[Job, int]:
+    async def _chat_job(self, request: ChatCompletionRequest, continue_from: str | None = None) -> tuple[Job, int]:
         self._require_ready()
         if request.logprobs or request.top_logprobs:
             raise InvalidRequest("logprobs are not supported by the llama.cpp backend.", param="logprobs",
@@ -182,6 +194,8 @@ class LlamaCppBackend(Backend):
             raise InvalidRequest(f"The model '{self.name}' has no chat template; use /v1/completions.",
                                  param="model", code="unsupported_model")
         prompt = self._template.render(request.messages)
+        if continue_from:
+            prompt += continue_from  # the answer picks up where a failed deployment's stream stopped
         tokens = await self._tokenize(prompt, add_bos=False)
         max_tokens = self._max_tokens(request, len(tokens), "messages")
         job = self._job(request, tokens, max_tokens)
@@ -316,9 +330,6 @@ class LlamaCppBackend(Backend):
                 elif ev[0] == DONE:
                     produced += ev[3]
                     yield chunks.finish(index, ev[2])
-        except GatewayError as exc:
-            yield fmt.error_frame(exc.body())
-            return
         finally:
             await events.aclose()  # type: ignore[attr-defined]
         if include_usage:
@@ -330,34 +341,36 @@ class LlamaCppBackend(Backend):
                                  chunks: fmt.CompletionChunks) -> AsyncIterator[bytes]:
         n = request.n
         prompt_total = produced = 0
-        try:
-            for p, (tokens, echo) in enumerate(prepared):
-                if p > 0:
-                    job = self._job(request, tokens, self._max_tokens(request, len(tokens), "prompt"))
-                    self._submit(job)
-                    events = self._events(job)
-                    first = await _first(events)
-                prompt_total += len(tokens)
-                echoed: set[int] = set()
-                try:
-                    async for ev in _prepend(first, events):
-                        index = p * n + ev[1]
-                        if request.echo and index not in echoed:
-                            echoed.add(index)
-                            yield chunks.text(index, echo)
-                        if ev[0] == TEXT:
-                            yield chunks.text(index, ev[2])
-                        elif ev[0] == DONE:
-                            produced += ev[3]
-                            yield chunks.text(index, "", ev[2])
-                finally:
-                    await events.aclose()  # type: ignore[attr-defined]
-        except GatewayError as exc:
-            yield fmt.error_frame(exc.body())
-            return
+        # Failures propagate: the router ends the stream with an in-band error.
+        for p, (tokens, echo) in enumerate(prepared):
+            if p > 0:
+                job = self._job(request, tokens, self._max_tokens(request, len(tokens), "prompt"))
+                self._submit(job)
+                events = self._events(job)
+                first = await _first(events)
+            prompt_total += len(tokens)
+            echoed: set[int] = set()
+            try:
+                async for ev in _prepend(first, events):
+                    index = p * n + ev[1]
+                    if request.echo and index not in echoed:
+                        echoed.add(index)
+                        yield chunks.text(index, echo)
+                    if ev[0] == TEXT:
+                        yield chunks.text(index, ev[2])
+                    elif ev[0] == DONE:
+                        produced += ev[3]
+                        yield chunks.text(index, "", ev[2])
+            finally:
+                await events.aclose()  # type: ignore[attr-defined]
         if request.include_usage:
             yield chunks.usage(prompt_total, produced)
         yield fmt.DONE
+
+
+def _with_params(request: Any, ctx: CallContext) -> Any:
+    """Apply a deployment's parameter overrides (e.g. a lower temperature) to the request."""
+    return request.model_copy(update=ctx.params) if ctx.params else request
 
 
 async def _first(events: AsyncIterator[tuple]) -> tuple | None:

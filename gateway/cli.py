@@ -74,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 
-    app = create_app(config, cards)
+    app = create_app(config, cards, config_path=args.config or os.environ.get(ENV_CONFIG))
     shown = f"[{host}]" if ":" in host else host
     first = config.models[0].card if config.models else "MODEL"
     print(f"llm-gateway {__version__} listening on http://{shown}:{port}  (OpenAI base_url: http://{shown}:{port}/v1)")

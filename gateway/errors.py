@@ -16,6 +16,10 @@ class GatewayError(Exception):
     status_code: int = 500
     error_type: str = "server_error"
     code: str | None = None
+    # Would another attempt (on this or another deployment) plausibly succeed?
+    retryable: bool = False
+    # Seconds the failing side asked us to wait (Retry-After), if it said.
+    retry_after: float | None = None
 
     def __init__(
         self,
@@ -89,15 +93,19 @@ class Overloaded(GatewayError):
     error_type = "service_unavailable_error"
     code = "model_overloaded"
 
+    retryable = True
+
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw: Any) -> None:
         headers = {"Retry-After": str(max(1, round(retry_after))), "retry-after-ms": str(int(retry_after * 1000))}
         super().__init__(message, headers=headers, **kw)
+        self.retry_after = retry_after
 
 
 class NotReady(GatewayError):
     status_code = 503
     error_type = "service_unavailable_error"
     code = "model_not_ready"
+    retryable = True
 
     def __init__(self, message: str, *, retry_after: float = 2.0) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after)))})
@@ -107,6 +115,70 @@ class UpstreamTimeout(GatewayError):
     status_code = 504
     error_type = "timeout_error"
     code = "timeout"
+    retryable = True
+
+
+class UpstreamUnavailable(GatewayError):
+    """Could not reach the upstream, or it dropped the connection."""
+
+    status_code = 502
+    error_type = "service_unavailable_error"
+    code = "upstream_unavailable"
+    retryable = True
+
+
+class UpstreamError(GatewayError):
+    """An upstream answered with an error; normalised to OpenAI's shape by the backend.
+
+    4xx client errors are passed back as they are and never retried; 408, 409,
+    429, 5xx and Anthropic's 529 are retried elsewhere.
+    """
+
+    RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+
+    def __init__(self, message: str, *, status_code: int, error_type: str | None = None, code: str | None = None,
+                 param: str | None = None, retry_after: float | None = None) -> None:
+        wire_status = 503 if status_code == 529 else status_code
+        if status_code in (401, 403):
+            # The gateway's own credentials for this upstream were refused: the client did nothing wrong,
+            # and another deployment may well work.
+            wire_status, error_type, code = 502, "server_error", "upstream_auth_failed"
+            message = "The gateway's credentials for an upstream were refused."
+        headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after else None
+        super().__init__(message, status_code=wire_status, error_type=error_type or _type_for(wire_status),
+                         code=code, param=param, headers=headers)
+        self.upstream_status = status_code
+        self.retryable = status_code in self.RETRY_STATUSES or status_code >= 500 or status_code in (401, 403)
+        self.retry_after = retry_after
+
+
+class StreamInterrupted(GatewayError):
+    """A stream broke after content was sent: reset, timeout, in-band error, or no [DONE]."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "stream_interrupted"
+    retryable = True
+
+
+class AllDeploymentsFailed(GatewayError):
+    status_code = 503
+    error_type = "service_unavailable_error"
+    code = "all_deployments_failed"
+
+
+def _type_for(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 404:
+        return "not_found_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
 
 
 class EngineError(GatewayError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Union
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from gateway.errors import InvalidRequest
 
@@ -111,6 +111,9 @@ class StreamOptions(OpenAIModel):
 class SamplingFields(OpenAIModel):
     """Fields shared by chat and legacy completions."""
 
+    # The body exactly as the client sent it, for upstreams that take it (nearly) verbatim.
+    _raw: dict[str, Any] | None = PrivateAttr(default=None)
+
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -150,6 +153,12 @@ class SamplingFields(OpenAIModel):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def wire_body(self) -> dict[str, Any]:
+        """A fresh dict of the request as sent (or as built, for requests made in code)."""
+        if self._raw is not None:
+            return dict(self._raw)
+        return self.model_dump(exclude_unset=True, by_alias=True)
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -229,7 +238,9 @@ def parse_request(raw: bytes, model_cls: type[SamplingFields]) -> Any:
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     try:
-        return model_cls.model_validate(data)
+        request = model_cls.model_validate(data)
+        request._raw = data
+        return request
     except ValidationError as exc:
         err = exc.errors(include_url=False, include_input=False)[0]
         param = _param_of(tuple(err["loc"]))

@@ -1,34 +1,39 @@
-"""The gateway's YAML config: server settings and the models it serves.
+"""The gateway's YAML config: server settings, local models, upstream providers, deployments and routes.
 
-Later issues add routes, deployments and strategies here; this module owns the
-schema and turns every mistake into a line-numbered message.
+This module owns the schema and turns every mistake into a `file:line: field:
+message` line, so `llm-gateway check` and a refused hot reload point at the
+exact place to fix.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from routing.yaml_lines import compose, format_loc, line_of
 
 
-class ServerConfig(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+
+class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     model_cards_dir: str | None = None
+    watch_config: bool = True  # reload the config file when it changes
+    watch_interval_s: float = Field(default=1.0, gt=0)
 
 
-class LlamaCppModelConfig(BaseModel):
+class LlamaCppModelConfig(_Strict):
     """One model served in-process by llama.cpp."""
-
-    model_config = ConfigDict(extra="forbid")
 
     card: str  # id of a model card
     backend: Literal["llamacpp"] = "llamacpp"
@@ -48,13 +53,117 @@ class LlamaCppModelConfig(BaseModel):
     required: bool = True  # counts towards /ready
 
 
-class GatewayConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ProviderConfig(_Strict):
+    """An upstream endpoint: an OpenAI-compatible API, a vLLM server, or Anthropic."""
 
+    kind: Literal["openai", "vllm", "anthropic"]
+    base_url: str = Field(pattern=r"^https?://")
+    api_key: str | None = None  # "${ENV_VAR}" reference; never a literal in a shared file
+    max_connections: int = Field(default=256, ge=1)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=120.0, gt=0)
+    health_path: str | None = None  # default: /health for vllm, none for the others
+    metrics_path: str | None = None  # default: /metrics for vllm
+    anthropic_version: str = "2023-06-01"
+    default_max_tokens: int = Field(default=4096, gt=0)  # Anthropic requires max_tokens
+
+
+class DeploymentConfig(_Strict):
+    """A model at a backend: what a route sends traffic to."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._:-]+$")
+    provider: str  # a key of `providers`, or "local" for a llama.cpp model from `models`
+    model: str  # the model name at that provider (for "local": the card id)
+    card: str | None = None  # model card for context length, metadata and prices
+    params: dict[str, Any] = Field(default_factory=dict)  # request parameter overrides
+    weight: float = Field(default=1.0, ge=0)
+    context_length: int | None = Field(default=None, gt=0)
+    cost_per_mtok: float | None = Field(default=None, ge=0)  # overrides the card's prices for `cost`
+
+
+class RetryPolicy(_Strict):
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    backoff_base_s: float = Field(default=0.1, ge=0)
+    backoff_max_s: float = Field(default=2.0, ge=0)
+    retry_after_cap_s: float = Field(default=5.0, ge=0)
+
+
+class Timeouts(_Strict):
+    connect_s: float = Field(default=5.0, gt=0)
+    read_s: float = Field(default=60.0, gt=0)  # to the first byte, and between stream chunks
+    total_s: float = Field(default=300.0, gt=0)  # the whole request, all attempts included
+
+
+class LastResort(_Strict):
+    message: str = "The service is temporarily degraded. Please try again shortly."
+
+
+class Condition(_Strict):
+    min_prompt_tokens: int | None = Field(default=None, ge=0)
+    max_prompt_tokens: int | None = Field(default=None, ge=0)
+    header: dict[str, str] | None = None  # every named request header must equal its value
+    metadata: dict[str, str] | None = None  # every `metadata` tag in the body must equal its value
+    key_tier: str | None = None  # the caller's key tier (API keys arrive with the Redis issue)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "Condition":
+        if not any(v is not None for v in self.model_dump().values()):
+            raise ValueError("a rule needs at least one condition")
+        return self
+
+
+class Rule(_Strict):
+    when: Condition
+    route: str | None = None  # send to another route ...
+    deployments: list[str] | None = None  # ... or to this set of deployments
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "Rule":
+        if (self.route is None) == (self.deployments is None):
+            raise ValueError("a rule needs exactly one of 'route' or 'deployments'")
+        return self
+
+
+Strategy = Literal["priority", "weighted", "least-busy", "lowest-latency", "cost"]
+
+
+class RouteConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9._:/-]+$")
+    aliases: list[str] = Field(default_factory=list)
+    deployments: list[str] = Field(min_length=1)
+    strategy: Strategy = "priority"
+    rules: list[Rule] = Field(default_factory=list)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    stream_continuation: bool = True  # continue a broken stream on the next deployment that can
+    last_resort: LastResort | None = None
+
+
+class BreakerConfig(_Strict):
+    failure_threshold: int = Field(default=5, ge=1)  # consecutive failures that open it
+    error_rate: float = Field(default=0.5, gt=0, le=1)  # ... or this failure rate over `window`
+    window: int = Field(default=20, ge=2)
+    min_requests: int = Field(default=10, ge=1)
+    cooldown_s: float = Field(default=30.0, gt=0)
+
+
+class HealthCheckConfig(_Strict):
+    interval_s: float = Field(default=10.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+    enabled: bool = True
+
+
+class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     models: list[LlamaCppModelConfig] = Field(
         default_factory=lambda: [LlamaCppModelConfig(card="gemma-3-270m")]
     )
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    deployments: list[DeploymentConfig] = Field(default_factory=list)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    default_route: str | None = None  # for models no route names
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    health_checks: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
 
 
 class ConfigError(ValueError):
@@ -66,10 +175,21 @@ class ConfigError(ValueError):
         super().__init__("\n".join(problems))
 
 
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def resolve_secret(value: str | None) -> str | None:
+    """`${NAME}` -> the environment variable's value; anything else is returned as is."""
+    if value is None:
+        return None
+    m = _ENV_REF.match(value)
+    return os.environ.get(m.group(1)) if m else value
+
+
 def parse_config(text: str, source: str = "<config>", known_cards: set[str] | None = None) -> GatewayConfig:
     """Validate YAML text; raise ConfigError with `source:line: field: message` lines.
 
-    With `known_cards`, every model must name an existing model card.
+    With `known_cards`, every card reference must name an existing model card.
     """
     try:
         data = yaml.safe_load(text)
@@ -82,38 +202,24 @@ def parse_config(text: str, source: str = "<config>", known_cards: set[str] | No
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, [f"{source}:1: the top level must be a mapping"])
+    root = compose(text)
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        root = compose(text)
         problems = []
         for err in exc.errors(include_url=False):
             loc = err["loc"]
-            line = line_of(root, loc) or "?"
             where = format_loc(loc) or "(top level)"
-            problems.append(f"{source}:{line}: {where}: {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{source}:{line_of(root, loc) or '?'}: {where}: {msg}")
         raise ConfigError(source, problems) from exc
-    problems = _semantic_problems(config, text, source, known_cards)
+    from routing.config_checks import semantic_problems
+
+    problems = [f"{source}:{line_of(root, loc) or '?'}: {format_loc(loc)}: {msg}"
+                for loc, msg in semantic_problems(config, known_cards)]
     if problems:
         raise ConfigError(source, problems)
     return config
-
-
-def _semantic_problems(config: GatewayConfig, text: str, source: str, known_cards: set[str] | None) -> list[str]:
-    """Checks that need more than one field: unknown cards, a model served twice."""
-    root = compose(text)
-    problems = []
-    seen: set[str] = set()
-    for i, model in enumerate(config.models):
-        loc = ("models", i, "card")
-        if known_cards is not None and model.card not in known_cards:
-            problems.append(f"{source}:{line_of(root, loc) or '?'}: {format_loc(loc)}: "
-                            f"no model card with id {model.card!r} (known: {', '.join(sorted(known_cards))})")
-        if model.card in seen:
-            problems.append(f"{source}:{line_of(root, loc) or '?'}: {format_loc(loc)}: "
-                            f"model {model.card!r} is listed twice")
-        seen.add(model.card)
-    return problems
 
 
 def load_config(path: str | Path | None, known_cards: set[str] | None = None) -> GatewayConfig:

@@ -26,23 +26,27 @@ def free_port() -> int:
 class GatewayProcess:
     """A gateway subprocess; `base_url` ends in /v1 like the OpenAI SDK expects."""
 
-    def __init__(self, config: dict[str, Any], *, ready_timeout: float = 180.0) -> None:
+    def __init__(self, config: dict[str, Any], *, ready_timeout: float = 180.0,
+                 env: dict[str, str] | None = None, require_ready: bool = True) -> None:
         self.config = config
+        self.env = env or {}
+        self.require_ready = require_ready
         self.ready_timeout = ready_timeout
         self.port = free_port()
         self.root_url = f"http://127.0.0.1:{self.port}"
         self.base_url = f"{self.root_url}/v1"
         self._dir = tempfile.TemporaryDirectory(prefix="gw-test-")
         self.log_path = Path(self._dir.name) / "gateway.log"
+        self.config_path = Path(self._dir.name) / "gateway.yaml"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> "GatewayProcess":
-        cfg = Path(self._dir.name) / "gateway.yaml"
-        cfg.write_text(yaml.safe_dump(self.config), encoding="utf-8")
+        cfg = self.config_path
+        cfg.write_text(yaml.safe_dump(self.config, sort_keys=False), encoding="utf-8")
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(self.port)],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         try:
             self.wait_ready()
@@ -57,7 +61,8 @@ class GatewayProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.logs()}")
             try:
-                if httpx.get(f"{self.root_url}/ready", timeout=2).status_code == 200:
+                r = httpx.get(f"{self.root_url}/ready", timeout=2)
+                if r.status_code == 200 or (not self.require_ready and r.status_code == 503):
                     return
             except httpx.HTTPError:
                 pass

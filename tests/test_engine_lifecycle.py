@@ -81,11 +81,12 @@ def test_full_queue_is_503_with_retry_after_and_timeout_is_504(tight_gateway: Ga
         assert err.value.status_code == 503
         assert err.value.code == "model_overloaded"
         assert int(err.value.response.headers["retry-after"]) >= 1
-        # A hits its 3 s deadline mid-stream: an in-band error event, then the stream ends.
+        # A hits its 3 s deadline mid-stream: an in-band error event, then [DONE]; no finish_reason ever came.
         body = a.read().decode()
         a.close()
         assert '"code":"timeout"' in body
-        assert "data: [DONE]" not in body
+        assert body.index('"code":"timeout"') < body.index("data: [DONE]")
+        assert '"finish_reason":"length"' not in body and '"finish_reason":"stop"' not in body
         tb.join(30)
         # B (1,500 tokens, not streamed) cannot finish inside its 3 s either: a clean 504, never a hang.
         assert b_result["resp"].status_code == 504, b_result["resp"].text

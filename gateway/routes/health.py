@@ -1,7 +1,9 @@
 """Liveness and readiness.
 
 `/health` answers as long as the process serves HTTP and touches nothing.
-`/ready` is 200 only when every required backend is loaded and warmed up.
+`/ready` is 200 only when every required local model is loaded and warmed up,
+and every route without a last resort has at least one healthy deployment
+(as the background health checks last saw it).
 """
 
 from __future__ import annotations
@@ -15,22 +17,34 @@ router = APIRouter()
 _HEALTH = orjson.dumps({"status": "ok"})
 
 
-@router.get("/health", include_in_schema=True)
+@router.get("/health")
 async def health() -> Response:
     return Response(_HEALTH, media_type="application/json")
 
 
 @router.get("/ready")
 async def ready(request: Request) -> Response:
-    registry = request.app.state.registry
+    runtime = request.app.state.manager.current
     backends = {}
     not_ready = []
-    for backend in registry.backends:
+    for backend in runtime.local_backends():
         status = backend.status()
         backends[backend.name] = status.as_dict()
         if status.required and status.state != "ready":
             not_ready.append(backend.name)
-    body = {"status": "ready" if not not_ready else "not_ready", "not_ready": not_ready, "backends": backends}
+    deployments = {}
+    for dep in runtime.deployments.values():
+        if dep.config.provider != "local":
+            deployments[dep.name] = {"kind": dep.backend.kind, "healthy": dep.healthy, "breaker": dep.breaker.state}
+    routes = {}
+    for route in runtime.route_list:
+        usable = sum(1 for d in route.deployments if d.healthy and d.backend.status().state == "ready")
+        routes[route.name] = {"usable_deployments": usable, "deployments": len(route.deployments)}
+        if usable == 0 and route.config.last_resort is None and route.name not in not_ready:
+            if not all(d.config.provider == "local" for d in route.deployments):
+                not_ready.append(f"route:{route.name}")
+    body = {"status": "ready" if not not_ready else "not_ready", "not_ready": not_ready, "backends": backends,
+            "deployments": deployments, "routes": routes, "config_version": runtime.version}
     headers = {} if not not_ready else {"Retry-After": "2"}
     return Response(orjson.dumps(body), status_code=200 if not not_ready else 503,
                     media_type="application/json", headers=headers)

@@ -1,0 +1,201 @@
+"""Anthropic's Messages API behind the OpenAI chat interface.
+
+The wire translation lives in `anthropic_translate` (requests, responses,
+errors) and `anthropic_stream` (SSE events); this module only does HTTP.
+The API key goes into the `x-api-key` header and nowhere else: it is never
+logged and is scrubbed from any upstream error message.
+
+Continuation (mid-stream failover): `ctx.continue_from` becomes an assistant
+prefill. Anthropic rejects a prefill that ends in whitespace, so that
+whitespace is stripped from the prefill and, if the reply starts by repeating
+it, dropped once from the reply; the frames carry only the new text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+import aiohttp
+import orjson
+
+from backends.anthropic_stream import StreamTranslator
+from backends.anthropic_translate import (
+    apply_params,
+    build_body,
+    error_from,
+    strip_prefill,
+    to_chat_completion,
+    upstream_error,
+)
+from backends.base import Backend, BackendState, BackendStatus, CallContext, SSEStream
+from backends.http import UpstreamPool, event_data, event_name, sse_events, transport_error
+from gateway.errors import GatewayError, InvalidRequest, UpstreamError
+from gateway.model_cards import ModelCard
+from gateway.protocol import ChatCompletionRequest, CompletionRequest
+
+log = logging.getLogger("llm_gateway.anthropic")
+
+_NET_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+def messages_url(base_url: str) -> str:
+    """`https://api.anthropic.com`, `.../v1`, `.../v1/` and `.../v1/messages` all mean the same endpoint."""
+    base = base_url.rstrip("/")
+    if base.endswith("/v1/messages"):
+        return base
+    if base.endswith("/v1"):
+        base = base[:-3]
+    return f"{base}/v1/messages"
+
+
+class AnthropicBackend(Backend):
+    kind = "anthropic"
+    supports_continuation = True
+
+    def __init__(self, name: str, card: ModelCard | None, *, base_url: str, model: str, api_key: str | None,
+                 pool: UpstreamPool, default_max_tokens: int = 4096, anthropic_version: str = "2023-06-01",
+                 required: bool = False) -> None:
+        super().__init__(name, card, required=required)
+        self.model = model
+        self.url = messages_url(base_url)
+        self.pool = pool
+        self.default_max_tokens = default_max_tokens
+        self._api_key = api_key
+        self._headers = {"anthropic-version": anthropic_version, "content-type": "application/json"}
+        if api_key:
+            self._headers["x-api-key"] = api_key
+        self._state: BackendState = "loading"
+
+    def __repr__(self) -> str:  # no key in reprs
+        return f"AnthropicBackend(name={self.name!r}, model={self.model!r}, url={self.url!r})"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._state = "ready"
+
+    async def aclose(self) -> None:
+        self._state = "stopped"  # the pool belongs to the caller
+
+    def status(self) -> BackendStatus:
+        return BackendStatus(self.name, self.kind, self._state, self.required)
+
+    async def probe(self) -> bool:
+        """No cheap health endpoint upstream; the router counts failures passively."""
+        return True
+
+    # -- OpenAI endpoints ------------------------------------------------------
+
+    async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> dict[str, Any]:
+        body, skip = self._body(request, ctx, stream=False)
+        resp = await self._post(body, ctx)
+        try:
+            raw = await resp.read()
+        except _NET_ERRORS as exc:
+            raise transport_error(exc, self.name) from None
+        finally:
+            resp.release()
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            msg = None
+        if not isinstance(msg, dict):
+            raise UpstreamError(f"The upstream '{self.name}' sent a response that is not a JSON object.",
+                                status_code=502)
+        if msg.get("type") == "error":  # an error envelope with a 200 status: use the error type's status
+            raise error_from(msg.get("error") or {}, secret=self._api_key)
+        return to_chat_completion(msg, created=int(time.time()), skip=skip)
+
+    async def chat_stream(self, request: ChatCompletionRequest, ctx: CallContext) -> SSEStream:
+        body, skip = self._body(request, ctx, stream=True)
+        resp = await self._post(body, ctx)
+        translator = StreamTranslator(created=int(time.time()), include_usage=request.include_usage,
+                                      fallback_id=uuid.uuid4().hex, fallback_model=self.model, skip=skip)
+        frames = self._frames(resp, translator)
+        try:
+            first = await frames.__anext__()  # errors before the first token stay HTTP errors
+        except BaseException:  # _frames raises rather than ending without a frame
+            await frames.aclose()
+            raise
+        return _prepend(first, frames)
+
+    async def completion(self, request: CompletionRequest, ctx: CallContext) -> dict[str, Any]:
+        raise self._no_completions()
+
+    async def completion_stream(self, request: CompletionRequest, ctx: CallContext) -> SSEStream:
+        raise self._no_completions()
+
+    # -- HTTP ------------------------------------------------------------------
+
+    def _no_completions(self) -> InvalidRequest:
+        return InvalidRequest(f"The model '{self.name}' does not support /v1/completions; use /v1/chat/completions.",
+                              param="model", code="unsupported_endpoint")
+
+    def _body(self, request: ChatCompletionRequest, ctx: CallContext, *, stream: bool) -> tuple[dict[str, Any], str]:
+        """The upstream body, and the whitespace stripped from a continuation prefill."""
+        request = apply_params(request, ctx.params)
+        prefill, skip = strip_prefill(ctx.continue_from) if ctx.continue_from else ("", "")
+        body = build_body(request, model=self.model, default_max_tokens=self.default_max_tokens,
+                          prefill=prefill or None, stream=stream)
+        return body, skip
+
+    async def _post(self, body: dict[str, Any], ctx: CallContext) -> aiohttp.ClientResponse:
+        """POST, returning only a 200 response; anything else is raised as a GatewayError."""
+        try:
+            resp = await self.pool.session.post(self.url, data=orjson.dumps(body), headers=self._headers,
+                                                timeout=self.pool.timeout(ctx.connect_timeout, ctx.read_timeout))
+        except _NET_ERRORS as exc:
+            log.warning("%s: request %s failed to connect: %s", self.name, ctx.request_id, type(exc).__name__)
+            raise transport_error(exc, self.name) from None
+        if resp.status == 200:
+            return resp
+        try:
+            raw = await resp.read()
+        except _NET_ERRORS:
+            raw = b""
+        finally:
+            resp.release()
+        err = upstream_error(resp.status, raw, resp.headers, upstream=self.name, secret=self._api_key)
+        log.info("%s: request %s got HTTP %d (%s)", self.name, ctx.request_id, resp.status, err.code)
+        raise err
+
+    async def _frames(self, resp: aiohttp.ClientResponse, translator: StreamTranslator) -> AsyncIterator[bytes]:
+        started = False
+        try:
+            async for event in sse_events(resp.content):
+                data = event_data(event)
+                if data is None:
+                    continue
+                try:
+                    obj = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise UpstreamError(f"The upstream '{self.name}' sent a malformed stream event.",
+                                        status_code=502) from None
+                for frame in translator.feed(event_name(event), obj if isinstance(obj, dict) else {}):
+                    started = True
+                    yield frame
+                if translator.done:
+                    return
+            raise transport_error(EOFError(), self.name, started=started)
+        except GatewayError:
+            raise
+        except _NET_ERRORS as exc:
+            raise transport_error(exc, self.name, started=started) from None
+        finally:
+            if translator.done:
+                resp.release()
+            else:
+                resp.close()  # never put a half-read connection back in the pool
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        async for frame in rest:
+            yield frame
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]

@@ -1,0 +1,116 @@
+"""Anthropic stream events -> OpenAI `chat.completion.chunk` SSE frames.
+
+One `StreamTranslator` per response. It is fed parsed events in order and
+returns the frames to send. The finish chunk, the usage chunk and `[DONE]`
+are only produced on `message_stop`, so a stream that breaks off early never
+looks complete to the client; the caller checks `done` to tell the two apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backends.anthropic_translate import FINGERPRINT, error_from, finish_reason, trim_repeat, usage
+from backends.openai_format import DONE, sse
+
+
+class StreamTranslator:
+    def __init__(self, *, created: int, include_usage: bool, fallback_id: str = "anthropic",
+                 fallback_model: str = "", skip: str = "") -> None:
+        self._created = created
+        self._include_usage = include_usage
+        self._id = f"chatcmpl-{fallback_id}"
+        self._model = fallback_model
+        self._skip = skip  # whitespace the client already has (continuation), dropped once from the reply
+        self._head: dict[str, Any] | None = None
+        self._usage: dict[str, Any] = {}
+        self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_call index
+        self._stop_reason: str | None = None
+        self.done = False
+
+    def feed(self, name: str | None, data: dict[str, Any]) -> list[bytes]:
+        """Frames for one event; raises UpstreamError on `event: error`."""
+        kind = data.get("type") or name
+        if kind == "message_start":
+            msg = data.get("message") or {}
+            if msg.get("id"):
+                self._id = f"chatcmpl-{msg['id']}"
+            self._model = msg.get("model") or self._model
+            self._merge_usage(msg.get("usage"))
+            return self._start()
+        if kind == "content_block_start":
+            return self._block_start(data.get("index"), data.get("content_block") or {})
+        if kind == "content_block_delta":
+            return self._delta(data.get("index"), data.get("delta") or {})
+        if kind == "message_delta":
+            self._stop_reason = (data.get("delta") or {}).get("stop_reason") or self._stop_reason
+            self._merge_usage(data.get("usage"))
+            return []
+        if kind == "message_stop":
+            return self._finish()
+        if kind == "error":
+            raise error_from(data.get("error") or {})
+        return []  # ping, content_block_stop, and event types added later
+
+    # -- frames -------------------------------------------------------------
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        assert self._head is not None
+        chunk = {**self._head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        if self._include_usage:
+            chunk["usage"] = None
+        return sse(chunk)
+
+    def _start(self) -> list[bytes]:
+        if self._head is not None:
+            return []
+        self._head = {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
+                      "model": self._model, "system_fingerprint": FINGERPRINT}
+        return [self._chunk({"role": "assistant", "content": ""})]
+
+    def _text(self, text: str) -> list[bytes]:
+        if self._skip and text:
+            text, self._skip = trim_repeat(text, self._skip)
+        return [self._chunk({"content": text})] if text else []
+
+    def _block_start(self, index: Any, block: dict[str, Any]) -> list[bytes]:
+        frames = self._start()
+        if block.get("type") == "text":
+            frames += self._text(block.get("text") or "")
+        elif block.get("type") == "tool_use":
+            self._skip = ""
+            n = self._tools[index] = len(self._tools)
+            call = {"index": n, "id": block.get("id"), "type": "function",
+                    "function": {"name": block.get("name"), "arguments": ""}}
+            frames.append(self._chunk({"tool_calls": [call]}))
+        return frames
+
+    def _delta(self, index: Any, delta: dict[str, Any]) -> list[bytes]:
+        frames = self._start()
+        if delta.get("type") == "text_delta":
+            frames += self._text(delta.get("text") or "")
+        elif delta.get("type") == "input_json_delta" and index in self._tools and delta.get("partial_json"):
+            call = {"index": self._tools[index], "function": {"arguments": delta["partial_json"]}}
+            frames.append(self._chunk({"tool_calls": [call]}))
+        return frames  # thinking, signature and citations deltas have no OpenAI equivalent
+
+    def _finish(self) -> list[bytes]:
+        if self.done:
+            return []
+        frames = self._start()
+        frames.append(self._chunk({}, finish_reason(self._stop_reason)))
+        if self._include_usage:
+            assert self._head is not None
+            frames.append(sse({**self._head, "choices": [], "usage": usage(self._usage)}))
+        frames.append(DONE)
+        self.done = True
+        return frames
+
+    def _merge_usage(self, u: Any) -> None:
+        """message_delta's counts are cumulative, so later non-null values replace earlier ones."""
+        if isinstance(u, dict):
+            self._usage.update({k: v for k, v in u.items() if v is not None})
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        return usage(self._usage)

@@ -1,0 +1,81 @@
+"""The admin API: reload the config, show it (secrets masked), show deployments.
+
+Protected by the admin key from the environment (`LLM_GATEWAY_ADMIN_KEY`),
+sent as `Authorization: Bearer <key>`. Without that variable the admin API is
+off: every call gets 403.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.errors import GatewayError
+
+ADMIN_KEY_ENV = "LLM_GATEWAY_ADMIN_KEY"
+
+router = APIRouter(prefix="/admin")
+
+_ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
+_SECRET_NAMES = re.compile(r"(key|token|secret|password)", re.I)
+
+
+def _require_admin(request: Request) -> None:
+    expected = os.environ.get(ADMIN_KEY_ENV)
+    if not expected:
+        raise GatewayError(f"The admin API is disabled; set {ADMIN_KEY_ENV} to enable it.", status_code=403,
+                           error_type="permission_error", code="admin_disabled")
+    auth = request.headers.get("authorization", "")
+    given = auth[7:] if auth[:7].lower() == "bearer " else ""
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise GatewayError("Invalid admin key.", status_code=401, error_type="invalid_request_error",
+                           code="invalid_api_key")
+
+
+def mask_secrets(value: Any, key: str = "") -> Any:
+    """Keep `${ENV}` references (they name a secret, they are not one); mask any literal secret."""
+    if isinstance(value, dict):
+        return {k: mask_secrets(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v, key) for v in value]
+    if isinstance(value, str) and _SECRET_NAMES.search(key) and not _ENV_REF.match(value):
+        return "***"
+    return value
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+@router.post("/reload")
+async def reload(request: Request) -> Response:
+    _require_admin(request)
+    result = await request.app.state.manager.reload()
+    return _json(result, 200 if result["ok"] else 400)
+
+
+@router.get("/config")
+async def show_config(request: Request) -> Response:
+    _require_admin(request)
+    manager = request.app.state.manager
+    runtime = manager.current
+    return _json({
+        "version": runtime.version,
+        "source": manager.config_path,
+        "config": mask_secrets(runtime.config.model_dump(mode="json")),
+        "last_reload": manager.last_reload,
+    })
+
+
+@router.get("/deployments")
+async def deployments(request: Request) -> Response:
+    _require_admin(request)
+    runtime = request.app.state.manager.current
+    return _json({"version": runtime.version,
+                  "deployments": {name: dep.snapshot() for name, dep in runtime.deployments.items()}})

@@ -1,0 +1,93 @@
+"""Checks that span several parts of the config: references, duplicates, missing secrets."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Iterator
+
+from routing.config import GatewayConfig
+
+Problem = tuple[tuple[Any, ...], str]
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def missing_secrets(config: GatewayConfig) -> list[str]:
+    """Environment variables the config refers to that are not set (a warning: `check` may run elsewhere)."""
+    out = []
+    for name, provider in config.providers.items():
+        m = _ENV_REF.match(provider.api_key or "")
+        if m and m.group(1) not in os.environ:
+            out.append(f"provider {name!r}: the environment variable {m.group(1)} is not set")
+    return out
+
+
+def semantic_problems(config: GatewayConfig, known_cards: set[str] | None) -> list[Problem]:
+    return [*_models(config, known_cards), *_providers(config), *_deployments(config, known_cards),
+            *_routes(config)]
+
+
+def _models(config: GatewayConfig, known_cards: set[str] | None) -> Iterator[Problem]:
+    seen: set[str] = set()
+    for i, model in enumerate(config.models):
+        loc = ("models", i, "card")
+        if known_cards is not None and model.card not in known_cards:
+            yield loc, f"no model card with id {model.card!r} (known: {', '.join(sorted(known_cards))})"
+        if model.card in seen:
+            yield loc, f"model {model.card!r} is listed twice"
+        seen.add(model.card)
+
+
+def _providers(config: GatewayConfig) -> Iterator[Problem]:
+    for name, provider in config.providers.items():
+        if name == "local":
+            yield ("providers", name), "'local' is reserved for the llama.cpp models under 'models'"
+        key = provider.api_key
+        if key is None:
+            continue
+        if not _ENV_REF.match(key):
+            yield ("providers", name, "api_key"), "give the key as a ${ENV_VAR} reference, not a literal"
+
+
+def _deployments(config: GatewayConfig, known_cards: set[str] | None) -> Iterator[Problem]:
+    local = {m.card for m in config.models}
+    seen: set[str] = set()
+    for i, dep in enumerate(config.deployments):
+        if dep.name in seen:
+            yield ("deployments", i, "name"), f"deployment {dep.name!r} is defined twice"
+        seen.add(dep.name)
+        if dep.provider == "local":
+            if dep.model not in local:
+                yield ("deployments", i, "model"), (f"no local model {dep.model!r} under 'models' "
+                                                    f"(local: {', '.join(sorted(local)) or 'none'})")
+        elif dep.provider not in config.providers:
+            yield ("deployments", i, "provider"), (f"no provider {dep.provider!r} "
+                                                   f"(known: {', '.join(sorted(config.providers)) or 'none'}, local)")
+        if dep.card is not None and known_cards is not None and dep.card not in known_cards:
+            yield ("deployments", i, "card"), f"no model card with id {dep.card!r}"
+
+
+def _routes(config: GatewayConfig) -> Iterator[Problem]:
+    deployments = {d.name for d in config.deployments}
+    routes = {r.name for r in config.routes}
+    names: dict[str, int] = {}
+    for i, route in enumerate(config.routes):
+        for j, name in enumerate([route.name, *route.aliases]):
+            loc = ("routes", i, "name") if j == 0 else ("routes", i, "aliases", j - 1)
+            if name in names:
+                yield loc, f"model name {name!r} is already used by another route"
+            names[name] = i
+        for j, dep in enumerate(route.deployments):
+            if dep not in deployments:
+                yield ("routes", i, "deployments", j), f"no deployment named {dep!r}"
+        if route.strategy == "weighted" and not any(
+                d.weight > 0 for d in config.deployments if d.name in route.deployments):
+            yield ("routes", i, "strategy"), "a weighted route needs at least one deployment with weight > 0"
+        for k, rule in enumerate(route.rules):
+            if rule.route is not None and rule.route not in routes:
+                yield ("routes", i, "rules", k, "route"), f"no route named {rule.route!r}"
+            for j, dep in enumerate(rule.deployments or []):
+                if dep not in deployments:
+                    yield ("routes", i, "rules", k, "deployments", j), f"no deployment named {dep!r}"
+    if config.default_route is not None and config.default_route not in routes:
+        yield ("default_route",), f"no route named {config.default_route!r}"

@@ -1,0 +1,65 @@
+"""A deployment at run time: its backend, its breaker, and what the router has learned about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from backends.base import Backend
+from routing.breaker import CircuitBreaker
+from routing.config import DeploymentConfig
+
+EWMA_ALPHA = 0.3
+
+
+@dataclass
+class Deployment:
+    config: DeploymentConfig
+    backend: Backend
+    breaker: CircuitBreaker
+    healthy: bool = True
+    in_flight: int = 0
+    ewma_ttft_s: float | None = None
+    successes: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def context_length(self) -> int | None:
+        return self.config.context_length or self.backend.context_length
+
+    def observe_ttft(self, seconds: float) -> None:
+        prev = self.ewma_ttft_s
+        self.ewma_ttft_s = seconds if prev is None else EWMA_ALPHA * seconds + (1 - EWMA_ALPHA) * prev
+
+    def price(self, prompt_tokens: int, max_tokens: int) -> float:
+        """Estimated USD for one request; self-hosted models without a price cost nothing here."""
+        if self.config.cost_per_mtok is not None:
+            return self.config.cost_per_mtok * (prompt_tokens + max_tokens) / 1e6
+        card = self.backend.card
+        if card is None or card.pricing is None:
+            return 0.0
+        return (card.pricing.input_per_mtok * prompt_tokens + card.pricing.output_per_mtok * max_tokens) / 1e6
+
+    def snapshot(self) -> dict:
+        out = {
+            "provider": self.config.provider,
+            "model": self.config.model,
+            "kind": self.backend.kind,
+            "healthy": self.healthy,
+            "breaker": self.breaker.snapshot(),
+            "in_flight": self.in_flight,
+            "ewma_ttft_ms": round(self.ewma_ttft_s * 1000, 2) if self.ewma_ttft_s is not None else None,
+            "successes": self.successes,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "load_score": self.backend.load_score(),
+        }
+        load = getattr(self.backend, "load_snapshot", None)
+        if load is not None:
+            out["load"] = load()
+        return out

@@ -1,0 +1,129 @@
+"""Owns the live `Runtime`: starts it, health-checks it, and swaps in a new one on reload.
+
+A reload validates first; an invalid config is refused with line-numbered
+problems and the old runtime keeps serving. A valid one is swapped in
+atomically (one attribute assignment); requests already running finish on
+the runtime they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.model_cards import ModelCard
+from routing.config import ConfigError, GatewayConfig, parse_config
+from routing.config_checks import missing_secrets
+from routing.runtime import Runtime, build_runtime, retire, start_backends
+
+log = logging.getLogger("llm_gateway.routing")
+
+
+class RuntimeManager:
+    def __init__(self, config: GatewayConfig, cards: dict[str, ModelCard], config_path: str | None = None) -> None:
+        self.cards = cards
+        self.config_path = config_path
+        self.started_at = int(time.time())
+        self.current: Runtime = build_runtime(config, cards, version=1)
+        self.last_reload: dict[str, Any] = {"ok": True, "version": 1, "at": time.time(), "problems": []}
+        self._stamp = self._file_stamp()
+        self._tasks: list[asyncio.Task] = []
+        self._lock = asyncio.Lock()
+        for warning in missing_secrets(config):
+            log.warning("config: %s", warning)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(start_backends(self.current), name="start-backends"))
+        if self.current.config.health_checks.enabled:
+            self._tasks.append(asyncio.create_task(self._health_loop(), name="health-checks"))
+        if self.config_path and self.current.config.server.watch_config:
+            self._tasks.append(asyncio.create_task(self._watch_loop(), name="config-watch"))
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await retire(self.current, None)
+
+    # -- reload ------------------------------------------------------------------
+
+    async def reload(self, text: str | None = None) -> dict[str, Any]:
+        """Validate and swap in the config file (or `text`); return the result either way."""
+        async with self._lock:
+            source = self.config_path or "<config>"
+            try:
+                if text is None:
+                    if not self.config_path:
+                        raise ConfigError(source, [f"{source}: the gateway was started without --config"])
+                    text = await asyncio.to_thread(Path(self.config_path).read_text, encoding="utf-8")
+                config = parse_config(text, source, known_cards=set(self.cards))
+            except ConfigError as exc:
+                self.last_reload = {"ok": False, "version": self.current.version, "at": time.time(),
+                                    "problems": exc.problems}
+                log.error("config reload refused; still serving version %d:\n%s", self.current.version,
+                          "\n".join(exc.problems))
+                return self.last_reload
+            except OSError as exc:
+                self.last_reload = {"ok": False, "version": self.current.version, "at": time.time(),
+                                    "problems": [f"{source}: cannot read: {exc.strerror}"]}
+                return self.last_reload
+            old = self.current
+            new = build_runtime(config, self.cards, previous=old, version=old.version + 1)
+            self.current = new  # the swap: new requests see the new routes from here on
+            for warning in missing_secrets(config):
+                log.warning("config: %s", warning)
+            self._tasks.append(asyncio.create_task(start_backends(new), name=f"start-backends-v{new.version}"))
+            self._tasks.append(asyncio.create_task(retire(old, new), name=f"retire-v{old.version}"))
+            self._tasks = [t for t in self._tasks if not t.done()]
+            self.last_reload = {"ok": True, "version": new.version, "at": time.time(), "problems": []}
+            log.info("config reloaded: version %d, %d routes", new.version, len(new.route_list))
+            return self.last_reload
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        if not self.config_path:
+            return None
+        try:
+            st = os.stat(self.config_path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    async def _watch_loop(self) -> None:
+        interval = self.current.config.server.watch_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            stamp = self._file_stamp()
+            if stamp is not None and stamp != self._stamp:
+                self._stamp = stamp
+                await self.reload()
+
+    # -- health ------------------------------------------------------------------
+
+    async def check_health(self) -> None:
+        runtime = self.current
+        timeout = runtime.config.health_checks.timeout_s
+
+        async def one(dep) -> None:  # type: ignore[no-untyped-def]
+            try:
+                dep.healthy = bool(await asyncio.wait_for(dep.backend.probe(), timeout))
+            except (asyncio.TimeoutError, Exception):
+                dep.healthy = False
+
+        await asyncio.gather(*(one(d) for d in runtime.deployments.values()))
+
+    async def _health_loop(self) -> None:
+        while True:
+            try:
+                await self.check_health()
+            except Exception:  # a health check must never take the loop down
+                log.exception("health check round failed")
+            await asyncio.sleep(self.current.config.health_checks.interval_s)

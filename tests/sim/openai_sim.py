@@ -1,0 +1,210 @@
+"""Simulated OpenAI API (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``).
+
+Faithful to the wire format the official SDK parses (protocols.md section 1):
+error envelope with a string ``code``, SSE ``data:`` chunks sharing id/created,
+the ``choices: []`` usage chunk, ``data: [DONE]`` and in-band ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from tests.sim.base import SimServer
+from tests.sim.wire import BODY, BODY_OK, StreamEvent, open_stream, send_stream, sse_data
+from tests.sim.faults import Fault
+from tests.sim.text import canonical_reply, count_words, plan_reply, prompt_tokens, Plan
+
+# status -> (type, code) as OpenAI sends them.
+_ERRORS: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("invalid_request_error", "unsupported_country_region_territory"),
+    404: ("invalid_request_error", "model_not_found"),
+    408: ("timeout_error", "timeout"),
+    409: ("invalid_request_error", "conflict"),
+    429: ("requests", "rate_limit_exceeded"),
+    500: ("server_error", "internal_error"),
+    502: ("server_error", "bad_gateway"),
+    503: ("service_unavailable_error", "service_unavailable"),
+}
+_MESSAGES: dict[int, str] = {
+    401: "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
+    404: "The model does not exist or you do not have access to it.",
+    429: "Rate limit reached for requests. Please try again later.",
+    500: "The server had an error while processing your request. Sorry about that!",
+    503: "The engine is currently overloaded, please try again later.",
+}
+
+
+class OpenAISim(SimServer):
+    """OpenAI-compatible upstream; a trailing assistant message is plain history here."""
+
+    model_paths = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+    def __init__(
+        self, name: str = "openai", port: int = 0, *, model_name: str = "sim-model",
+        api_key: str | None = None, strict_model: bool = False,
+    ) -> None:
+        super().__init__(name, port)
+        self.model_name = model_name
+        self.api_key = api_key
+        self.strict_model = strict_model  # 404 when the request names another model
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
+
+    # ------------------------------------------------------------ errors
+    def error(self, status: int, message: str | None = None, *, err_type: str | None = None,
+              code: str | None = None, param: str | None = None) -> web.Response:
+        """An error in OpenAI's envelope (string ``code``)."""
+        t, c = _ERRORS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
+        err = {"message": message or _MESSAGES.get(status, f"Error {status}"), "type": err_type or t,
+               "param": param, "code": code if code is not None else c}
+        return web.json_response({"error": err}, status=status)
+
+    def fault_error(self, code: int, message: str | None) -> web.Response:
+        return self.error(code, message)
+
+    def auth_error(self) -> web.Response:
+        return self.error(401, code="invalid_api_key", err_type="invalid_request_error")
+
+    def in_band_error(self, message: str | None) -> bytes:
+        """The SSE event carrying a mid-stream error."""
+        return sse_data({"error": {"message": message or _MESSAGES[500], "type": "server_error",
+                                   "param": None, "code": "internal_error"}})
+
+    # ------------------------------------------------------------- hooks
+    def reply_text(self, body: dict[str, Any]) -> str:
+        """The full reply for a chat body (VLLMSim adds continuation)."""
+        return canonical_reply(body["messages"])
+
+    def validate_chat(self, body: dict[str, Any]) -> web.Response | None:
+        return None
+
+    def include_usage(self, body: dict[str, Any]) -> bool:
+        opts = body.get("stream_options")
+        return isinstance(opts, dict) and bool(opts.get("include_usage"))
+
+    def choice_extra(self, plan: Plan) -> dict[str, Any]:
+        """Non-OpenAI fields added to each finished choice."""
+        return {}
+
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.model_name, "object": "model", "created": 1700000000, "owned_by": "openai"}
+
+    def authorized(self, request: web.Request) -> bool:
+        return self.api_key is None or request.headers.get("Authorization") == f"Bearer {self.api_key}"
+
+    # ---------------------------------------------------------- handlers
+    async def _prologue(self, request: web.Request) -> tuple[dict[str, Any], Fault | None, web.StreamResponse | None]:
+        fault = self.take_fault()
+        early = await self.apply_fault(request, fault)
+        if early is not None:
+            return {}, fault, early
+        if not self.authorized(request):
+            return {}, fault, self.auth_error()
+        body = request[BODY]
+        if not request[BODY_OK] or not isinstance(body, dict):
+            return {}, fault, self.error(400, "We could not parse the JSON body of your request. (HINT: This likely "
+                                         "means you aren't using your HTTP library correctly.)")
+        if self.strict_model and body.get("model") != self.model_name:
+            msg = f"The model `{body.get('model')}` does not exist or you do not have access to it."
+            return body, fault, self.error(404, msg, code="model_not_found")
+        n = body.get("n", 1)
+        if n is not None and (not isinstance(n, int) or not 1 <= n <= 128):
+            return body, fault, self.error(400, f"{n!r} is not valid for 'n'", param="n")
+        return body, fault, None
+
+    def _usage(self, prompt: int, completion: int) -> dict[str, int]:
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body, fault, early = await self._prologue(request)
+        if early is not None:
+            return early
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return self.error(400, "Missing required parameter: 'messages'.", param="messages",
+                              code="missing_required_parameter")
+        bad = self.validate_chat(body)
+        if bad is not None:
+            return bad
+        limit = body.get("max_completion_tokens")
+        plan = plan_reply(self.reply_text(body), limit if limit is not None else body.get("max_tokens"), body.get("stop"))
+        return await self._answer(request, body, fault, plan, prompt_tokens(messages), chat=True)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body, fault, early = await self._prologue(request)
+        if early is not None:
+            return early
+        prompt = body.get("prompt")
+        if prompt is None or prompt == "" or prompt == []:
+            return self.error(400, "Missing required parameter: 'prompt'.", param="prompt",
+                              code="missing_required_parameter")
+        plan = plan_reply(canonical_reply(prompt), body.get("max_tokens", 16), body.get("stop"))
+        return await self._answer(request, body, fault, plan, _prompt_count(prompt), chat=False)
+
+    async def _answer(self, request: web.Request, body: dict[str, Any], fault: Fault | None, plan: Plan,
+                      ptoks: int, chat: bool) -> web.StreamResponse:
+        n = body.get("n") or 1
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        head = {"id": rid, "object": "chat.completion" if chat else "text_completion",
+                "created": int(time.time()), "model": self.model_name, "system_fingerprint": None}
+        if body.get("stream"):
+            return await self._stream(request, body, fault, plan, ptoks, chat, n, head)
+        dropped = await self.nonstream_fault(request, fault, len(plan.pieces))
+        if dropped is not None:
+            return dropped
+        text = plan.text
+        choices = []
+        for i in range(n):
+            choice: dict[str, Any] = {"index": i}
+            if chat:
+                choice["message"] = {"role": "assistant", "content": text, "refusal": None}
+            else:
+                choice["text"] = text
+            choice.update({"logprobs": None, "finish_reason": plan.finish, **self.choice_extra(plan)})
+            choices.append(choice)
+        return web.json_response({**head, "choices": choices, "usage": self._usage(ptoks, len(plan.pieces) * n)})
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], fault: Fault | None, plan: Plan,
+                      ptoks: int, chat: bool, n: int, head: dict[str, Any]) -> web.StreamResponse:
+        usage = self.include_usage(body)
+        head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
+
+        def chunk(part: dict[str, Any], finish: str | None = None) -> bytes:
+            extra = self.choice_extra(plan) if finish else {}
+            key = "delta" if chat else "text"
+            choices = [{"index": i, key: part if chat else part.get("content", ""), "logprobs": None,
+                        "finish_reason": finish, **extra} for i in range(n)]
+            return sse_data({**head, "choices": choices, **({"usage": None} if usage else {})})
+
+        events = [StreamEvent(chunk({"role": "assistant", "content": ""}), True)] if chat else []
+        events += [StreamEvent(chunk({"content": p}), True) for p in plan.pieces]
+        events.append(StreamEvent(chunk({}, plan.finish)))
+        if usage:
+            events.append(StreamEvent(sse_data({**head, "choices": [], "usage": self._usage(ptoks, len(plan.pieces) * n)})))
+        events.append(StreamEvent(b"data: [DONE]\n\n"))
+        resp = await open_stream(request)
+        msg = fault.message if fault else None
+        return await send_stream(request, resp, events, fault, self.in_band_error(msg))
+
+    async def _models(self, request: web.Request) -> web.Response:
+        if not self.authorized(request):
+            return self.auth_error()
+        return web.json_response({"object": "list", "data": [self.model_card()]})
+
+
+def _prompt_count(prompt: Any) -> int:
+    """Prompt tokens of a completion prompt: words of str prompts, ids of token-id prompts."""
+    if isinstance(prompt, str):
+        return count_words(prompt)
+    if isinstance(prompt, list):
+        return sum(_prompt_count(p) if not isinstance(p, int) else 1 for p in prompt)
+    return 0

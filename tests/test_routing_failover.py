@@ -1,0 +1,175 @@
+"""Failover the client never sees: retries, breakers, stream continuation, the last resort."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.routing_env import Sims, admin, gw, sims  # noqa: F401  (fixtures)
+from tests.server import GatewayProcess
+from tests.sim import Fault, canonical_reply
+
+MSGS = [{"role": "user", "content": "Tell me about foxes"}]
+EXPECTED = canonical_reply(MSGS)
+
+
+def sdk(g: GatewayProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=g.base_url, api_key="unused", max_retries=0, timeout=30)
+
+
+def post(g: GatewayProcess, model: str, **extra) -> httpx.Response:
+    return httpx.post(f"{g.base_url}/chat/completions", json={"model": model, "messages": MSGS, **extra}, timeout=30)
+
+
+def test_primary_500_fails_over_to_secondary(gw: GatewayProcess, sims: Sims) -> None:
+    sims.a.add_fault(Fault.status(500))
+    r = post(gw, "chat-default")
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == EXPECTED
+    assert r.headers["x-gateway-deployment"] == "b"
+    assert r.headers["x-gateway-attempts"] == "2"
+    assert float(r.headers["x-gateway-overhead-ms"]) >= 0
+    assert sims.a.count("/v1/chat/completions") == 1 and sims.b.count("/v1/chat/completions") == 1
+
+
+def test_primary_hang_past_read_timeout_fails_over_within_deadline(gw: GatewayProcess, sims: Sims) -> None:
+    sims.a.add_fault(Fault.hang())
+    started = time.monotonic()
+    r = sdk(gw).chat.completions.with_raw_response.create(model="chat-default", messages=MSGS)
+    elapsed = time.monotonic() - started
+    assert r.http_response.status_code == 200
+    assert r.parse().choices[0].message.content == EXPECTED
+    assert r.headers["x-gateway-deployment"] == "b"
+    assert elapsed < 5, f"took {elapsed:.1f}s; the route's read timeout is 1 s and its deadline 10 s"
+
+
+@pytest.mark.parametrize("fault", [Fault.reset(), Fault.status(429, retry_after=0.2), Fault.status(503)])
+def test_transient_failures_fail_over(gw: GatewayProcess, sims: Sims, fault: Fault) -> None:
+    sims.a.add_fault(fault)
+    r = post(gw, "chat-default")
+    assert r.status_code == 200 and r.headers["x-gateway-deployment"] == "b"
+
+
+def test_client_error_from_backend_is_not_retried(gw: GatewayProcess, sims: Sims) -> None:
+    sims.a.add_fault(Fault.status(400, message="bad sampling value"))
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk(gw).chat.completions.create(model="chat-default", messages=MSGS)
+    body = err.value.body
+    assert isinstance(body, dict) and "bad sampling value" in body["message"]
+    assert body["code"] is None or isinstance(body["code"], str), "vLLM's integer code is normalised"
+    assert sims.a.count("/v1/chat/completions") == 1
+    assert sims.b.count("/v1/chat/completions") == 0, "a 4xx must not be retried elsewhere"
+
+
+def test_breaker_opens_stops_traffic_half_opens_and_closes(gw: GatewayProcess, sims: Sims) -> None:
+    sims.a.set_fault(Fault.status(500))
+    for _ in range(3):  # failure_threshold is 3; the client never notices
+        assert post(gw, "chat-default").status_code == 200
+    assert sims.a.count("/v1/chat/completions") == 3
+    state = admin(gw, "GET", "/deployments").json()["deployments"]["a"]["breaker"]
+    assert state["state"] == "open"
+    for _ in range(5):  # open: no traffic reaches a
+        r = post(gw, "chat-default")
+        assert r.status_code == 200 and r.headers["x-gateway-deployment"] == "b"
+        assert r.headers["x-gateway-attempts"] == "1"
+    assert sims.a.count("/v1/chat/completions") == 3
+    sims.a.set_fault(None)
+    time.sleep(1.2)  # cooldown_s is 1.0: the next request is the single half-open probe
+    r = post(gw, "chat-default")
+    assert r.status_code == 200 and r.headers["x-gateway-deployment"] == "a"
+    assert admin(gw, "GET", "/deployments").json()["deployments"]["a"]["breaker"]["state"] == "closed"
+    assert post(gw, "chat-default").headers["x-gateway-deployment"] == "a"
+
+
+def test_breaker_probe_failure_reopens(gw: GatewayProcess, sims: Sims) -> None:
+    sims.a.set_fault(Fault.status(500))
+    for _ in range(3):
+        post(gw, "chat-default")
+    time.sleep(1.2)
+    assert post(gw, "chat-default").status_code == 200  # the probe fails, b answers
+    assert sims.a.count("/v1/chat/completions") == 4
+    assert admin(gw, "GET", "/deployments").json()["deployments"]["a"]["breaker"]["state"] == "open"
+
+
+def test_least_busy_prefers_the_shorter_vllm_queue(gw: GatewayProcess, sims: Sims) -> None:
+    sims.a.waiting, sims.b.waiting = 12, 0
+    time.sleep(0.6)  # health checks scrape /metrics every 0.2 s
+    served = [post(gw, "least-busy").headers["x-gateway-deployment"] for _ in range(5)]
+    assert served == ["b"] * 5
+    load = admin(gw, "GET", "/deployments").json()["deployments"]["a"]["load"]
+    assert load["waiting"] == 12
+    sims.a.waiting, sims.b.waiting = 0, 7
+    sims.b.kv_cache_usage = 0.9
+    time.sleep(0.6)
+    assert [post(gw, "least-busy").headers["x-gateway-deployment"] for _ in range(5)] == ["a"] * 5
+
+
+def test_unhealthy_deployment_is_avoided_and_reported(gw: GatewayProcess, sims: Sims) -> None:
+    sims.a.healthy = False
+    time.sleep(0.6)
+    r = post(gw, "chat-default")
+    assert r.headers["x-gateway-deployment"] == "b"
+    assert sims.a.count("/v1/chat/completions") == 0
+    ready = httpx.get(f"{gw.root_url}/ready").json()
+    assert ready["deployments"]["a"]["healthy"] is False
+
+
+def test_stream_broken_after_3_chunks_is_continued_by_the_fallback(gw: GatewayProcess, sims: Sims) -> None:
+    sims.a.add_fault(Fault.cut_stream(after_chunks=3))
+    stream = sdk(gw).chat.completions.create(model="chat-default", messages=MSGS, stream=True,
+                                             stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == EXPECTED
+    assert len({c.id for c in chunks}) == 1, "the continuation looks like one stream"
+    roles = [c for c in chunks if c.choices and c.choices[0].delta.role]
+    assert len(roles) == 1
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    continued = [r.body for r in sims.b.requests if r.path == "/v1/chat/completions"]
+    assert continued and continued[0]["continue_final_message"] is True
+    assert continued[0]["messages"][-1]["role"] == "assistant"
+
+
+def test_stream_break_without_continuation_ends_with_in_band_error(gw: GatewayProcess, sims: Sims) -> None:
+    sims.a.add_fault(Fault.cut_stream(after_chunks=3))
+    stream = sdk(gw).chat.completions.create(model="no-continue", messages=MSGS, stream=True)
+    got = []
+    with pytest.raises(openai.APIError):
+        for chunk in stream:
+            got.append(chunk)
+    assert 1 <= len(got) <= 3
+    assert not any(c.choices and c.choices[0].finish_reason for c in got), "never presented as complete"
+    # On the wire: the in-band error event comes first, then [DONE].
+    sims.a.add_fault(Fault.cut_stream(after_chunks=2))
+    raw = httpx.post(f"{gw.base_url}/chat/completions", timeout=30,
+                     json={"model": "no-continue", "messages": MSGS, "stream": True}).text
+    assert raw.rstrip().endswith("data: [DONE]")
+    assert raw.index('data: {"error"') < raw.index("data: [DONE]")
+
+
+def test_stream_failure_before_first_token_is_invisible(gw: GatewayProcess, sims: Sims) -> None:
+    sims.a.add_fault(Fault.status(502))
+    chunks = list(sdk(gw).chat.completions.create(model="chat-default", messages=MSGS, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == EXPECTED
+
+
+def test_every_deployment_down_gives_the_marked_last_resort(gw: GatewayProcess) -> None:
+    r = post(gw, "degraded")
+    assert r.status_code == 200
+    assert r.headers["x-gateway-degraded"] == "static"
+    assert r.json()["choices"][0]["message"]["content"] == "We are degraded right now."
+    s = httpx.post(f"{gw.base_url}/chat/completions", timeout=30,
+                   json={"model": "degraded", "messages": MSGS, "stream": True})
+    assert s.headers["x-gateway-degraded"] == "static" and s.text.rstrip().endswith("data: [DONE]")
+
+
+def test_route_without_last_resort_fails_with_retryable_error(gw: GatewayProcess, sims: Sims) -> None:
+    sims.a.set_fault(Fault.status(503))
+    sims.b.set_fault(Fault.status(503))
+    with pytest.raises(openai.InternalServerError) as err:
+        sdk(gw).chat.completions.create(model="chat-default", messages=MSGS)
+    assert err.value.status_code == 503
