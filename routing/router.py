@@ -186,6 +186,8 @@ class Router:
         rewrite: _ChatTracker | None = None
         failed = {dep.name}
         current = stream
+        single = getattr(request, "n", 1) == 1
+        finished = False  # a finish_reason was relayed (cheap byte check; exact for n == 1)
         try:
             while True:
                 try:
@@ -196,10 +198,18 @@ class Router:
                                 continue
                         if tracker is not None:
                             tracker.observe(frame)
+                        if single and not finished and (_FINISH in frame or _FINISH_SPACED in frame):
+                            finished = True
                         yield frame
                     return
                 except GatewayError as exc:
                     self._failed(dep, exc, outcome)
+                    if finished:
+                        # The answer was complete (its finish_reason arrived); only the tail broke off.
+                        # Like OpenAI's own interrupted streams, the usage chunk may then be missing.
+                        log.warning("stream from %s broke after its finish_reason; ending it cleanly", dep.name)
+                        yield fmt.DONE
+                        return
                     nxt = None
                     if tracker is not None and not tracker.finished:
                         nxt = await self._continue(plan, request, request_id, deadline, outcome, failed, tracker)
@@ -277,6 +287,10 @@ class _ChatTracker:
         if self.head:
             chunk.update({k: v for k, v in self.head.items() if v is not None})
         return fmt.sse(chunk)
+
+
+_FINISH = b'"finish_reason":"'
+_FINISH_SPACED = b'"finish_reason": "'
 
 
 def _chunk(frame: bytes) -> dict[str, Any] | None:
