@@ -111,8 +111,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from routing.config_checks import missing_secrets
+
     config, _ = _load(args.file)
-    print(f"{args.file}: OK ({len(config.models)} model(s))")
+    print(f"{args.file}: OK ({len(config.models)} local model(s), {len(config.providers)} provider(s), "
+          f"{len(config.deployments)} deployment(s), {len(config.routes)} route(s))")
+    for warning in missing_secrets(config):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -154,6 +154,9 @@ class HealthCheckConfig(_Strict):
 
 
 class GatewayConfig(_Strict):
+    """With no `models` key, a config that defines no routes serves the embedded default model;
+    one that defines routes or deployments serves only what it names."""
+
     server: ServerConfig = Field(default_factory=ServerConfig)
     models: list[LlamaCppModelConfig] = Field(
         default_factory=lambda: [LlamaCppModelConfig(card="gemma-3-270m")]
@@ -164,6 +167,13 @@ class GatewayConfig(_Strict):
     default_route: str | None = None  # for models no route names
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     health_checks: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_implicit_model_with_routes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "models" not in data and (data.get("routes") or data.get("deployments")):
+            data = {**data, "models": []}
+        return data
 
 
 class ConfigError(ValueError):

@@ -67,6 +67,11 @@ def base_config(s: Sims) -> dict[str, Any]:
             {"name": "least-busy", "deployments": ["a", "b"], "strategy": "least-busy", "timeouts": fast},
             {"name": "claude", "deployments": ["claude"], "timeouts": fast},
             {"name": "gpt-first", "deployments": ["gpt", "a"], "timeouts": fast, "retry": retry},
+            {"name": "tiered", "deployments": ["a"], "timeouts": fast, "rules": [
+                {"when": {"header": {"x-tier": "gold"}}, "deployments": ["b"]},
+                {"when": {"metadata": {"team": "research"}}, "route": "claude"},
+                {"when": {"min_prompt_tokens": 500}, "deployments": ["gpt"]},
+            ]},
             {"name": "degraded", "deployments": ["dead"], "timeouts": fast,
              "retry": {"max_attempts": 2, "backoff_base_s": 0.01},
              "last_resort": {"message": "We are degraded right now."}},
@@ -76,9 +81,10 @@ def base_config(s: Sims) -> dict[str, Any]:
     }
 
 
-def start_gateway(s: Sims, config: dict[str, Any] | None = None) -> GatewayProcess:
+def start_gateway(s: Sims, config: dict[str, Any] | None = None, require_ready: bool = False) -> GatewayProcess:
+    """require_ready=False: return once the server answers (routes to a dead upstream keep /ready at 503)."""
     env = {"SIM_OPENAI_KEY": OPENAI_KEY, "SIM_ANTHROPIC_KEY": ANTHROPIC_KEY, "LLM_GATEWAY_ADMIN_KEY": ADMIN_KEY}
-    return GatewayProcess(config or base_config(s), env=env, require_ready=False, ready_timeout=60)
+    return GatewayProcess(config or base_config(s), env=env, require_ready=require_ready, ready_timeout=120)
 
 
 def admin(gw: GatewayProcess, method: str, path: str) -> httpx.Response:

@@ -72,3 +72,16 @@ def test_cli_version_models_and_check(tmp_path: Path) -> None:
 def test_shipped_example_config_passes_check() -> None:
     r = cli("check", str(ROOT / "deploy" / "gateway.example.yaml"))
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("name", ["cpu-only.yaml", "gpu-first.yaml", "vllm-replicas.yaml"])
+def test_example_routing_configs_pass_check(name: str) -> None:
+    r = cli("check", str(ROOT / "deploy" / "configs" / name))
+    assert r.returncode == 0, r.stderr
+
+
+def test_vllm_image_never_forces_the_slow_awq_kernel() -> None:
+    text = (ROOT / "docker" / "vllm" / "Dockerfile").read_text()
+    assert text.startswith("# ") and "FROM vllm/vllm-openai:" in text
+    launch = [line for line in text.splitlines() if line.startswith(("ENTRYPOINT", "CMD"))]
+    assert launch and all("--quantization" not in line for line in launch)

@@ -173,3 +173,33 @@ def test_route_without_last_resort_fails_with_retryable_error(gw: GatewayProcess
     with pytest.raises(openai.InternalServerError) as err:
         sdk(gw).chat.completions.create(model="chat-default", messages=MSGS)
     assert err.value.status_code == 503
+
+
+def test_conditional_rules_pick_deployments(gw: GatewayProcess, sims: Sims) -> None:
+    plain = post(gw, "tiered")
+    assert plain.headers["x-gateway-deployment"] == "a"
+    gold = httpx.post(f"{gw.base_url}/chat/completions", headers={"x-tier": "gold"}, timeout=30,
+                      json={"model": "tiered", "messages": MSGS})
+    assert gold.headers["x-gateway-deployment"] == "b"
+    tagged = post(gw, "tiered", metadata={"team": "research"})
+    assert tagged.headers["x-gateway-deployment"] == "claude"
+    long = httpx.post(f"{gw.base_url}/chat/completions", timeout=30, json={
+        "model": "tiered", "messages": [{"role": "user", "content": "word " * 600}]})
+    assert long.headers["x-gateway-deployment"] == "gpt", "long prompts go to the big-context deployment"
+
+
+def test_lowest_latency_learns_the_faster_replica(gw: GatewayProcess, sims: Sims) -> None:
+    import yaml
+
+    from tests.routing_env import base_config, with_changes
+
+    cfg = with_changes(base_config(sims), **{"least-busy": {"strategy": "lowest-latency"}})
+    gw.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    deadline = time.monotonic() + 5
+    while admin(gw, "GET", "/config").json()["version"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    sims.a.set_fault(Fault.latency(0.3))
+    for _ in range(4):  # both get measured
+        post(gw, "least-busy")
+    served = [post(gw, "least-busy").headers["x-gateway-deployment"] for _ in range(5)]
+    assert served.count("b") >= 4, served

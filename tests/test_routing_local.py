@@ -1,0 +1,37 @@
+"""A route that mixes a (simulated) vLLM server with the real local llama.cpp model."""
+
+from __future__ import annotations
+
+import openai
+
+from tests.routing_env import Sims, sims, start_gateway  # noqa: F401
+from tests.sim import Fault, canonical_reply, words
+
+
+def test_vllm_stream_broken_midway_is_continued_by_the_local_model(sims: Sims) -> None:
+    sims.reset()
+    config = {
+        "server": {"watch_config": False},
+        "models": [{"card": "gemma-3-270m", "n_ctx": 1024}],
+        "providers": {"gpu": {"kind": "vllm", "base_url": f"{sims.a.url}/v1"}},
+        "deployments": [{"name": "gpu-a", "provider": "gpu", "model": "vllm-model"},
+                        {"name": "cpu", "provider": "local", "model": "gemma-3-270m"}],
+        "routes": [{"name": "hybrid", "deployments": ["gpu-a", "cpu"],
+                    "timeouts": {"connect_s": 1, "read_s": 5, "total_s": 60}}],
+        "health_checks": {"interval_s": 0.5},
+    }
+    msgs = [{"role": "user", "content": "Tell me a story"}]
+    sims.a.add_fault(Fault.cut_stream(after_chunks=3))  # the role chunk and two words
+    with start_gateway(sims, config, require_ready=True) as gw:
+        client = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=60)
+        chunks = list(client.chat.completions.create(model="hybrid", messages=msgs, stream=True, max_tokens=12,
+                                                     temperature=0, stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        partial = "".join(words(canonical_reply(msgs))[:2])
+        assert text.startswith(partial) and len(text) > len(partial), text
+        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] in (
+            ["length"], ["stop"])
+        assert len({c.id for c in chunks}) == 1
+        ready = gw.ready_stats("gemma-3-270m")
+        assert ready["completed"] >= 1, "the local model produced the rest"
+    sims.reset()

@@ -1,0 +1,142 @@
+"""Routing parts on their own: breaker states, strategies, rules, config checks."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from backends.base import Backend
+from routing.breaker import CircuitBreaker
+from routing.config import BreakerConfig, ConfigError, DeploymentConfig, GatewayConfig, parse_config
+from routing.deployment import Deployment
+from routing.strategies import cheapest, least_busy, lowest_latency, weighted
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_breaker_consecutive_failures_cooldown_single_probe() -> None:
+    clock = Clock()
+    b = CircuitBreaker(BreakerConfig(failure_threshold=3, cooldown_s=10), clock)
+    for _ in range(2):
+        b.record_failure()
+    assert b.state == "closed" and b.allow()
+    b.record_failure()
+    assert b.state == "open" and not b.allow()
+    clock.t = 9.9
+    assert not b.allow()
+    clock.t = 10.0
+    assert b.allow() and b.state == "half_open"
+    assert not b.allow(), "only one probe while half-open"
+    b.record_success()
+    assert b.state == "closed" and b.allow() and b.allow()
+
+
+def test_breaker_opens_on_error_rate() -> None:
+    b = CircuitBreaker(BreakerConfig(failure_threshold=100, error_rate=0.5, window=10, min_requests=10))
+    for i in range(10):
+        (b.record_failure if i % 2 else b.record_success)()
+    assert b.state == "open"
+
+
+def test_breaker_failed_probe_reopens() -> None:
+    clock = Clock()
+    b = CircuitBreaker(BreakerConfig(failure_threshold=1, cooldown_s=1), clock)
+    b.record_failure()
+    clock.t = 1
+    assert b.allow()
+    b.record_failure()
+    assert b.state == "open" and not b.allow()
+
+
+class FakeBackend(Backend):
+    kind = "fake"
+
+    def __init__(self, name: str, load: float = 0.0) -> None:
+        super().__init__(name, None)
+        self.load = load
+
+    def load_score(self) -> float:
+        return self.load
+
+    async def start(self): ...
+    async def aclose(self): ...
+    def status(self): ...
+    async def chat(self, request, ctx): ...
+    async def chat_stream(self, request, ctx): ...
+    async def completion(self, request, ctx): ...
+    async def completion_stream(self, request, ctx): ...
+
+
+def dep(name: str, *, weight: float = 1, load: float = 0, cost: float | None = None, ttft: float | None = None,
+        in_flight: int = 0) -> Deployment:
+    d = Deployment(DeploymentConfig(name=name, provider="p", model="m", weight=weight, cost_per_mtok=cost),
+                   FakeBackend(name, load), CircuitBreaker(BreakerConfig()))
+    d.ewma_ttft_s, d.in_flight = ttft, in_flight
+    return d
+
+
+def test_strategies_order() -> None:
+    a, b, c = dep("a", load=5, cost=3, ttft=0.3), dep("b", load=0, cost=1, ttft=0.1), dep("c", in_flight=2, cost=2)
+    assert [d.name for d in least_busy([a, b, c], 0, 0)] == ["b", "c", "a"]
+    assert [d.name for d in cheapest([a, b, c], 1000, 1000)] == ["b", "c", "a"]
+    assert [d.name for d in lowest_latency([a, b, c], 0, 0)] == ["c", "b", "a"], "unmeasured goes first"
+
+
+def test_weighted_order_follows_weights() -> None:
+    rng = random.Random(1)
+    firsts = [weighted([dep("x", weight=1), dep("y", weight=9), dep("z", weight=0)], 0, 0, rng)[0].name
+              for _ in range(2000)]
+    assert 0.87 < firsts.count("y") / 2000 < 0.93
+    assert "z" not in firsts
+
+
+def test_ewma() -> None:
+    d = dep("a")
+    d.observe_ttft(1.0)
+    d.observe_ttft(0.0)
+    assert d.ewma_ttft_s == pytest.approx(0.7)
+
+
+ROUTED = """\
+providers:
+  gpu:
+    kind: vllm
+    base_url: http://127.0.0.1:1/v1
+deployments:
+  - name: big
+    provider: gpu
+    model: m
+routes:
+  - name: r
+    deployments: [big]
+    rules:
+      - when: {header: {x-tier: gold}}
+        deployments: [missing]
+"""
+
+
+def test_config_reference_errors_are_line_numbered() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(ROUTED, "c.yaml", known_cards=set())
+    assert err.value.problems == ["c.yaml:14: routes[0].rules[0].deployments[0]: no deployment named 'missing'"]
+
+
+def test_routes_without_models_key_load_no_local_model() -> None:
+    cfg = parse_config(ROUTED.replace("[missing]", "[big]"))
+    assert cfg.models == []
+    assert [m.card for m in GatewayConfig().models] == ["gemma-3-270m"]
+
+
+def test_literal_api_key_is_refused() -> None:
+    text = ROUTED.replace("[missing]", "[big]").replace("    base_url: http://127.0.0.1:1/v1",
+                                                        "    base_url: http://127.0.0.1:1/v1\n    api_key: sk-live-123")
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "c.yaml")
+    assert "c.yaml:5: providers.gpu.api_key: give the key as a ${ENV_VAR} reference" in err.value.problems[0]
