@@ -16,6 +16,11 @@ MSGS = [{"role": "user", "content": "Tell me about foxes"}]
 EXPECTED = canonical_reply(MSGS)
 
 
+def last(sim):  # type: ignore[no-untyped-def]
+    """The sim's latest model request (health checks and /metrics scrapes are recorded too)."""
+    return [r for r in sim.requests if r.path.startswith("/v1/") and r.method == "POST"][-1]
+
+
 def sdk(g: GatewayProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=g.base_url, api_key="unused", max_retries=0, timeout=30)
 

@@ -16,6 +16,11 @@ MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
         {"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "How are you"}]
 
 
+def last(sim):  # type: ignore[no-untyped-def]
+    """The sim's latest model request (health checks and /metrics scrapes are recorded too)."""
+    return [r for r in sim.requests if r.path.startswith("/v1/") and r.method == "POST"][-1]
+
+
 def sdk(g: GatewayProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=g.base_url, api_key="unused", max_retries=0, timeout=30)
 
@@ -25,7 +30,7 @@ def test_anthropic_round_trip(gw: GatewayProcess, sims: Sims) -> None:
     assert r.choices[0].message.content == canonical_reply(MSGS)
     assert r.choices[0].finish_reason == "stop"
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens > 0
-    sent = sims.claude.requests[-1]
+    sent = last(sims.claude)
     assert sent.headers["x-api-key"] == ANTHROPIC_KEY and sent.headers["anthropic-version"]
     assert sent.body["system"] == "Be brief."
     assert [m["role"] for m in sent.body["messages"]] == ["user", "assistant", "user"]
@@ -71,7 +76,7 @@ def test_anthropic_529_is_retried_then_reported_as_503(gw: GatewayProcess, sims:
 def test_openai_upstream_gets_its_key_and_only_openai_fields(gw: GatewayProcess, sims: Sims) -> None:
     r = sdk(gw).chat.completions.create(model="gpt-first", messages=MSGS, extra_body={"top_k": 5, "store": False})
     assert r.choices[0].message.content == canonical_reply(MSGS)
-    sent = sims.gpt.requests[-1]
+    sent = last(sims.gpt)
     assert sent.headers["authorization"] == f"Bearer {OPENAI_KEY}"
     assert sent.body["model"] == "sim-model" and "top_k" not in sent.body and sent.body["store"] is False
 
@@ -82,13 +87,13 @@ def test_openai_in_band_stream_error_is_detected(gw: GatewayProcess, sims: Sims)
     # The OpenAI deployment cannot continue a message; vLLM 'a' can, so the stream completes.
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == canonical_reply(MSGS)
-    assert sims.a.requests[-1].body["continue_final_message"] is True
+    assert last(sims.a).body["continue_final_message"] is True
 
 
 def test_vllm_extras_pass_through(gw: GatewayProcess, sims: Sims) -> None:
     extras = {"top_k": 7, "min_p": 0.1, "repetition_penalty": 1.1, "structured_outputs": {"choice": ["a", "b"]}}
     sdk(gw).chat.completions.create(model="chat-default", messages=MSGS, extra_body=extras)
-    sent = sims.a.requests[-1].body
+    sent = last(sims.a).body
     assert {k: sent[k] for k in extras} == extras
 
 
