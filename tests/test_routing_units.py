@@ -140,3 +140,45 @@ def test_literal_api_key_is_refused() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(text, "c.yaml")
     assert "c.yaml:5: providers.gpu.api_key: give the key as a ${ENV_VAR} reference" in err.value.problems[0]
+
+
+@pytest.mark.parametrize("raw,code", [
+    (b'{"error": {"message": "bad top_k", "type": "BadRequestError", "param": "top_k", "code": 400}}', None),
+    (b'{"object": "error", "message": "bad top_k", "type": "BadRequestError", "param": "top_k", "code": 400}', None),
+    (b'{"error": {"message": "bad top_k", "type": "invalid_request_error", "param": "top_k", "code": "invalid_value"}}',
+     "invalid_value"),
+])
+def test_vllm_and_openai_error_shapes_are_normalised(raw: bytes, code: str | None) -> None:
+    from backends.http import PoolSettings, UpstreamPool
+    from backends.vllm import VLLMBackend
+
+    backend = VLLMBackend("v", None, base_url="http://x/v1", model="m", api_key=None, pool=UpstreamPool(PoolSettings()))
+    err = backend.normalise_error(400, raw, {})
+    body = err.body()["error"]
+    assert err.status_code == 400 and not err.retryable
+    assert body == {"message": "bad top_k", "type": "invalid_request_error", "param": "top_k", "code": code}
+
+
+def test_vllm_metrics_parsing_reads_new_and_deprecated_names() -> None:
+    from backends.vllm import parse_metrics
+
+    text = """# HELP vllm:num_requests_waiting Number of requests waiting.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="m"} 3.0
+vllm:num_requests_waiting{engine="1",model_name="m"} 2.0
+vllm:gpu_cache_usage_perc{engine="0",model_name="m"} 0.25
+vllm:num_requests_running{engine="0",model_name="m"} 4.0
+"""
+    m = parse_metrics(text)
+    assert m["vllm:num_requests_waiting"] == 5.0 and m["vllm:gpu_cache_usage_perc"] == 0.25
+    assert "vllm:kv_cache_usage_perc" not in m
+
+
+def test_default_route_catches_unknown_model_names() -> None:
+    from gateway.model_cards import load_cards
+    from routing.runtime import build_runtime
+
+    cfg = parse_config(ROUTED.replace("[missing]", "[big]") + "default_route: r\n")
+    runtime = build_runtime(cfg, load_cards())
+    assert runtime.resolve("anything-at-all").name == "r"
+    assert runtime.resolve("r").name == "r"
