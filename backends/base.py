@@ -85,6 +85,10 @@ class Backend(abc.ABC):
         """Active health check; the default trusts `status()`."""
         return self.status().state == "ready"
 
+    def estimate_tokens(self, request: Any) -> int | None:
+        """Prompt tokens by the deployment's own tokenizer, when it has one here (local models)."""
+        return None
+
     def load_score(self) -> float:
         """Queue pressure for `least-busy` routing, beyond the router's own in-flight count."""
         return 0.0

@@ -123,6 +123,21 @@ class LlamaCppBackend(Backend):
     def load_score(self) -> float:
         return float(sum(e.load for e in self.engines))
 
+    def estimate_tokens(self, request: Any) -> int | None:
+        """Exact prompt tokens with the model's own template and tokenizer (thread-safe in llama.cpp)."""
+        if self._state != "ready":
+            return None
+        try:
+            if isinstance(request, ChatCompletionRequest):
+                if self._template is None:
+                    return None
+                text = self._template.render(request.messages)
+                return len(self.engines[0].llm.tokenize(text.encode(), add_bos=False, special=True))
+            return sum(len(self.engines[0].llm.tokenize(p.encode(), add_bos=True, special=True))
+                       if isinstance(p, str) else len(p) for p in request.prompts())
+        except Exception:  # a bad request is reported by the request path itself, not here
+            return None
+
     async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> dict[str, Any]:
         request = _with_params(request, ctx)
         job, prompt_len = await self._chat_job(request, ctx.continue_from)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -18,20 +19,28 @@ from gateway import __version__
 from gateway.error_handlers import install_error_handlers
 from gateway.middleware import RequestContextMiddleware
 from gateway.model_cards import ModelCard, load_cards
-from gateway.routes import admin, health, openai
+from gateway.routes import admin, admin_keys, health, openai
 from routing.config import GatewayConfig
 from routing.manager import RuntimeManager
-from routing.router import Router
+from gateway.pipeline import Services
 
 log = logging.getLogger("llm_gateway")
 
 
+def redis_url_for(config: GatewayConfig, override: str | None = None) -> str | None:
+    """--redis-url, then REDIS_URL, then the config file; none means in-process stores."""
+    from routing.config import resolve_secret
+
+    return override or os.environ.get("REDIS_URL") or resolve_secret(config.redis.url) or None
+
+
 def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
-               config_path: str | None = None) -> FastAPI:
+               config_path: str | None = None, redis_url: str | None = None) -> FastAPI:
     if cards is None:
         cards_dir = Path(config.server.model_cards_dir) if config.server.model_cards_dir else None
         cards = load_cards(cards_dir)
     manager = RuntimeManager(config, cards, config_path)
+    services = Services.build(config, redis_url_for(config, redis_url))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,14 +49,16 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
             yield
         finally:
             await manager.aclose()
+            await services.link.aclose()
 
     app = FastAPI(title="llm-gateway", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.cards = cards
     app.state.manager = manager
-    app.state.router = Router()
+    app.state.services = services
     app.include_router(health.router)
     app.include_router(openai.router)
     app.include_router(admin.router)
+    app.include_router(admin_keys.router)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=config.server.max_body_bytes)
     return app

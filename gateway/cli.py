@@ -74,7 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 
-    app = create_app(config, cards, config_path=args.config or os.environ.get(ENV_CONFIG))
+    app = create_app(config, cards, config_path=args.config or os.environ.get(ENV_CONFIG),
+                     redis_url=args.redis_url)
     shown = f"[{host}]" if ":" in host else host
     first = config.models[0].card if config.models else "MODEL"
     print(f"llm-gateway {__version__} listening on http://{shown}:{port}  (OpenAI base_url: http://{shown}:{port}/v1)")
@@ -132,11 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help=f"port (env {ENV_PORT}; default 8000)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help=f"env {ENV_LOG_LEVEL}")
     serve.add_argument("--access-log", action="store_true", help="log every request line")
+    serve.add_argument("--redis-url", help="Redis for the shared cache, keys and limits (env REDIS_URL; "
+                                           "default: in-process)")
     serve.set_defaults(func=cmd_serve)
 
     models = sub.add_parser("models", help="list the model cards")
     models.add_argument("--json", action="store_true", help="machine-readable output")
     models.set_defaults(func=cmd_models)
+
+    from gateway.cli_admin import add_parsers
+
+    add_parsers(sub)
 
     check = sub.add_parser("check", help="validate a config file; exit 2 with line-numbered messages")
     check.add_argument("file")

@@ -154,6 +154,14 @@ class SamplingFields(OpenAIModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def with_usage_reported(self) -> "SamplingFields":
+        """A copy that asks the backend for the stream's usage chunk (for accounting), raw body included."""
+        copy = self.model_copy(update={"stream_options": StreamOptions(include_usage=True)})
+        raw = self.wire_body()
+        raw["stream_options"] = {**(raw.get("stream_options") or {}), "include_usage": True}
+        copy._raw = raw
+        return copy
+
     def wire_body(self) -> dict[str, Any]:
         """A fresh dict of the request as sent (or as built, for requests made in code)."""
         if self._raw is not None:

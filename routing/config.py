@@ -79,6 +79,13 @@ class DeploymentConfig(_Strict):
     weight: float = Field(default=1.0, ge=0)
     context_length: int | None = Field(default=None, gt=0)
     cost_per_mtok: float | None = Field(default=None, ge=0)  # overrides the card's prices for `cost`
+    # Self-hosted spend: the instance's price spread over its measured throughput (tokens/s;
+    # default: the model card's measured decode speed).
+    instance_price_per_hour: float | None = Field(default=None, ge=0)
+    throughput_tokens_per_s: float | None = Field(default=None, gt=0)
+    # When Redis cannot be asked, may requests to this deployment skip rate limits (open)
+    # or are they refused (closed)? Open by default: an outage of Redis is not an outage of the gateway.
+    rate_limit_failure: Literal["open", "closed"] = "open"
 
 
 class RetryPolicy(_Strict):
@@ -92,6 +99,19 @@ class Timeouts(_Strict):
     connect_s: float = Field(default=5.0, gt=0)
     read_s: float = Field(default=60.0, gt=0)  # to the first byte, and between stream chunks
     total_s: float = Field(default=300.0, gt=0)  # the whole request, all attempts included
+
+
+class RouteCache(_Strict):
+    enabled: bool = True
+    ttl_s: float = Field(default=3600.0, gt=0)
+    stale_grace_s: float = Field(default=86400.0, ge=0)  # how long a stale answer may stand in when all fails
+    max_entry_bytes: int = Field(default=1024 * 1024, gt=0)
+    sampled: bool = False  # also cache answers to sampled (temperature > 0, no seed) requests
+
+
+class RouteLimits(_Strict):
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
 
 
 class LastResort(_Strict):
@@ -137,6 +157,8 @@ class RouteConfig(_Strict):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     stream_continuation: bool = True  # continue a broken stream on the next deployment that can
     last_resort: LastResort | None = None
+    cache: RouteCache = Field(default_factory=RouteCache)
+    rate_limit: RouteLimits = Field(default_factory=RouteLimits)
 
 
 class BreakerConfig(_Strict):
@@ -153,6 +175,22 @@ class HealthCheckConfig(_Strict):
     enabled: bool = True
 
 
+class RedisConfig(_Strict):
+    url: str | None = None  # or ${REDIS_URL}; also --redis-url and the REDIS_URL environment variable
+    prefix: str = "gw:"
+    timeout_s: float = Field(default=0.25, gt=0)  # per call; past it the cache fails open
+
+
+class CacheConfig(_Strict):
+    enabled: bool = True
+    max_entries: int = Field(default=10_000, ge=1)  # in-process LRU only (no Redis)
+
+
+class UsageConfig(_Strict):
+    o200k_path: str | None = None  # a local o200k_base.tiktoken for gpt-4o-family estimates
+    default_max_tokens: int = Field(default=512, ge=1)  # TPM reservation when a request names none
+
+
 class GatewayConfig(_Strict):
     """With no `models` key, a config that defines no routes serves the embedded default model;
     one that defines routes or deployments serves only what it names."""
@@ -167,6 +205,9 @@ class GatewayConfig(_Strict):
     default_route: str | None = None  # for models no route names
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     health_checks: HealthCheckConfig = Field(default_factory=HealthCheckConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    usage: UsageConfig = Field(default_factory=UsageConfig)
 
     @model_validator(mode="before")
     @classmethod

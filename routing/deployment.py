@@ -45,6 +45,24 @@ class Deployment:
             return 0.0
         return (card.pricing.input_per_mtok * prompt_tokens + card.pricing.output_per_mtok * max_tokens) / 1e6
 
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """What one answer cost: card prices for providers; for self-hosted deployments the instance's
+        hourly price spread over its throughput (configured, else the card's measured decode speed)."""
+        cfg = self.config
+        if cfg.instance_price_per_hour is not None:
+            card = self.backend.card
+            measured = card.measured.decode_tokens_per_s if card and card.measured else None
+            throughput = cfg.throughput_tokens_per_s or measured
+            if throughput:
+                return cfg.instance_price_per_hour / 3600.0 / throughput * (prompt_tokens + completion_tokens)
+            return 0.0
+        if cfg.cost_per_mtok is not None:
+            return cfg.cost_per_mtok * (prompt_tokens + completion_tokens) / 1e6
+        card = self.backend.card
+        if card is None or card.pricing is None:
+            return 0.0
+        return (card.pricing.input_per_mtok * prompt_tokens + card.pricing.output_per_mtok * completion_tokens) / 1e6
+
     def snapshot(self) -> dict:
         out = {
             "provider": self.config.provider,

@@ -1,8 +1,8 @@
 """The admin API: reload the config, show it (secrets masked), show deployments.
 
-Protected by the admin key from the environment (`LLM_GATEWAY_ADMIN_KEY`),
-sent as `Authorization: Bearer <key>`. Without that variable the admin API is
-off: every call gets 403.
+Protected by the admin key (`LLM_GATEWAY_ADMIN_KEY`) or the master key
+(`LLM_GATEWAY_MASTER_KEY`) from the environment, sent as `Authorization:
+Bearer <key>`. With neither set the admin API is off: every call gets 403.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from gateway.auth import MASTER_KEY_ENV
 from gateway.errors import GatewayError
 
 ADMIN_KEY_ENV = "LLM_GATEWAY_ADMIN_KEY"
@@ -26,14 +27,15 @@ _ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 _SECRET_NAMES = re.compile(r"(key|token|secret|password)", re.I)
 
 
-def _require_admin(request: Request) -> None:
-    expected = os.environ.get(ADMIN_KEY_ENV)
-    if not expected:
-        raise GatewayError(f"The admin API is disabled; set {ADMIN_KEY_ENV} to enable it.", status_code=403,
-                           error_type="permission_error", code="admin_disabled")
+def require_admin(request: Request) -> None:
+    """The admin key, or the master key, as a bearer token."""
+    accepted = [k for k in (os.environ.get(ADMIN_KEY_ENV), os.environ.get(MASTER_KEY_ENV)) if k]
+    if not accepted:
+        raise GatewayError(f"The admin API is disabled; set {ADMIN_KEY_ENV} (or {MASTER_KEY_ENV}) to enable it.",
+                           status_code=403, error_type="permission_error", code="admin_disabled")
     auth = request.headers.get("authorization", "")
-    given = auth[7:] if auth[:7].lower() == "bearer " else ""
-    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    if not given or not any(hmac.compare_digest(given.encode(), k.encode()) for k in accepted):
         raise GatewayError("Invalid admin key.", status_code=401, error_type="invalid_request_error",
                            code="invalid_api_key")
 
@@ -55,14 +57,14 @@ def _json(body: Any, status: int = 200) -> Response:
 
 @router.post("/reload")
 async def reload(request: Request) -> Response:
-    _require_admin(request)
+    require_admin(request)
     result = await request.app.state.manager.reload()
     return _json(result, 200 if result["ok"] else 400)
 
 
 @router.get("/config")
 async def show_config(request: Request) -> Response:
-    _require_admin(request)
+    require_admin(request)
     manager = request.app.state.manager
     runtime = manager.current
     return _json({
@@ -75,7 +77,7 @@ async def show_config(request: Request) -> Response:
 
 @router.get("/deployments")
 async def deployments(request: Request) -> Response:
-    _require_admin(request)
+    require_admin(request)
     runtime = request.app.state.manager.current
     return _json({"version": runtime.version,
                   "deployments": {name: dep.snapshot() for name, dep in runtime.deployments.items()}})

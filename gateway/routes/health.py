@@ -43,8 +43,10 @@ async def ready(request: Request) -> Response:
         if usable == 0 and route.config.last_resort is None and route.name not in not_ready:
             if not all(d.config.provider == "local" for d in route.deployments):
                 not_ready.append(f"route:{route.name}")
+    # Redis only degrades the gateway (cache and limits fail open); it never makes it unready.
+    redis = request.app.state.services.link.status()
     body = {"status": "ready" if not not_ready else "not_ready", "not_ready": not_ready, "backends": backends,
-            "deployments": deployments, "routes": routes, "config_version": runtime.version}
+            "deployments": deployments, "routes": routes, "redis": redis, "config_version": runtime.version}
     headers = {} if not not_ready else {"Retry-After": "2"}
     return Response(orjson.dumps(body), status_code=200 if not not_ready else 503,
                     media_type="application/json", headers=headers)

@@ -1,0 +1,49 @@
+"""After an answer: usage from the body or stream, cost, spend, and the TPM correction.
+
+Kept apart from the request pipeline so the hot path reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.auth import Principal
+from gateway.ratelimit import LimitSpec, RateLimiter
+from gateway.redis_conn import RedisLink
+from gateway.store_errors import StoreUnavailable
+from gateway.usage import UsageStore
+from routing.deployment import Deployment
+
+log = logging.getLogger("llm_gateway.usage")
+
+
+@dataclass
+class Reservation:
+    """What the rate limiter holds for a request until its real usage is known."""
+
+    subjects: list[tuple[str, LimitSpec]]
+    tokens: int
+
+
+async def settle(*, usage: dict[str, Any] | None, fallback_completion: int, prompt_estimate: int,
+                 reservation: Reservation | None, principal: Principal, route: str, deployment: Deployment | None,
+                 limiter: RateLimiter, store: UsageStore, link: RedisLink) -> None:
+    """Record usage and spend, and give back (or take more of) the reserved tokens. Never raises."""
+    prompt = int((usage or {}).get("prompt_tokens") or (prompt_estimate if deployment else 0))
+    completion = int((usage or {}).get("completion_tokens") or (fallback_completion if deployment else 0))
+    cost = deployment.cost_usd(prompt, completion) if deployment is not None else 0.0
+    try:
+        await store.record(key_id=principal.key_id, route=route, prompt_tokens=prompt, completion_tokens=completion,
+                           cost_usd=cost, budget_period=principal.key.budget_period if principal.key else None)
+        if reservation is not None:
+            delta = (prompt + completion) - reservation.tokens
+            if delta:
+                for subject, spec in reservation.subjects:
+                    if spec.tpm:
+                        await limiter.adjust(subject, spec, delta)
+    except StoreUnavailable as exc:
+        link.record_error(exc)
+    except Exception:  # accounting must never break an answer that was already given
+        log.exception("usage accounting failed")

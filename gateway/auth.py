@@ -1,0 +1,93 @@
+"""Who is calling: the master key, a virtual key, or nobody (auth off).
+
+Auth is on when `LLM_GATEWAY_MASTER_KEY` is set. Without it (the embedded
+default) every caller is anonymous and the server binds to 127.0.0.1. Error
+bodies say what is wrong with the request, never anything about the key store.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+from gateway.errors import GatewayError
+from gateway.keys import KEY_PREFIX, KeyRecord, KeyStore
+from gateway.redis_conn import RedisLink
+from gateway.store_errors import StoreUnavailable
+
+MASTER_KEY_ENV = "LLM_GATEWAY_MASTER_KEY"
+
+
+@dataclass(frozen=True)
+class Principal:
+    master: bool = False
+    key: KeyRecord | None = None
+
+    @property
+    def key_id(self) -> str | None:
+        return self.key.id if self.key else None
+
+    @property
+    def alias(self) -> str | None:
+        return "master" if self.master else (self.key.alias if self.key else None)
+
+    @property
+    def tier(self) -> str | None:
+        return self.key.tier if self.key else None
+
+
+ANONYMOUS = Principal()
+
+
+def _unauthorized(message: str) -> GatewayError:
+    return GatewayError(message, status_code=401, error_type="invalid_request_error", code="invalid_api_key")
+
+
+def auth_enabled() -> bool:
+    return bool(os.environ.get(MASTER_KEY_ENV))
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("authorization")
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("Malformed Authorization header; expected 'Bearer <API key>'.")
+    return token.strip()
+
+
+async def authenticate(headers: Mapping[str, str], keys: KeyStore, link: RedisLink) -> Principal:
+    master = os.environ.get(MASTER_KEY_ENV)
+    if not master:
+        return ANONYMOUS
+    token = bearer_token(headers)
+    if token is None:
+        raise _unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer <API key>'.")
+    if hmac.compare_digest(token.encode(), master.encode()):
+        return Principal(master=True)
+    if not token.startswith(KEY_PREFIX) or len(token) > 256 or not token.isascii():
+        raise _unauthorized("Incorrect API key provided.")
+    try:
+        record = await keys.lookup(token)
+    except StoreUnavailable as exc:
+        link.record_error(exc)
+        raise GatewayError("API keys cannot be checked right now; please retry shortly.", status_code=503,
+                           error_type="service_unavailable_error", code="auth_unavailable",
+                           headers={"Retry-After": "1"}) from None
+    if record is None:
+        raise _unauthorized("Incorrect API key provided.")
+    if record.revoked:
+        raise _unauthorized("This API key has been revoked.")
+    if record.expired:
+        raise _unauthorized("This API key has expired.")
+    return Principal(key=record)
+
+
+def authorize_model(principal: Principal, route: str, requested: str) -> None:
+    allowed = principal.key.models if principal.key else None
+    if allowed is not None and route not in allowed and requested not in allowed:
+        raise GatewayError(f"This API key may not use the model '{requested}'.", status_code=403,
+                           error_type="permission_error", code="model_not_allowed", param="model")

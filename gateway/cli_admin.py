@@ -1,0 +1,143 @@
+"""`llm-gateway keys ...` and `llm-gateway usage`: thin clients of a running gateway's admin API.
+
+They talk HTTP (stdlib only) so they work against any replica, and they use
+the admin or master key from the environment, never from the command line
+(where it would land in shell history and `ps`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+URL_ENV = "LLM_GATEWAY_URL"
+
+
+def _admin_key() -> str:
+    key = os.environ.get("LLM_GATEWAY_ADMIN_KEY") or os.environ.get("LLM_GATEWAY_MASTER_KEY")
+    if not key:
+        print("error: set LLM_GATEWAY_ADMIN_KEY (or LLM_GATEWAY_MASTER_KEY) to use the admin API", file=sys.stderr)
+        raise SystemExit(2)
+    return key
+
+
+def call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    url = args.url.rstrip("/") + path
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        "Authorization": f"Bearer {_admin_key()}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except Exception:
+            message = exc.reason
+        print(f"error: {exc.code}: {message}", file=sys.stderr)
+        raise SystemExit(1)
+    except urllib.error.URLError as exc:
+        print(f"error: cannot reach {args.url}: {exc.reason}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text)
+
+
+def _fields(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ("alias", "owner", "rpm", "tpm", "budget_usd", "budget_period", "tier"):
+        value = getattr(args, name, None)
+        if value is not None:
+            out[name] = value
+    if getattr(args, "models", None) is not None:
+        out["models"] = [m for m in args.models.split(",") if m] or None
+    if getattr(args, "expires_in", None):
+        out["expires_in_s"] = _duration(args.expires_in)
+    return out
+
+
+def _print(obj: Any, as_json: bool) -> None:
+    if as_json or not isinstance(obj, dict) or "rows" not in obj and "data" not in obj:
+        print(json.dumps(obj, indent=2))
+        return
+    rows = obj.get("data") or obj.get("rows") or []
+    if not rows:
+        print("(none)")
+        return
+    cols = list(rows[0])
+    cols = [c for c in cols if c not in ("created_at",)]
+    table = [cols] + [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    if "totals" in obj:
+        print("totals: " + ", ".join(f"{k}={v}" for k, v in obj["totals"].items()))
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    if args.keys_command == "create":
+        created = call(args, "POST", "/admin/keys", _fields(args))
+        print(json.dumps(created, indent=2))
+        print("Store the key now: it is not shown again.", file=sys.stderr)
+    elif args.keys_command == "list":
+        _print(call(args, "GET", "/admin/keys"), args.json)
+    elif args.keys_command == "update":
+        _print(call(args, "PATCH", f"/admin/keys/{args.id}", _fields(args)), True)
+    elif args.keys_command == "revoke":
+        _print(call(args, "DELETE", f"/admin/keys/{args.id}"), True)
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    query = f"?days={args.days}" + (f"&key_id={args.key_id}" if args.key_id else "")
+    _print(call(args, "GET", "/admin/usage" + query), args.json)
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8000"),
+                       help=f"the gateway (env {URL_ENV})")
+
+    def key_fields(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--alias")
+        p.add_argument("--owner")
+        p.add_argument("--models", help="comma-separated routes this key may use (empty: all)")
+        p.add_argument("--rpm", type=int)
+        p.add_argument("--tpm", type=int)
+        p.add_argument("--budget-usd", dest="budget_usd", type=float)
+        p.add_argument("--budget-period", dest="budget_period", choices=["daily", "monthly", "total"])
+        p.add_argument("--expires-in", dest="expires_in", help="e.g. 3600, 30m, 12h, 90d")
+        p.add_argument("--tier")
+
+    keys = sub.add_parser("keys", help="create, list, update and revoke virtual API keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create", help="create a key (shown once)")
+    key_fields(create)
+    lst = ksub.add_parser("list", help="list keys (never their secrets)")
+    lst.add_argument("--json", action="store_true")
+    update = ksub.add_parser("update", help="change a key's limits, models, budget or expiry")
+    update.add_argument("id")
+    key_fields(update)
+    revoke = ksub.add_parser("revoke", help="revoke a key on every replica at once")
+    revoke.add_argument("id")
+    for p in (create, lst, update, revoke):
+        common(p)
+    keys.set_defaults(func=cmd_keys)
+
+    usage = sub.add_parser("usage", help="requests, tokens and spend per key, route and day")
+    usage.add_argument("--days", type=int, default=1)
+    usage.add_argument("--key-id", dest="key_id")
+    usage.add_argument("--json", action="store_true")
+    common(usage)
+    usage.set_defaults(func=cmd_usage)

@@ -1,0 +1,140 @@
+"""Virtual API keys, stored hashed in Redis (or in memory without Redis).
+
+A key is shown once, at creation; only its sha256 is stored. Every request
+looks its key up in Redis, so a revocation or expiry applies on every replica
+at once. If Redis cannot be reached, the last record this replica saw for
+that key (if any) stands in, so an outage does not lock every caller out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.store_errors import StoreUnavailable, guard
+
+KEY_PREFIX = "sk-gw-"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass
+class KeyRecord:
+    id: str
+    alias: str
+    owner: str | None = None
+    models: list[str] | None = None  # None: every route
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: float | None = None
+    budget_period: str = "monthly"  # daily | monthly | total
+    expires_at: float | None = None  # unix seconds
+    revoked: bool = False
+    tier: str | None = None
+    created_at: float = field(default_factory=time.time)
+    display: str = ""  # the first characters, to recognise a key in listings
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and time.time() >= self.expires_at
+
+
+EDITABLE = {"alias", "owner", "models", "rpm", "tpm", "budget_usd", "budget_period", "expires_at", "tier", "revoked"}
+
+
+class KeyStore:
+    def __init__(self, redis: Any | None, prefix: str = "gw:") -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self._memory: dict[str, bytes] = {}  # hash -> record (no Redis)
+        self._ids: dict[str, str] = {}  # id -> hash (no Redis)
+        self._last_seen: dict[str, KeyRecord] = {}  # hash -> record, for Redis outages only
+
+    def _k(self, digest: str) -> str:
+        return f"{self.prefix}key:{digest}"
+
+    @property
+    def _index(self) -> str:
+        return f"{self.prefix}keys"
+
+    async def create(self, **fields: Any) -> tuple[str, KeyRecord]:
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        record = KeyRecord(id=uuid.uuid4().hex[:16], display=secret[:10] + "…",
+                           **{k: v for k, v in fields.items() if k in EDITABLE})
+        await self._write(hash_key(secret), record)
+        return secret, record
+
+    async def lookup(self, secret: str) -> KeyRecord | None:
+        digest = hash_key(secret)
+        if self.redis is None:
+            raw = self._memory.get(digest)
+        else:
+            try:
+                raw = await guard(self.redis.get(self._k(digest)))
+            except StoreUnavailable:
+                if digest in self._last_seen:
+                    return self._last_seen[digest]
+                raise
+        if raw is None:
+            self._last_seen.pop(digest, None)
+            return None
+        record = KeyRecord(**orjson.loads(raw))
+        self._last_seen[digest] = record
+        return record
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        digest = await self._digest_of(key_id)
+        if digest is None:
+            return None
+        raw = self._memory.get(digest) if self.redis is None else await guard(self.redis.get(self._k(digest)))
+        return KeyRecord(**orjson.loads(raw)) if raw else None
+
+    async def list(self) -> list[KeyRecord]:
+        if self.redis is None:
+            raws = [self._memory[d] for d in self._ids.values()]
+        else:
+            digests = await guard(self.redis.hvals(self._index))
+            raws = await guard(self.redis.mget([self._k(d.decode()) for d in digests])) if digests else []
+        return sorted((KeyRecord(**orjson.loads(r)) for r in raws if r), key=lambda k: k.created_at)
+
+    async def update(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
+        digest = await self._digest_of(key_id)
+        record = await self.get(key_id)
+        if digest is None or record is None:
+            return None
+        for name, value in changes.items():
+            if name in EDITABLE:
+                setattr(record, name, value)
+        await self._write(digest, record)
+        return record
+
+    async def revoke(self, key_id: str) -> KeyRecord | None:
+        return await self.update(key_id, {"revoked": True})
+
+    async def _digest_of(self, key_id: str) -> str | None:
+        if self.redis is None:
+            return self._ids.get(key_id)
+        raw = await guard(self.redis.hget(self._index, key_id))
+        return raw.decode() if raw else None
+
+    async def _write(self, digest: str, record: KeyRecord) -> None:
+        raw = orjson.dumps(record.public())
+        if self.redis is None:
+            self._memory[digest] = raw
+            self._ids[record.id] = digest
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._k(digest), raw)
+            pipe.hset(self._index, record.id, digest)
+            await guard(pipe.execute())

@@ -1,0 +1,271 @@
+"""One request, front to back: auth, plan, budget, rate limits, cache, routing, accounting.
+
+Every Redis-backed step fails open (the cache always; rate limits unless a
+deployment says closed), so an outage of Redis is never an outage of the
+gateway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway import tokens
+from gateway.accounting import Reservation, settle
+from gateway.auth import Principal, authenticate, authorize_model
+from gateway.cache import ResponseCache, cache_control, cache_key, is_deterministic
+from gateway.cache_stream import StreamAssembler, replay
+from gateway.disconnect import unless_disconnected
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.keys import KeyStore
+from gateway.protocol import ChatCompletionRequest, SamplingFields
+from gateway.ratelimit import LimitResult, LimitSpec, RateLimiter
+from gateway.redis_conn import RedisLink
+from gateway.store_errors import StoreUnavailable
+from gateway.usage import UsageStore
+from routing.config import GatewayConfig
+from routing.plan import Plan, make_plan
+from routing.router import Outcome, Router
+from routing.runtime import Route
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass
+class Services:
+    link: RedisLink
+    keys: KeyStore
+    limiter: RateLimiter
+    cache: ResponseCache
+    usage: UsageStore
+    router: Router
+
+    @classmethod
+    def build(cls, config: GatewayConfig, redis_url: str | None) -> "Services":
+        link = RedisLink(redis_url, config.redis.timeout_s, config.redis.prefix)
+        p = config.redis.prefix
+        return cls(link=link, keys=KeyStore(link.client, p), limiter=RateLimiter(link.client, p),
+                   cache=ResponseCache(link.client, p, max_entries=config.cache.max_entries,
+                                       timeout_s=config.redis.timeout_s),
+                   usage=UsageStore(link.client, p), router=Router())
+
+
+def namespace(route: Route) -> str:
+    """Cache entries belong to a route *and* its deployments: change those and old answers no longer match."""
+    spec = [(d.name, d.config.provider, d.config.model, d.config.params) for d in route.deployments]
+    return route.name + ":" + hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+
+
+async def serve(request: Request, body: SamplingFields, chat: bool) -> Response:
+    started = time.monotonic()
+    app = request.app
+    svc: Services = app.state.services
+    runtime = app.state.manager.current  # this request finishes on this config, whatever reloads happen
+    principal = await authenticate(request.headers, svc.keys, svc.link)
+    plan = make_plan(runtime, body, request.headers, principal.tier)
+    authorize_model(principal, plan.route.name, body.model)
+    headers: dict[str, str] = {}
+
+    await _check_budget(principal, svc)
+    prompt_estimate = _estimate_prompt(plan, body, runtime.config.usage.o200k_path)
+    reservation = await _limit(principal, plan, body, prompt_estimate, runtime.config.usage.default_max_tokens,
+                               svc, headers)
+
+    try:
+        directives = cache_control(request.headers)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="x-gateway-cache-ttl") from None
+    route_cache = plan.route.config.cache
+    wire = body.wire_body()
+    cacheable = (runtime.config.cache.enabled and route_cache.enabled and not directives.no_store
+                 and (route_cache.sampled or is_deterministic(wire)))
+    key = cache_key(namespace(plan.route), "chat" if chat else "completions", wire) if cacheable else None
+    stale = None
+    if key is not None:
+        entry = None
+        try:
+            entry = await svc.cache.get(key)
+        except StoreUnavailable as exc:
+            svc.link.record_error(exc)
+        if entry is not None and entry.fresh and not directives.no_cache:
+            headers["x-gateway-cache"] = "hit"
+            await settle(usage=None, fallback_completion=0, prompt_estimate=0, reservation=reservation,
+                         principal=principal, route=plan.route.name, deployment=None, limiter=svc.limiter,
+                         store=svc.usage, link=svc.link)
+            return _cached(entry.body, body, chat, headers, started)
+        stale = entry
+    headers["x-gateway-cache"] = "miss" if key is not None else "bypass"
+
+    upstream_request = body.with_usage_reported() if body.stream and not body.include_usage else body
+    work = svc.router.run(plan, upstream_request, request.state.request_id, stream=body.stream, chat=chat)
+    try:
+        outcome: Outcome = await (work if body.stream else unless_disconnected(request, work))
+    except GatewayError as exc:
+        if exc.retryable and stale is not None:
+            return _stale(stale.body, body, chat, headers, started)
+        raise
+    if outcome.degraded and stale is not None:
+        return _stale(stale.body, body, chat, headers, started)
+    deployment = runtime.deployments.get(outcome.deployment)
+    ttl = directives.ttl_s or route_cache.ttl_s
+
+    async def finish(result: dict[str, Any] | None, completion_frames: int) -> None:
+        usage = (result or {}).get("usage")
+        if key is not None and result is not None and not outcome.degraded:
+            try:
+                await svc.cache.put(key, result, ttl_s=ttl, stale_grace_s=route_cache.stale_grace_s,
+                                    max_entry_bytes=route_cache.max_entry_bytes)
+            except StoreUnavailable as exc:
+                svc.link.record_error(exc)
+        await settle(usage=usage, fallback_completion=completion_frames, prompt_estimate=prompt_estimate,
+                     reservation=reservation, principal=principal, route=plan.route.name,
+                     deployment=None if outcome.degraded else deployment, limiter=svc.limiter,
+                     store=svc.usage, link=svc.link)
+
+    headers.update(_gateway_headers(outcome, started))
+    if outcome.stream is not None:
+        stream = _account_stream(outcome.stream, finish, strip_usage=not body.include_usage)
+        return StreamingResponse(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+    raw = outcome.body
+    result = orjson.loads(raw) if isinstance(raw, (bytes, bytearray)) else raw
+    await finish(result if isinstance(result, dict) and result.get("choices") else None, 0)
+    return Response(raw if isinstance(raw, (bytes, bytearray)) else orjson.dumps(raw), media_type="application/json",
+                    headers=headers)
+
+
+async def _account_stream(stream: AsyncIterator[bytes], finish, strip_usage: bool) -> AsyncIterator[bytes]:
+    """Relay frames; assemble the answer for the cache and for usage; settle even if the client leaves."""
+    assembler = StreamAssembler()
+    frames = 0
+    try:
+        async for frame in stream:
+            assembler.feed(frame)
+            frames += 1
+            if strip_usage and frame.startswith(b'data: {') and b'"choices":[]' in frame and b'"usage":{' in frame:
+                continue  # we asked the backend for usage; this client did not
+            yield frame
+    finally:
+        await finish(assembler.result(), max(0, frames - 2))
+
+
+def _estimate_prompt(plan: Plan, body: SamplingFields, o200k: str | None) -> int:
+    first = plan.candidates[0] if plan.candidates else None
+    if first is not None:
+        exact = first.backend.estimate_tokens(body)
+        if exact is not None:
+            return exact
+    model = first.config.model if first else None
+    if isinstance(body, ChatCompletionRequest):
+        return tokens.estimate_chat(body.wire_body().get("messages") or [], model, o200k)
+    return tokens.estimate_prompt(body.wire_body().get("prompt") or "", model, o200k)
+
+
+async def _check_budget(principal: Principal, svc: Services) -> None:
+    key = principal.key
+    if key is None or key.budget_usd is None:
+        return
+    try:
+        spent = await svc.usage.spend(key.id, key.budget_period)
+    except StoreUnavailable as exc:
+        svc.link.record_error(exc)
+        return  # fail open: the spend is still recorded once Redis is back
+    if spent >= key.budget_usd:
+        raise GatewayError(f"You exceeded your current quota (budget ${key.budget_usd:g} per {key.budget_period} "
+                           f"period).", status_code=429, error_type="insufficient_quota", code="insufficient_quota",
+                           headers={"x-should-retry": "false"})
+
+
+async def _limit(principal: Principal, plan: Plan, body: SamplingFields, prompt_estimate: int, default_max: int,
+                 svc: Services, headers: dict[str, str]) -> Reservation | None:
+    subjects: list[tuple[str, LimitSpec]] = []
+    if principal.key and (principal.key.rpm or principal.key.tpm):
+        subjects.append((f"key:{principal.key.id}", LimitSpec(principal.key.rpm, principal.key.tpm)))
+    rl = plan.route.config.rate_limit
+    if rl.rpm or rl.tpm:
+        subjects.append((f"route:{plan.route.name}", LimitSpec(rl.rpm, rl.tpm)))
+    if not subjects:
+        return None
+    reserve = prompt_estimate + (getattr(body, "max_output_tokens", None) or default_max) * body.n
+    granted: list[tuple[str, LimitSpec]] = []
+    for subject, spec in subjects:
+        try:
+            result = await svc.limiter.acquire(subject, spec, reserve)
+        except StoreUnavailable as exc:
+            svc.link.record_error(exc)
+            _fail_closed_deployments(plan)
+            continue
+        headers.update(result.headers())
+        if not result.allowed:
+            for done_subject, done_spec in granted:  # give back what the other subject reserved
+                if done_spec.tpm:
+                    await _quiet(svc.limiter.adjust(done_subject, done_spec, -reserve))
+            raise _rate_limited(result, subject, headers)
+        granted.append((subject, spec))
+    return Reservation(granted, reserve)
+
+
+def _fail_closed_deployments(plan: Plan) -> None:
+    """Redis is down: deployments whose limits fail closed are off the plan; none left is a 503."""
+    keep = [d for d in plan.candidates if d.config.rate_limit_failure == "open"]
+    if not keep:
+        raise GatewayError("Rate limits cannot be checked right now; please retry shortly.", status_code=503,
+                           error_type="service_unavailable_error", code="rate_limiter_unavailable",
+                           headers={"Retry-After": "1"})
+    plan.candidates[:] = keep
+
+
+def _rate_limited(result: LimitResult, subject: str, headers: dict[str, str]) -> GatewayError:
+    what = "tokens" if result.reason == "tokens" else "requests"
+    who = "this API key" if subject.startswith("key:") else "this model"
+    if result.retry_after_s < 0:
+        return GatewayError(f"This request needs more tokens than the per-minute limit of {who} allows.",
+                            status_code=429, error_type="rate_limit_error", code="rate_limit_exceeded",
+                            headers={**headers, "x-should-retry": "false"})
+    retry = max(result.retry_after_s, 0.001)
+    return GatewayError(f"Rate limit reached for {what} on {who}. Please try again in {retry:.2f}s.",
+                        status_code=429, error_type="rate_limit_error", code="rate_limit_exceeded",
+                        headers={**headers, "Retry-After": str(max(1, int(retry + 0.999))),
+                                 "retry-after-ms": str(int(retry * 1000))})
+
+
+async def _quiet(aw: Any) -> None:
+    try:
+        await aw
+    except StoreUnavailable:
+        pass
+
+
+def _cached(stored: dict[str, Any], body: SamplingFields, chat: bool, headers: dict[str, str],
+            started: float) -> Response:
+    headers["x-gateway-overhead-ms"] = f"{(time.monotonic() - started) * 1000:.2f}"
+    headers["x-gateway-deployment"] = "cache"
+    headers["x-gateway-attempts"] = "0"
+    if body.stream:
+        return StreamingResponse(replay(stored, chat=chat, include_usage=body.include_usage),
+                                 media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+    return Response(orjson.dumps(stored), media_type="application/json", headers=headers)
+
+
+def _stale(stored: dict[str, Any], body: SamplingFields, chat: bool, headers: dict[str, str],
+           started: float) -> Response:
+    headers["x-gateway-cache"] = "hit"
+    headers["x-gateway-degraded"] = "stale-cache"
+    return _cached(stored, body, chat, headers, started)
+
+
+def _gateway_headers(outcome: Outcome, started: float) -> dict[str, str]:
+    overhead = max(0.0, time.monotonic() - started - outcome.backend_wait_s) * 1000
+    headers = {
+        "x-gateway-deployment": outcome.deployment,
+        "x-gateway-attempts": str(outcome.attempts),
+        "x-gateway-overhead-ms": f"{overhead:.2f}",
+    }
+    if outcome.degraded:
+        headers["x-gateway-degraded"] = outcome.degraded
+    return headers

@@ -1,0 +1,246 @@
+"""Exact RPM + TPM limits shared by every gateway replica (GCRA in one Lua script).
+
+Each (subject, dimension) is one key holding its TAT (theoretical arrival time,
+ms of Redis server time). A limit of N/min allows a burst of N, then refills at
+N per 60 s. One script checks both dimensions and updates both only if both
+allow, so a refusal on tokens never burns a request slot and vice versa, and
+replicas agree because the clock is Redis's (`TIME`), not theirs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import redis.asyncio
+
+from gateway.store_errors import guard
+
+WINDOW_MS = 60_000.0
+_TTL_MARGIN_MS = 1_000
+_MEMORY_SWEEP_AT = 100_000
+_REASONS = (None, "requests", "tokens")
+
+# Both scripts share this clock and the slack: admission tolerates the float
+# rounding of absolute ms TATs (at most 1 ms, or half an interval if smaller).
+_LUA_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local function fmt(x) return string.format('%.17g', x) end
+local function store(key, tat)
+  if tat <= now then redis.call('DEL', key) return end
+  redis.call('SET', key, fmt(tat), 'PX', math.ceil(tat - now) + MARGIN)
+end
+""".replace("MARGIN", str(_TTL_MARGIN_MS))
+
+# KEYS: requests key, tokens key. ARGV: rpm, tpm (0 = unlimited), tokens.
+# Returns {reason (0 ok, 1 requests, 2 tokens), retry ms (-1 never), d_req, d_tok}
+# where d_x = TAT after the call - now, in ms ('' when unlimited).
+_ACQUIRE_LUA = _LUA_NOW + """
+local limits = {tonumber(ARGV[1]), tonumber(ARGV[2])}
+local costs = {1, tonumber(ARGV[3])}
+local tats, news = {}, {}
+local reason, retry = 0, 0
+for i = 1, 2 do
+  local n = limits[i]
+  if n > 0 then
+    local interval = 60000 / n
+    local tat = tonumber(redis.call('GET', KEYS[i])) or now
+    if tat < now then tat = now end
+    tats[i] = tat - now  -- from here on: offsets from now, small and exact
+    news[i] = tats[i] + costs[i] * interval
+    local over = news[i] - 60000
+    if costs[i] > n then over = math.huge end
+    if over > math.min(interval / 2, 1) and over > retry then reason, retry = i, over end
+  end
+end
+if retry == math.huge then retry = -1 end
+local out = {'', ''}
+for i = 1, 2 do
+  if limits[i] > 0 then
+    if reason == 0 then tats[i] = news[i]; store(KEYS[i], now + news[i]) end
+    out[i] = fmt(tats[i])
+  end
+end
+return {reason, fmt(retry), out[1], out[2]}
+"""
+
+# KEYS: tokens key. ARGV: tpm, delta tokens. Never refuses; never moves TAT before now.
+_ADJUST_LUA = _LUA_NOW + """
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+store(KEYS[1], tat + tonumber(ARGV[2]) * 60000 / tonumber(ARGV[1]))
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    rpm: int | None = None  # requests per minute; None (or 0, like callers' truthiness) = unlimited
+    tpm: int | None = None  # tokens per minute; None (or 0) = unlimited
+
+    def __post_init__(self) -> None:
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+            if value == 0:
+                object.__setattr__(self, name, None)
+
+
+def format_duration(seconds: float) -> str:
+    """OpenAI/Go-style duration ("20ms", "1.5s", "6m0s"), rounded up to the ms."""
+    ms = max(0, math.ceil(seconds * 1000 - 1e-3))  # ignore sub-µs float noise
+    if ms < 1000:
+        return f"{ms}ms" if ms else "0s"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = f"{rest // 1000}.{rest % 1000:03d}".rstrip("0").rstrip(".") + "s"
+    return f"{hours}h{minutes}m{secs}" if hours else (f"{minutes}m{secs}" if minutes else secs)
+
+
+@dataclass(frozen=True)
+class LimitResult:
+    allowed: bool
+    reason: str | None  # "requests" | "tokens" | None
+    retry_after_s: float  # 0 when allowed; -1 when the cost can never fit
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None  # until the request bucket is full again
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers, only for the dimensions that are limited."""
+        out: dict[str, str] = {}
+        for dim in ("requests", "tokens"):
+            if (limit := getattr(self, f"limit_{dim}")) is not None:
+                out[f"x-ratelimit-limit-{dim}"] = str(limit)
+                out[f"x-ratelimit-remaining-{dim}"] = str(getattr(self, f"remaining_{dim}"))
+                out[f"x-ratelimit-reset-{dim}"] = format_duration(getattr(self, f"reset_{dim}_s"))
+        return out
+
+
+def _dimension(limit: int | None, d_ms: float | None) -> tuple[int | None, float | None]:
+    """(remaining, reset seconds) from d = TAT - now, with the admission slack."""
+    if limit is None or d_ms is None:
+        return None, None
+    interval = WINDOW_MS / limit
+    slack = min(interval / 2, 1.0)
+    remaining = math.floor((WINDOW_MS - d_ms + slack) / interval)
+    return max(0, min(limit, remaining)), max(0.0, d_ms) / 1000
+
+
+def _result(spec: LimitSpec, reason: int, retry_ms: float, d_req: float | None,
+            d_tok: float | None) -> LimitResult:
+    rem_req, reset_req = _dimension(spec.rpm, d_req)
+    rem_tok, reset_tok = _dimension(spec.tpm, d_tok)
+    retry = 0.0 if reason == 0 else (-1.0 if retry_ms < 0 else retry_ms / 1000)
+    return LimitResult(reason == 0, _REASONS[reason], retry, spec.rpm, rem_req, reset_req,
+                       spec.tpm, rem_tok, reset_tok)
+
+
+class _MemoryGcra:
+    """Single-process twin of the Lua scripts; no awaits inside, so each call is atomic."""
+
+    def __init__(self) -> None:
+        self._tats: dict[str, float] = {}
+
+    @staticmethod
+    def _now() -> float:
+        return time.monotonic() * 1000
+
+    def _store(self, key: str, tat: float, now: float) -> None:
+        if tat <= now:
+            self._tats.pop(key, None)
+            return
+        self._tats[key] = tat
+        if len(self._tats) > _MEMORY_SWEEP_AT:  # bounded memory: drop idle (full) buckets
+            self._tats = {k: v for k, v in self._tats.items() if v > now}
+
+    def acquire(self, keys: tuple[str, str], limits: tuple[int, int],
+                tokens: int) -> tuple[int, float, float | None, float | None]:
+        now = self._now()
+        tats: list[float | None] = [None, None]
+        news = [0.0, 0.0]
+        reason, retry = 0, 0.0
+        for i, (key, n, cost) in enumerate(zip(keys, limits, (1, tokens))):
+            if n > 0:
+                interval = WINDOW_MS / n
+                tats[i] = max(self._tats.get(key, now), now) - now  # offsets from now
+                news[i] = tats[i] + cost * interval
+                over = math.inf if cost > n else news[i] - WINDOW_MS
+                if over > min(interval / 2, 1.0) and over > retry:
+                    reason, retry = i + 1, over
+        if reason == 0:
+            for i, key in enumerate(keys):
+                if limits[i] > 0:
+                    tats[i] = news[i]
+                    self._store(key, now + news[i], now)
+        return reason, (-1.0 if retry == math.inf else retry), tats[0], tats[1]
+
+    def forget(self, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            self._tats.pop(key, None)
+
+    def adjust(self, key: str, limit: int, delta: int) -> None:
+        now = self._now()
+        tat = max(self._tats.get(key, now), now)
+        self._store(key, tat + delta * WINDOW_MS / limit, now)
+
+
+class RateLimiter:
+    """Atomic check-and-reserve of 1 request + N tokens per subject.
+
+    `redis=None` keeps state in this process (embedded, single replica).
+    Redis failures raise StoreUnavailable; `timeout_s` bounds every call.
+    """
+
+    def __init__(self, redis: "redis.asyncio.Redis | None", prefix: str = "gw:",
+                 timeout_s: float | None = 0.5) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._timeout = timeout_s
+        self._memory = _MemoryGcra() if redis is None else None
+        if redis is not None:
+            self._acquire_script = redis.register_script(_ACQUIRE_LUA)
+            self._adjust_script = redis.register_script(_ADJUST_LUA)
+
+    def _keys(self, subject: str) -> tuple[str, str]:
+        base = f"{self._prefix}rl:{subject}"
+        return f"{base}:req", f"{base}:tok"
+
+    async def acquire(self, subject: str, spec: LimitSpec, tokens: int) -> LimitResult:
+        """Reserve 1 request and `tokens` tokens, both or neither."""
+        if tokens < 0:
+            raise ValueError("tokens must be >= 0")
+        if spec.rpm is None and spec.tpm is None:
+            return LimitResult(True, None, 0.0)
+        keys = self._keys(subject)
+        limits = (spec.rpm or 0, spec.tpm or 0)
+        if self._memory is not None:
+            return _result(spec, *self._memory.acquire(keys, limits, tokens))
+        raw = await guard(self._acquire_script(keys=list(keys), args=[*limits, tokens]),
+                          self._timeout)
+        d_req, d_tok = (float(v) if v not in (b"", "") else None for v in raw[2:4])
+        return _result(spec, int(raw[0]), float(raw[1]), d_req, d_tok)
+
+    async def adjust(self, subject: str, spec: LimitSpec, delta_tokens: int) -> None:
+        """Correct a reservation once usage is known (delta = actual - reserved)."""
+        if spec.tpm is None or delta_tokens == 0:
+            return
+        key = self._keys(subject)[1]
+        if self._memory is not None:
+            self._memory.adjust(key, spec.tpm, delta_tokens)
+            return
+        await guard(self._adjust_script(keys=[key], args=[spec.tpm, delta_tokens]), self._timeout)
+
+    async def reset(self, subject: str) -> None:
+        """Forget the subject's state (admin, tests): both buckets become full."""
+        keys = self._keys(subject)
+        if self._memory is not None:
+            self._memory.forget(keys)
+            return
+        await guard(self._redis.delete(*keys), self._timeout)

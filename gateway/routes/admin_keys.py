@@ -1,0 +1,131 @@
+"""Admin API for virtual keys and usage: /admin/keys and /admin/usage.
+
+The secret of a new key is returned once, in the creation response, and
+never again: only its hash is stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import Response
+
+from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.routes.admin import require_admin
+from gateway.store_errors import StoreUnavailable
+
+router = APIRouter(prefix="/admin")
+
+
+class KeyFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str | None = Field(default=None, min_length=1, max_length=100)
+    owner: str | None = Field(default=None, max_length=200)
+    models: list[str] | None = None
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    budget_usd: float | None = Field(default=None, ge=0)
+    budget_period: Literal["daily", "monthly", "total"] | None = None
+    expires_at: float | None = None
+    expires_in_s: float | None = Field(default=None, gt=0)
+    tier: str | None = Field(default=None, max_length=50)
+    revoked: bool | None = None
+
+
+def _fields(raw: bytes, creating: bool) -> dict[str, Any]:
+    try:
+        fields = KeyFields.model_validate(orjson.loads(raw or b"{}"))
+    except (orjson.JSONDecodeError, ValidationError) as exc:
+        raise InvalidRequest(f"Invalid key fields: {exc}".splitlines()[0]) from None
+    data = fields.model_dump(exclude_unset=True)
+    if "expires_in_s" in data:
+        data["expires_at"] = time.time() + data.pop("expires_in_s")
+    if creating and not data.get("alias"):
+        raise InvalidRequest("A new key needs an 'alias'.", param="alias")
+    return data
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _store_down() -> GatewayError:
+    return GatewayError("The key store is unavailable; retry shortly.", status_code=503,
+                        error_type="service_unavailable_error", code="store_unavailable", headers={"Retry-After": "1"})
+
+
+@router.post("/keys")
+async def create_key(request: Request) -> Response:
+    require_admin(request)
+    data = _fields(await request.body(), creating=True)
+    try:
+        secret, record = await request.app.state.services.keys.create(**data)
+    except StoreUnavailable:
+        raise _store_down() from None
+    return _json({"key": secret, **record.public()}, 201)
+
+
+@router.get("/keys")
+async def list_keys(request: Request) -> Response:
+    require_admin(request)
+    try:
+        records = await request.app.state.services.keys.list()
+    except StoreUnavailable:
+        raise _store_down() from None
+    return _json({"object": "list", "data": [r.public() for r in records]})
+
+
+@router.get("/keys/{key_id}")
+async def get_key(key_id: str, request: Request) -> Response:
+    require_admin(request)
+    record = await _or_404(request.app.state.services.keys.get(key_id), key_id)
+    return _json(record.public())
+
+
+@router.patch("/keys/{key_id}")
+async def update_key(key_id: str, request: Request) -> Response:
+    require_admin(request)
+    data = _fields(await request.body(), creating=False)
+    record = await _or_404(request.app.state.services.keys.update(key_id, data), key_id)
+    return _json(record.public())
+
+
+@router.delete("/keys/{key_id}")
+async def revoke_key(key_id: str, request: Request) -> Response:
+    require_admin(request)
+    record = await _or_404(request.app.state.services.keys.revoke(key_id), key_id)
+    return _json(record.public())
+
+
+async def _or_404(aw: Any, key_id: str) -> Any:
+    try:
+        record = await aw
+    except StoreUnavailable:
+        raise _store_down() from None
+    if record is None:
+        raise NotFound(f"No key with id '{key_id}'.", code="key_not_found")
+    return record
+
+
+@router.get("/usage")
+async def usage(request: Request) -> Response:
+    """Usage per key, route and day. ?days=N (default 1, today UTC) &key_id=..."""
+    require_admin(request)
+    try:
+        n = max(1, min(400, int(request.query_params.get("days", "1"))))
+    except ValueError:
+        raise InvalidRequest("'days' must be a whole number.", param="days") from None
+    today = dt.datetime.now(dt.timezone.utc).date()
+    days = [(today - dt.timedelta(days=i)).isoformat() for i in range(n)]
+    try:
+        rows = await request.app.state.services.usage.report(days, request.query_params.get("key_id"))
+    except StoreUnavailable:
+        raise _store_down() from None
+    totals = {k: sum(r[k] for r in rows) for k in ("requests", "prompt_tokens", "completion_tokens", "cost_usd")}
+    return _json({"days": days, "rows": rows, "totals": totals})

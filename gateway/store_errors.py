@@ -1,0 +1,46 @@
+"""One error type for "the shared store (Redis) is not usable right now".
+
+Store-backed components raise `StoreUnavailable` instead of leaking redis-py
+or socket exceptions, so each caller makes one explicit choice: fail open
+(serve without the limit/cache) or fail closed (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, TypeVar
+
+import redis.exceptions
+
+T = TypeVar("T")
+
+# RedisError covers ConnectionError, TimeoutError, ResponseError, ...;
+# OSError covers raw socket failures; asyncio.TimeoutError is our own deadline.
+STORE_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.RedisError,
+    OSError,
+    TimeoutError,
+    asyncio.TimeoutError,
+)
+
+
+class StoreUnavailable(Exception):
+    """Redis could not be reached, timed out or failed; the original is __cause__."""
+
+
+async def guard(awaitable: Awaitable[T], timeout: float | None = None) -> T:
+    """Await `awaitable` and re-raise store failures as StoreUnavailable.
+
+    `timeout` bounds the whole call: redis-py's default retry policy can take
+    several seconds to give up on a dead server, too long for a request path.
+    """
+    try:
+        if timeout is None:
+            return await awaitable
+        return await asyncio.wait_for(awaitable, timeout)
+    except StoreUnavailable:
+        raise
+    except STORE_ERRORS as exc:
+        timeouts = (TimeoutError, asyncio.TimeoutError, redis.exceptions.TimeoutError)
+        what = "timed out" if isinstance(exc, timeouts) else "failed"
+        raise StoreUnavailable(f"store {what}: {type(exc).__name__}: {exc}") from exc

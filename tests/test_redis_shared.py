@@ -1,0 +1,138 @@
+"""Two gateway replicas sharing one real Redis: cache, exact limits, revocation and budgets hold across both."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from tests.redis_env import require_redis, unique_prefix
+from tests.routing_env import OPENAI_KEY, Sims, sims  # noqa: F401
+from tests.server import GatewayProcess
+
+MASTER = "sk-master-test-0123456789"
+MSGS = [{"role": "user", "content": "Shared state"}]
+
+
+def shared_config(s: Sims, prefix: str) -> dict[str, Any]:
+    return {
+        "redis": {"url": require_redis(), "prefix": prefix},
+        "providers": {"vllm-a": {"kind": "vllm", "base_url": f"{s.a.url}/v1"},
+                      "openai": {"kind": "openai", "base_url": f"{s.gpt.url}/v1", "api_key": "${SIM_OPENAI_KEY}"}},
+        "deployments": [{"name": "a", "provider": "vllm-a", "model": "vllm-model"},
+                        {"name": "gpt", "provider": "openai", "model": "sim-model", "card": "gpt-4o-mini"}],
+        "routes": [{"name": "chat", "deployments": ["a"]}, {"name": "paid", "deployments": ["gpt"]}],
+        "health_checks": {"interval_s": 5},
+    }
+
+
+@pytest.fixture
+def pair(sims: Sims) -> Iterator[tuple[GatewayProcess, GatewayProcess]]:
+    sims.reset()
+    cfg = shared_config(sims, unique_prefix())
+    env = {"LLM_GATEWAY_MASTER_KEY": MASTER, "SIM_OPENAI_KEY": OPENAI_KEY}
+    with GatewayProcess(cfg, env=env) as a, GatewayProcess(cfg, env=env) as b:
+        yield a, b
+    sims.reset()
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def create_key(g: GatewayProcess, **fields: Any) -> str:
+    r = httpx.post(f"{g.root_url}/admin/keys", headers=auth(MASTER), json={"alias": "t", **fields})
+    assert r.status_code == 201, r.text
+    return r.json()["key"]
+
+
+def chat(g: GatewayProcess, key: str, model: str = "chat", **body: Any) -> httpx.Response:
+    return httpx.post(f"{g.base_url}/chat/completions", headers=auth(key), timeout=30,
+                      json={"model": model, "messages": MSGS, **body})
+
+
+def test_a_miss_on_one_replica_is_a_hit_on_the_other(pair, sims: Sims) -> None:
+    a, b = pair
+    assert chat(a, MASTER, temperature=0).headers["x-gateway-cache"] == "miss"
+    assert chat(b, MASTER, temperature=0).headers["x-gateway-cache"] == "hit"
+    assert sims.a.count("/v1/chat/completions") == 1
+
+
+def test_rpm_limit_is_exact_across_replicas(pair) -> None:
+    a, b = pair
+    key = create_key(a, rpm=15)
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            reqs = [client.post(f"{g.base_url}/chat/completions", headers=auth(key),
+                                json={"model": "chat", "messages": MSGS, "temperature": 1})
+                    for g in (a, b) for _ in range(20)]
+            return await asyncio.gather(*reqs)
+
+    results = asyncio.run(fire())
+    ok = [r for r in results if r.status_code == 200]
+    limited = [r for r in results if r.status_code == 429]
+    assert len(ok) == 15 and len(limited) == 25, [r.status_code for r in results]
+    err = limited[0].json()["error"]
+    assert err["type"] == "rate_limit_error" and err["code"] == "rate_limit_exceeded"
+    assert int(limited[0].headers["retry-after"]) >= 1
+    assert limited[0].headers["x-ratelimit-limit-requests"] == "15"
+    assert limited[0].headers["x-ratelimit-remaining-requests"] == "0"
+    assert "x-ratelimit-reset-requests" in ok[0].headers
+
+
+def test_revoked_on_one_replica_is_refused_by_the_other(pair) -> None:
+    a, b = pair
+    key = create_key(a)
+    assert chat(b, key).status_code == 200
+    key_id = httpx.get(f"{a.root_url}/admin/keys", headers=auth(MASTER)).json()["data"][-1]["id"]
+    assert httpx.delete(f"{a.root_url}/admin/keys/{key_id}", headers=auth(MASTER)).status_code == 200
+    r = chat(b, key)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_budget_is_exhausted_across_replicas(pair) -> None:
+    a, b = pair
+    # gpt-4o-mini prices: $0.15 in / $0.60 out per 1M tokens; one sim answer costs about $0.00001.
+    key = create_key(a, budget_usd=0.00002, budget_period="daily")
+    served = 0
+    for g in (a, b, a, b, a, b):
+        r = chat(g, key, model="paid")
+        if r.status_code == 429:
+            assert r.json()["error"]["code"] == "insufficient_quota"
+            break
+        assert r.status_code == 200
+        served += 1
+    assert 1 <= served < 6
+    for g in (a, b):
+        assert chat(g, key, model="paid").json()["error"]["code"] == "insufficient_quota"
+    usage = httpx.get(f"{a.root_url}/admin/usage", headers=auth(MASTER)).json()
+    rows = [r for r in usage["rows"] if r["route"] == "paid"]
+    assert sum(r["requests"] for r in rows) == served and sum(r["cost_usd"] for r in rows) >= 0.00002
+
+
+def test_bad_keys_and_headers_get_401_or_403_and_leak_nothing(pair) -> None:
+    a, _ = pair
+    limited = create_key(a, models=["chat"])
+    cases = [
+        ({}, 401), ({"Authorization": "Bearer sk-gw-doesnotexist"}, 401), ({"Authorization": "Basic abc"}, 401),
+        ({"Authorization": "Bearer"}, 401), ({"Authorization": "Bearer " + "x" * 5000}, 401),
+        ({"Authorization": "Bearer sk-gw-\u00e9t\u00e9".encode("latin-1")}, 401), ({"Authorization": "sk-gw-abc"}, 401),
+    ]
+    for headers, status in cases:
+        r = httpx.post(f"{a.base_url}/chat/completions", headers=headers, json={"model": "chat", "messages": MSGS})
+        assert r.status_code == status, (headers, r.text)
+        err = r.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"} and err["code"] == "invalid_api_key"
+        for secret_word in ("redis", "hash", "sha256", "gwtest", "Traceback"):
+            assert secret_word not in r.text.lower()
+    r = chat(a, limited, model="paid")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed"
+    assert chat(a, limited).status_code == 200
+    assert httpx.get(f"{a.base_url}/models").status_code == 401
+    listing = httpx.get(f"{a.root_url}/admin/keys", headers=auth(MASTER)).text
+    assert limited not in listing, "keys are stored hashed and never listed"
+    assert httpx.get(f"{a.root_url}/admin/keys", headers=auth(limited)).status_code == 401
