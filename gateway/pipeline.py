@@ -50,7 +50,8 @@ class Services:
     def build(cls, config: GatewayConfig, redis_url: str | None) -> "Services":
         link = RedisLink(redis_url, config.redis.timeout_s, config.redis.prefix)
         p = config.redis.prefix
-        return cls(link=link, keys=KeyStore(link.client, p), limiter=RateLimiter(link.client, p),
+        return cls(link=link, keys=KeyStore(link.client, p),
+                   limiter=RateLimiter(link.client, p, timeout_s=max(0.5, 2 * config.redis.timeout_s)),
                    cache=ResponseCache(link.client, p, max_entries=config.cache.max_entries,
                                        timeout_s=config.redis.timeout_s),
                    usage=UsageStore(link.client, p), router=Router())

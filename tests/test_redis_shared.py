@@ -136,3 +136,64 @@ def test_bad_keys_and_headers_get_401_or_403_and_leak_nothing(pair) -> None:
     listing = httpx.get(f"{a.root_url}/admin/keys", headers=auth(MASTER)).text
     assert limited not in listing, "keys are stored hashed and never listed"
     assert httpx.get(f"{a.root_url}/admin/keys", headers=auth(limited)).status_code == 401
+
+
+def test_tpm_reserves_then_corrects_to_real_usage(pair) -> None:
+    a, b = pair
+    key = create_key(a, tpm=400)
+    # Reserve: prompt estimate (~10) + max_tokens 300 fits once, not twice, across both replicas.
+    first = chat(a, key, max_tokens=300)
+    assert first.status_code == 200
+    assert int(first.headers["x-ratelimit-limit-tokens"]) == 400
+    # The real usage (~30 tokens) was put back on completion, so more requests fit than the reservation allowed.
+    second = chat(b, key, max_tokens=300)
+    assert second.status_code == 200, second.text
+    huge = chat(b, key, max_tokens=1000)
+    assert huge.status_code == 429 and huge.headers.get("x-should-retry") == "false"
+
+
+def test_streaming_spend_is_counted(pair) -> None:
+    a, b = pair
+    key = create_key(a, budget_usd=0.00002, budget_period="daily")
+    served = 0
+    for g in (a, b) * 4:
+        r = httpx.post(f"{g.base_url}/chat/completions", headers=auth(key), timeout=30,
+                       json={"model": "paid", "messages": MSGS, "stream": True})
+        if r.status_code == 429:
+            break
+        assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+        assert '"usage":{' not in r.text, "usage was asked upstream for accounting, not shown to this client"
+        served += 1
+    assert 1 <= served < 8
+    assert chat(a, key, model="paid").json()["error"]["code"] == "insufficient_quota"
+
+
+def test_cli_manages_keys_and_shows_usage(pair) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.server import ROOT
+
+    a, _ = pair
+    env = {**os.environ, "LLM_GATEWAY_MASTER_KEY": MASTER, "LLM_GATEWAY_URL": a.root_url}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    made = cli("keys", "create", "--alias", "cli-key", "--rpm", "5", "--models", "chat", "--expires-in", "1h")
+    assert made.returncode == 0, made.stderr
+    created = json.loads(made.stdout)
+    assert created["key"].startswith("sk-gw-") and created["rpm"] == 5 and created["models"] == ["chat"]
+    assert chat(a, created["key"]).status_code == 200
+    listed = cli("keys", "list")
+    assert "cli-key" in listed.stdout and created["key"] not in listed.stdout
+    assert cli("keys", "update", created["id"], "--rpm", "9").returncode == 0
+    assert cli("keys", "revoke", created["id"]).returncode == 0
+    assert chat(a, created["key"]).status_code == 401
+    usage = cli("usage", "--json")
+    assert usage.returncode == 0 and json.loads(usage.stdout)["totals"]["requests"] >= 1
+    bad = subprocess.run([sys.executable, "-m", "gateway", "keys", "list"], cwd=ROOT, capture_output=True, text=True,
+                         env={k: v for k, v in env.items() if k != "LLM_GATEWAY_MASTER_KEY"}, timeout=60)
+    assert bad.returncode == 2 and "LLM_GATEWAY_ADMIN_KEY" in bad.stderr
