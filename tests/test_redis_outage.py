@@ -35,14 +35,17 @@ def test_redis_stopped_during_load_then_restarted(sims: Sims) -> None:
                                 "model": "chat", "temperature": 0,
                                 "messages": [{"role": "user", "content": f"Outage {i % 40}"}]})
                             statuses.append(r.status_code)
-                            await asyncio.sleep(0.01)
+                            await asyncio.sleep(0.08)  # pace the load so that it spans the outage
 
                     tasks = [asyncio.create_task(one(i)) for i in range(300)]
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(0.3)
                     redis.stop()
-                    await asyncio.sleep(1.5)
+                    done_at_stop = len(statuses)
+                    await asyncio.sleep(1.0)
                     redis.start()
+                    done_at_start = len(statuses)
                     await asyncio.gather(*tasks)
+                assert 0 < done_at_stop < done_at_start < 300, (done_at_stop, done_at_start)
                 return statuses
 
             statuses = asyncio.run(load())
