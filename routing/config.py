@@ -191,6 +191,23 @@ class UsageConfig(_Strict):
     default_max_tokens: int = Field(default=512, ge=1)  # TPM reservation when a request names none
 
 
+class SelfHostingOption(_Strict):
+    """What running a deployment yourself costs, for the cost report's comparison."""
+
+    deployment: str  # a deployment name (self-hosted: vllm or local)
+    instance_price_per_hour: float = Field(ge=0)
+    instances: int = Field(default=1, ge=1)
+    monthly_ops_cost: float = Field(default=0.0, ge=0)  # people, on-call, monitoring
+
+
+class CostConfig(_Strict):
+    """Inputs of `llm-gateway cost`: the provider cards to compare with, and self-hosting prices."""
+
+    compare_with: list[str] = Field(default_factory=list)  # provider model-card ids, e.g. [gpt-4o-mini]
+    self_hosting: list[SelfHostingOption] = Field(default_factory=list)
+    days_per_month: float = Field(default=30.0, gt=0)
+
+
 class GatewayConfig(_Strict):
     """With no `models` key, a config that defines no routes serves the embedded default model;
     one that defines routes or deployments serves only what it names."""
@@ -208,6 +225,7 @@ class GatewayConfig(_Strict):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     usage: UsageConfig = Field(default_factory=UsageConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -46,7 +46,7 @@ class GatewayProcess:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(self.port)],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=self._environment(),
         )
         try:
             self.wait_ready()
@@ -54,6 +54,12 @@ class GatewayProcess:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _environment(self) -> dict[str, str]:
+        """The test's environment, minus REDIS_URL: a gateway uses Redis only when its config says so,
+        with a private key prefix, so runs never see each other's cache entries or limits."""
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+        return {**env, "PYTHONUNBUFFERED": "1", **self.env}
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
