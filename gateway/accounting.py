@@ -29,8 +29,10 @@ class Reservation:
 
 async def settle(*, usage: dict[str, Any] | None, fallback_completion: int, prompt_estimate: int,
                  reservation: Reservation | None, principal: Principal, route: str, deployment: Deployment | None,
-                 limiter: RateLimiter, store: UsageStore, link: RedisLink) -> None:
-    """Record usage and spend, and give back (or take more of) the reserved tokens. Never raises."""
+                 limiter: RateLimiter, store: UsageStore, link: RedisLink) -> tuple[int, int]:
+    """Record usage and spend, and give back (or take more of) the reserved tokens. Never raises.
+
+    Returns the (prompt, completion) tokens counted, for the request's log line and metrics."""
     prompt = int((usage or {}).get("prompt_tokens") or (prompt_estimate if deployment else 0))
     completion = int((usage or {}).get("completion_tokens") or (fallback_completion if deployment else 0))
     cost = deployment.cost_usd(prompt, completion) if deployment is not None else 0.0
@@ -48,3 +50,4 @@ async def settle(*, usage: dict[str, Any] | None, fallback_completion: int, prom
         link.record_error(exc)
     except Exception:  # accounting must never break an answer that was already given
         log.exception("usage accounting failed")
+    return prompt, completion

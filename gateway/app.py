@@ -19,7 +19,7 @@ from gateway import __version__
 from gateway.error_handlers import install_error_handlers
 from gateway.middleware import RequestContextMiddleware
 from gateway.model_cards import ModelCard, load_cards
-from gateway.routes import admin, admin_keys, health, openai
+from gateway.routes import admin, admin_cost, admin_keys, health, openai
 from routing.config import GatewayConfig
 from routing.manager import RuntimeManager
 from gateway.pipeline import Services
@@ -39,6 +39,9 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     if cards is None:
         cards_dir = Path(config.server.model_cards_dir) if config.server.model_cards_dir else None
         cards = load_cards(cards_dir)
+    from gateway import tracing
+
+    tracing.setup_from_env()
     manager = RuntimeManager(config, cards, config_path)
     services = Services.build(config, redis_url_for(config, redis_url))
 
@@ -50,6 +53,10 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
         finally:
             await manager.aclose()
             await services.link.aclose()
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(os.getpid())
 
     app = FastAPI(title="llm-gateway", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.cards = cards
@@ -59,6 +66,7 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(admin_keys.router)
+    app.include_router(admin_cost.router)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=config.server.max_body_bytes)
     return app

@@ -51,19 +51,18 @@ def _load(config_path: str | None) -> tuple[GatewayConfig, dict[str, ModelCard]]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
-
     import uvicorn
 
-    from gateway.app import create_app
+    from gateway.logsetup import configure
     from gateway.weights import WeightsError, progress_bar, resolve_weights
 
-    config, cards = _load(args.config or os.environ.get(ENV_CONFIG))
+    config_path = args.config or os.environ.get(ENV_CONFIG)
+    config, cards = _load(config_path)
     server = config.server
     host = args.host or os.environ.get(ENV_HOST) or server.host
     port = args.port if args.port is not None else int(os.environ.get(ENV_PORT) or server.port)
     log_level = args.log_level or os.environ.get(ENV_LOG_LEVEL) or server.log_level
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(log_level, config.logging.json_requests)
 
     # Build any missing GGUF now, in the foreground, where a progress bar makes sense.
     for model in config.models:
@@ -74,19 +73,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 
-    app = create_app(config, cards, config_path=args.config or os.environ.get(ENV_CONFIG),
-                     redis_url=args.redis_url)
     shown = f"[{host}]" if ":" in host else host
-    first = config.models[0].card if config.models else "MODEL"
+    first = (config.routes[0].name if config.routes else config.models[0].card) if (config.routes or config.models) \
+        else "MODEL"
     print(f"llm-gateway {__version__} listening on http://{shown}:{port}  (OpenAI base_url: http://{shown}:{port}/v1)")
-    print("models: " + ", ".join(m.card for m in config.models) + "  (loading; GET /ready turns 200 when warm)")
+    names = [r.name for r in config.routes] + [m.card for m in config.models if m.card not in
+                                               {r.name for r in config.routes}]
+    print("models: " + ", ".join(names) + "  (loading; GET /ready turns 200 when warm)")
     print("try:\n  curl http://%s:%d/v1/chat/completions -H 'Content-Type: application/json' \\\n"
           "    -d '{\"model\": \"%s\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'"
           % (shown, port, first))
     sys.stdout.flush()
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=args.access_log,
-                timeout_graceful_shutdown=10)
+    common = dict(host=host, port=port, log_level=log_level, access_log=args.access_log,
+                  timeout_graceful_shutdown=10)
+    if args.workers > 1:
+        _prepare_workers(config_path, args.redis_url)
+        uvicorn.run("gateway.asgi:create", factory=True, workers=args.workers, **common)
+        return 0
+    from gateway.app import create_app
+
+    app = create_app(config, cards, config_path=config_path, redis_url=args.redis_url)
+    uvicorn.run(app, **common)
     return 0
+
+
+def _prepare_workers(config_path: str | None, redis_url: str | None) -> None:
+    """Each worker is a fresh process: hand it the config, and a shared directory for metrics."""
+    import tempfile
+
+    from gateway.asgi import CONFIG_ENV, REDIS_ENV
+
+    if config_path:
+        os.environ[CONFIG_ENV] = str(Path(config_path).resolve())
+    if redis_url:
+        os.environ[REDIS_ENV] = redis_url
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not metrics_dir:
+        metrics_dir = tempfile.mkdtemp(prefix="llm-gateway-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    for stale in Path(metrics_dir).glob("*.db"):  # counters from an earlier run must not leak in
+        stale.unlink()
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -132,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help=f"bind address (env {ENV_HOST}; default 127.0.0.1)")
     serve.add_argument("--port", type=int, help=f"port (env {ENV_PORT}; default 8000)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help=f"env {ENV_LOG_LEVEL}")
-    serve.add_argument("--access-log", action="store_true", help="log every request line")
+    serve.add_argument("--access-log", action="store_true", help="uvicorn's access log too (the gateway "
+                                                                 "already logs one JSON line per request)")
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (each loads its own "
+                                                              "local models; metrics are merged)")
     serve.add_argument("--redis-url", help="Redis for the shared cache, keys and limits (env REDIS_URL; "
                                            "default: in-process)")
     serve.set_defaults(func=cmd_serve)
@@ -144,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli_admin import add_parsers
 
     add_parsers(sub)
+    from gateway.cli_cost import add_parsers as add_cost_parsers
+
+    add_cost_parsers(sub)
 
     check = sub.add_parser("check", help="validate a config file; exit 2 with line-numbered messages")
     check.add_argument("file")

@@ -16,7 +16,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway import tokens
+from gateway import metrics, tokens
 from gateway.accounting import Reservation, settle
 from gateway.auth import Principal, authenticate, authorize_model
 from gateway.cache import ResponseCache, cache_control, cache_key, is_deterministic
@@ -24,6 +24,8 @@ from gateway.cache_stream import StreamAssembler, replay
 from gateway.disconnect import unless_disconnected
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.keys import KeyStore
+from gateway.observe import RequestRecord
+from gateway.observe import finish as finish_record
 from gateway.protocol import ChatCompletionRequest, SamplingFields
 from gateway.ratelimit import LimitResult, LimitSpec, RateLimiter
 from gateway.redis_conn import RedisLink
@@ -63,20 +65,29 @@ def namespace(route: Route) -> str:
     return route.name + ":" + hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
-async def serve(request: Request, body: SamplingFields, chat: bool) -> Response:
-    started = time.monotonic()
+async def serve(request: Request, body: SamplingFields, chat: bool, rec: RequestRecord) -> Response:
+    started = rec.started
     app = request.app
     svc: Services = app.state.services
     runtime = app.state.manager.current  # this request finishes on this config, whatever reloads happen
     principal = await authenticate(request.headers, svc.keys, svc.link)
+    rec.key_alias = principal.alias
     plan = make_plan(runtime, body, request.headers, principal.tier)
+    rec.route = plan.route.name
     authorize_model(principal, plan.route.name, body.model)
     headers: dict[str, str] = {}
+    if runtime.config.logging.log_prompts:
+        rec.prompt = body.wire_body().get("messages" if chat else "prompt")
 
-    await _check_budget(principal, svc)
-    prompt_estimate = _estimate_prompt(plan, body, runtime.config.usage.o200k_path)
-    reservation = await _limit(principal, plan, body, prompt_estimate, runtime.config.usage.default_max_tokens,
-                               svc, headers)
+    try:
+        await _check_budget(principal, svc)
+        prompt_estimate = _estimate_prompt(plan, body, runtime.config.usage.o200k_path)
+        reservation = await _limit(principal, plan, body, prompt_estimate, runtime.config.usage.default_max_tokens,
+                                   svc, headers)
+    except GatewayError as exc:
+        if exc.status_code == 429:
+            metrics.RATE_LIMITED.labels(plan.route.name, exc.code or "rate_limit").inc()
+        raise
 
     try:
         directives = cache_control(request.headers)
@@ -95,13 +106,14 @@ async def serve(request: Request, body: SamplingFields, chat: bool) -> Response:
         except StoreUnavailable as exc:
             svc.link.record_error(exc)
         if entry is not None and entry.fresh and not directives.no_cache:
-            headers["x-gateway-cache"] = "hit"
+            headers["x-gateway-cache"] = rec.cache = "hit"
+            rec.deployment = "cache"
             await settle(usage=None, fallback_completion=0, prompt_estimate=0, reservation=reservation,
                          principal=principal, route=plan.route.name, deployment=None, limiter=svc.limiter,
                          store=svc.usage, link=svc.link)
-            return _cached(entry.body, body, chat, headers, started)
+            return _cached(entry.body, body, chat, headers, rec)
         stale = entry
-    headers["x-gateway-cache"] = "miss" if key is not None else "bypass"
+    headers["x-gateway-cache"] = rec.cache = "miss" if key is not None else "bypass"
 
     upstream_request = body.with_usage_reported() if body.stream and not body.include_usage else body
     work = svc.router.run(plan, upstream_request, request.state.request_id, stream=body.stream, chat=chat)
@@ -109,11 +121,17 @@ async def serve(request: Request, body: SamplingFields, chat: bool) -> Response:
         outcome: Outcome = await (work if body.stream else unless_disconnected(request, work))
     except GatewayError as exc:
         if exc.retryable and stale is not None:
-            return _stale(stale.body, body, chat, headers, started)
+            return _stale(stale.body, body, chat, headers, rec)
         raise
     if outcome.degraded and stale is not None:
-        return _stale(stale.body, body, chat, headers, started)
+        return _stale(stale.body, body, chat, headers, rec)
     deployment = runtime.deployments.get(outcome.deployment)
+    rec.deployment, rec.attempts, rec.retries = outcome.deployment, outcome.attempts, len(outcome.errors)
+    for failed in outcome.errors:
+        metrics.RETRIES.labels(plan.route.name, failed.split(":", 1)[0]).inc()
+    if outcome.errors and not outcome.degraded:
+        metrics.FAILOVERS.labels(plan.route.name).inc()
+    rec.overhead_s = max(0.0, time.monotonic() - started - outcome.backend_wait_s)
     ttl = directives.ttl_s or route_cache.ttl_s
 
     async def finish(result: dict[str, Any] | None, completion_frames: int) -> None:
@@ -124,15 +142,19 @@ async def serve(request: Request, body: SamplingFields, chat: bool) -> Response:
                                     max_entry_bytes=route_cache.max_entry_bytes)
             except StoreUnavailable as exc:
                 svc.link.record_error(exc)
-        await settle(usage=usage, fallback_completion=completion_frames, prompt_estimate=prompt_estimate,
-                     reservation=reservation, principal=principal, route=plan.route.name,
-                     deployment=None if outcome.degraded else deployment, limiter=svc.limiter,
-                     store=svc.usage, link=svc.link)
+        rec.prompt_tokens, rec.completion_tokens = await settle(
+            usage=usage, fallback_completion=completion_frames, prompt_estimate=prompt_estimate,
+            reservation=reservation, principal=principal, route=plan.route.name,
+            deployment=None if outcome.degraded else deployment, limiter=svc.limiter, store=svc.usage, link=svc.link)
+        if rec.prompt is not None and result:
+            rec.completion = _text_of(result)
 
     headers.update(_gateway_headers(outcome, started))
     if outcome.stream is not None:
-        stream = _account_stream(outcome.stream, finish, strip_usage=not body.include_usage)
+        rec.deferred = True
+        stream = _account_stream(outcome.stream, finish, not body.include_usage, rec)
         return StreamingResponse(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+    rec.ttft_s = time.monotonic() - started
     raw = outcome.body
     result = orjson.loads(raw) if isinstance(raw, (bytes, bytearray)) else raw
     await finish(result if isinstance(result, dict) and result.get("choices") else None, 0)
@@ -140,7 +162,8 @@ async def serve(request: Request, body: SamplingFields, chat: bool) -> Response:
                     headers=headers)
 
 
-async def _account_stream(stream: AsyncIterator[bytes], finish, strip_usage: bool) -> AsyncIterator[bytes]:
+async def _account_stream(stream: AsyncIterator[bytes], finish, strip_usage: bool,
+                          rec: RequestRecord) -> AsyncIterator[bytes]:
     """Relay frames; assemble the answer for the cache and for usage; settle even if the client leaves."""
     assembler = StreamAssembler()
     frames = 0
@@ -148,11 +171,16 @@ async def _account_stream(stream: AsyncIterator[bytes], finish, strip_usage: boo
         async for frame in stream:
             assembler.feed(frame)
             frames += 1
+            if rec.ttft_s is None:
+                rec.ttft_s = time.monotonic() - rec.started
             if strip_usage and frame.startswith(b'data: {') and b'"choices":[]' in frame and b'"usage":{' in frame:
                 continue  # we asked the backend for usage; this client did not
             yield frame
     finally:
-        await finish(assembler.result(), max(0, frames - 2))
+        try:
+            await finish(assembler.result(), max(0, frames - 2))
+        finally:
+            finish_record(rec)
 
 
 def _estimate_prompt(plan: Plan, body: SamplingFields, o200k: str | None) -> int:
@@ -242,9 +270,16 @@ async def _quiet(aw: Any) -> None:
         pass
 
 
+def _text_of(result: dict[str, Any]) -> str:
+    choice = (result.get("choices") or [{}])[0]
+    return (choice.get("message") or {}).get("content") or choice.get("text") or ""
+
+
 def _cached(stored: dict[str, Any], body: SamplingFields, chat: bool, headers: dict[str, str],
-            started: float) -> Response:
-    headers["x-gateway-overhead-ms"] = f"{(time.monotonic() - started) * 1000:.2f}"
+            rec: RequestRecord) -> Response:
+    rec.overhead_s = rec.ttft_s = time.monotonic() - rec.started
+    rec.deployment = "cache"
+    headers["x-gateway-overhead-ms"] = f"{rec.overhead_s * 1000:.2f}"
     headers["x-gateway-deployment"] = "cache"
     headers["x-gateway-attempts"] = "0"
     if body.stream:
@@ -254,10 +289,11 @@ def _cached(stored: dict[str, Any], body: SamplingFields, chat: bool, headers: d
 
 
 def _stale(stored: dict[str, Any], body: SamplingFields, chat: bool, headers: dict[str, str],
-           started: float) -> Response:
+           rec: RequestRecord) -> Response:
     headers["x-gateway-cache"] = "hit"
     headers["x-gateway-degraded"] = "stale-cache"
-    return _cached(stored, body, chat, headers, started)
+    rec.cache = "stale"
+    return _cached(stored, body, chat, headers, rec)
 
 
 def _gateway_headers(outcome: Outcome, started: float) -> dict[str, str]:

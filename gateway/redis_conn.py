@@ -36,6 +36,9 @@ class RedisLink:
         self._last_error: str | None = None
 
     def record_error(self, exc: BaseException) -> None:
+        from gateway.metrics import REDIS_ERRORS
+
+        REDIS_ERRORS.inc()
         self.errors += 1
         now = time.monotonic()
         if now - self._last_error_at > DEGRADED_FOR_S:  # log once per episode, not per request

@@ -208,6 +208,12 @@ class CostConfig(_Strict):
     days_per_month: float = Field(default=30.0, gt=0)
 
 
+class LoggingConfig(_Strict):
+    json_requests: bool = True  # one JSON line per request on the `llm_gateway.requests` logger
+    # Opt-in: add prompts and completions to that line, with keys, tokens, e-mails and card numbers redacted.
+    log_prompts: bool = False
+
+
 class GatewayConfig(_Strict):
     """With no `models` key, a config that defines no routes serves the embedded default model;
     one that defines routes or deployments serves only what it names."""
@@ -226,6 +232,7 @@ class GatewayConfig(_Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     usage: UsageConfig = Field(default_factory=UsageConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -21,6 +21,7 @@ import orjson
 
 from backends import openai_format as fmt
 from backends.base import Body, CallContext, SSEStream
+from gateway import tracing
 from gateway.errors import AllDeploymentsFailed, GatewayError, UpstreamTimeout
 from gateway.protocol import ChatCompletionRequest, SamplingFields
 from routing.deployment import Deployment
@@ -113,14 +114,18 @@ class Router:
                               params={**dep.config.params, **(params or {})}, continue_from=continue_from)
             dep.in_flight += 1
             started = time.monotonic()
+            span = tracing.start_attempt(dep.name, outcome.attempts)
+            error: str | None = None
             try:
                 result = await asyncio.wait_for(call(dep, ctx), remaining)
             except asyncio.TimeoutError:
                 last = UpstreamTimeout(f"The request did not finish within the route's deadline "
                                        f"({route.timeouts.total_s:g}s).")
+                error = "timeout"
                 self._failed(dep, last, outcome)
                 continue
             except GatewayError as exc:
+                error = exc.code or exc.error_type
                 if not exc.retryable:
                     dep.breaker.release()  # a client error says nothing about the deployment's health
                     raise
@@ -128,10 +133,12 @@ class Router:
                 self._failed(dep, exc, outcome)
                 continue
             except asyncio.CancelledError:
+                error = "cancelled"
                 dep.breaker.release()
                 raise
             except Exception as exc:  # a bug or an unexpected library error: fail over, log the trace
                 log.exception("deployment %s raised unexpectedly", dep.name)
+                error = "deployment_error"
                 last = GatewayError(f"The deployment '{dep.name}' failed.", code="deployment_error")
                 last.retryable = True
                 self._failed(dep, last, outcome)
@@ -139,6 +146,7 @@ class Router:
             finally:
                 dep.in_flight -= 1
                 outcome.backend_wait_s += time.monotonic() - started
+                tracing.end_attempt(span, error)
             dep.breaker.record_success()
             dep.successes += 1
             dep.observe_ttft(time.monotonic() - started)

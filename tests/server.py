@@ -27,10 +27,12 @@ class GatewayProcess:
     """A gateway subprocess; `base_url` ends in /v1 like the OpenAI SDK expects."""
 
     def __init__(self, config: dict[str, Any], *, ready_timeout: float = 180.0,
-                 env: dict[str, str] | None = None, require_ready: bool = True) -> None:
+                 env: dict[str, str] | None = None, require_ready: bool = True,
+                 extra_args: list[str] | None = None) -> None:
         self.config = config
         self.env = env or {}
         self.require_ready = require_ready
+        self.extra_args = extra_args or []
         self.ready_timeout = ready_timeout
         self.port = free_port()
         self.root_url = f"http://127.0.0.1:{self.port}"
@@ -45,7 +47,8 @@ class GatewayProcess:
         cfg.write_text(yaml.safe_dump(self.config, sort_keys=False), encoding="utf-8")
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(self.port)],
+            [sys.executable, "-m", "gateway", "serve", "--config", str(cfg), "--port", str(self.port),
+             *self.extra_args],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=self._environment(),
         )
         try:

@@ -50,3 +50,13 @@ async def ready(request: Request) -> Response:
     headers = {} if not not_ready else {"Retry-After": "2"}
     return Response(orjson.dumps(body), status_code=200 if not not_ready else 503,
                     media_type="application/json", headers=headers)
+
+
+@router.get("/metrics")
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus text format. Breaker, health and queue gauges are read from the live runtime now."""
+    from gateway import metrics
+
+    metrics.refresh_gauges(request.app.state.manager.current)
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)

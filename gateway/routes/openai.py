@@ -15,6 +15,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway.auth import authenticate
+from gateway.disconnect import ClientDisconnected
+from gateway.errors import GatewayError
+from gateway.observe import RequestRecord, finish
 from gateway.pipeline import serve
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
 from routing.runtime import Route, Runtime
@@ -32,12 +35,37 @@ def _runtime(request: Request) -> Runtime:
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    return await serve(request, parse_request(await request.body(), ChatCompletionRequest), chat=True)
+    return await _observed(request, chat=True)
 
 
 @router.post("/completions")
 async def completions(request: Request) -> Response:
-    return await serve(request, parse_request(await request.body(), CompletionRequest), chat=False)
+    return await _observed(request, chat=False)
+
+
+async def _observed(request: Request, chat: bool) -> Response:
+    """Every request ends in exactly one metrics update and one log line, errors included."""
+    rec = RequestRecord(request.state.request_id, "chat" if chat else "completions")
+    rec.begin()
+    try:
+        body = parse_request(await request.body(), ChatCompletionRequest if chat else CompletionRequest)
+        rec.stream = body.stream
+        response = await serve(request, body, chat, rec)
+    except GatewayError as exc:
+        rec.status, rec.error_code = exc.status_code, exc.code or exc.error_type
+        finish(rec)
+        raise
+    except ClientDisconnected:
+        rec.status, rec.error_code = 499, "client_disconnected"
+        finish(rec)
+        raise
+    except BaseException:
+        rec.status, rec.error_code = 500, "internal_error"
+        finish(rec)
+        raise
+    if not rec.deferred:
+        finish(rec)
+    return response
 
 
 def model_object(route: Route, created: int) -> dict[str, Any]:

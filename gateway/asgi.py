@@ -1,0 +1,29 @@
+"""The app factory for multi-worker serving (`llm-gateway serve --workers N`).
+
+uvicorn starts each worker in a fresh process, so everything comes from the
+environment the CLI prepared: the config path, the Redis URL, and
+PROMETHEUS_MULTIPROC_DIR for metrics shared across workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import FastAPI
+
+CONFIG_ENV = "LLM_GATEWAY_CONFIG"
+REDIS_ENV = "LLM_GATEWAY_REDIS_URL"
+
+
+def create() -> FastAPI:
+    from gateway.app import create_app
+    from gateway.logsetup import configure
+    from gateway.model_cards import load_cards
+    from routing.config import load_config
+
+    path = os.environ.get(CONFIG_ENV) or None
+    cards = load_cards(None if not os.environ.get("LLM_GATEWAY_MODEL_CARDS_DIR")
+                       else __import__("pathlib").Path(os.environ["LLM_GATEWAY_MODEL_CARDS_DIR"]))
+    config = load_config(path, known_cards=set(cards))
+    configure(os.environ.get("LLM_GATEWAY_LOG_LEVEL") or config.server.log_level, config.logging.json_requests)
+    return create_app(config, cards, config_path=path, redis_url=os.environ.get(REDIS_ENV) or None)

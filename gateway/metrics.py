@@ -1,0 +1,75 @@
+"""Prometheus metrics: what the gateway does, how long it takes, and what it costs itself.
+
+Labels take only values the operator configured (route and deployment names,
+HTTP status codes, cache results), never a value a client chose, and never a
+secret. With several uvicorn workers, `PROMETHEUS_MULTIPROC_DIR` is set
+before the workers start (`llm-gateway serve --workers N` does it), and
+`/metrics` merges every worker's files.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+MULTIPROC = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+UNKNOWN = "_unknown"  # a model name no route claims: never echoed into a label
+
+REQUESTS = Counter("llm_gateway_requests", "Requests answered, by route, deployment, HTTP status and cache result.",
+                   ["route", "deployment", "status", "cache"])
+PROMPT_TOKENS = Counter("llm_gateway_prompt_tokens", "Prompt tokens, by route and deployment.",
+                        ["route", "deployment"])
+COMPLETION_TOKENS = Counter("llm_gateway_completion_tokens", "Completion tokens, by route and deployment.",
+                            ["route", "deployment"])
+RATE_LIMITED = Counter("llm_gateway_rate_limited", "Requests refused by a rate limit or a budget.",
+                       ["route", "reason"])
+RETRIES = Counter("llm_gateway_retries", "Backend attempts that failed and were retried or failed over.",
+                  ["route", "deployment"])
+FAILOVERS = Counter("llm_gateway_failovers", "Requests answered by another deployment than the first tried.",
+                    ["route"])
+REDIS_ERRORS = Counter("llm_gateway_redis_errors", "Redis calls that failed or timed out (the gateway failed open).")
+DURATION = Histogram("llm_gateway_request_duration_seconds", "End-to-end latency, to the last byte.", ["route"],
+                     buckets=LATENCY_BUCKETS)
+TTFT = Histogram("llm_gateway_time_to_first_token_seconds", "Time to the first byte of the answer.", ["route"],
+                 buckets=LATENCY_BUCKETS)
+OVERHEAD = Histogram("llm_gateway_overhead_seconds",
+                     "The gateway's own time: total to the answer's start, minus time waiting on backends.",
+                     ["route"], buckets=OVERHEAD_BUCKETS)
+IN_FLIGHT = Gauge("llm_gateway_in_flight_requests", "Requests being served.", multiprocess_mode="livesum")
+BREAKER = Gauge("llm_gateway_breaker_state", "Circuit breaker per deployment: 0 closed, 1 half-open, 2 open.",
+                ["deployment"], multiprocess_mode="max")
+HEALTHY = Gauge("llm_gateway_deployment_healthy", "1 when the last health check passed.", ["deployment"],
+                multiprocess_mode="min")
+QUEUE_DEPTH = Gauge("llm_gateway_local_queue_depth", "Requests waiting for a local model.", ["model"],
+                    multiprocess_mode="livesum")
+LOCAL_IN_FLIGHT = Gauge("llm_gateway_local_busy_instances", "Local model instances generating now.", ["model"],
+                        multiprocess_mode="livesum")
+
+BREAKER_CODES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text format, merged over workers in multiprocess mode."""
+    if MULTIPROC:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def refresh_gauges(runtime) -> None:  # type: ignore[no-untyped-def]
+    """Breakers, health and local queues, read from the live runtime (called at scrape time)."""
+    for name, dep in runtime.deployments.items():
+        BREAKER.labels(name).set(BREAKER_CODES.get(dep.breaker.state, 0))
+        HEALTHY.labels(name).set(1 if dep.healthy else 0)
+    for backend in runtime.local_backends():
+        stats = backend.status().stats
+        QUEUE_DEPTH.labels(backend.name).set(stats.get("queue_depth", 0))
+        LOCAL_IN_FLIGHT.labels(backend.name).set(stats.get("busy", 0))

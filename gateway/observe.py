@@ -1,0 +1,103 @@
+"""The end of every request: one metrics update, one JSON log line, one span.
+
+A `RequestRecord` travels with the request and is filled in as it goes; a
+streamed answer finishes it when the stream ends, so latency and tokens are
+the real ones. Nothing secret is logged: keys appear only as their alias, and
+prompts only when `logging.log_prompts` is on, and then redacted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway import metrics, tracing
+
+access_log = logging.getLogger("llm_gateway.requests")
+
+_SECRETS = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+\S+|eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-.]+|"
+                      r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}|\b\d{13,19}\b)")
+
+
+def redact(text: str) -> str:
+    """Mask what looks like API keys, bearer tokens, JWTs, e-mail addresses and card numbers."""
+    return _SECRETS.sub("[REDACTED]", text)
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    endpoint: str
+    started: float = field(default_factory=time.monotonic)
+    route: str = metrics.UNKNOWN
+    deployment: str = "-"
+    attempts: int = 0
+    retries: int = 0
+    status: int = 200
+    error_code: str | None = None
+    cache: str = "bypass"
+    key_alias: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: float | None = None
+    overhead_s: float | None = None
+    stream: bool = False
+    deferred: bool = False  # a stream: finished when the stream ends
+    prompt: Any = None  # only with logging.log_prompts
+    completion: str | None = None
+    span: Any = None
+    done: bool = False
+
+    def begin(self) -> None:
+        metrics.IN_FLIGHT.inc()
+        tracer = tracing.current()
+        if tracer is not None:
+            self.span = tracer.start_span("gateway.request", attributes={"gateway.request_id": self.request_id,
+                                                                          "gateway.endpoint": self.endpoint})
+            tracing.request_span.set(self.span)
+
+
+def finish(rec: RequestRecord) -> None:
+    if rec.done:
+        return
+    rec.done = True
+    metrics.IN_FLIGHT.dec()
+    total = time.monotonic() - rec.started
+    route, dep = rec.route, rec.deployment
+    metrics.REQUESTS.labels(route, dep, str(rec.status), rec.cache).inc()
+    if rec.status < 400:
+        metrics.DURATION.labels(route).observe(total)
+        if rec.ttft_s is not None:
+            metrics.TTFT.labels(route).observe(rec.ttft_s)
+        if rec.overhead_s is not None:
+            metrics.OVERHEAD.labels(route).observe(rec.overhead_s)
+    if rec.prompt_tokens:
+        metrics.PROMPT_TOKENS.labels(route, dep).inc(rec.prompt_tokens)
+    if rec.completion_tokens:
+        metrics.COMPLETION_TOKENS.labels(route, dep).inc(rec.completion_tokens)
+    line: dict[str, Any] = {
+        "ts": round(time.time(), 3), "event": "request", "request_id": rec.request_id, "endpoint": rec.endpoint,
+        "route": route, "deployment": dep, "attempts": rec.attempts, "status": rec.status,
+        "error_code": rec.error_code, "latency_ms": round(total * 1000, 2),
+        "ttft_ms": round(rec.ttft_s * 1000, 2) if rec.ttft_s is not None else None,
+        "overhead_ms": round(rec.overhead_s * 1000, 3) if rec.overhead_s is not None else None,
+        "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens, "cache": rec.cache,
+        "stream": rec.stream, "key_alias": rec.key_alias,
+    }
+    if rec.prompt is not None:
+        line["prompt"] = redact(orjson.dumps(rec.prompt).decode())
+        line["completion"] = redact(rec.completion or "")
+    access_log.info(orjson.dumps(line).decode())
+    if rec.span is not None:
+        rec.span.set_attributes({"gateway.route": route, "gateway.deployment": dep, "gateway.attempts": rec.attempts,
+                                 "http.status_code": rec.status, "gateway.cache": rec.cache})
+        if rec.status >= 500:
+            from opentelemetry.trace import Status, StatusCode
+
+            rec.span.set_status(Status(StatusCode.ERROR, rec.error_code or str(rec.status)))
+        rec.span.end()

@@ -1,0 +1,182 @@
+"""Metrics, request logs and traces, read the way an operator reads them."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.routing_env import ADMIN_KEY, ANTHROPIC_KEY, OPENAI_KEY, Sims, base_config, sims  # noqa: F401
+from tests.server import GatewayProcess, free_port
+from tests.sim import Fault
+
+MASTER = "sk-master-observability-0123456789"
+MSGS = [{"role": "user", "content": "Observe me"}]
+
+
+def samples(g: GatewayProcess) -> dict[tuple[str, tuple], float]:
+    text = httpx.get(f"{g.root_url}/metrics").text
+    out: dict[tuple[str, tuple], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(m: dict, name: str, **labels: str) -> float:
+    return m.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def total(m: dict, name: str, **labels: str) -> float:
+    return sum(v for (n, lbl), v in m.items() if n == name and all(dict(lbl).get(k) == x for k, x in labels.items()))
+
+
+def gateway(s: Sims, **extra: Any) -> GatewayProcess:
+    cfg = base_config(s)
+    cfg.update(extra.pop("config", {}))
+    env = {"SIM_OPENAI_KEY": OPENAI_KEY, "SIM_ANTHROPIC_KEY": ANTHROPIC_KEY, "LLM_GATEWAY_ADMIN_KEY": ADMIN_KEY,
+           "LLM_GATEWAY_MASTER_KEY": MASTER}
+    return GatewayProcess(cfg, env=env, require_ready=False, **extra)
+
+
+def post(g: GatewayProcess, key: str, **body: Any) -> httpx.Response:
+    return httpx.post(f"{g.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                      json={"messages": MSGS, **body})
+
+
+def test_metrics_follow_a_known_sequence_and_logs_never_hold_keys(sims: Sims) -> None:
+    sims.reset()
+    with gateway(sims) as g:
+        virtual = httpx.post(f"{g.root_url}/admin/keys", headers={"Authorization": f"Bearer {MASTER}"},
+                             json={"alias": "observer"}).json()["key"]
+        sims.a.add_fault(Fault.status(500))
+        r1 = post(g, virtual, model="chat-default")  # a fails, b answers: one retry, one failover
+        r2 = post(g, virtual, model="chat-default")  # a answers
+        r3 = post(g, MASTER, model="claude", stream=True)  # a stream: counted when it ends
+        r4 = post(g, virtual, model="no-such-model")  # 404: never a client-chosen label
+        r5 = post(g, virtual, model="chat-default", temperature=9)  # 400
+        r6 = post(g, "sk-gw-wrong", model="chat-default")  # 401
+        assert [r.status_code for r in (r1, r2, r3, r4, r5, r6)] == [200, 200, 200, 404, 400, 401]
+        m = samples(g)
+        assert value(m, "llm_gateway_requests_total", route="chat-default", deployment="b", status="200",
+                     cache="bypass") == 1
+        assert value(m, "llm_gateway_requests_total", route="chat-default", deployment="a", status="200",
+                     cache="bypass") == 1
+        assert value(m, "llm_gateway_requests_total", route="claude", deployment="claude", status="200",
+                     cache="bypass") == 1
+        assert value(m, "llm_gateway_requests_total", route="_unknown", deployment="-", status="404",
+                     cache="bypass") == 1
+        assert total(m, "llm_gateway_requests_total", status="400") == 1
+        assert total(m, "llm_gateway_requests_total", status="401") == 1
+        assert total(m, "llm_gateway_requests_total") == 6
+        assert value(m, "llm_gateway_retries_total", route="chat-default", deployment="a") == 1
+        assert value(m, "llm_gateway_failovers_total", route="chat-default") == 1
+        usage1, usage2 = r1.json()["usage"], r2.json()["usage"]
+        assert value(m, "llm_gateway_prompt_tokens_total", route="chat-default", deployment="b") == usage1["prompt_tokens"]
+        assert value(m, "llm_gateway_completion_tokens_total", route="chat-default", deployment="a") == \
+            usage2["completion_tokens"]
+        assert value(m, "llm_gateway_request_duration_seconds_count", route="chat-default") == 2
+        assert value(m, "llm_gateway_overhead_seconds_count", route="chat-default") == 2
+        assert value(m, "llm_gateway_time_to_first_token_seconds_count", route="claude") == 1
+        assert value(m, "llm_gateway_breaker_state", deployment="a") == 0
+        assert value(m, "llm_gateway_deployment_healthy", deployment="dead") in (0, 1)
+        assert value(m, "llm_gateway_in_flight_requests") == 0
+        text = httpx.get(f"{g.root_url}/metrics").text
+        for secret in (MASTER, virtual, OPENAI_KEY, ANTHROPIC_KEY, ADMIN_KEY, "no-such-model"):
+            assert secret not in text
+        time.sleep(0.3)
+        lines = [json.loads(line) for line in g.logs().splitlines() if line.startswith('{"ts"')]
+        assert len([x for x in lines if x["event"] == "request"]) == 6
+        first = next(x for x in lines if x["status"] == 200 and x["deployment"] == "b")
+        assert first["attempts"] == 2 and first["key_alias"] == "observer" and first["route"] == "chat-default"
+        assert first["prompt_tokens"] == usage1["prompt_tokens"] and first["ttft_ms"] is not None
+        assert "prompt" not in first, "prompts are not logged by default"
+        logs = g.logs()
+        for secret in (MASTER, virtual, OPENAI_KEY, ANTHROPIC_KEY, ADMIN_KEY, "sk-gw-wrong"):
+            assert secret not in logs, "an API key appeared in the logs"
+    sims.reset()
+
+
+def test_prompt_logging_is_opt_in_and_redacted(sims: Sims) -> None:
+    sims.reset()
+    with gateway(sims, config={"logging": {"log_prompts": True}}) as g:
+        secret_msg = [{"role": "user", "content": "my key is sk-live-abcdefgh12345678, mail bob@example.com"}]
+        assert post(g, MASTER, model="chat-default", messages=secret_msg).status_code == 200
+        time.sleep(0.3)
+        line = next(json.loads(x) for x in g.logs().splitlines() if x.startswith('{"ts"'))
+        assert "my key is [REDACTED], mail [REDACTED]" in line["prompt"]
+        assert "Reply to: my key is [REDACTED]" in line["completion"]
+        assert "sk-live-abcdefgh12345678" not in g.logs() and "bob@example.com" not in g.logs()
+    sims.reset()
+
+
+def test_metrics_are_merged_across_two_workers(sims: Sims) -> None:
+    sims.reset()
+    cfg = {"server": {"watch_config": False}}
+    with gateway(sims, config=cfg, extra_args=["--workers", "2"]) as g:
+        for _ in range(20):  # a new connection each time, so both workers serve some
+            assert post(g, MASTER, model="chat-default").status_code == 200
+        pids = set()
+        for _ in range(6):
+            m = samples(g)
+            assert total(m, "llm_gateway_requests_total") == 20, "every scrape sees both workers' counts"
+        logs = [json.loads(x) for x in g.logs().splitlines() if x.startswith('{"ts"')]
+        assert len(logs) == 20
+        served = sims.a.count("/v1/chat/completions") + sims.b.count("/v1/chat/completions")
+        assert served == 20
+        for line in g.logs().splitlines():
+            if "Started server process" in line:
+                pids.add(line)
+        assert len(pids) == 2, "two workers served"
+    sims.reset()
+
+
+def test_spans_for_the_request_and_each_attempt(sims: Sims) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    import uvicorn
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from gateway import tracing
+    from gateway.app import create_app
+    from routing.config import GatewayConfig
+
+    sims.reset()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    cfg = GatewayConfig.model_validate({k: v for k, v in base_config(sims).items() if k != "providers"} | {
+        "providers": {k: v for k, v in base_config(sims)["providers"].items() if k.startswith("vllm")},
+        "deployments": [d for d in base_config(sims)["deployments"] if d["provider"].startswith("vllm")],
+        "routes": [r for r in base_config(sims)["routes"] if r["name"] == "chat-default"]})
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        sims.a.add_fault(Fault.status(503))
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"model": "chat-default",
+                                                                             "messages": MSGS})
+        assert r.status_code == 200
+        spans = exporter.get_finished_spans()
+        request = [s for s in spans if s.name == "gateway.request"]
+        attempts = [s for s in spans if s.name == "gateway.attempt"]
+        assert len(request) == 1 and len(attempts) == 2
+        assert all(a.parent.span_id == request[0].context.span_id for a in attempts)
+        assert [a.attributes["gateway.deployment"] for a in attempts] == ["a", "b"]
+        assert attempts[0].status.status_code.name == "ERROR" and attempts[1].status.status_code.name == "UNSET"
+        assert request[0].attributes["gateway.deployment"] == "b"
+    finally:
+        tracing.install(None)
+        server.should_exit = True
+        thread.join(10)
+        sims.reset()
