@@ -25,11 +25,13 @@ class Reservation:
 
     subjects: list[tuple[str, LimitSpec]]
     tokens: int
+    prompt_tokens: int = 0  # the estimate inside `tokens`
 
 
 async def settle(*, usage: dict[str, Any] | None, fallback_completion: int, prompt_estimate: int,
                  reservation: Reservation | None, principal: Principal, route: str, deployment: Deployment | None,
-                 limiter: RateLimiter, store: UsageStore, link: RedisLink) -> tuple[int, int]:
+                 limiter: RateLimiter, store: UsageStore, link: RedisLink,
+                 served_by: str | None = None) -> tuple[int, int]:
     """Record usage and spend, and give back (or take more of) the reserved tokens. Never raises.
 
     Returns the (prompt, completion) tokens counted, for the request's log line and metrics."""
@@ -39,7 +41,7 @@ async def settle(*, usage: dict[str, Any] | None, fallback_completion: int, prom
     try:
         await store.record(key_id=principal.key_id, route=route, prompt_tokens=prompt, completion_tokens=completion,
                            cost_usd=cost, budget_period=principal.key.budget_period if principal.key else None,
-                           deployment=deployment.name if deployment is not None else None)
+                           deployment=deployment.name if deployment is not None else served_by)
         if reservation is not None:
             delta = (prompt + completion) - reservation.tokens
             if delta:

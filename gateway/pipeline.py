@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import orjson
 from starlette.requests import Request
@@ -81,9 +81,11 @@ async def serve(request: Request, body: SamplingFields, chat: bool, rec: Request
 
     try:
         await _check_budget(principal, svc)
-        prompt_estimate = _estimate_prompt(plan, body, runtime.config.usage.o200k_path)
-        reservation = await _limit(principal, plan, body, prompt_estimate, runtime.config.usage.default_max_tokens,
-                                   svc, headers)
+        o200k = runtime.config.usage.o200k_path
+        reservation = await _limit(principal, plan, body, lambda: _estimate_prompt(plan, body, o200k),
+                                   runtime.config.usage.default_max_tokens, svc, headers)
+        # Counting tokens costs time: only when a limit needs it, else only if the backend reports no usage.
+        prompt_estimate = reservation.prompt_tokens if reservation else 0
     except GatewayError as exc:
         if exc.status_code == 429:
             metrics.RATE_LIMITED.labels(plan.route.name, exc.code or "rate_limit").inc()
@@ -136,6 +138,7 @@ async def serve(request: Request, body: SamplingFields, chat: bool, rec: Request
 
     async def finish(result: dict[str, Any] | None, completion_frames: int) -> None:
         usage = (result or {}).get("usage")
+        estimate = prompt_estimate or (0 if usage else _estimate_prompt(plan, body, o200k))
         if key is not None and result is not None and not outcome.degraded:
             try:
                 await svc.cache.put(key, result, ttl_s=ttl, stale_grace_s=route_cache.stale_grace_s,
@@ -143,9 +146,10 @@ async def serve(request: Request, body: SamplingFields, chat: bool, rec: Request
             except StoreUnavailable as exc:
                 svc.link.record_error(exc)
         rec.prompt_tokens, rec.completion_tokens = await settle(
-            usage=usage, fallback_completion=completion_frames, prompt_estimate=prompt_estimate,
+            usage=usage, fallback_completion=completion_frames, prompt_estimate=estimate,
             reservation=reservation, principal=principal, route=plan.route.name,
-            deployment=None if outcome.degraded else deployment, limiter=svc.limiter, store=svc.usage, link=svc.link)
+            deployment=None if outcome.degraded else deployment, limiter=svc.limiter, store=svc.usage, link=svc.link,
+            served_by="last-resort" if outcome.degraded else None)
         if rec.prompt is not None and result:
             rec.completion = _text_of(result)
 
@@ -210,8 +214,8 @@ async def _check_budget(principal: Principal, svc: Services) -> None:
                            headers={"x-should-retry": "false"})
 
 
-async def _limit(principal: Principal, plan: Plan, body: SamplingFields, prompt_estimate: int, default_max: int,
-                 svc: Services, headers: dict[str, str]) -> Reservation | None:
+async def _limit(principal: Principal, plan: Plan, body: SamplingFields, estimate: Callable[[], int],
+                 default_max: int, svc: Services, headers: dict[str, str]) -> Reservation | None:
     subjects: list[tuple[str, LimitSpec]] = []
     if principal.key and (principal.key.rpm or principal.key.tpm):
         subjects.append((f"key:{principal.key.id}", LimitSpec(principal.key.rpm, principal.key.tpm)))
@@ -220,6 +224,7 @@ async def _limit(principal: Principal, plan: Plan, body: SamplingFields, prompt_
         subjects.append((f"route:{plan.route.name}", LimitSpec(rl.rpm, rl.tpm)))
     if not subjects:
         return None
+    prompt_estimate = estimate()
     reserve = prompt_estimate + (getattr(body, "max_output_tokens", None) or default_max) * body.n
     granted: list[tuple[str, LimitSpec]] = []
     for subject, spec in subjects:
@@ -236,7 +241,7 @@ async def _limit(principal: Principal, plan: Plan, body: SamplingFields, prompt_
                     await _quiet(svc.limiter.adjust(done_subject, done_spec, -reserve))
             raise _rate_limited(result, subject, headers)
         granted.append((subject, spec))
-    return Reservation(granted, reserve)
+    return Reservation(granted, reserve, prompt_estimate)
 
 
 def _fail_closed_deployments(plan: Plan) -> None:
