@@ -36,6 +36,7 @@ from routing.config import LlamaCppModelConfig
 
 log = logging.getLogger("llm_gateway.llamacpp")
 
+_HAS_TIMEOUT = hasattr(asyncio, "timeout")  # Python 3.11+
 _LONG_TEXT = 16_000  # characters; longer prompts are tokenized off the event loop
 
 
@@ -307,7 +308,11 @@ class LlamaCppBackend(Backend):
                     raise UpstreamTimeout(f"The model '{self.name}' did not finish within "
                                           f"{self.config.request_timeout_s:g}s.")
                 try:
-                    ev = await asyncio.wait_for(events.get(), remaining)
+                    if _HAS_TIMEOUT:  # no task per token, unlike wait_for
+                        async with asyncio.timeout(remaining):
+                            ev = await events.get()
+                    else:
+                        ev = await asyncio.wait_for(events.get(), remaining)
                 except asyncio.TimeoutError:
                     continue
                 if ev[0] == END:

@@ -40,7 +40,9 @@ async def settle(*, usage: dict[str, Any] | None, fallback_completion: int, prom
     cost = deployment.cost_usd(prompt, completion) if deployment is not None else 0.0
     try:
         await store.record(key_id=principal.key_id, route=route, prompt_tokens=prompt, completion_tokens=completion,
-                           cost_usd=cost, budget_period=principal.key.budget_period if principal.key else None,
+                           cost_usd=cost,
+                           budget_period=principal.key.budget_period
+                           if principal.key and principal.key.budget_usd is not None else None,
                            deployment=deployment.name if deployment is not None else served_by)
         if reservation is not None:
             delta = (prompt + completion) - reservation.tokens

@@ -7,6 +7,7 @@ and `/ready` turns 200 only when every required backend is loaded and warm.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -48,9 +49,14 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.start()
+        flusher = asyncio.create_task(services.usage.run_flusher(config.usage.flush_interval_s,
+                                                                 services.link.record_error), name="usage-flush")
         try:
             yield
         finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
             await manager.aclose()
             await services.link.aclose()
             if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -63,6 +69,7 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     app.state.manager = manager
     app.state.services = services
     app.include_router(health.router)
+    app.router.routes.extend(openai.hot_routes)
     app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(admin_keys.router)

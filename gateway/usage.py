@@ -1,11 +1,15 @@
 """Usage and spend per key, route and day, kept in Redis so every replica counts into the same totals.
 
+Counters are batched per replica and flushed every second; other replicas see
+them after that flush.
+
 Spend is also kept per budget period (day, month, or all time) so a budget
 check is one GET, whichever replica asks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import defaultdict
 from typing import Any
@@ -25,12 +29,18 @@ def period_id(period: str, now: dt.datetime | None = None) -> str:
     return "total"
 
 
+def _counters() -> dict[tuple[str, str, str], dict[str, float]]:
+    return defaultdict(lambda: defaultdict(float))
+
+
 class UsageStore:
     def __init__(self, redis: Any | None, prefix: str = "gw:") -> None:
         self.redis = redis
         self.prefix = prefix
-        self._rows: dict[tuple[str, str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        self._dep_rows: dict[tuple[str, str, str], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        self._rows = _counters()  # without Redis: the counters themselves
+        self._dep_rows = _counters()
+        self._pending = _counters()  # with Redis: what the next flush writes
+        self._pending_dep = _counters()
         self._spend: dict[str, float] = defaultdict(float)
 
     def _spend_key(self, key_id: str, period: str) -> str:
@@ -38,39 +48,79 @@ class UsageStore:
 
     async def record(self, *, key_id: str | None, route: str, prompt_tokens: int, completion_tokens: int,
                      cost_usd: float, budget_period: str | None = None, deployment: str | None = None) -> None:
-        """Count one answer under (day, key, route) and, for the cost report, (day, route, deployment)."""
+        """Count one answer under (day, key, route) and, for the cost report, (day, route, deployment).
+
+        With Redis, the counters are batched in memory and flushed every `flush_interval_s` (one
+        pipeline for all requests since the last flush) instead of costing a round trip per request.
+        Spend against a budget is the exception: it is written at once, so every replica sees it.
+        """
         day = period_id("daily")
         who = key_id or ANONYMOUS
         dep = deployment or "cache"
-        if self.redis is None:
-            for row in (self._rows[(day, who, route)], self._dep_rows[(day, route, dep)]):
-                row["requests"] += 1
-                row["prompt_tokens"] += prompt_tokens
-                row["completion_tokens"] += completion_tokens
-                row["cost_usd"] += cost_usd
-            if key_id and budget_period:
-                self._spend[self._spend_key(key_id, budget_period)] += cost_usd
+        rows, dep_rows = (self._rows, self._dep_rows) if self.redis is None else (self._pending, self._pending_dep)
+        for row in (rows[(day, who, route)], dep_rows[(day, route, dep)]):
+            row["requests"] += 1
+            row["prompt_tokens"] += prompt_tokens
+            row["completion_tokens"] += completion_tokens
+            row["cost_usd"] += cost_usd
+        if not (key_id and budget_period):
             return
-        row_key = f"{self.prefix}usage:{day}:{who}:{route}"
-        dep_key = f"{self.prefix}usage-dep:{day}:{route}:{dep}"
-        index = f"{self.prefix}usage:index:{day}"
-        dep_index = f"{self.prefix}usage-dep:index:{day}"
+        if self.redis is None:
+            self._spend[self._spend_key(key_id, budget_period)] += cost_usd
+            return
+        spend_key = self._spend_key(key_id, budget_period)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for k in (row_key, dep_key):
-                pipe.hincrby(k, "requests", 1)
-                pipe.hincrby(k, "prompt_tokens", prompt_tokens)
-                pipe.hincrby(k, "completion_tokens", completion_tokens)
-                pipe.hincrbyfloat(k, "cost_usd", cost_usd)
-                pipe.expire(k, RETENTION_S)
-            pipe.sadd(index, f"{who}|{route}")
-            pipe.expire(index, RETENTION_S)
-            pipe.sadd(dep_index, f"{route}|{dep}")
-            pipe.expire(dep_index, RETENTION_S)
-            if key_id and budget_period:
-                spend_key = self._spend_key(key_id, budget_period)
-                pipe.incrbyfloat(spend_key, cost_usd)
-                pipe.expire(spend_key, RETENTION_S)
+            pipe.incrbyfloat(spend_key, cost_usd)
+            pipe.expire(spend_key, RETENTION_S)
             await guard(pipe.execute())
+
+    async def flush(self) -> None:
+        """Write the batched counters; if Redis is down they go back into the batch for the next try."""
+        if self.redis is None or not (self._pending or self._pending_dep):
+            return
+        rows, dep_rows = self._pending, self._pending_dep
+        self._pending, self._pending_dep = _counters(), _counters()
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for (day, who, route), v in rows.items():
+                    self._write(pipe, f"{self.prefix}usage:{day}:{who}:{route}", v)
+                    pipe.sadd(f"{self.prefix}usage:index:{day}", f"{who}|{route}")
+                    pipe.expire(f"{self.prefix}usage:index:{day}", RETENTION_S)
+                for (day, route, dep), v in dep_rows.items():
+                    self._write(pipe, f"{self.prefix}usage-dep:{day}:{route}:{dep}", v)
+                    pipe.sadd(f"{self.prefix}usage-dep:index:{day}", f"{route}|{dep}")
+                    pipe.expire(f"{self.prefix}usage-dep:index:{day}", RETENTION_S)
+                await guard(pipe.execute())
+        except Exception:
+            for source, target in ((rows, self._pending), (dep_rows, self._pending_dep)):
+                for k, v in source.items():
+                    for field_name, n in v.items():
+                        target[k][field_name] += n
+            raise
+
+    @staticmethod
+    def _write(pipe: Any, key: str, v: dict[str, float]) -> None:
+        pipe.hincrby(key, "requests", int(v["requests"]))
+        pipe.hincrby(key, "prompt_tokens", int(v["prompt_tokens"]))
+        pipe.hincrby(key, "completion_tokens", int(v["completion_tokens"]))
+        pipe.hincrbyfloat(key, "cost_usd", v["cost_usd"])
+        pipe.expire(key, RETENTION_S)
+
+    async def run_flusher(self, interval_s: float, on_error: Any = None) -> None:
+        """Background task: flush every `interval_s` until cancelled, then once more."""
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    await self.flush()
+                except Exception as exc:  # kept for the next round
+                    if on_error is not None:
+                        on_error(exc)
+        finally:
+            try:
+                await self.flush()
+            except Exception:
+                pass
 
     async def spend(self, key_id: str, period: str) -> float:
         if self.redis is None:
@@ -79,6 +129,7 @@ class UsageStore:
         return float(raw) if raw else 0.0
 
     async def report(self, days: list[str], key_id: str | None = None) -> list[dict[str, Any]]:
+        await self.flush()
         rows: list[dict[str, Any]] = []
         for day in days:
             if self.redis is None:
@@ -101,6 +152,7 @@ class UsageStore:
 
     async def report_deployments(self, days: list[str]) -> list[dict[str, Any]]:
         """Rows per (day, route, deployment); deployment "cache" counts answers served from the cache."""
+        await self.flush()
         rows: list[dict[str, Any]] = []
         for day in days:
             if self.redis is None:

@@ -117,7 +117,7 @@ class Router:
             span = tracing.start_attempt(dep.name, outcome.attempts)
             error: str | None = None
             try:
-                result = await asyncio.wait_for(call(dep, ctx), remaining)
+                result = await _within(call(dep, ctx), remaining)
             except asyncio.TimeoutError:
                 last = UpstreamTimeout(f"The request did not finish within the route's deadline "
                                        f"({route.timeouts.total_s:g}s).")
@@ -299,6 +299,14 @@ class _ChatTracker:
 
 _FINISH = b'"finish_reason":"'
 _FINISH_SPACED = b'"finish_reason": "'
+
+
+async def _within(aw: Awaitable[Any], seconds: float) -> Any:
+    """`wait_for` without its extra task per call (Python 3.11+), on the hot path of every request."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await aw
+    return await asyncio.wait_for(aw, seconds)
 
 
 def _chunk(frame: bytes) -> dict[str, Any] | None:

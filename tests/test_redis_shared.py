@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any, Iterator
 
 import httpx
@@ -26,6 +27,7 @@ def shared_config(s: Sims, prefix: str) -> dict[str, Any]:
                         {"name": "gpt", "provider": "openai", "model": "sim-model", "card": "gpt-4o-mini"}],
         "routes": [{"name": "chat", "deployments": ["a"]}, {"name": "paid", "deployments": ["gpt"]}],
         "health_checks": {"interval_s": 5},
+        "usage": {"flush_interval_s": 0.2},
     }
 
 
@@ -109,6 +111,7 @@ def test_budget_is_exhausted_across_replicas(pair) -> None:
     assert 1 <= served < 6
     for g in (a, b):
         assert chat(g, key, model="paid").json()["error"]["code"] == "insufficient_quota"
+    time.sleep(0.5)  # B's batched counters reach Redis within its 0.2 s flush interval
     usage = httpx.get(f"{a.root_url}/admin/usage", headers=auth(MASTER)).json()
     rows = [r for r in usage["rows"] if r["route"] == "paid"]
     assert sum(r["requests"] for r in rows) == served and sum(r["cost_usd"] for r in rows) >= 0.00002
