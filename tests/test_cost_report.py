@@ -212,6 +212,7 @@ class FakeUsage:
 @pytest.fixture
 def app(monkeypatch: pytest.MonkeyPatch, config: GatewayConfig, cards: dict[str, ModelCard]) -> Any:
     monkeypatch.setenv("LLM_GATEWAY_ADMIN_KEY", "adm-test")
+    monkeypatch.delenv("REDIS_URL", raising=False)  # an in-process store, never the shared Redis's old counts
     from gateway.app import create_app
 
     app = create_app(config, cards)

@@ -136,7 +136,7 @@ def test_metrics_are_merged_across_two_workers(sims: Sims) -> None:
     sims.reset()
 
 
-def test_spans_for_the_request_and_each_attempt(sims: Sims) -> None:
+def test_spans_for_the_request_and_each_attempt(sims: Sims, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("opentelemetry.sdk")
     import uvicorn
     from opentelemetry.sdk.trace import TracerProvider
@@ -148,6 +148,7 @@ def test_spans_for_the_request_and_each_attempt(sims: Sims) -> None:
     from routing.config import GatewayConfig
 
     sims.reset()
+    monkeypatch.delenv("REDIS_URL", raising=False)
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))

@@ -28,6 +28,7 @@ def test_ready_is_503_while_loading_then_200(monkeypatch: pytest.MonkeyPatch) ->
         real_load(self)
 
     monkeypatch.setattr(LlamaEngine, "_load", gated_load)
+    monkeypatch.delenv("REDIS_URL", raising=False)
     app = create_app(GatewayConfig(models=[LlamaCppModelConfig(card=MODEL, n_ctx=1024)]))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
