@@ -32,7 +32,7 @@ from backends.anthropic_translate import (
     upstream_error,
 )
 from backends.base import Backend, BackendState, BackendStatus, CallContext, SSEStream
-from backends.http import UpstreamPool, event_data, event_name, sse_events, transport_error
+from backends.http import UpstreamPool, event_data, event_name, prepend, sse_events, transport_error
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError
 from gateway.model_cards import ModelCard
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
@@ -121,7 +121,7 @@ class AnthropicBackend(Backend):
         except BaseException:  # _frames raises rather than ending without a frame
             await frames.aclose()
             raise
-        return _prepend(first, frames)
+        return prepend(first, frames)
 
     async def completion(self, request: CompletionRequest, ctx: CallContext) -> dict[str, Any]:
         raise self._no_completions()
@@ -190,12 +190,3 @@ class AnthropicBackend(Backend):
                 resp.release()
             else:
                 resp.close()  # never put a half-read connection back in the pool
-
-
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        yield first
-        async for frame in rest:
-            yield frame
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]

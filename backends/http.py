@@ -119,3 +119,13 @@ def event_name(event: bytes) -> str | None:
         if line.startswith(b"event:"):
             return line[6:].strip().decode()
     return None
+
+
+async def prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The first frame (already awaited, so early errors stayed HTTP errors), then the rest; closes the rest."""
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]

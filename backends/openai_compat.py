@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from backends.base import Backend, BackendStatus, Body, CallContext, SSEStream
-from backends.http import UpstreamPool, event_data, parse_retry_after, sse_events, transport_error
+from backends.http import UpstreamPool, event_data, parse_retry_after, prepend, sse_events, transport_error
 from gateway.errors import GatewayError, StreamInterrupted, UpstreamError
 from gateway.model_cards import ModelCard
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
@@ -110,7 +110,7 @@ class OpenAICompatBackend(Backend):
             first = await events.__anext__()
         except StopAsyncIteration:
             raise StreamInterrupted(f"The upstream '{self.name}' sent an empty stream.") from None
-        return _prepend(first, events)
+        return prepend(first, events)
 
     async def _relay(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
         """Pass events through as bytes; raise on in-band errors and on streams that end without [DONE]."""
@@ -203,12 +203,3 @@ def _openai_type(upstream_type: Any, status: int) -> str:
     from gateway.errors import _type_for
 
     return _type_for(status)
-
-
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        yield first
-        async for item in rest:
-            yield item
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]

@@ -129,43 +129,34 @@ class UsageStore:
         return float(raw) if raw else 0.0
 
     async def report(self, days: list[str], key_id: str | None = None) -> list[dict[str, Any]]:
-        await self.flush()
-        rows: list[dict[str, Any]] = []
-        for day in days:
-            if self.redis is None:
-                found = [(who, route, dict(v)) for (d, who, route), v in self._rows.items() if d == day]
-            else:
-                members = await guard(self.redis.smembers(f"{self.prefix}usage:index:{day}"))
-                pairs = [m.decode().split("|", 1) for m in members]
-                found = []
-                for who, route in sorted(pairs):
-                    h = await guard(self.redis.hgetall(f"{self.prefix}usage:{day}:{who}:{route}"))
-                    found.append((who, route, {k.decode(): float(v) for k, v in h.items()}))
-            for who, route, v in found:
-                if key_id is not None and who != key_id:
-                    continue
-                rows.append({"day": day, "key_id": None if who == ANONYMOUS else who, "route": route,
-                             "requests": int(v.get("requests", 0)), "prompt_tokens": int(v.get("prompt_tokens", 0)),
-                             "completion_tokens": int(v.get("completion_tokens", 0)),
-                             "cost_usd": round(v.get("cost_usd", 0.0), 8)})
+        """Rows per (day, key, route)."""
+        rows = []
+        for day, who, route, v in await self._collect(days, "usage", self._rows):
+            if key_id is None or who == key_id:
+                rows.append({"day": day, "key_id": None if who == ANONYMOUS else who, "route": route, **_counts(v)})
         return rows
 
     async def report_deployments(self, days: list[str]) -> list[dict[str, Any]]:
         """Rows per (day, route, deployment); deployment "cache" counts answers served from the cache."""
+        return [{"day": day, "route": route, "deployment": dep, **_counts(v)}
+                for day, route, dep, v in await self._collect(days, "usage-dep", self._dep_rows)]
+
+    async def _collect(self, days: list[str], family: str,
+                       memory: dict[tuple[str, str, str], dict[str, float]]) -> list[tuple[str, str, str, dict]]:
+        """(day, a, b, counters) for one family of rows, from memory or from Redis (after a flush)."""
         await self.flush()
-        rows: list[dict[str, Any]] = []
+        out: list[tuple[str, str, str, dict]] = []
         for day in days:
             if self.redis is None:
-                found = [(route, dep, dict(v)) for (d, route, dep), v in self._dep_rows.items() if d == day]
-            else:
-                members = await guard(self.redis.smembers(f"{self.prefix}usage-dep:index:{day}"))
-                found = []
-                for route, dep in sorted(m.decode().split("|", 1) for m in members):
-                    h = await guard(self.redis.hgetall(f"{self.prefix}usage-dep:{day}:{route}:{dep}"))
-                    found.append((route, dep, {k.decode(): float(v) for k, v in h.items()}))
-            for route, dep, v in found:
-                rows.append({"day": day, "route": route, "deployment": dep,
-                             "requests": int(v.get("requests", 0)), "prompt_tokens": int(v.get("prompt_tokens", 0)),
-                             "completion_tokens": int(v.get("completion_tokens", 0)),
-                             "cost_usd": round(v.get("cost_usd", 0.0), 8)})
-        return rows
+                out += [(day, a, b, dict(v)) for (d, a, b), v in memory.items() if d == day]
+                continue
+            members = await guard(self.redis.smembers(f"{self.prefix}{family}:index:{day}"))
+            for a, b in sorted(m.decode().split("|", 1) for m in members):
+                h = await guard(self.redis.hgetall(f"{self.prefix}{family}:{day}:{a}:{b}"))
+                out.append((day, a, b, {k.decode(): float(v) for k, v in h.items()}))
+        return out
+
+
+def _counts(v: dict[str, float]) -> dict[str, Any]:
+    return {"requests": int(v.get("requests", 0)), "prompt_tokens": int(v.get("prompt_tokens", 0)),
+            "completion_tokens": int(v.get("completion_tokens", 0)), "cost_usd": round(v.get("cost_usd", 0.0), 8)}
