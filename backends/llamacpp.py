@@ -21,6 +21,7 @@ from backends import openai_format as fmt
 from backends.base import Backend, BackendStatus, CallContext, SSEStream
 from backends.chat_template import ChatTemplate
 from backends.llamacpp_engine import DONE, END, ERROR, TEXT, EngineSettings, Job, LlamaEngine, Sampling
+from gateway.aio import within
 from gateway.errors import (
     ContextLengthExceeded,
     EngineError,
@@ -36,7 +37,6 @@ from routing.config import LlamaCppModelConfig
 
 log = logging.getLogger("llm_gateway.llamacpp")
 
-_HAS_TIMEOUT = hasattr(asyncio, "timeout")  # Python 3.11+
 _LONG_TEXT = 16_000  # characters; longer prompts are tokenized off the event loop
 
 
@@ -308,11 +308,7 @@ class LlamaCppBackend(Backend):
                     raise UpstreamTimeout(f"The model '{self.name}' did not finish within "
                                           f"{self.config.request_timeout_s:g}s.")
                 try:
-                    if _HAS_TIMEOUT:  # no task per token, unlike wait_for
-                        async with asyncio.timeout(remaining):
-                            ev = await events.get()
-                    else:
-                        ev = await asyncio.wait_for(events.get(), remaining)
+                    ev = await within(events.get(), remaining)
                 except asyncio.TimeoutError:
                     continue
                 if ev[0] == END:

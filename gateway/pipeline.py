@@ -153,7 +153,7 @@ async def serve(request: Request, body: SamplingFields, chat: bool, rec: Request
         if rec.prompt is not None and result:
             rec.completion = _text_of(result)
 
-    headers.update(_gateway_headers(outcome, started))
+    headers.update(_gateway_headers(outcome, rec.overhead_s))
     if outcome.stream is not None:
         rec.deferred = True
         stream = _account_stream(outcome.stream, finish, not body.include_usage, rec)
@@ -301,12 +301,11 @@ def _stale(stored: dict[str, Any], body: SamplingFields, chat: bool, headers: di
     return _cached(stored, body, chat, headers, rec)
 
 
-def _gateway_headers(outcome: Outcome, started: float) -> dict[str, str]:
-    overhead = max(0.0, time.monotonic() - started - outcome.backend_wait_s) * 1000
+def _gateway_headers(outcome: Outcome, overhead_s: float) -> dict[str, str]:
     headers = {
         "x-gateway-deployment": outcome.deployment,
         "x-gateway-attempts": str(outcome.attempts),
-        "x-gateway-overhead-ms": f"{overhead:.2f}",
+        "x-gateway-overhead-ms": f"{overhead_s * 1000:.2f}",
     }
     if outcome.degraded:
         headers["x-gateway-degraded"] = outcome.degraded

@@ -12,6 +12,8 @@ from typing import Awaitable, TypeVar
 
 import redis.exceptions
 
+from gateway.aio import within
+
 T = TypeVar("T")
 
 # RedisError covers ConnectionError, TimeoutError, ResponseError, ...;
@@ -28,9 +30,6 @@ class StoreUnavailable(Exception):
     """Redis could not be reached, timed out or failed; the original is __cause__."""
 
 
-_HAS_TIMEOUT = hasattr(asyncio, "timeout")  # Python 3.11+
-
-
 async def guard(awaitable: Awaitable[T], timeout: float | None = None) -> T:
     """Await `awaitable` and re-raise store failures as StoreUnavailable.
 
@@ -40,10 +39,7 @@ async def guard(awaitable: Awaitable[T], timeout: float | None = None) -> T:
     try:
         if timeout is None:
             return await awaitable
-        if _HAS_TIMEOUT:  # no extra task per call, unlike wait_for (which matters once per Redis call)
-            async with asyncio.timeout(timeout):
-                return await awaitable
-        return await asyncio.wait_for(awaitable, timeout)
+        return await within(awaitable, timeout)
     except StoreUnavailable:
         raise
     except STORE_ERRORS as exc:

@@ -22,6 +22,7 @@ import orjson
 from backends import openai_format as fmt
 from backends.base import Body, CallContext, SSEStream
 from gateway import tracing
+from gateway.aio import within
 from gateway.errors import AllDeploymentsFailed, GatewayError, UpstreamTimeout
 from gateway.protocol import ChatCompletionRequest, SamplingFields
 from routing.deployment import Deployment
@@ -117,7 +118,7 @@ class Router:
             span = tracing.start_attempt(dep.name, outcome.attempts)
             error: str | None = None
             try:
-                result = await _within(call(dep, ctx), remaining)
+                result = await within(call(dep, ctx), remaining)
             except asyncio.TimeoutError:
                 last = UpstreamTimeout(f"The request did not finish within the route's deadline "
                                        f"({route.timeouts.total_s:g}s).")
@@ -299,14 +300,6 @@ class _ChatTracker:
 
 _FINISH = b'"finish_reason":"'
 _FINISH_SPACED = b'"finish_reason": "'
-
-
-async def _within(aw: Awaitable[Any], seconds: float) -> Any:
-    """`wait_for` without its extra task per call (Python 3.11+), on the hot path of every request."""
-    if hasattr(asyncio, "timeout"):
-        async with asyncio.timeout(seconds):
-            return await aw
-    return await asyncio.wait_for(aw, seconds)
 
 
 def _chunk(frame: bytes) -> dict[str, Any] | None:
