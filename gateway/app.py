@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
-from gateway import __version__
+from gateway import __version__, request_log
 from gateway.error_handlers import install_error_handlers
+from gateway.fast_lane import FastLane
+from gateway.flushing import flush_periodically
 from gateway.middleware import RequestContextMiddleware
 from gateway.model_cards import ModelCard, load_cards
 from gateway.routes import admin, admin_cost, admin_keys, health, openai
@@ -49,8 +52,9 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.start()
-        flusher = asyncio.create_task(services.usage.run_flusher(config.usage.flush_interval_s,
-                                                                 services.link.record_error), name="usage-flush")
+        flusher = asyncio.create_task(
+            flush_periodically([services.usage.flush, services.limiter.flush], config.usage.flush_interval_s,
+                               services.link.record_error), name="usage-flush")
         try:
             yield
         finally:
@@ -59,12 +63,14 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
                 await flusher
             await manager.aclose()
             await services.link.aclose()
+            request_log.flush()
             if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
                 from prometheus_client import multiprocess
 
                 multiprocess.mark_process_dead(os.getpid())
 
-    app = FastAPI(title="llm-gateway", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = GatewayApp(title="llm-gateway", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.max_body_bytes = config.server.max_body_bytes
     app.state.cards = cards
     app.state.manager = manager
     app.state.services = services
@@ -75,5 +81,15 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     app.include_router(admin_keys.router)
     app.include_router(admin_cost.router)
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=config.server.max_body_bytes)
     return app
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, with the request-context middleware and the fast lane in front of its whole stack."""
+
+    max_body_bytes: int = 4 * 1024 * 1024
+
+    def build_middleware_stack(self) -> ASGIApp:
+        full = super().build_middleware_stack()
+        lane = FastLane(full, {route.path: route.endpoint for route in openai.hot_routes})
+        return RequestContextMiddleware(lane, max_body_bytes=self.max_body_bytes)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from gateway.errors import GatewayError
-from gateway.keys import KEY_PREFIX, KeyRecord, KeyStore
+from gateway.keys import KeyRecord, KeyStore
 from gateway.redis_conn import RedisLink
 from gateway.store_errors import StoreUnavailable
 
@@ -68,7 +68,7 @@ async def authenticate(headers: Mapping[str, str], keys: KeyStore, link: RedisLi
         raise _unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer <API key>'.")
     if hmac.compare_digest(token.encode(), master.encode()):
         return Principal(master=True)
-    if not token.startswith(KEY_PREFIX) or len(token) > 256 or not token.isascii():
+    if len(token) > 256 or not token.isascii():
         raise _unauthorized("Incorrect API key provided.")
     try:
         record = await keys.lookup(token)

@@ -123,7 +123,7 @@ class ResponseCache:
     """
 
     def __init__(self, redis: "redis.asyncio.Redis | None", prefix: str = "gw:",
-                 max_entries: int = 10_000, timeout_s: float = 0.1) -> None:
+                 max_entries: int = 10_000, timeout_s: float | None = 0.1) -> None:
         self.redis = redis
         self.prefix = prefix
         self.timeout_s = timeout_s

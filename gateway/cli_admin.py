@@ -55,7 +55,7 @@ def _duration(text: str) -> float:
 
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in ("alias", "owner", "rpm", "tpm", "budget_usd", "budget_period", "tier"):
+    for name in ("alias", "owner", "rpm", "tpm", "budget_usd", "budget_period", "tier", "key"):
         value = getattr(args, name, None)
         if value is not None:
             out[name] = value
@@ -124,6 +124,8 @@ def add_parsers(sub: Any) -> None:
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     create = ksub.add_parser("create", help="create a key (shown once)")
     key_fields(create)
+    create.add_argument("--import-key", dest="key", metavar="SECRET",
+                        help="store this existing secret (issued elsewhere) instead of minting a new one")
     lst = ksub.add_parser("list", help="list keys (never their secrets)")
     lst.add_argument("--json", action="store_true")
     update = ksub.add_parser("update", help="change a key's limits, models, budget or expiry")

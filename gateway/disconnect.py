@@ -2,8 +2,12 @@
 
 Starlette already stops a streaming response on disconnect; a plain
 `await backend.chat(...)` would run to the end for nobody. After the body has
-been read, the next ASGI message can only be `http.disconnect`, so waiting on
-it costs nothing until it happens.
+been read, the next ASGI message can only be `http.disconnect`.
+
+Most answers take a few milliseconds, so the watcher is not started at once:
+a timer starts it after `WATCH_AFTER_S`, and a fast request only pays for
+scheduling and cancelling that timer. The work runs in the request's own task,
+which the watcher cancels on disconnect.
 """
 
 from __future__ import annotations
@@ -15,29 +19,40 @@ from starlette.requests import Request
 
 T = TypeVar("T")
 
+WATCH_AFTER_S = 0.05  # a client that leaves sooner costs at most this much wasted work
+
 
 class ClientDisconnected(Exception):
     """The client left before the answer was ready; nothing is sent."""
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    loop = asyncio.get_running_loop()
+    owner = asyncio.current_task()
+    assert owner is not None
+    state: dict[str, asyncio.Task | bool] = {}
+
+    def start_watching() -> None:
+        state["watcher"] = loop.create_task(_cancel_on_disconnect(request, owner, state))
+
+    timer = loop.call_later(WATCH_AFTER_S, start_watching)
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        task.cancel()  # the backend's cleanup cancels the engine job
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientDisconnected()
+        return await work
+    except asyncio.CancelledError:
+        if state.get("gone") and owner.uncancel() == 0:
+            raise ClientDisconnected() from None
+        raise
     finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
+        timer.cancel()
+        watcher = state.get("watcher")
+        if isinstance(watcher, asyncio.Task):
+            watcher.cancel()
 
 
-async def _wait_disconnect(request: Request) -> None:
+async def _cancel_on_disconnect(request: Request, owner: asyncio.Task, state: dict) -> None:
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
+            state["gone"] = True
+            owner.cancel()  # the backend's cleanup (e.g. cancelling an engine job) runs in the owner
             return

@@ -21,11 +21,15 @@ def error_response(exc: GatewayError) -> Response:
     return Response(exc.to_json(), status_code=exc.status_code, media_type="application/json", headers=exc.headers)
 
 
-async def _gateway_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, GatewayError)
+def gateway_error_response(request: Request, exc: GatewayError) -> Response:
     if exc.status_code >= 500:
         log.warning("request %s failed: %s %s", getattr(request.state, "request_id", "-"), exc.status_code, exc.message)
     return error_response(exc)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return gateway_error_response(request, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -46,9 +50,13 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return error_response(InvalidRequest(f"Invalid request: {first.get('msg', 'validation failed')}.", param=param))
 
 
-async def _client_gone(request: Request, exc: Exception) -> Response:
+def client_gone_response() -> Response:
     # Nobody is listening; 499 is nginx's "client closed request", for the logs only.
     return Response(status_code=499)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    return client_gone_response()
 
 
 def install_error_handlers(app: FastAPI) -> None:

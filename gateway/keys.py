@@ -50,6 +50,10 @@ class KeyRecord:
         return self.expires_at is not None and time.time() >= self.expires_at
 
 
+class KeyExists(Exception):
+    """An imported secret that is already a key."""
+
+
 EDITABLE = {"alias", "owner", "models", "rpm", "tpm", "budget_usd", "budget_period", "expires_at", "tier", "revoked"}
 
 
@@ -68,12 +72,23 @@ class KeyStore:
     def _index(self) -> str:
         return f"{self.prefix}keys"
 
-    async def create(self, **fields: Any) -> tuple[str, KeyRecord]:
-        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    async def create(self, secret: str | None = None, **fields: Any) -> tuple[str, KeyRecord]:
+        """A new key; `secret` imports one issued elsewhere (a migration) instead of minting one.
+
+        Raises KeyExists when an imported secret is already stored."""
+        secret = secret or KEY_PREFIX + secrets.token_urlsafe(32)
+        digest = hash_key(secret)
+        if await self._exists(digest):
+            raise KeyExists()
         record = KeyRecord(id=uuid.uuid4().hex[:16], display=secret[:10] + "…",
                            **{k: v for k, v in fields.items() if k in EDITABLE})
-        await self._write(hash_key(secret), record)
+        await self._write(digest, record)
         return secret, record
+
+    async def _exists(self, digest: str) -> bool:
+        if self.redis is None:
+            return digest in self._memory
+        return bool(await guard(self.redis.exists(self._k(digest))))
 
     async def lookup(self, secret: str) -> KeyRecord | None:
         digest = hash_key(secret)

@@ -73,3 +73,16 @@ def refresh_gauges(runtime) -> None:  # type: ignore[no-untyped-def]
         stats = backend.status().stats
         QUEUE_DEPTH.labels(backend.name).set(stats.get("queue_depth", 0))
         LOCAL_IN_FLIGHT.labels(backend.name).set(stats.get("busy", 0))
+
+
+_children: dict[tuple, object] = {}
+
+
+def child(metric: Counter | Gauge | Histogram, *labels: str):  # type: ignore[no-untyped-def]
+    """`metric.labels(*labels)`, remembered: the hot path asks for the same few series every request,
+    and prometheus-client validates and locks on every `labels()` call."""
+    key = (id(metric), *labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found

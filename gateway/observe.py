@@ -16,9 +16,7 @@ from typing import Any
 
 import orjson
 
-from gateway import metrics, tracing
-
-access_log = logging.getLogger("llm_gateway.requests")
+from gateway import metrics, request_log, tracing
 
 _SECRETS = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+\S+|eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-.]+|"
                       r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}|\b\d{13,19}\b)")
@@ -69,17 +67,18 @@ def finish(rec: RequestRecord) -> None:
     metrics.IN_FLIGHT.dec()
     total = time.monotonic() - rec.started
     route, dep = rec.route, rec.deployment
-    metrics.REQUESTS.labels(route, dep, str(rec.status), rec.cache).inc()
+    child = metrics.child
+    child(metrics.REQUESTS, route, dep, str(rec.status), rec.cache).inc()
     if rec.status < 400:
-        metrics.DURATION.labels(route).observe(total)
+        child(metrics.DURATION, route).observe(total)
         if rec.ttft_s is not None:
-            metrics.TTFT.labels(route).observe(rec.ttft_s)
+            child(metrics.TTFT, route).observe(rec.ttft_s)
         if rec.overhead_s is not None:
-            metrics.OVERHEAD.labels(route).observe(rec.overhead_s)
+            child(metrics.OVERHEAD, route).observe(rec.overhead_s)
     if rec.prompt_tokens:
-        metrics.PROMPT_TOKENS.labels(route, dep).inc(rec.prompt_tokens)
+        child(metrics.PROMPT_TOKENS, route, dep).inc(rec.prompt_tokens)
     if rec.completion_tokens:
-        metrics.COMPLETION_TOKENS.labels(route, dep).inc(rec.completion_tokens)
+        child(metrics.COMPLETION_TOKENS, route, dep).inc(rec.completion_tokens)
     line: dict[str, Any] = {
         "ts": round(time.time(), 3), "event": "request", "request_id": rec.request_id, "endpoint": rec.endpoint,
         "route": route, "deployment": dep, "attempts": rec.attempts, "status": rec.status,
@@ -92,7 +91,7 @@ def finish(rec: RequestRecord) -> None:
     if rec.prompt is not None:
         line["prompt"] = redact(orjson.dumps(rec.prompt).decode())
         line["completion"] = redact(rec.completion or "")
-    access_log.info(orjson.dumps(line).decode())
+    request_log.write(orjson.dumps(line))
     if rec.span is not None:
         rec.span.set_attributes({"gateway.route": route, "gateway.deployment": dep, "gateway.attempts": rec.attempts,
                                  "http.status_code": rec.status, "gateway.cache": rec.cache})

@@ -52,10 +52,11 @@ class Services:
     def build(cls, config: GatewayConfig, redis_url: str | None) -> "Services":
         link = RedisLink(redis_url, config.redis.timeout_s, config.redis.prefix)
         p = config.redis.prefix
+        # The link's client has socket timeouts and no retries, which bound every call already;
+        # a second, asyncio-level deadline per call would only cost time on the hot path.
         return cls(link=link, keys=KeyStore(link.client, p),
-                   limiter=RateLimiter(link.client, p, timeout_s=max(0.5, 2 * config.redis.timeout_s)),
-                   cache=ResponseCache(link.client, p, max_entries=config.cache.max_entries,
-                                       timeout_s=config.redis.timeout_s),
+                   limiter=RateLimiter(link.client, p, timeout_s=None),
+                   cache=ResponseCache(link.client, p, max_entries=config.cache.max_entries, timeout_s=None),
                    usage=UsageStore(link.client, p), router=Router())
 
 

@@ -34,12 +34,19 @@ local function store(key, tat)
 end
 """.replace("MARGIN", str(_TTL_MARGIN_MS))
 
-# KEYS: requests key, tokens key. ARGV: rpm, tpm (0 = unlimited), tokens.
+# KEYS: requests key, tokens key. ARGV: rpm, tpm (0 = unlimited), tokens, pending correction
+# (tokens earlier requests of this replica used beyond, or below, what they reserved).
 # Returns {reason (0 ok, 1 requests, 2 tokens), retry ms (-1 never), d_req, d_tok}
 # where d_x = TAT after the call - now, in ms ('' when unlimited).
 _ACQUIRE_LUA = _LUA_NOW + """
 local limits = {tonumber(ARGV[1]), tonumber(ARGV[2])}
 local costs = {1, tonumber(ARGV[3])}
+local pending = tonumber(ARGV[4])
+if pending ~= 0 and limits[2] > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[2])) or now
+  if tat < now then tat = now end
+  store(KEYS[2], tat + pending * 60000 / limits[2])
+end
 local tats, news = {}, {}
 local reason, retry = 0, 0
 for i = 1, 2 do
@@ -196,6 +203,10 @@ class RateLimiter:
 
     `redis=None` keeps state in this process (embedded, single replica).
     Redis failures raise StoreUnavailable; `timeout_s` bounds every call.
+
+    With Redis, TPM corrections (`adjust`) cost no round trip of their own:
+    they wait in memory and ride along with the subject's next `acquire`, or
+    go out with `flush()`, which the gateway calls every `usage.flush_interval_s`.
     """
 
     def __init__(self, redis: "redis.asyncio.Redis | None", prefix: str = "gw:",
@@ -204,9 +215,9 @@ class RateLimiter:
         self._prefix = prefix
         self._timeout = timeout_s
         self._memory = _MemoryGcra() if redis is None else None
+        self._pending: dict[str, tuple[LimitSpec, int]] = {}  # subject -> (spec, token correction)
         if redis is not None:
             self._acquire_script = redis.register_script(_ACQUIRE_LUA)
-            self._adjust_script = redis.register_script(_ADJUST_LUA)
 
     def _keys(self, subject: str) -> tuple[str, str]:
         base = f"{self._prefix}rl:{subject}"
@@ -222,8 +233,14 @@ class RateLimiter:
         limits = (spec.rpm or 0, spec.tpm or 0)
         if self._memory is not None:
             return _result(spec, *self._memory.acquire(keys, limits, tokens))
-        raw = await guard(self._acquire_script(keys=list(keys), args=[*limits, tokens]),
-                          self._timeout)
+        pending = self._take_pending(subject, spec)
+        try:
+            raw = await guard(self._acquire_script(keys=list(keys), args=[*limits, tokens, pending]),
+                              self._timeout)
+        except BaseException:
+            if pending:
+                self._add_pending(subject, spec, pending)
+            raise
         d_req, d_tok = (float(v) if v not in (b"", "") else None for v in raw[2:4])
         return _result(spec, int(raw[0]), float(raw[1]), d_req, d_tok)
 
@@ -231,11 +248,39 @@ class RateLimiter:
         """Correct a reservation once usage is known (delta = actual - reserved)."""
         if spec.tpm is None or delta_tokens == 0:
             return
-        key = self._keys(subject)[1]
         if self._memory is not None:
-            self._memory.adjust(key, spec.tpm, delta_tokens)
+            self._memory.adjust(self._keys(subject)[1], spec.tpm, delta_tokens)
             return
-        await guard(self._adjust_script(keys=[key], args=[spec.tpm, delta_tokens]), self._timeout)
+        self._add_pending(subject, spec, delta_tokens)
+
+    def _add_pending(self, subject: str, spec: LimitSpec, delta: int) -> None:
+        _, before = self._pending.get(subject, (spec, 0))
+        self._pending[subject] = (spec, before + delta)
+
+    def _take_pending(self, subject: str, spec: LimitSpec) -> int:
+        held = self._pending.pop(subject, None)
+        if held is None:
+            return 0
+        if held[0].tpm != spec.tpm:  # the limit changed (reload): apply the old correction on its own scale
+            self._pending[subject] = held
+            return 0
+        return held[1]
+
+    async def flush(self) -> None:
+        """Write every pending correction (one pipeline); kept for the next flush if Redis is down."""
+        if self._memory is not None or not self._pending:
+            return
+        batch, self._pending = self._pending, {}
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for subject, (spec, delta) in batch.items():
+                    if delta and spec.tpm:
+                        pipe.eval(_ADJUST_LUA, 1, self._keys(subject)[1], spec.tpm, delta)  # rare: text is fine
+                await guard(pipe.execute(), self._timeout)
+        except BaseException:
+            for subject, (spec, delta) in batch.items():
+                self._add_pending(subject, spec, delta)
+            raise
 
     async def reset(self, subject: str) -> None:
         """Forget the subject's state (admin, tests): both buckets become full."""
@@ -243,4 +288,5 @@ class RateLimiter:
         if self._memory is not None:
             self._memory.forget(keys)
             return
+        self._pending.pop(subject, None)
         await guard(self._redis.delete(*keys), self._timeout)

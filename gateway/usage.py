@@ -9,7 +9,6 @@ check is one GET, whichever replica asks.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections import defaultdict
 from typing import Any
@@ -105,22 +104,6 @@ class UsageStore:
         pipe.hincrby(key, "completion_tokens", int(v["completion_tokens"]))
         pipe.hincrbyfloat(key, "cost_usd", v["cost_usd"])
         pipe.expire(key, RETENTION_S)
-
-    async def run_flusher(self, interval_s: float, on_error: Any = None) -> None:
-        """Background task: flush every `interval_s` until cancelled, then once more."""
-        try:
-            while True:
-                await asyncio.sleep(interval_s)
-                try:
-                    await self.flush()
-                except Exception as exc:  # kept for the next round
-                    if on_error is not None:
-                        on_error(exc)
-        finally:
-            try:
-                await self.flush()
-            except Exception:
-                pass
 
     async def spend(self, key_id: str, period: str) -> float:
         if self.redis is None:

@@ -289,8 +289,12 @@ async def test_unreachable_redis_raises_store_unavailable_fast(retry: str) -> No
     dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, **kwargs)
     rl = RateLimiter(dead, f"test:{uuid4().hex}:")
     spec = LimitSpec(rpm=10, tpm=100)
+    async def adjust_then_flush() -> None:
+        await rl.adjust("key:d", spec, -1)  # only noted in memory ...
+        await rl.flush()  # ... and written here
+
     calls: list[Callable[[], Awaitable[object]]] = [
-        lambda: rl.acquire("key:d", spec, 1), lambda: rl.adjust("key:d", spec, -1), lambda: rl.reset("key:d")]
+        lambda: rl.acquire("key:d", spec, 1), adjust_then_flush, lambda: rl.reset("key:d")]
     for call in calls:
         started = time.monotonic()
         with pytest.raises(StoreUnavailable) as info:
@@ -330,3 +334,35 @@ async def test_memory_state_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     clock[0] = 2000.0  # all five are full again (idle)
     assert (await rl.acquire("key:new", LimitSpec(rpm=60), 0)).allowed
     assert list(rl._memory._tats) == ["gw:rl:key:new:req"]  # type: ignore[union-attr]
+
+
+async def test_corrections_reach_other_replicas_with_the_next_acquire_or_flush() -> None:
+    """A replica's TPM corrections cost no round trip of their own, yet every replica sees them."""
+    client = await _client()
+    prefix = f"test:{uuid4().hex}:"
+    a, b = RateLimiter(client, prefix), RateLimiter(client, prefix)  # two replicas on the same Redis
+    spec = LimitSpec(tpm=1000)
+    assert (await a.acquire("key:r", spec, 900)).allowed
+    await a.adjust("key:r", spec, -800)  # used 100 of the 900 reserved
+    assert not (await b.acquire("key:r", spec, 500)).allowed  # not written yet
+    await a.flush()
+    assert (await b.acquire("key:r", spec, 500)).allowed  # after the flush, replica b sees the room
+    await a.adjust("key:r", spec, -500)
+    assert (await a.acquire("key:r", spec, 400)).allowed  # rides along with a's next acquire
+    assert a._pending == {}
+    await _cleanup(client, prefix)
+
+
+async def test_a_failed_flush_keeps_the_corrections() -> None:
+    dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    rl = RateLimiter(dead, f"test:{uuid4().hex}:")
+    spec = LimitSpec(tpm=100)
+    await rl.adjust("key:f", spec, -30)
+    await rl.adjust("key:f", spec, -20)
+    with pytest.raises(StoreUnavailable):
+        await rl.flush()
+    assert rl._pending == {"key:f": (spec, -50)}
+    with pytest.raises(StoreUnavailable):
+        await rl.acquire("key:f", spec, 1)
+    assert rl._pending == {"key:f": (spec, -50)}  # a failed acquire gives its ride-along back
+    await dead.aclose()

@@ -200,3 +200,23 @@ def test_cli_manages_keys_and_shows_usage(pair) -> None:
     bad = subprocess.run([sys.executable, "-m", "gateway", "keys", "list"], cwd=ROOT, capture_output=True, text=True,
                          env={k: v for k, v in env.items() if k != "LLM_GATEWAY_MASTER_KEY"}, timeout=60)
     assert bad.returncode == 2 and "LLM_GATEWAY_ADMIN_KEY" in bad.stderr
+
+
+def test_an_imported_key_works_on_every_replica_and_cannot_be_imported_twice(pair) -> None:
+    """Keys issued by the gateway this one replaces keep working: only their hash is stored."""
+    a, b = pair
+    secret = "sk-legacy-" + os.urandom(8).hex()
+    r = httpx.post(f"{a.root_url}/admin/keys", headers=auth(MASTER), json={"alias": "legacy", "key": secret})
+    assert r.status_code == 201, r.text
+    assert r.json()["key"] == secret and r.json()["display"] == secret[:10] + "…"
+    assert chat(b, secret).status_code == 200  # the other replica finds it in Redis
+    listed = httpx.get(f"{b.root_url}/admin/keys", headers=auth(MASTER)).text
+    assert secret not in listed
+    again = httpx.post(f"{b.root_url}/admin/keys", headers=auth(MASTER), json={"alias": "dup", "key": secret})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "key_exists"
+    for bad in ("short", "has a space in it!!", MASTER):
+        refused = httpx.post(f"{a.root_url}/admin/keys", headers=auth(MASTER), json={"alias": "x", "key": bad})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "key", refused.text
+        assert bad not in refused.text
+    changed = httpx.patch(f"{a.root_url}/admin/keys/{r.json()['id']}", headers=auth(MASTER), json={"key": secret + "x"})
+    assert changed.status_code == 400

@@ -7,6 +7,7 @@ never again: only its hash is stored.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from typing import Any, Literal
 
@@ -15,7 +16,9 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
+from gateway.auth import MASTER_KEY_ENV
 from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.keys import KeyExists
 from gateway.routes.admin import require_admin
 from gateway.store_errors import StoreUnavailable
 
@@ -36,18 +39,26 @@ class KeyFields(BaseModel):
     expires_in_s: float | None = Field(default=None, gt=0)
     tier: str | None = Field(default=None, max_length=50)
     revoked: bool | None = None
+    # Import a key issued elsewhere (e.g. by the gateway this one replaces); creation only.
+    key: str | None = Field(default=None, min_length=16, max_length=256, pattern=r"^[\x21-\x7e]+$")
 
 
 def _fields(raw: bytes, creating: bool) -> dict[str, Any]:
     try:
         fields = KeyFields.model_validate(orjson.loads(raw or b"{}"))
-    except (orjson.JSONDecodeError, ValidationError) as exc:
-        raise InvalidRequest(f"Invalid key fields: {exc}".splitlines()[0]) from None
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"Invalid JSON: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidRequest(f"Invalid key field '{where}': {first['msg']}.", param=where or None) from None
     data = fields.model_dump(exclude_unset=True)
     if "expires_in_s" in data:
         data["expires_at"] = time.time() + data.pop("expires_in_s")
     if creating and not data.get("alias"):
         raise InvalidRequest("A new key needs an 'alias'.", param="alias")
+    if not creating and "key" in data:
+        raise InvalidRequest("A key's secret cannot be changed; create a new key.", param="key")
     return data
 
 
@@ -64,10 +75,16 @@ def _store_down() -> GatewayError:
 async def create_key(request: Request) -> Response:
     require_admin(request)
     data = _fields(await request.body(), creating=True)
+    imported = data.pop("key", None)
+    if imported is not None and imported == os.environ.get(MASTER_KEY_ENV):
+        raise InvalidRequest("That secret is the master key.", param="key")
     try:
-        secret, record = await request.app.state.services.keys.create(**data)
+        secret, record = await request.app.state.services.keys.create(imported, **data)
     except StoreUnavailable:
         raise _store_down() from None
+    except KeyExists:
+        raise GatewayError("That secret is already a key.", status_code=409, error_type="invalid_request_error",
+                           code="key_exists", param="key") from None
     return _json({"key": secret, **record.public()}, 201)
 
 
