@@ -1,8 +1,9 @@
 """The in-process llama.cpp backend: GGUF models on the CPU.
 
-This module maps OpenAI requests onto `LlamaEngine` jobs and engine events
-back onto OpenAI bodies and SSE frames. The engine (threads, queue, token
-loop) lives in `llamacpp_engine`; the wire shapes in `openai_format`.
+This module maps OpenAI requests onto engine jobs and engine events back onto
+OpenAI bodies and SSE frames. The engines (threads, queue, token loop) live in
+`llamacpp_engine` (serial, `parallel: 1`) and `llamacpp_batch` (continuous
+batching); the wire shapes in `openai_format`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, AsyncIterator
 from backends import openai_format as fmt
 from backends.base import Backend, BackendStatus, CallContext, SSEStream
 from backends.chat_template import ChatTemplate
+from backends.llamacpp_batch import BatchEngine
 from backends.llamacpp_engine import DONE, END, ERROR, TEXT, EngineSettings, Job, LlamaEngine, Sampling
 from gateway.aio import within
 from gateway.errors import (
@@ -48,7 +50,7 @@ class LlamaCppBackend(Backend):
         super().__init__(name, card, required=config.required)
         self.config = config
         self._progress = progress
-        self.engines: list[LlamaEngine] = []
+        self.engines: list[LlamaEngine | BatchEngine] = []
         self._state = "loading"
         self._detail: str | None = None
         self._template: ChatTemplate | None = None
@@ -62,8 +64,9 @@ class LlamaCppBackend(Backend):
         try:
             path = await asyncio.to_thread(resolve_weights, self.card, self.config.model_path, self._progress)
             self.model_path = path
+            engine_cls = BatchEngine if self.config.parallel > 1 else LlamaEngine
             for i in range(self.config.instances):
-                engine = LlamaEngine(self._engine_settings(path), name=f"{self.name}#{i}")
+                engine = engine_cls(self._engine_settings(path), name=f"{self.name}#{i}")
                 self.engines.append(engine)
                 engine.start()
             await asyncio.gather(*(e.wait_loaded() for e in self.engines))
@@ -87,7 +90,7 @@ class LlamaCppBackend(Backend):
         return EngineSettings(
             model_path=str(path), n_ctx=self._n_ctx, n_threads=c.n_threads, n_batch=c.n_batch,
             flash_attn=c.flash_attn, max_queue=c.max_queue, warmup=c.warmup,
-            reuse_prompt_prefix=c.reuse_prompt_prefix,
+            reuse_prompt_prefix=c.reuse_prompt_prefix, parallel=c.parallel,
         )
 
     def _chat_template(self, llm: Any) -> ChatTemplate | None:
@@ -108,6 +111,12 @@ class LlamaCppBackend(Backend):
             "cancelled": sum(e.cancelled for e in self.engines),
             "tokens_generated": sum(e.tokens_generated for e in self.engines),
         } if self.engines else {}
+        batching = [e for e in self.engines if isinstance(e, BatchEngine)]
+        if batching:
+            stats["parallel"] = self.config.parallel
+            for e in batching:
+                for key, value in e.stats().items():
+                    stats[key] = stats.get(key, 0) + value
         return BackendStatus(self.name, self.kind, self._state, self.required, self._detail, stats)  # type: ignore[arg-type]
 
     @property

@@ -69,6 +69,8 @@ class EngineSettings:
     max_queue: int = 16
     warmup: bool = True
     reuse_prompt_prefix: bool = False
+    parallel: int = 1  # sequences decoded together; above 1 `BatchEngine` serves the model
+    prefill_chunk: int = 128  # prompt tokens per decode step while other sequences are decoding
 
 
 def default_threads() -> int:

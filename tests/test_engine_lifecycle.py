@@ -51,9 +51,10 @@ def test_disconnect_mid_stream_frees_the_engine(gateway: GatewayProcess, client:
 
 @pytest.fixture(scope="module")
 def tight_gateway() -> Iterator[GatewayProcess]:
-    """One slot of queue and a 3 s deadline, to make overload and timeouts easy to reach."""
+    """One sequence at a time, one slot of queue and a 3 s deadline, to make overload and timeouts easy to
+    reach. (The batched engine's full queue is tested in test_llamacpp_batching.py.)"""
     config = {"models": [{"card": MODEL, "n_ctx": 2048, "max_queue": 1, "request_timeout_s": 3,
-                          "warmup": False}]}
+                          "warmup": False, "parallel": 1}]}
     with GatewayProcess(config) as gw:
         yield gw
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 import uvicorn
 
+from backends.llamacpp_batch import BatchEngine
 from backends.llamacpp_engine import LlamaEngine
 from gateway.app import create_app
 from routing.config import GatewayConfig, LlamaCppModelConfig
@@ -21,13 +22,12 @@ pytestmark = pytest.mark.e2e
 def test_ready_is_503_while_loading_then_200(monkeypatch: pytest.MonkeyPatch) -> None:
     # Hold the real load back until the test has looked at /ready, so the 503 is observed for sure.
     gate = threading.Event()
-    real_load = LlamaEngine._load
+    for engine_cls in (LlamaEngine, BatchEngine):  # serial (parallel: 1) and batched (the default)
+        def gated_load(self: object, real_load=engine_cls._load) -> None:
+            gate.wait(60)
+            real_load(self)
 
-    def gated_load(self: LlamaEngine) -> None:
-        gate.wait(60)
-        real_load(self)
-
-    monkeypatch.setattr(LlamaEngine, "_load", gated_load)
+        monkeypatch.setattr(engine_cls, "_load", gated_load)
     monkeypatch.delenv("REDIS_URL", raising=False)
     app = create_app(GatewayConfig(models=[LlamaCppModelConfig(card=MODEL, n_ctx=1024)]))
     port = free_port()
