@@ -10,10 +10,10 @@ from __future__ import annotations
 import hmac
 import os
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 from gateway.errors import GatewayError
-from gateway.keys import KeyRecord, KeyStore
+from gateway.keys import MISSING, KeyRecord, KeyStore
 from gateway.redis_conn import RedisLink
 from gateway.store_errors import StoreUnavailable
 
@@ -59,19 +59,27 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     return token.strip()
 
 
-async def authenticate(headers: Mapping[str, str], keys: KeyStore, link: RedisLink) -> Principal:
+async def authenticate(headers: Mapping[str, str], keys: KeyStore, link: RedisLink,
+                       prefetch: str | None = None) -> Principal:
+    return (await authenticate_and_fetch(headers, keys, link, prefetch))[0]
+
+
+async def authenticate_and_fetch(headers: Mapping[str, str], keys: KeyStore, link: RedisLink,
+                                 prefetch: str | None) -> tuple[Principal, Any]:
+    """Who is calling, plus the raw value of the Redis key `prefetch` when it could ride along with the
+    key lookup (one round trip for both); else `MISSING`."""
     master = os.environ.get(MASTER_KEY_ENV)
     if not master:
-        return ANONYMOUS
+        return ANONYMOUS, MISSING
     token = bearer_token(headers)
     if token is None:
         raise _unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer <API key>'.")
     if hmac.compare_digest(token.encode(), master.encode()):
-        return Principal(master=True)
+        return Principal(master=True), MISSING
     if len(token) > 256 or not token.isascii():
         raise _unauthorized("Incorrect API key provided.")
     try:
-        record = await keys.lookup(token)
+        record, fetched = await keys.lookup_with(token, prefetch)
     except StoreUnavailable as exc:
         link.record_error(exc)
         raise GatewayError("API keys cannot be checked right now; please retry shortly.", status_code=503,
@@ -83,7 +91,15 @@ async def authenticate(headers: Mapping[str, str], keys: KeyStore, link: RedisLi
         raise _unauthorized("This API key has been revoked.")
     if record.expired:
         raise _unauthorized("This API key has expired.")
-    return Principal(key=record)
+    return Principal(key=record), fetched
+
+
+def remembered_tier(headers: Mapping[str, str], keys: KeyStore) -> str | None:
+    """The caller's tier as this replica last saw it, before any lookup (None when unknown)."""
+    value = headers.get("authorization")
+    if not value or not os.environ.get(MASTER_KEY_ENV):
+        return None
+    return keys.remembered_tier(value.partition(" ")[2].strip())
 
 
 def authorize_model(principal: Principal, route: str, requested: str) -> None:

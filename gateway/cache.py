@@ -142,6 +142,11 @@ class ResponseCache:
             raw: Any = self.memory.get(key)
         else:
             raw = await self._call(self.redis.get(self.redis_key(key)))  # type: ignore[union-attr]
+        return self.decode(raw)
+
+    @staticmethod
+    def decode(raw: Any) -> CacheEntry | None:
+        """A stored value (read by `get`, or fetched along with something else) as an entry, or None."""
         if raw is None:
             return None
         try:

@@ -20,6 +20,7 @@ import orjson
 from gateway.store_errors import StoreUnavailable, guard
 
 KEY_PREFIX = "sk-gw-"
+MISSING: Any = object()  # "not read", as opposed to None, "read and absent"
 
 
 def hash_key(key: str) -> str:
@@ -91,22 +92,38 @@ class KeyStore:
         return bool(await guard(self.redis.exists(self._k(digest))))
 
     async def lookup(self, secret: str) -> KeyRecord | None:
+        return (await self.lookup_with(secret, None))[0]
+
+    async def lookup_with(self, secret: str, extra_key: str | None) -> tuple[KeyRecord | None, Any]:
+        """The key's record, plus the raw value of `extra_key` read in the same round trip (MGET).
+
+        The extra value is `MISSING` when it was not read (no Redis, no extra key, or an outage
+        answered from the last record seen)."""
         digest = hash_key(secret)
+        extra: Any = MISSING
         if self.redis is None:
             raw = self._memory.get(digest)
         else:
             try:
-                raw = await guard(self.redis.get(self._k(digest)))
+                if extra_key is None:
+                    raw = await guard(self.redis.get(self._k(digest)))
+                else:
+                    raw, extra = await guard(self.redis.mget((self._k(digest), extra_key)))
             except StoreUnavailable:
                 if digest in self._last_seen:
-                    return self._last_seen[digest]
+                    return self._last_seen[digest], MISSING
                 raise
         if raw is None:
             self._last_seen.pop(digest, None)
-            return None
+            return None, extra
         record = KeyRecord(**orjson.loads(raw))
         self._last_seen[digest] = record
-        return record
+        return record, extra
+
+    def remembered_tier(self, secret: str) -> str | None:
+        """The tier this replica last saw for the key: a guess made before the lookup, checked after it."""
+        record = self._last_seen.get(hash_key(secret))
+        return record.tier if record else None
 
     async def get(self, key_id: str) -> KeyRecord | None:
         digest = await self._digest_of(key_id)

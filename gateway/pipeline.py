@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
@@ -18,12 +19,12 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway import metrics, tokens
 from gateway.accounting import Reservation, settle
-from gateway.auth import Principal, authenticate, authorize_model
-from gateway.cache import ResponseCache, cache_control, cache_key, is_deterministic
+from gateway.auth import Principal, authenticate_and_fetch, authorize_model, remembered_tier
+from gateway.cache import CacheDirectives, ResponseCache, cache_control, cache_key, is_deterministic
 from gateway.cache_stream import StreamAssembler, replay
 from gateway.disconnect import unless_disconnected
 from gateway.errors import GatewayError, InvalidRequest
-from gateway.keys import KeyStore
+from gateway.keys import MISSING, KeyStore
 from gateway.observe import RequestRecord
 from gateway.observe import finish as finish_record
 from gateway.protocol import ChatCompletionRequest, SamplingFields
@@ -34,7 +35,7 @@ from gateway.usage import UsageStore
 from routing.config import GatewayConfig
 from routing.plan import Plan, make_plan
 from routing.router import Outcome, Router
-from routing.runtime import Route
+from routing.runtime import Route, Runtime
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -62,8 +63,40 @@ class Services:
 
 def namespace(route: Route) -> str:
     """Cache entries belong to a route *and* its deployments: change those and old answers no longer match."""
-    spec = [(d.name, d.config.provider, d.config.model, d.config.params) for d in route.deployments]
-    return route.name + ":" + hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+    cached = _namespaces.get(route)
+    if cached is None:
+        spec = [(d.name, d.config.provider, d.config.model, d.config.params) for d in route.deployments]
+        cached = route.name + ":" + hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+        _namespaces[route] = cached
+    return cached
+
+
+_namespaces: "weakref.WeakKeyDictionary[Route, str]" = weakref.WeakKeyDictionary()  # routes are rebuilt on reload
+
+
+@dataclass
+class _CacheLookup:
+    """What the cache needs to know about a request: its Cache-Control directives and key (None: bypass)."""
+
+    directives: CacheDirectives
+    key: str | None
+
+    @classmethod
+    def prepare(cls, runtime: Runtime, plan: Plan, body: SamplingFields, chat: bool,
+                headers: Any) -> "_CacheLookup":
+        try:
+            directives = cache_control(headers)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="x-gateway-cache-ttl") from None
+        route_cache = plan.route.config.cache
+        cacheable = (runtime.config.cache.enabled and route_cache.enabled and not directives.no_store
+                     and (route_cache.sampled or is_deterministic(body.wire_body())))
+        key = cache_key(namespace(plan.route), "chat" if chat else "completions", body.wire_body()) \
+            if cacheable else None
+        return cls(directives, key)
+
+    def redis_key(self, cache: ResponseCache) -> str | None:
+        return cache.redis_key(self.key) if self.key is not None and cache.redis is not None else None
 
 
 async def serve(request: Request, body: SamplingFields, chat: bool, rec: RequestRecord) -> Response:
@@ -71,9 +104,28 @@ async def serve(request: Request, body: SamplingFields, chat: bool, rec: Request
     app = request.app
     svc: Services = app.state.services
     runtime = app.state.manager.current  # this request finishes on this config, whatever reloads happen
-    principal = await authenticate(request.headers, svc.keys, svc.link)
+    # Plan and cache key come first, on the caller's tier as last seen, so that the cache entry can be
+    # read in the same Redis round trip as the API key. Their errors wait until the caller is known.
+    guessed_tier = remembered_tier(request.headers, svc.keys)
+    early: GatewayError | None = None
+    plan = lookup = None
+    try:
+        plan = make_plan(runtime, body, request.headers, guessed_tier)
+        lookup = _CacheLookup.prepare(runtime, plan, body, chat, request.headers)
+    except GatewayError as exc:
+        early = exc
+    prefetch = lookup.redis_key(svc.cache) if lookup is not None else None
+    principal, fetched = await authenticate_and_fetch(request.headers, svc.keys, svc.link, prefetch)
     rec.key_alias = principal.alias
-    plan = make_plan(runtime, body, request.headers, principal.tier)
+    if early is not None:
+        raise early
+    assert plan is not None and lookup is not None
+    if principal.tier != guessed_tier:  # a guess that missed: plan again; the prefetched entry may not apply
+        replanned = make_plan(runtime, body, request.headers, principal.tier)
+        if replanned.route is not plan.route:
+            lookup = _CacheLookup.prepare(runtime, replanned, body, chat, request.headers)
+            fetched = MISSING
+        plan = replanned
     rec.route = plan.route.name
     authorize_model(principal, plan.route.name, body.model)
     headers: dict[str, str] = {}
@@ -92,20 +144,12 @@ async def serve(request: Request, body: SamplingFields, chat: bool, rec: Request
             metrics.RATE_LIMITED.labels(plan.route.name, exc.code or "rate_limit").inc()
         raise
 
-    try:
-        directives = cache_control(request.headers)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), param="x-gateway-cache-ttl") from None
-    route_cache = plan.route.config.cache
-    wire = body.wire_body()
-    cacheable = (runtime.config.cache.enabled and route_cache.enabled and not directives.no_store
-                 and (route_cache.sampled or is_deterministic(wire)))
-    key = cache_key(namespace(plan.route), "chat" if chat else "completions", wire) if cacheable else None
+    directives, key, route_cache = lookup.directives, lookup.key, plan.route.config.cache
     stale = None
     if key is not None:
         entry = None
         try:
-            entry = await svc.cache.get(key)
+            entry = svc.cache.decode(fetched) if fetched is not MISSING else await svc.cache.get(key)
         except StoreUnavailable as exc:
             svc.link.record_error(exc)
         if entry is not None and entry.fresh and not directives.no_cache:

@@ -29,7 +29,7 @@ from routing.deployment import Deployment
 log = logging.getLogger("llm_gateway.routing")
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a reload builds new routes, and caches key on the object
 class Route:
     config: RouteConfig
     deployments: list[Deployment]

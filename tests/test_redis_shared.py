@@ -220,3 +220,22 @@ def test_an_imported_key_works_on_every_replica_and_cannot_be_imported_twice(pai
         assert bad not in refused.text
     changed = httpx.patch(f"{a.root_url}/admin/keys/{r.json()['id']}", headers=auth(MASTER), json={"key": secret + "x"})
     assert changed.status_code == 400
+
+
+def test_key_tier_rules_pick_the_route_and_its_cache_entries(sims: Sims) -> None:
+    """The cache entry is read with the key, before the key's tier is known; a tier that changes the
+    route must never be answered from the other route's entry."""
+    sims.reset()
+    cfg = shared_config(sims, unique_prefix())
+    cfg["routes"][0]["rules"] = [{"when": {"key_tier": "gold"}, "route": "paid"}]
+    env = {"LLM_GATEWAY_MASTER_KEY": MASTER, "SIM_OPENAI_KEY": OPENAI_KEY}
+    with GatewayProcess(cfg, env=env) as g:
+        gold, plain = create_key(g, tier="gold"), create_key(g)
+        seen = []
+        for key in (plain, gold, plain, gold):  # gold's first request finds plain's entry under its guess
+            r = chat(g, key, temperature=0)
+            assert r.status_code == 200, r.text
+            seen.append((r.headers["x-gateway-cache"], r.headers["x-gateway-deployment"], r.json()["id"]))
+        assert [s[:2] for s in seen] == [("miss", "a"), ("miss", "gpt"), ("hit", "cache"), ("hit", "cache")]
+        assert seen[2][2] == seen[0][2] and seen[3][2] == seen[1][2] and seen[0][2] != seen[1][2]
+    sims.reset()
