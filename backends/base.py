@@ -23,6 +23,8 @@ from gateway.model_cards import ModelCard
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 
 BackendState = Literal["loading", "ready", "failed", "stopped"]
+# Each item holds one or more complete SSE frames (`data: ...\n\n`): frames that arrived from an
+# upstream in one read stay together, so the gateway writes them to its client in one send.
 SSEStream = AsyncIterator[bytes]
 Body = dict[str, Any] | bytes
 

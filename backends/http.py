@@ -86,7 +86,14 @@ def transport_error(exc: BaseException, upstream: str, *, started: bool = False)
 
 
 async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """Split a response body into complete SSE events, each returned with its `\\n\\n` terminator.
+    """Split a response body into complete SSE events, each returned with its `\\n\\n` terminator."""
+    async for batch in sse_batches(content):
+        for event in batch:
+            yield event
+
+
+async def sse_batches(content: aiohttp.StreamReader) -> AsyncIterator[list[bytes]]:
+    """The complete SSE events of each network read, together (so they can be relayed in one write).
 
     Bytes are not decoded or re-encoded; CRLF framing is normalised to LF.
     """
@@ -95,15 +102,15 @@ async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n")
         buf += data
-        while True:
-            cut = buf.find(b"\n\n")
-            if cut < 0:
-                break
-            event, buf = buf[: cut + 2], buf[cut + 2:]
-            if event.strip():
-                yield event
+        if b"\n\n" not in buf:
+            continue
+        parts = buf.split(b"\n\n")
+        buf = parts.pop()  # what follows the last terminator: an incomplete event, or b""
+        batch = [part + b"\n\n" for part in parts if part.strip()]
+        if batch:
+            yield batch
     if buf.strip():
-        yield buf if buf.endswith(b"\n\n") else buf.rstrip(b"\n") + b"\n\n"
+        yield [buf if buf.endswith(b"\n\n") else buf.rstrip(b"\n") + b"\n\n"]
 
 
 def event_data(event: bytes) -> bytes | None:

@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from backends.base import Backend, BackendStatus, Body, CallContext, SSEStream
-from backends.http import UpstreamPool, event_data, parse_retry_after, prepend, sse_events, transport_error
+from backends.http import UpstreamPool, event_data, parse_retry_after, prepend, sse_batches, transport_error
 from gateway.errors import GatewayError, StreamInterrupted, UpstreamError
 from gateway.model_cards import ModelCard
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
@@ -113,20 +113,31 @@ class OpenAICompatBackend(Backend):
         return prepend(first, events)
 
     async def _relay(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        """Pass events through as bytes; raise on in-band errors and on streams that end without [DONE]."""
+        """Pass events through as bytes, those of one read together; raise on in-band errors and on
+        streams that end without [DONE]."""
         done = False
         try:
-            async for event in sse_events(resp.content):
-                data = event_data(event)
-                if data is None:
-                    continue  # comments and keep-alives are not forwarded
-                if data.startswith(b"[DONE]"):
-                    done = True
-                    yield b"data: [DONE]\n\n"
+            async for batch in sse_batches(resp.content):
+                out: list[bytes] = []
+                for event in batch:
+                    # Almost every event is one `data: ` line; only others need the general parser.
+                    data = event[6:-2] if event.startswith(b"data: ") and event.count(b"\n") == 2 \
+                        else event_data(event)
+                    if data is None:
+                        continue  # comments and keep-alives are not forwarded
+                    if data.startswith(b"[DONE]"):
+                        done = True
+                        out.append(b"data: [DONE]\n\n")
+                        break
+                    if data.startswith(b'{"error"') or (b'"error"' in data[:32] and data.lstrip().startswith(b"{")):
+                        if out:
+                            yield b"".join(out)  # what came before the error still reaches the client
+                        raise self.in_band_error(data)
+                    out.append(event)
+                if out:
+                    yield out[0] if len(out) == 1 else b"".join(out)
+                if done:
                     break
-                if data.startswith(b'{"error"') or (b'"error"' in data[:32] and data.lstrip().startswith(b"{")):
-                    raise self.in_band_error(data)
-                yield event
         except GatewayError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:

@@ -12,6 +12,11 @@ import orjson
 DONE = b"data: [DONE]\n\n"
 
 
+def split_frames(chunk: bytes) -> list[bytes]:
+    """The complete SSE frames in a chunk of a stream (see `SSEStream`), each with its terminator."""
+    return [frame + b"\n\n" for frame in chunk.split(b"\n\n") if frame]
+
+
 def sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 

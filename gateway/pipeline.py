@@ -17,6 +17,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from backends.openai_format import split_frames
 from gateway import metrics, tokens
 from gateway.accounting import Reservation, settle
 from gateway.auth import Principal, authenticate_and_fetch, authorize_model, remembered_tier
@@ -217,19 +218,26 @@ async def _account_stream(stream: AsyncIterator[bytes], finish, strip_usage: boo
     assembler = StreamAssembler()
     frames = 0
     try:
-        async for frame in stream:
-            assembler.feed(frame)
-            frames += 1
+        async for chunk in stream:  # one or more frames (see backends.base.SSEStream)
+            assembler.feed(chunk)
+            frames += chunk.count(b"\n\n")
             if rec.ttft_s is None:
                 rec.ttft_s = time.monotonic() - rec.started
-            if strip_usage and frame.startswith(b'data: {') and b'"choices":[]' in frame and b'"usage":{' in frame:
-                continue  # we asked the backend for usage; this client did not
-            yield frame
+            if strip_usage and b'"choices":[]' in chunk and b'"usage":{' in chunk:
+                chunk = b"".join(f for f in split_frames(chunk) if not _usage_only(f))
+                if not chunk:
+                    continue
+            yield chunk
     finally:
         try:
             await finish(assembler.result(), max(0, frames - 2))
         finally:
             finish_record(rec)
+
+
+def _usage_only(frame: bytes) -> bool:
+    """The usage chunk we asked the backend for on behalf of a client that did not."""
+    return frame.startswith(b'data: {') and b'"choices":[]' in frame and b'"usage":{' in frame
 
 
 def _estimate_prompt(plan: Plan, body: SamplingFields, o200k: str | None) -> int:

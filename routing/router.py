@@ -200,16 +200,14 @@ class Router:
         try:
             while True:
                 try:
-                    async for frame in current:
-                        if rewrite is not None:
-                            frame = rewrite.rewrite(frame)
-                            if frame is None:
+                    async for chunk in current:
+                        if tracker is not None:  # (rewrite is only ever the tracker)
+                            chunk = _follow(chunk, tracker, rewrite)
+                            if not chunk:
                                 continue
-                        if tracker is not None:
-                            tracker.observe(frame)
-                        if single and not finished and (_FINISH in frame or _FINISH_SPACED in frame):
+                        if single and not finished and (_FINISH in chunk or _FINISH_SPACED in chunk):
                             finished = True
-                        yield frame
+                        yield chunk
                     return
                 except GatewayError as exc:
                     self._failed(dep, exc, outcome)
@@ -252,6 +250,19 @@ class Router:
             return None
         log.info("continued a broken stream on %s after %d characters", dep.name, len(tracker.text))
         return stream, dep
+
+
+def _follow(chunk: bytes, tracker: "_ChatTracker", rewrite: "_ChatTracker | None") -> bytes:
+    """Feed a chunk's frames to the tracker, rewritten first when they come from a continuation."""
+    kept: list[bytes] = []
+    for frame in fmt.split_frames(chunk):
+        if rewrite is not None:
+            frame = rewrite.rewrite(frame)  # type: ignore[assignment]
+            if frame is None:
+                continue
+        tracker.observe(frame)
+        kept.append(frame)
+    return b"".join(kept)
 
 
 class _ChatTracker:

@@ -1,0 +1,64 @@
+"""Frames that arrive in one read travel together; every consumer still sees each frame."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import orjson
+import pytest
+
+from backends import openai_format as fmt
+from backends.http import sse_batches
+from routing.router import _ChatTracker, _follow
+
+
+class _Reads:
+    """What aiohttp's StreamReader.iter_any() yields: arbitrary slices of the body."""
+
+    def __init__(self, *reads: bytes) -> None:
+        self.reads = reads
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for r in self.reads:
+            yield r
+
+
+def _frame(content: str, finish: str | None = None) -> bytes:
+    return fmt.sse({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                    "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]})
+
+
+async def _collect(*reads: bytes) -> list[list[bytes]]:
+    return [batch async for batch in sse_batches(_Reads(*reads))]  # type: ignore[arg-type]
+
+
+async def test_one_read_is_one_batch_and_split_events_wait_for_their_end() -> None:
+    a, b, c = _frame("a"), _frame("b"), _frame("c")
+    batches = await _collect(a + b + c[:10], c[10:] + b": ping\r\n\r\n" + fmt.DONE)
+    assert batches == [[a, b], [c, b": ping\n\n", fmt.DONE]]
+
+
+async def test_a_body_without_a_final_terminator_still_yields_its_last_event() -> None:
+    assert await _collect(b"data: [DONE]\n") == [[b"data: [DONE]\n\n"]]
+
+
+def test_split_frames_is_the_inverse_of_joining() -> None:
+    frames = [_frame("x"), _frame("y", "stop"), fmt.DONE]
+    assert fmt.split_frames(b"".join(frames)) == frames
+
+
+@pytest.mark.parametrize("continuation", [False, True])
+def test_the_tracker_sees_every_frame_of_a_multi_frame_chunk(continuation: bool) -> None:
+    tracker = _ChatTracker()
+    role = fmt.sse({"id": "c2", "object": "chat.completion.chunk", "created": 2, "model": "m2",
+                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+    if continuation:  # the original stream's head is known; the continuation's frames take it over
+        tracker.observe(_frame(""))
+    out = _follow(role + _frame("Hel") + _frame("lo", "stop"), tracker, tracker if continuation else None)
+    assert tracker.text == "Hello" and tracker.finished and tracker.frames == 2
+    frames = fmt.split_frames(out)
+    ids = {orjson.loads(f[6:])["id"] for f in frames}
+    if continuation:
+        assert len(frames) == 2 and ids == {"c1"}  # the continuation's role chunk is dropped
+    else:
+        assert len(frames) == 3 and out.startswith(role)
