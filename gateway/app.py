@@ -21,6 +21,7 @@ from gateway import __version__, request_log
 from gateway.error_handlers import install_error_handlers
 from gateway.fast_lane import FastLane
 from gateway.flushing import flush_periodically
+from gateway.gc_tuning import tune_for_serving
 from gateway.middleware import RequestContextMiddleware
 from gateway.model_cards import ModelCard, load_cards
 from gateway.routes import admin, admin_cost, admin_keys, health, openai
@@ -52,6 +53,7 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.start()
+        tune_for_serving()
         flusher = asyncio.create_task(
             flush_periodically([services.usage.flush, services.limiter.flush], config.usage.flush_interval_s,
                                services.link.record_error), name="usage-flush")

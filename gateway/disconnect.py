@@ -19,7 +19,7 @@ from starlette.requests import Request
 
 T = TypeVar("T")
 
-WATCH_AFTER_S = 0.05  # a client that leaves sooner costs at most this much wasted work
+WATCH_AFTER_S = 0.5  # a client that leaves sooner costs at most this much wasted upstream work
 
 
 class ClientDisconnected(Exception):
