@@ -15,5 +15,7 @@ serve:
 test:
 	bash tests/run.sh
 
+# make bench [WHAT=gateway|cache|memory|local] [ARGS=...]: see bench/README.md
+WHAT ?= gateway
 bench:
-	bash bench/run.sh
+	bash bench/run.sh $(WHAT) $(ARGS)

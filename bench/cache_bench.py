@@ -1,8 +1,9 @@
 """Cache hits and Redis-backed rate limiting, measured against a fast simulated backend in one run.
 
 Starts a simulated vLLM server and the gateway (Redis from $REDIS_URL or
-redis://127.0.0.1:6379/15, a private key prefix), then runs wrk against four
-paths, repeated and interleaved, and prints medians:
+redis://127.0.0.1:6379/15, a private key prefix; clients use a virtual key that every
+request checks against Redis, as in the issue-6 harness runs), then runs wrk against four
+paths, repeated and interleaved, after one unrecorded warm-up per path, and prints medians:
 
   hit            a deterministic request answered from the cache
   hit+limits     the same, on a route with RPM/TPM limits (one Lua call per request)
@@ -10,7 +11,9 @@ paths, repeated and interleaved, and prints medians:
   redis ping     one Redis round trip (redis-benchmark, 1 connection)
 
     python bench/cache_bench.py --duration 5 --reps 3
-Needs wrk (Debian: apt-get install wrk). The gateway is pinned to core 0, wrk to core 1.
+Needs wrk (Debian: apt-get install wrk). Pinned as ../shared/bench/run_gateway_bench.sh pins:
+the gateway to core 0, the load (wrk and the simulated backend) to core 1. On a shared machine
+run it under the CPU lock: flock -o /tmp/bench.lock python bench/cache_bench.py
 """
 
 from __future__ import annotations
@@ -40,14 +43,17 @@ LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{"model": "%(model)s", "temperature": 0, "messages": [{"role": "user", "content": "bench"}]}'
+wrk.headers["Authorization"] = "Bearer %(key)s"
 %(extra)s
 """
+CLIENT_KEY = "sk-bench-master-key"
+ADMIN_KEY = "sk-bench-admin-key"
 
 
 def wrk(url: str, model: str, conns: int, duration: int, extra: str = "") -> tuple[float, float, float]:
     """(requests/s, p50 ms, p99 ms) from one wrk run pinned to core 1."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(LUA % {"model": model, "extra": extra})
+        f.write(LUA % {"model": model, "extra": extra, "key": CLIENT_KEY})
     out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
                           "-s", f.name, f"{url}/v1/chat/completions"], capture_output=True, text=True, check=True).stdout
     os.unlink(f.name)
@@ -78,12 +84,14 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--conns", type=int, default=32)
+    ap.add_argument("--warmup", type=int, default=3, help="seconds of unrecorded load per path before the runs")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
     sim_port, gw_port = free_port(), free_port()
-    sim = subprocess.Popen([sys.executable, "-m", "tests.sim", "vllm", "--port", str(sim_port)], cwd=ROOT,
+    sim = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-m", "tests.sim", "vllm", "--port", str(sim_port)],
+                           cwd=ROOT,
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     sim.stdout.readline()
     limits = {"rpm": 10**9, "tpm": 10**12}
@@ -98,8 +106,10 @@ def main() -> None:
     }
     cfg = Path(tempfile.mkdtemp()) / "bench.yaml"
     cfg.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, LLM_GATEWAY_MASTER_KEY=ADMIN_KEY)  # auth on; clients use an imported virtual key
     gw = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "gateway", "serve", "--config", str(cfg),
-                           "--port", str(gw_port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           "--port", str(gw_port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{gw_port}"
     try:
         for _ in range(100):
@@ -108,14 +118,20 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
+        r = httpx.post(f"{url}/admin/keys", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                       json={"alias": "cache-bench", "key": CLIENT_KEY})
+        assert r.status_code in (201, 409), r.text
         for model in ("plain", "limited"):  # fill the cache
-            r = httpx.post(f"{url}/v1/chat/completions", json={"model": model, "temperature": 0,
-                                                               "messages": [{"role": "user", "content": "bench"}]})
+            r = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                           json={"model": model, "temperature": 0, "messages": [{"role": "user", "content": "bench"}]})
             assert r.status_code == 200, r.text
         nostore = 'wrk.headers["Cache-Control"] = "no-store"'
         rows: dict[str, list[tuple[float, float, float]]] = {"hit": [], "hit+limits": [], "backend": []}
         p50_1: dict[str, list[float]] = {k: [] for k in rows}
         rtts = []
+        if args.warmup:
+            for model, extra in (("plain", ""), ("limited", ""), ("plain", nostore)):
+                wrk(url, model, args.conns, args.warmup, extra)
         for _ in range(args.reps):
             rtts.append(redis_rtt_ms(redis_url))
             for name, model, extra in (("hit", "plain", ""), ("hit+limits", "limited", ""),
@@ -123,7 +139,7 @@ def main() -> None:
                 rows[name].append(wrk(url, model, args.conns, args.duration, extra))
                 p50_1[name].append(wrk(url, model, 1, args.duration, extra)[1])
         rtt = statistics.median(rtts)
-        print(f"medians of {args.reps} interleaved runs, {args.duration}s each; gateway on core 0, wrk on core 1")
+        print(f"medians of {args.reps} interleaved runs, {args.duration}s each; gateway on core 0, wrk + simulator on core 1, virtual key")
         print(f"redis round trip (redis-benchmark PING, 1 conn): p50 {rtt:.3f} ms")
         print(f"{'path':12}{'req/s @' + str(args.conns):>12}{'p50 ms @1':>11}{'p99 ms @' + str(args.conns):>12}")
         for name in rows:

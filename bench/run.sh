@@ -1,10 +1,33 @@
 #!/usr/bin/env bash
-# Run the gateway benchmarks with the project's .venv (created by `make test` or `make serve`).
+# The benchmarks, one entry point (also `make bench WHAT=gateway ARGS=...`). See bench/README.md.
+#
+#   bash bench/run.sh gateway   # bench/compare.sh: ours 1w/2w vs direct nginx, the reference
+#                               #   proxies and LiteLLM 1w/2w, one harness run, one table
+#   bash bench/run.sh cache     # bench/cache_bench.py: cache hits / rate limits at 32 conns
+#   bash bench/run.sh memory    # bench/memory_soak.py: RSS after 10k and 200k requests, idle RSS
+#   bash bench/run.sh local     # bench/llamacpp_stream.py, then bench/llamacpp_batching.py
+#   bash bench/run.sh stream ARGS... | batching ARGS...   # one of the two local-model benchmarks
+# Arguments after the command go to its script (gateway: use DURATION/CONNS/REPEATS variables).
+# With BENCH_LOCK=/tmp/bench.lock, the load runs wait for that CPU lock (flock -o): the whole
+# harness run for gateway, each wrk chunk for memory, the whole script for the others.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
+if [ ! -x "$VENV/bin/llm-gateway" ]; then
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q -e '.[test]'
 fi
-"$VENV/bin/python" -m pip install -q -e '.[test]'
-"$VENV/bin/python" bench/llamacpp_stream.py "$@"
+PY="$VENV/bin/python"
+locked() { if [ -n "${BENCH_LOCK:-}" ]; then flock -o "$BENCH_LOCK" "$@"; else "$@"; fi; }
+
+what="${1:-help}"
+case "$what" in -*) what=stream ;; *) shift || true ;; esac   # old form: bench/run.sh --reps 11
+case "$what" in
+  gateway) locked env PYTHON="$PY" bash bench/compare.sh "$@" ;;
+  cache)   locked "$PY" bench/cache_bench.py "$@" ;;
+  memory)  "$PY" bench/memory_soak.py ${BENCH_LOCK:+--lock "$BENCH_LOCK"} "$@" ;;
+  local)   locked "$PY" bench/llamacpp_stream.py; locked "$PY" bench/llamacpp_batching.py ;;
+  stream)  locked "$PY" bench/llamacpp_stream.py "$@" ;;
+  batching) locked "$PY" bench/llamacpp_batching.py "$@" ;;
+  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; [ "$what" = help ] || exit 2 ;;
+esac
