@@ -14,17 +14,16 @@ sequence is preempted and later resumed by recomputing its tokens.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import queue
-import threading
 import time
 from typing import Any
 
 from backends.llamacpp_engine import DONE, END, ERROR, TEXT, EngineSettings, Job, Sampling, default_threads
 from backends.llamacpp_sampler import SamplerChain, choice_seed
 from backends.llamacpp_seqs import Run, Seq, Slot, reusable
+from backends.llamacpp_worker import EngineThread
 from backends.text_stream import StopTextStream
 
 log = logging.getLogger("llm_gateway.llamacpp")
@@ -32,17 +31,11 @@ log = logging.getLogger("llm_gateway.llamacpp")
 _NO_ROOM = 1  # llama_decode: no KV slot for the batch (nothing was changed)
 
 
-class BatchEngine:
+class BatchEngine(EngineThread):
     """One llama.cpp context serving up to `settings.parallel` sequences at once."""
 
     def __init__(self, settings: EngineSettings, name: str = "llamacpp") -> None:
-        self.settings = settings
-        self.name = name
-        self.llm: Any = None  # a vocab-only `Llama`: tokenizer and metadata for the backend
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=settings.max_queue)
-        self._thread: threading.Thread | None = None
-        self._loaded = threading.Event()
-        self._load_error: BaseException | None = None
+        super().__init__(settings, name)  # self.llm: a vocab-only `Llama`, tokenizer and metadata
         self._stopping = False
         self._model: Any = None
         self._ctx: Any = None
@@ -65,49 +58,12 @@ class BatchEngine:
         self.preemptions = 0
         self.steps = 0
 
-    # -- lifecycle ---------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"llama-{self.name}", daemon=True)
-        self._thread.start()
-
-    async def wait_loaded(self) -> None:
-        await asyncio.to_thread(self._loaded.wait)
-        if self._load_error is not None:
-            raise self._load_error
-
-    @property
-    def loaded(self) -> bool:
-        return self._loaded.is_set() and self._load_error is None
-
-    @property
-    def load_error(self) -> BaseException | None:
-        return self._load_error
-
-    def stop(self, timeout: float = 5.0) -> None:
+    def _cancel_running(self) -> None:
         self._stopping = True
         for seq in list(self._active) + list(self._waiting):
             seq.job.cancelled.set()
-        while True:  # drop queued work so the sentinel gets in
-            try:
-                pending = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if pending is not None:
-                pending.cancelled.set()
-                pending.post((END,))
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            pass
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     # -- submission and counters ---------------------------------------------
-
-    def submit(self, job: Job) -> None:
-        """Enqueue or raise `queue.Full`; never blocks the event loop."""
-        self._queue.put_nowait(job)
 
     @property
     def depth(self) -> int:
@@ -144,15 +100,7 @@ class BatchEngine:
 
     # -- loading -------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            self._load()
-        except BaseException as exc:  # reported through /ready, never raised on the loop
-            log.error("model %s failed to load: %s", self.name, exc)
-            self._load_error = exc
-            self._loaded.set()
-            return
-        self._loaded.set()
+    def _serve(self) -> None:
         self._loop()
 
     def _load(self) -> None:

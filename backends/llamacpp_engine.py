@@ -9,16 +9,15 @@ stream frees the model within one token.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import queue
 import random
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from backends.llamacpp_worker import EngineThread
 from backends.text_stream import StopTextStream
 
 log = logging.getLogger("llm_gateway.llamacpp")
@@ -80,17 +79,11 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class LlamaEngine:
+class LlamaEngine(EngineThread):
     """One `Llama` instance, one thread, one bounded queue."""
 
     def __init__(self, settings: EngineSettings, name: str = "llamacpp") -> None:
-        self.settings = settings
-        self.name = name
-        self.llm: Any = None
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=settings.max_queue)
-        self._thread: threading.Thread | None = None
-        self._loaded = threading.Event()
-        self._load_error: BaseException | None = None
+        super().__init__(settings, name)
         self._current: Job | None = None
         self._avg_job_s = 2.0
         self.busy = False
@@ -98,49 +91,12 @@ class LlamaEngine:
         self.cancelled = 0
         self.tokens_generated = 0
 
-    # -- lifecycle -------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"llama-{self.name}", daemon=True)
-        self._thread.start()
-
-    async def wait_loaded(self) -> None:
-        await asyncio.to_thread(self._loaded.wait)
-        if self._load_error is not None:
-            raise self._load_error
-
-    @property
-    def loaded(self) -> bool:
-        return self._loaded.is_set() and self._load_error is None
-
-    @property
-    def load_error(self) -> BaseException | None:
-        return self._load_error
-
-    def stop(self, timeout: float = 5.0) -> None:
+    def _cancel_running(self) -> None:
         job = self._current
         if job is not None:
             job.cancelled.set()
-        while True:  # drop queued work so the sentinel gets in
-            try:
-                pending = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if pending is not None:
-                pending.cancelled.set()
-                pending.post((END,))
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            pass
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     # -- submission ------------------------------------------------------
-
-    def submit(self, job: Job) -> None:
-        """Enqueue or raise `queue.Full`; never blocks the event loop."""
-        self._queue.put_nowait(job)
 
     @property
     def depth(self) -> int:
@@ -155,15 +111,7 @@ class LlamaEngine:
 
     # -- worker thread ---------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            self._load()
-        except BaseException as exc:  # reported through /ready, never raised on the loop
-            log.error("model %s failed to load: %s", self.name, exc)
-            self._load_error = exc
-            self._loaded.set()
-            return
-        self._loaded.set()
+    def _serve(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:

@@ -6,6 +6,7 @@
 #   bash bench/run.sh cache     # bench/cache_bench.py: cache hits / rate limits at 32 conns
 #   bash bench/run.sh memory    # bench/memory_soak.py: RSS after 10k and 200k requests, idle RSS
 #   bash bench/run.sh local     # bench/llamacpp_stream.py, then bench/llamacpp_batching.py
+#   bash bench/run.sh profile   # bench/profile_hot_path.py: py-spy under load, CPU by package
 #   bash bench/run.sh stream ARGS... | batching ARGS...   # one of the two local-model benchmarks
 # Arguments after the command go to its script (gateway: use DURATION/CONNS/REPEATS variables).
 # With BENCH_LOCK=/tmp/bench.lock, the load runs wait for that CPU lock (flock -o): the whole
@@ -29,5 +30,6 @@ case "$what" in
   local)   locked "$PY" bench/llamacpp_stream.py; locked "$PY" bench/llamacpp_batching.py ;;
   stream)  locked "$PY" bench/llamacpp_stream.py "$@" ;;
   batching) locked "$PY" bench/llamacpp_batching.py "$@" ;;
-  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; [ "$what" = help ] || exit 2 ;;
+  profile) locked "$PY" bench/profile_hot_path.py "$@" ;;
+  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; [ "$what" = help ] || exit 2 ;;
 esac

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from gateway import __version__
 from gateway.model_cards import ModelCard, ModelCardError, default_cards_dir, load_cards
+from gateway.workers import reuse_port_available, run_workers
 from routing.config import ConfigError, GatewayConfig, load_config
 
 ENV_CONFIG = "LLM_GATEWAY_CONFIG"
@@ -88,6 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   timeout_graceful_shutdown=10)
     if args.workers > 1:
         _prepare_workers(config_path, args.redis_url)
+        if reuse_port_available(port):  # a socket per worker: the kernel balances connections
+            return run_workers(args.workers, host, port, {k: v for k, v in common.items() if k not in ("host", "port")})
         uvicorn.run("gateway.asgi:create", factory=True, workers=args.workers, **common)
         return 0
     from gateway.app import create_app

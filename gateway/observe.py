@@ -8,7 +8,6 @@ prompts only when `logging.log_prompts` is on, and then redacted.
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from dataclasses import dataclass, field

@@ -137,7 +137,7 @@ class Router:
                 error = "cancelled"
                 dep.breaker.release()
                 raise
-            except Exception as exc:  # a bug or an unexpected library error: fail over, log the trace
+            except Exception:  # a bug or an unexpected library error: fail over, log the trace
                 log.exception("deployment %s raised unexpectedly", dep.name)
                 error = "deployment_error"
                 last = GatewayError(f"The deployment '{dep.name}' failed.", code="deployment_error")

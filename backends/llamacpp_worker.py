@@ -1,0 +1,94 @@
+"""What every llama.cpp engine shares: one worker thread, a bounded job queue, and its lifecycle.
+
+llama.cpp contexts are not thread-safe and every call blocks, so each engine
+owns one thread; the event loop only enqueues jobs (never blocking) and awaits
+the events the thread posts back. Subclasses load the model (`_load`), serve
+jobs until the `None` sentinel (`_serve`) and cancel what they are running
+(`_cancel_running`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from typing import Any
+
+log = logging.getLogger("llm_gateway.llamacpp")
+
+
+class EngineThread:
+    def __init__(self, settings: Any, name: str = "llamacpp") -> None:
+        self.settings = settings
+        self.name = name
+        self.llm: Any = None  # a `Llama`: tokenizer and metadata for the backend
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.max_queue)
+        self._thread: threading.Thread | None = None
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"llama-{self.name}", daemon=True)
+        self._thread.start()
+
+    async def wait_loaded(self) -> None:
+        await asyncio.to_thread(self._loaded.wait)
+        if self._load_error is not None:
+            raise self._load_error
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded.is_set() and self._load_error is None
+
+    @property
+    def load_error(self) -> BaseException | None:
+        return self._load_error
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel what runs, drop what waits (each job gets its END), and end the thread."""
+        from backends.llamacpp_engine import END
+
+        self._cancel_running()
+        while True:  # drop queued work so the sentinel gets in
+            try:
+                pending = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if pending is not None:
+                pending.cancelled.set()
+                pending.post((END,))
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, job: Any) -> None:
+        """Enqueue or raise `queue.Full`; never blocks the event loop."""
+        self._queue.put_nowait(job)
+
+    # -- the thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._load()
+        except BaseException as exc:  # reported through /ready, never raised on the loop
+            log.error("model %s failed to load: %s", self.name, exc)
+            self._load_error = exc
+            self._loaded.set()
+            return
+        self._loaded.set()
+        self._serve()
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def _serve(self) -> None:
+        raise NotImplementedError
+
+    def _cancel_running(self) -> None:
+        raise NotImplementedError
