@@ -54,7 +54,8 @@ def gateway_run(client: httpx.Client, model: str, n: int) -> tuple[float, float,
     t0 = time.perf_counter()
     first = last = None
     tokens = 0
-    with client.stream("POST", "/completions", json=body) as r:
+    # no-store: the same greedy request again would be a response-cache hit, replayed without the model.
+    with client.stream("POST", "/completions", json=body, headers={"Cache-Control": "no-store"}) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -75,9 +76,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--parallel", type=int, default=None, help="the model's `parallel` (default: the config's)")
     args = ap.parse_args()
 
     from llama_cpp import Llama
@@ -87,7 +89,10 @@ def main() -> None:
     llm = Llama(model_path=str(path), n_ctx=args.n_ctx, n_threads=args.threads, n_threads_batch=args.threads,
                 flash_attn=False, verbose=False)
     prompt_tokens = llm.tokenize(PROMPT.encode(), add_bos=True, special=True)
-    config = {"models": [{"card": args.model, "n_ctx": args.n_ctx, "n_threads": args.threads}]}
+    model_cfg = {"card": args.model, "n_ctx": args.n_ctx, "n_threads": args.threads}
+    if args.parallel is not None:
+        model_cfg["parallel"] = args.parallel
+    config = {"models": [model_cfg]}
     direct, through = [], []
     with GatewayProcess(config) as gw, httpx.Client(base_url=gw.base_url, timeout=120) as client:
         direct_run(llm, prompt_tokens, 8)  # warm both sides once
