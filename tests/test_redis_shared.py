@@ -148,9 +148,14 @@ def test_tpm_reserves_then_corrects_to_real_usage(pair) -> None:
     first = chat(a, key, max_tokens=300)
     assert first.status_code == 200
     assert int(first.headers["x-ratelimit-limit-tokens"]) == 400
-    # The real usage (~30 tokens) was put back on completion, so more requests fit than the reservation allowed.
-    second = chat(b, key, max_tokens=300)
+    # The real usage (~30 tokens) is put back on completion, so more requests fit than the reservation
+    # allowed: at once on the same replica (the correction rides along with its next check) ...
+    second = chat(a, key, max_tokens=300)
     assert second.status_code == 200, second.text
+    # ... and on the other replica once the first has flushed (usage.flush_interval_s is 0.2 s here; 1 s leaves room).
+    time.sleep(1.0)
+    third = chat(b, key, max_tokens=300)
+    assert third.status_code == 200, third.text
     huge = chat(b, key, max_tokens=1000)
     assert huge.status_code == 429 and huge.headers.get("x-should-retry") == "false"
 
