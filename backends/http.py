@@ -115,6 +115,8 @@ async def sse_batches(content: aiohttp.StreamReader) -> AsyncIterator[list[bytes
 
 def event_data(event: bytes) -> bytes | None:
     """The payload of an event's `data:` line(s), or None for comment/ping-only events."""
+    if event.startswith(b"data: ") and event.count(b"\n") == 2:  # almost every event: one `data: ` line
+        return event[6:-2].lstrip(b" ")
     parts = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
     if not parts:
         return None

@@ -100,9 +100,6 @@ class BatchEngine(EngineThread):
 
     # -- loading -------------------------------------------------------------
 
-    def _serve(self) -> None:
-        self._loop()
-
     def _load(self) -> None:
         import llama_cpp
         from llama_cpp import Llama
@@ -157,7 +154,7 @@ class BatchEngine(EngineThread):
 
     # -- the loop ----------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _serve(self) -> None:
         while not self._stopping:
             if not self._intake():
                 break

@@ -120,9 +120,7 @@ class OpenAICompatBackend(Backend):
             async for batch in sse_batches(resp.content):
                 out: list[bytes] = []
                 for event in batch:
-                    # Almost every event is one `data: ` line; only others need the general parser.
-                    data = event[6:-2] if event.startswith(b"data: ") and event.count(b"\n") == 2 \
-                        else event_data(event)
+                    data = event_data(event)
                     if data is None:
                         continue  # comments and keep-alives are not forwarded
                     if data.startswith(b"[DONE]"):

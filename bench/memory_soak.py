@@ -78,22 +78,10 @@ end
 """
 
 
-def get(url: str, timeout: float = 2.0) -> int:
+def status(req: str | urllib.request.Request, timeout: float) -> int:
+    """The HTTP status of a request (its body read and dropped); 0 when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return 0
-
-
-def post_chat(base: str) -> int:
-    req = urllib.request.Request(f"{base}/v1/chat/completions", method="POST",
-                                 data=b'{"model":"fake-model","messages":[{"role":"user","content":"hi"}]}',
-                                 headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             r.read()
             return r.status
     except urllib.error.HTTPError as e:
@@ -102,18 +90,24 @@ def post_chat(base: str) -> int:
         return 0
 
 
+def _post(url: str, body: bytes, key: str) -> urllib.request.Request:
+    return urllib.request.Request(url, method="POST", data=body,
+                                  headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+
+
+def get(url: str, timeout: float = 2.0) -> int:
+    return status(url, timeout)
+
+
+def post_chat(base: str) -> int:
+    body = b'{"model":"fake-model","messages":[{"role":"user","content":"hi"}]}'
+    return status(_post(f"{base}/v1/chat/completions", body, KEY), 5)
+
+
 def import_key(base: str) -> int:
     """Import the harness's client key as a virtual key (409: already there), as serve_gateway.sh does."""
-    req = urllib.request.Request(f"{base}/admin/keys", method="POST",
-                                 data=json.dumps({"alias": "bench-client", "key": KEY}).encode(),
-                                 headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return 0
+    body = json.dumps({"alias": "bench-client", "key": KEY}).encode()
+    return status(_post(f"{base}/admin/keys", body, ADMIN_KEY), 5)
 
 
 def children(pid: int) -> list[int]:

@@ -59,9 +59,8 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     return token.strip()
 
 
-async def authenticate(headers: Mapping[str, str], keys: KeyStore, link: RedisLink,
-                       prefetch: str | None = None) -> Principal:
-    return (await authenticate_and_fetch(headers, keys, link, prefetch))[0]
+async def authenticate(headers: Mapping[str, str], keys: KeyStore, link: RedisLink) -> Principal:
+    return (await authenticate_and_fetch(headers, keys, link, None))[0]
 
 
 async def authenticate_and_fetch(headers: Mapping[str, str], keys: KeyStore, link: RedisLink,
@@ -96,10 +95,13 @@ async def authenticate_and_fetch(headers: Mapping[str, str], keys: KeyStore, lin
 
 def remembered_tier(headers: Mapping[str, str], keys: KeyStore) -> str | None:
     """The caller's tier as this replica last saw it, before any lookup (None when unknown)."""
-    value = headers.get("authorization")
-    if not value or not os.environ.get(MASTER_KEY_ENV):
+    if not os.environ.get(MASTER_KEY_ENV):
         return None
-    return keys.remembered_tier(value.partition(" ")[2].strip())
+    try:
+        token = bearer_token(headers)
+    except GatewayError:  # malformed: authentication says so in a moment
+        return None
+    return keys.remembered_tier(token) if token else None
 
 
 def authorize_model(principal: Principal, route: str, requested: str) -> None:

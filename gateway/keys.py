@@ -91,9 +91,6 @@ class KeyStore:
             return digest in self._memory
         return bool(await guard(self.redis.exists(self._k(digest))))
 
-    async def lookup(self, secret: str) -> KeyRecord | None:
-        return (await self.lookup_with(secret, None))[0]
-
     async def lookup_with(self, secret: str, extra_key: str | None) -> tuple[KeyRecord | None, Any]:
         """The key's record, plus the raw value of `extra_key` read in the same round trip (MGET).
 

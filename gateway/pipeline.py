@@ -90,11 +90,12 @@ class _CacheLookup:
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="x-gateway-cache-ttl") from None
         route_cache = plan.route.config.cache
-        cacheable = (runtime.config.cache.enabled and route_cache.enabled and not directives.no_store
-                     and (route_cache.sampled or is_deterministic(body.wire_body())))
-        key = cache_key(namespace(plan.route), "chat" if chat else "completions", body.wire_body()) \
-            if cacheable else None
-        return cls(directives, key)
+        if not (runtime.config.cache.enabled and route_cache.enabled and not directives.no_store):
+            return cls(directives, None)
+        wire = body.wire_body()
+        if not (route_cache.sampled or is_deterministic(wire)):
+            return cls(directives, None)
+        return cls(directives, cache_key(namespace(plan.route), "chat" if chat else "completions", wire))
 
     def redis_key(self, cache: ResponseCache) -> str | None:
         return cache.redis_key(self.key) if self.key is not None and cache.redis is not None else None

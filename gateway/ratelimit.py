@@ -32,6 +32,12 @@ local function store(key, tat)
   if tat <= now then redis.call('DEL', key) return end
   redis.call('SET', key, fmt(tat), 'PX', math.ceil(tat - now) + MARGIN)
 end
+-- a token bucket corrected by delta tokens: never refuses, never moves TAT before now
+local function correct(key, limit, delta)
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  store(key, tat + delta * 60000 / limit)
+end
 """.replace("MARGIN", str(_TTL_MARGIN_MS))
 
 # KEYS: requests key, tokens key. ARGV: rpm, tpm (0 = unlimited), tokens, pending correction
@@ -42,11 +48,7 @@ _ACQUIRE_LUA = _LUA_NOW + """
 local limits = {tonumber(ARGV[1]), tonumber(ARGV[2])}
 local costs = {1, tonumber(ARGV[3])}
 local pending = tonumber(ARGV[4])
-if pending ~= 0 and limits[2] > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[2])) or now
-  if tat < now then tat = now end
-  store(KEYS[2], tat + pending * 60000 / limits[2])
-end
+if pending ~= 0 and limits[2] > 0 then correct(KEYS[2], limits[2], pending) end
 local tats, news = {}, {}
 local reason, retry = 0, 0
 for i = 1, 2 do
@@ -75,9 +77,7 @@ return {reason, fmt(retry), out[1], out[2]}
 
 # KEYS: tokens key. ARGV: tpm, delta tokens. Never refuses; never moves TAT before now.
 _ADJUST_LUA = _LUA_NOW + """
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-store(KEYS[1], tat + tonumber(ARGV[2]) * 60000 / tonumber(ARGV[1]))
+correct(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]))
 return 1
 """
 
