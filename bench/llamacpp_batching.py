@@ -4,7 +4,9 @@ Drives the engine the backend uses (`BatchEngine`, same settings as a
 `parallel: 8` deployment) and prints a markdown table of medians:
 
 - aggregate generated tokens/s with 1, 2, 4 and 8 concurrent streams (greedy,
-  EOS ignored, so every stream makes exactly `--tokens`), as ratios to 1 stream;
+  EOS ignored, so every stream makes exactly `--tokens`), as ratios to 1 stream,
+  with the median time of one decode step and the share of the wall time spent
+  inside `llama_decode` (what is left is the scheduler, sampling and detokenizing);
 - time to first token of a request that arrives while others decode, against
   the same request on an idle model;
 - time to first token with and without prefix reuse, for requests that share a
@@ -69,12 +71,40 @@ def submit(engine: Any, text: str, tokens: int) -> tuple[Job, Probe]:
     return job, probe
 
 
-def throughput(engine: Any, streams: int, tokens: int) -> float:
-    t0 = time.perf_counter()
-    probes = [submit(engine, PROMPTS[i % len(PROMPTS)], tokens)[1] for i in range(streams)]
-    for p in probes:
-        p.done.wait(600)
-    return streams * tokens / (time.perf_counter() - t0)
+class DecodeTimer:
+    """Times every `llama_decode` call by the batch's token count, to tell the kernel's cost from ours."""
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        self._module = llama_cpp
+        self._decode = llama_cpp.llama_decode
+        self.calls: list[tuple[int, float]] = []
+
+    def __enter__(self) -> DecodeTimer:
+        self._module.llama_decode = self._timed  # the engines look it up on the module at each step
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._module.llama_decode = self._decode
+
+    def _timed(self, ctx: Any, batch: Any) -> int:
+        t0 = time.perf_counter()
+        rc = self._decode(ctx, batch)
+        self.calls.append((batch.n_tokens, time.perf_counter() - t0))
+        return rc
+
+
+def throughput(engine: Any, streams: int, tokens: int) -> tuple[float, float, float]:
+    """(aggregate tokens/s, median ms of a decode step of `streams` rows, share of wall time in llama_decode)."""
+    with DecodeTimer() as timer:
+        t0 = time.perf_counter()
+        probes = [submit(engine, PROMPTS[i % len(PROMPTS)], tokens)[1] for i in range(streams)]
+        for p in probes:
+            p.done.wait(600)
+        wall = time.perf_counter() - t0
+    steps = [d for n, d in timer.calls if n == streams] or [0.0]
+    return streams * tokens / wall, statistics.median(steps) * 1000, sum(d for _, d in timer.calls) / wall
 
 
 def ttft_under_load(engine: Any, others: int, prompt: str) -> tuple[float, float]:
@@ -134,20 +164,25 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d %H:%M')}, medians of {args.reps}", flush=True)
 
     serial = start(LlamaEngine, path, args)
-    serial_tps = med([throughput(serial, 1, args.tokens) for _ in range(args.reps)])
+    serial_tps = med([throughput(serial, 1, args.tokens)[0] for _ in range(args.reps)])
     serial.stop()
 
     engine = start(BatchEngine, path, args, parallel=args.parallel)
     rows = []
-    tps: dict[int, float] = {}
+    runs: dict[int, list[tuple[float, float, float]]] = {}
     for b in (1, 2, 4, 8):
         if b > args.parallel:
             continue
-        tps[b] = med([throughput(engine, b, args.tokens) for _ in range(args.reps)])
-    print("\n| streams | aggregate tok/s | × 1 stream |\n|---|---|---|")
-    print(f"| 1, serial engine (`parallel: 1`) | {serial_tps:.1f} | {serial_tps / tps[1]:.2f} |")
-    for b, v in tps.items():
-        print(f"| {b} | {v:.1f} | **{v / tps[1]:.2f}** |")
+        runs[b] = [throughput(engine, b, args.tokens) for _ in range(args.reps)]
+    tps = {b: med([r[0] for r in rs]) for b, rs in runs.items()}
+    print("\n| streams | aggregate tok/s | × 1 stream | decode step ms | × 1-row step | wall time in llama_decode |"
+          "\n|---|---|---|---|---|---|")
+    print(f"| 1, serial engine (`parallel: 1`) | {serial_tps:.1f} | {serial_tps / tps[1]:.2f} | | | |")
+    step1 = med([r[1] for r in runs[1]])
+    for b, rs in runs.items():
+        step = med([r[1] for r in rs])
+        print(f"| {b} | {tps[b]:.1f} | **{tps[b] / tps[1]:.2f}** | {step:.1f} | {step / step1:.2f} | "
+              f"{med([r[2] for r in rs]):.1%} |")
 
     short = "Tell me one fact about the moon."
     long_prompt = "Summarise the following notes. " + " ".join(f"Note {i}: item {i} costs {i * 3} euros."
