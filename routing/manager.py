@@ -40,7 +40,7 @@ class RuntimeManager:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        self._tasks.append(asyncio.create_task(start_backends(self.current), name="start-backends"))
+        self._tasks.append(asyncio.create_task(self._start(self.current), name="start-backends"))
         if self.current.config.health_checks.enabled:
             self._tasks.append(asyncio.create_task(self._health_loop(), name="health-checks"))
         if self.config_path and self.current.config.server.watch_config:
@@ -81,7 +81,7 @@ class RuntimeManager:
             self.current = new  # the swap: new requests see the new routes from here on
             for warning in missing_secrets(config):
                 log.warning("config: %s", warning)
-            self._tasks.append(asyncio.create_task(start_backends(new), name=f"start-backends-v{new.version}"))
+            self._tasks.append(asyncio.create_task(self._start(new), name=f"start-backends-v{new.version}"))
             self._tasks.append(asyncio.create_task(retire(old, new), name=f"retire-v{old.version}"))
             self._tasks = [t for t in self._tasks if not t.done()]
             self.last_reload = {"ok": True, "version": new.version, "at": time.time(), "problems": []}
@@ -105,6 +105,17 @@ class RuntimeManager:
             if stamp is not None and stamp != self._stamp:
                 self._stamp = stamp
                 await self.reload()
+
+    async def _start(self, runtime: Runtime) -> None:
+        """Load the runtime's backends, then check health at once: the first round of checks ran while
+        local models were still loading and marked them unhealthy, and the next one is a whole interval
+        away (10 s by default), during which `/v1/models` and `/ready` would call a loaded model unusable."""
+        await start_backends(runtime)
+        if runtime is self.current and runtime.config.health_checks.enabled:
+            try:
+                await self.check_health()
+            except Exception:
+                log.exception("health check after start-up failed")
 
     # -- health ------------------------------------------------------------------
 

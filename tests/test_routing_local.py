@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+import httpx
 import openai
 
 from tests.routing_env import Sims, sims, start_gateway  # noqa: F401
@@ -35,3 +38,26 @@ def test_vllm_stream_broken_midway_is_continued_by_the_local_model(sims: Sims) -
         ready = gw.ready_stats("gemma-3-270m")
         assert ready["completed"] >= 1, "the local model produced the rest"
     sims.reset()
+
+
+def test_a_loaded_local_model_is_usable_before_the_next_health_round(sims: Sims) -> None:
+    """The first health round runs while the model loads; /ready and /v1/models must not wait a whole
+    interval (60 s here) to call the loaded model usable."""
+    sims.reset()
+    config = {
+        "server": {"watch_config": False},
+        "models": [{"card": "gemma-3-270m", "n_ctx": 1024}],
+        "deployments": [{"name": "cpu", "provider": "local", "model": "gemma-3-270m"}],
+        "routes": [{"name": "local-only", "deployments": ["cpu"]}],
+        "health_checks": {"interval_s": 60},
+    }
+    with start_gateway(sims, config, require_ready=True) as gw:
+        deadline = time.monotonic() + 10  # the re-check follows the load at once; 10 s is far below 60
+        while time.monotonic() < deadline:
+            ready = httpx.get(f"{gw.root_url}/ready", timeout=5).json()
+            if ready["routes"]["local-only"]["usable_deployments"] == 1:
+                break
+            time.sleep(0.1)
+        assert ready["routes"]["local-only"] == {"usable_deployments": 1, "deployments": 1}, ready
+        models = {m["id"]: m for m in httpx.get(f"{gw.base_url}/models", timeout=5).json()["data"]}
+        assert models["local-only"]["ready"] is True, models["local-only"]
