@@ -59,6 +59,7 @@ def make_plan(runtime: Runtime, request: SamplingFields, headers: Mapping[str, s
     prompt_tokens = estimate_prompt_tokens(request)
     max_tokens = getattr(request, "max_output_tokens", None) or 256
     metadata = getattr(request, "metadata", None) or {}
+    param = "messages" if hasattr(request, "messages") else "prompt"  # the field an error should name
     deployments = route.deployments
     for _ in range(8):  # rules may hand over to another route; bounded against cycles
         for rule in route.config.rules:
@@ -68,20 +69,20 @@ def make_plan(runtime: Runtime, request: SamplingFields, headers: Mapping[str, s
                     deployments = route.deployments
                     break
                 deployments = [runtime.deployments[n] for n in rule.deployments or []]
-                return _finish(route, deployments, prompt_tokens, max_tokens)
+                return _finish(route, deployments, prompt_tokens, max_tokens, param)
         else:
             break
-    return _finish(route, deployments, prompt_tokens, max_tokens)
+    return _finish(route, deployments, prompt_tokens, max_tokens, param)
 
 
-def _finish(route: Route, deployments: list[Deployment], prompt_tokens: int, max_tokens: int) -> Plan:
+def _finish(route: Route, deployments: list[Deployment], prompt_tokens: int, max_tokens: int, param: str) -> Plan:
     # Long prompts only go where they fit (when a deployment's context is known).
     fitting = [d for d in deployments if d.context_length is None or prompt_tokens + 1 <= d.context_length]
     if not fitting and deployments:
         biggest = max(d.context_length or 0 for d in deployments)
         raise ContextLengthExceeded(
             f"The prompt (about {prompt_tokens} tokens) is longer than any deployment of '{route.name}' "
-            f"can take (largest context: {biggest} tokens).", param="messages")
+            f"can take (largest context: {biggest} tokens).", param=param)
     ordered = STRATEGIES[route.config.strategy](fitting, prompt_tokens, max_tokens)
     # Deployments that failed their health check go last: tried only when nothing else is left.
     ordered = [d for d in ordered if d.healthy] + [d for d in ordered if not d.healthy]

@@ -131,12 +131,14 @@ def test_context_overflow_is_bad_request(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": long}], max_tokens=10)
     assert err.value.code == "context_length_exceeded"
+    assert err.value.param == "messages"
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5000)
     assert err.value.code == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model=MODEL, prompt=long, max_tokens=10, stream=True)
     assert err.value.code == "context_length_exceeded"
+    assert err.value.param == "prompt"  # the request's own field, not chat's
 
 
 def test_json_schema_mode(client: openai.OpenAI) -> None:
