@@ -90,7 +90,7 @@ class UsageStore:
                     pipe.sadd(f"{self.prefix}usage-dep:index:{day}", f"{route}|{dep}")
                     pipe.expire(f"{self.prefix}usage-dep:index:{day}", RETENTION_S)
                 await guard(pipe.execute())
-        except Exception:
+        except BaseException:  # cancelled mid-flush (shutdown) too: the final flush writes them
             for source, target in ((rows, self._pending), (dep_rows, self._pending_dep)):
                 for k, v in source.items():
                     for field_name, n in v.items():
