@@ -56,7 +56,6 @@ class BatchEngine(EngineThread):
         self.tokens_generated = 0
         self.prefix_tokens_reused = 0
         self.preemptions = 0
-        self.steps = 0
 
     def _cancel_running(self) -> None:
         self._stopping = True
@@ -147,7 +146,7 @@ class BatchEngine(EngineThread):
         while self._active or self._waiting:
             self._admit()
             self._step()
-        self.completed = self.steps = 0  # warm-up tokens still count, as in the serial engine
+        self.completed = 0  # warm-up tokens still count, as in the serial engine
         llama_cpp.llama_memory_clear(self._mem, True)
         for slot in self._slots:
             slot.cached = []
@@ -297,7 +296,6 @@ class BatchEngine(EngineThread):
             return
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
-        self.steps += 1
         for seq, take in plan:
             seq.n_past += take
         for seq, row in rows:

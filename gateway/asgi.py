@@ -8,6 +8,7 @@ PROMETHEUS_MULTIPROC_DIR for metrics shared across workers.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -22,8 +23,8 @@ def create() -> FastAPI:
     from routing.config import load_config
 
     path = os.environ.get(CONFIG_ENV) or None
-    cards = load_cards(None if not os.environ.get("LLM_GATEWAY_MODEL_CARDS_DIR")
-                       else __import__("pathlib").Path(os.environ["LLM_GATEWAY_MODEL_CARDS_DIR"]))
+    cards_dir = os.environ.get("LLM_GATEWAY_MODEL_CARDS_DIR")
+    cards = load_cards(Path(cards_dir) if cards_dir else None)
     config = load_config(path, known_cards=set(cards))
     configure(os.environ.get("LLM_GATEWAY_LOG_LEVEL") or config.server.log_level, config.logging.json_requests)
     return create_app(config, cards, config_path=path, redis_url=os.environ.get(REDIS_ENV) or None)

@@ -75,11 +75,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
 
     shown = f"[{host}]" if ":" in host else host
-    first = (config.routes[0].name if config.routes else config.models[0].card) if (config.routes or config.models) \
-        else "MODEL"
     print(f"llm-gateway {__version__} listening on http://{shown}:{port}  (OpenAI base_url: http://{shown}:{port}/v1)")
-    names = [r.name for r in config.routes] + [m.card for m in config.models if m.card not in
-                                               {r.name for r in config.routes}]
+    names = [r.name for r in config.routes]
+    names += [m.card for m in config.models if m.card not in names]
+    first = names[0] if names else "MODEL"
     print("models: " + ", ".join(names) + "  (loading; GET /ready turns 200 when warm)")
     print("try:\n  curl http://%s:%d/v1/chat/completions -H 'Content-Type: application/json' \\\n"
           "    -d '{\"model\": \"%s\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'"

@@ -156,7 +156,6 @@ async def serve(request: Request, body: SamplingFields, chat: bool, rec: Request
             svc.link.record_error(exc)
         if entry is not None and entry.fresh and not directives.no_cache:
             headers["x-gateway-cache"] = rec.cache = "hit"
-            rec.deployment = "cache"
             await settle(usage=None, fallback_completion=0, prompt_estimate=0, reservation=reservation,
                          principal=principal, route=plan.route.name, deployment=None, limiter=svc.limiter,
                          store=svc.usage, link=svc.link)

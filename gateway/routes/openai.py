@@ -58,21 +58,22 @@ async def _observed(request: Request, chat: bool) -> Response:
         body = parse_request(await request.body(), ChatCompletionRequest if chat else CompletionRequest)
         rec.stream = body.stream
         response = await serve(request, body, chat, rec)
-    except GatewayError as exc:
-        rec.status, rec.error_code = exc.status_code, exc.code or exc.error_type
-        finish(rec)
-        raise
-    except ClientDisconnected:
-        rec.status, rec.error_code = 499, "client_disconnected"
-        finish(rec)
-        raise
-    except BaseException:
-        rec.status, rec.error_code = 500, "internal_error"
+    except BaseException as exc:
+        rec.status, rec.error_code = _failure(exc)
         finish(rec)
         raise
     if not rec.deferred:
         finish(rec)
     return response
+
+
+def _failure(exc: BaseException) -> tuple[int, str | None]:
+    """(status, error code) of a request that ended in `exc`, for its metrics and log line."""
+    if isinstance(exc, GatewayError):
+        return exc.status_code, exc.code or exc.error_type
+    if isinstance(exc, ClientDisconnected):
+        return 499, "client_disconnected"
+    return 500, "internal_error"
 
 
 def model_object(route: Route, created: int) -> dict[str, Any]:
