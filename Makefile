@@ -7,8 +7,8 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
 serve:
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing (the first install compiles llama-cpp-python: several minutes)"
 	@$(VENV)/bin/python -m pip install -q --upgrade pip
+	@bash deploy/install-llama-cpp.sh $(VENV)/bin/python
 	@$(VENV)/bin/python -m pip install -q -e .
 	$(VENV)/bin/llm-gateway serve
 

@@ -12,8 +12,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "== creating $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-echo "== installing (the first install compiles llama-cpp-python: about 6 minutes on 2 cores)"
+echo "== installing"
 "$VENV/bin/python" -m pip install -q --upgrade pip
+# llama.cpp compiled for this CPU without its AMX kernels (they crash); once per CPU, then cached.
+bash deploy/install-llama-cpp.sh "$VENV/bin/python"
 "$VENV/bin/python" -m pip install -q -e '.[test]'
 
 # Redis: tests talk to a real server. Use $REDIS_URL, else the local one, else start a throwaway one.
