@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Literal
 from gateway.model_cards import ModelCard
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 
-BackendState = Literal["loading", "ready", "failed", "stopped"]
+BackendState = Literal["loading", "ready", "restarting", "failed", "stopped"]
 # Each item holds one or more complete SSE frames (`data: ...\n\n`): frames that arrived from an
 # upstream in one read stay together, so the gateway writes them to its client in one send.
 SSEStream = AsyncIterator[bytes]
@@ -37,6 +37,7 @@ class BackendStatus:
     required: bool = True
     detail: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # backend-specific facts (a local engine's restarts...)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "state": self.state, "required": self.required}
@@ -44,6 +45,7 @@ class BackendStatus:
             out["detail"] = self.detail
         if self.stats:
             out["stats"] = self.stats
+        out.update(self.extra)
         return out
 
 
@@ -82,6 +84,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def status(self) -> BackendStatus: ...
+
+    @property
+    def available(self) -> bool:
+        """Can it take a request now? Routing moves a deployment that cannot to the back at once,
+        without waiting for the next health check (a local engine that just died, say)."""
+        return True
 
     async def probe(self) -> bool:
         """Active health check; the default trusts `status()`."""

@@ -29,8 +29,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backends.llamacpp_batch import BatchEngine  # noqa: E402
-from backends.llamacpp_engine import END, ERROR, TEXT, EngineSettings, Job, LlamaEngine, Sampling  # noqa: E402
+from backends.llamacpp.batch import BatchEngine  # noqa: E402
+from backends.llamacpp.jobs import END, ERROR, TEXT, EngineSettings, Job, Sampling  # noqa: E402
+from backends.llamacpp.serial import LlamaEngine  # noqa: E402
 from gateway.model_cards import load_cards  # noqa: E402
 from gateway.weights import resolve_weights  # noqa: E402
 

@@ -17,6 +17,7 @@ from typing import AsyncIterator
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
+from backends.llamacpp.control import CONTROL_ENV, EngineControl, LocalControl, RemoteControl
 from gateway import __version__, request_log
 from gateway.error_handlers import install_error_handlers
 from gateway.fast_lane import FastLane
@@ -39,6 +40,13 @@ def redis_url_for(config: GatewayConfig, override: str | None = None) -> str | N
     return override or os.environ.get("REDIS_URL") or resolve_secret(config.redis.url) or None
 
 
+def engine_control() -> EngineControl:
+    """The parent of `--workers N` supervises the engines and says where (`CONTROL_ENV`); a lone
+    gateway supervises its own."""
+    path = os.environ.get(CONTROL_ENV)
+    return RemoteControl(path) if path else LocalControl()
+
+
 def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
                config_path: str | None = None, redis_url: str | None = None) -> FastAPI:
     if cards is None:
@@ -47,7 +55,7 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     from gateway import tracing
 
     tracing.setup_from_env()
-    manager = RuntimeManager(config, cards, config_path)
+    manager = RuntimeManager(config, cards, config_path, control=engine_control())
     services = Services.build(config, redis_url_for(config, redis_url))
 
     @contextlib.asynccontextmanager

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from backends.llamacpp.control import CONTROL_ENV, ControlThread
 from gateway import __version__
 from gateway.model_cards import ModelCard, ModelCardError, default_cards_dir, load_cards
 from gateway.workers import reuse_port_available, run_workers
@@ -88,10 +89,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   timeout_graceful_shutdown=10)
     if args.workers > 1:
         _prepare_workers(config_path, args.redis_url)
-        if reuse_port_available(port):  # a socket per worker: the kernel balances connections
-            return run_workers(args.workers, host, port, {k: v for k, v in common.items() if k not in ("host", "port")})
-        uvicorn.run("gateway.asgi:create", factory=True, workers=args.workers, **common)
-        return 0
+        # This process supervises the local models' engines; every worker connects to the same ones.
+        engines = ControlThread()
+        os.environ[CONTROL_ENV] = engines.start()
+        try:
+            if reuse_port_available(port):  # a socket per worker: the kernel balances connections
+                return run_workers(args.workers, host, port,
+                                   {k: v for k, v in common.items() if k not in ("host", "port")})
+            uvicorn.run("gateway.asgi:create", factory=True, workers=args.workers, **common)
+            return 0
+        finally:
+            engines.stop()
     from gateway.app import create_app
 
     app = create_app(config, cards, config_path=config_path, redis_url=args.redis_url)
@@ -162,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help=f"env {ENV_LOG_LEVEL}")
     serve.add_argument("--access-log", action="store_true", help="uvicorn's access log too (the gateway "
                                                                  "already logs one JSON line per request)")
-    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (each loads its own "
-                                                              "local models; metrics are merged)")
+    serve.add_argument("--workers", type=int, default=1, help="HTTP worker processes (they share the local "
+                                                              "models' engine processes; metrics are merged)")
     serve.add_argument("--redis-url", help="Redis for the shared cache, keys and limits (env REDIS_URL; "
                                            "default: in-process)")
     serve.set_defaults(func=cmd_serve)

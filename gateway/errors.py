@@ -20,6 +20,11 @@ class GatewayError(Exception):
     retryable: bool = False
     # Seconds the failing side asked us to wait (Retry-After), if it said.
     retry_after: float | None = None
+    # Should the deployment's circuit breaker count this? Not when the gateway already knows the
+    # deployment's real state (a local engine that is loading or being restarted by its supervisor):
+    # one crash would otherwise count once per request it held and keep the breaker open long after
+    # the engine is back.
+    counts_against_breaker: bool = True
 
     def __init__(
         self,
@@ -102,13 +107,23 @@ class Overloaded(GatewayError):
 
 
 class NotReady(GatewayError):
+    """A local model is loading, or its engine is being restarted."""
+
     status_code = 503
     error_type = "service_unavailable_error"
     code = "model_not_ready"
     retryable = True
+    counts_against_breaker = False
 
     def __init__(self, message: str, *, retry_after: float = 2.0) -> None:
         super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after)))})
+        self.retry_after = retry_after
+
+
+class EngineUnavailable(NotReady):
+    """A local engine process died with the request in it; its supervisor is restarting it."""
+
+    code = "engine_unavailable"
 
 
 class UpstreamTimeout(GatewayError):

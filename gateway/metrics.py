@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 
+from typing import Any, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 MULTIPROC = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -45,23 +48,55 @@ BREAKER = Gauge("llm_gateway_breaker_state", "Circuit breaker per deployment: 0 
                 ["deployment"], multiprocess_mode="max")
 HEALTHY = Gauge("llm_gateway_deployment_healthy", "1 when the last health check passed.", ["deployment"],
                 multiprocess_mode="min")
+# Every worker reads the same (shared) engine processes, so these are the same in each: take one, never a sum.
 QUEUE_DEPTH = Gauge("llm_gateway_local_queue_depth", "Requests waiting for a local model.", ["model"],
-                    multiprocess_mode="livesum")
+                    multiprocess_mode="livemostrecent")
 LOCAL_IN_FLIGHT = Gauge("llm_gateway_local_busy_instances", "Local model instances generating now.", ["model"],
-                        multiprocess_mode="livesum")
+                        multiprocess_mode="livemostrecent")
 
 BREAKER_CODES = {"closed": 0, "half_open": 1, "open": 2}
 
 
-def exposition() -> tuple[bytes, str]:
-    """The text format, merged over workers in multiprocess mode."""
+class EngineCollector:
+    """Engine restarts and safe mode, read from the engines' supervisor at scrape time.
+
+    The supervisor counts restarts (it may be another process: the parent of `--workers N`), and every
+    worker holds the same copy of its counts, so these are exported as they are, from whichever worker
+    is scraped, rather than counted again in each.
+    """
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Any]:
+        restarts = CounterMetricFamily("llm_gateway_engine_restarts", "Local engine processes restarted, by model "
+                                       "and exit reason (signal name or exit code).", labels=["model", "reason"])
+        safe = GaugeMetricFamily("llm_gateway_engine_safe_mode", "1 when a local model runs in safe mode (no "
+                                 "extra buffer types) after crashing while loading.", labels=["model"])
+        for backend in self.runtime.local_backends():
+            extra = backend.status().extra
+            for reason, count in (extra.get("restarts_by_reason") or {}).items():
+                restarts.add_metric([backend.name, reason], count)
+            safe.add_metric([backend.name], 1 if extra.get("safe_mode") else 0)
+        yield restarts
+        yield safe
+
+
+def exposition(runtime: Any = None) -> tuple[bytes, str]:
+    """The text format, merged over workers in multiprocess mode, with the engines' counts."""
     if MULTIPROC:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    from prometheus_client import REGISTRY
+    else:
+        from prometheus_client import REGISTRY
 
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        registry = REGISTRY
+    body = generate_latest(registry)
+    if runtime is not None:
+        engines = CollectorRegistry(auto_describe=False)
+        engines.register(EngineCollector(runtime))  # type: ignore[arg-type]
+        body += generate_latest(engines)
+    return body, CONTENT_TYPE_LATEST
 
 
 def refresh_gauges(runtime) -> None:  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from backends.llamacpp.control import EngineControl, LocalControl
 from gateway.model_cards import ModelCard
 from routing.config import ConfigError, GatewayConfig, parse_config
 from routing.config_checks import missing_secrets
@@ -25,11 +26,16 @@ log = logging.getLogger("llm_gateway.routing")
 
 
 class RuntimeManager:
-    def __init__(self, config: GatewayConfig, cards: dict[str, ModelCard], config_path: str | None = None) -> None:
+    def __init__(self, config: GatewayConfig, cards: dict[str, ModelCard], config_path: str | None = None,
+                 control: EngineControl | None = None) -> None:
         self.cards = cards
         self.config_path = config_path
         self.started_at = int(time.time())
-        self.current: Runtime = build_runtime(config, cards, version=1)
+        # Who runs the local models' engine processes: this process, or the parent of `--workers N`.
+        self.control = control or LocalControl()
+        self._health_task: asyncio.Task | None = None
+        self.current: Runtime = build_runtime(config, cards, version=1, control=self.control)
+        self._follow_engines(self.current)
         self.last_reload: dict[str, Any] = {"ok": True, "version": 1, "at": time.time(), "problems": []}
         self._stamp = self._file_stamp()
         self._tasks: list[asyncio.Task] = []
@@ -53,6 +59,7 @@ class RuntimeManager:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await retire(self.current, None)
+        await self.control.aclose()
 
     # -- reload ------------------------------------------------------------------
 
@@ -77,7 +84,8 @@ class RuntimeManager:
                                     "problems": [f"{source}: cannot read: {exc.strerror}"]}
                 return self.last_reload
             old = self.current
-            new = build_runtime(config, self.cards, previous=old, version=old.version + 1)
+            new = build_runtime(config, self.cards, previous=old, version=old.version + 1, control=self.control)
+            self._follow_engines(new)
             self.current = new  # the swap: new requests see the new routes from here on
             for warning in missing_secrets(config):
                 log.warning("config: %s", warning)
@@ -118,6 +126,20 @@ class RuntimeManager:
                 log.exception("health check after start-up failed")
 
     # -- health ------------------------------------------------------------------
+
+    def _follow_engines(self, runtime: Runtime) -> None:
+        """Check health as soon as a local engine starts or stops serving (a crash, a restart), so
+        routing and `/ready` follow at once rather than at the next health round."""
+        for backend in runtime.local_backends():
+            listeners = getattr(backend, "listeners", None)
+            if listeners is not None and self._engine_changed not in listeners:
+                listeners.append(self._engine_changed)
+
+    def _engine_changed(self) -> None:
+        if not self.current.config.health_checks.enabled:
+            return
+        if self._health_task is None or self._health_task.done():
+            self._health_task = asyncio.get_running_loop().create_task(self.check_health(), name="health-now")
 
     async def check_health(self) -> None:
         runtime = self.current

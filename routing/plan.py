@@ -84,6 +84,8 @@ def _finish(route: Route, deployments: list[Deployment], prompt_tokens: int, max
             f"The prompt (about {prompt_tokens} tokens) is longer than any deployment of '{route.name}' "
             f"can take (largest context: {biggest} tokens).", param=param)
     ordered = STRATEGIES[route.config.strategy](fitting, prompt_tokens, max_tokens)
-    # Deployments that failed their health check go last: tried only when nothing else is left.
-    ordered = [d for d in ordered if d.healthy] + [d for d in ordered if not d.healthy]
+    # Deployments that failed their health check, or cannot serve right now (a local engine restarting),
+    # go last: tried only when nothing else is left.
+    usable = [d.healthy and d.backend.available for d in ordered]
+    ordered = [d for d, ok in zip(ordered, usable) if ok] + [d for d, ok in zip(ordered, usable) if not ok]
     return Plan(route, ordered, prompt_tokens, max_tokens)

@@ -169,7 +169,10 @@ class Router:
 
     @staticmethod
     def _failed(dep: Deployment, exc: GatewayError, outcome: Outcome) -> None:
-        dep.breaker.record_failure()
+        if exc.counts_against_breaker:
+            dep.breaker.record_failure()
+        else:
+            dep.breaker.release()
         dep.failures += 1
         dep.last_error = f"{exc.status_code} {exc.code or exc.error_type}"
         outcome.errors.append(f"{dep.name}: {dep.last_error}")

@@ -18,7 +18,8 @@ import orjson
 
 from backends.base import Backend
 from backends.http import PoolSettings, UpstreamPool
-from backends.llamacpp import LlamaCppBackend
+from backends.llamacpp.backend import LlamaCppBackend
+from backends.llamacpp.control import EngineControl
 from gateway.errors import ModelNotFound
 from gateway.model_cards import ModelCard
 from routing.breaker import CircuitBreaker
@@ -70,8 +71,9 @@ def _key(kind: str, *parts: Any) -> str:
 
 
 def build_runtime(config: GatewayConfig, cards: dict[str, ModelCard], previous: Runtime | None = None,
-                  version: int = 1) -> Runtime:
-    """Build (not start) a runtime, reusing what `previous` already has."""
+                  version: int = 1, control: EngineControl | None = None) -> Runtime:
+    """Build (not start) a runtime, reusing what `previous` already has. `control` runs the local
+    models' engine processes (None: each local backend supervises its own)."""
     old_backends = previous.backends if previous else {}
     old_pools = previous.pools if previous else {}
     old_deps = previous.deployments if previous else {}
@@ -81,7 +83,7 @@ def build_runtime(config: GatewayConfig, cards: dict[str, ModelCard], previous: 
     local: dict[str, Backend] = {}
     for model in config.models:
         key = _key("llamacpp", model.model_dump())
-        backend = old_backends.get(key) or LlamaCppBackend(model.card, cards[model.card], model)
+        backend = old_backends.get(key) or LlamaCppBackend(model.card, cards[model.card], model, control=control)
         backends[key] = backend
         local[model.card] = backend
 

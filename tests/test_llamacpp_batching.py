@@ -29,8 +29,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from backends.llamacpp_batch import BatchEngine
-from backends.llamacpp_engine import DONE, END, ERROR, TEXT, EngineSettings, Job, LlamaEngine, Sampling
+from backends.llamacpp.batch import BatchEngine
+from backends.llamacpp.jobs import DONE, END, ERROR, TEXT, EngineSettings, Job, Sampling
+from backends.llamacpp.serial import LlamaEngine
 from gateway.model_cards import load_cards
 from gateway.weights import resolve_weights
 
@@ -267,11 +268,6 @@ def test_a_long_request_does_not_starve_short_ones(gemma_batch: BatchEngine) -> 
 
 
 def test_full_queue_raises_and_the_backend_says_overloaded() -> None:
-    from backends.llamacpp import LlamaCppBackend
-    from gateway.errors import Overloaded
-    from gateway.model_cards import load_cards as cards
-    from routing.config import LlamaCppModelConfig
-
     engine = start(BatchEngine, SMOL, parallel=2, max_queue=1, warmup=False)
     try:
         running = [make_job(engine, p, max_tokens=400, ignore_eos=True) for p in PROMPTS[:2]]
@@ -283,20 +279,50 @@ def test_full_queue_raises_and_the_backend_says_overloaded() -> None:
         assert engine.depth == 1
         with pytest.raises(queue.Full):
             engine.submit(make_job(engine, PROMPTS[3], max_tokens=4)[0])
-
-        backend = LlamaCppBackend("smol", cards()[SMOL], LlamaCppModelConfig(card=SMOL, parallel=2, max_queue=1))
-        backend.engines = [engine]
-
-        async def submit() -> None:
-            backend._submit(make_job(engine, PROMPTS[4], max_tokens=4)[0])
-
-        with pytest.raises(Overloaded):
-            asyncio.run(submit())
         for job, _ in running:
             job.cancelled.set()
         wait_for(lambda: idle(engine))
     finally:
         engine.stop()
+
+
+def test_a_full_engine_process_is_a_503_with_retry_after() -> None:
+    """Across the process boundary: the engine process answers FULL, the backend raises Overloaded."""
+    from backends.base import CallContext
+    from backends.llamacpp.backend import LlamaCppBackend
+    from gateway.errors import Overloaded
+    from gateway.model_cards import load_cards as cards
+    from gateway.protocol import ChatCompletionRequest
+    from routing.config import LlamaCppModelConfig
+
+    def chat(prompt: str, max_tokens: int) -> ChatCompletionRequest:
+        return ChatCompletionRequest.model_validate({"model": "smol", "max_tokens": max_tokens, "ignore_eos": True,
+                                                     "messages": [{"role": "user", "content": prompt}]})
+
+    async def scenario() -> None:
+        backend = LlamaCppBackend("smol", cards()[SMOL], LlamaCppModelConfig(card=SMOL, parallel=2, max_queue=1,
+                                                                             warmup=False))
+        await backend.start()
+        try:
+            assert backend.status().state == "ready", backend.status()
+            streams = [await backend.chat_stream(chat(p, 400), CallContext()) for p in PROMPTS[:2]]
+            queued = asyncio.create_task(backend.chat(chat(PROMPTS[2], 4), CallContext()))
+            for _ in range(100):  # the engine's counters arrive every 0.1 s
+                if backend.status().stats.get("queue_depth") == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert backend.status().stats["queue_depth"] == 1
+            with pytest.raises(Overloaded) as err:
+                await backend.chat(chat(PROMPTS[3], 4), CallContext())
+            assert int(err.value.headers["Retry-After"]) >= 1 and err.value.status_code == 503
+            for stream in streams:
+                await stream.aclose()  # cancels both: the queued request gets a slot and finishes
+            body = await asyncio.wait_for(queued, 60)
+            assert body["choices"][0]["finish_reason"] == "length"
+        finally:
+            await backend.aclose()
+
+    asyncio.run(scenario())
 
 
 # -- what a request can ask for ---------------------------------------------------------------------------

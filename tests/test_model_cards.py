@@ -92,7 +92,7 @@ class _FakeLlama:
 
 
 def test_gguf_template_wins_over_the_card(cards) -> None:
-    from backends.llamacpp import LlamaCppBackend
+    from backends.llamacpp.backend import LlamaCppBackend
     from routing.config import LlamaCppModelConfig
 
     backend = LlamaCppBackend("gemma-3-270m", cards["gemma-3-270m"], LlamaCppModelConfig(card="gemma-3-270m"))

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.routing_env import ADMIN_KEY, ANTHROPIC_KEY, OPENAI_KEY, Sims, base_config, sims  # noqa: F401
+from tests.proc_tree import children, cmdline
 from tests.server import GatewayProcess, free_port
 from tests.sim import Fault
 
@@ -139,16 +140,11 @@ def test_metrics_are_merged_across_two_workers(sims: Sims) -> None:
     sims.reset()
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(x) for x in f.read().split()]
-
-
 def _workers(g: GatewayProcess) -> list[int]:
     """The serving workers: children of the supervisor that are Python (not multiprocessing's helper)."""
     assert g.proc is not None
-    return [c for c in _children(g.proc.pid)
-            if "multiprocessing.resource_tracker" not in open(f"/proc/{c}/cmdline").read().replace("\0", " ")]
+    helpers = ("multiprocessing.resource_tracker", "backends.llamacpp.host")  # and engine processes
+    return [c for c in children(g.proc.pid) if not any(h in cmdline(c) for h in helpers)]
 
 
 def _established_on(port: int) -> set[str]:

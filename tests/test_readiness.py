@@ -9,8 +9,7 @@ import httpx
 import pytest
 import uvicorn
 
-from backends.llamacpp_batch import BatchEngine
-from backends.llamacpp_engine import LlamaEngine
+from backends.llamacpp.host import HOLD_ENV
 from gateway.app import create_app
 from routing.config import GatewayConfig, LlamaCppModelConfig
 from tests.conftest import MODEL
@@ -19,17 +18,13 @@ from tests.server import free_port
 pytestmark = pytest.mark.e2e
 
 
-def test_ready_is_503_while_loading_then_200(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Hold the real load back until the test has looked at /ready, so the 503 is observed for sure.
-    gate = threading.Event()
-    for engine_cls in (LlamaEngine, BatchEngine):  # serial (parallel: 1) and batched (the default)
-        def gated_load(self: object, real_load=engine_cls._load) -> None:
-            gate.wait(60)
-            real_load(self)
-
-        monkeypatch.setattr(engine_cls, "_load", gated_load)
+@pytest.mark.parametrize("parallel", [1, 8], ids=["serial", "batched"])
+def test_ready_is_503_while_loading_then_200(monkeypatch: pytest.MonkeyPatch, tmp_path, parallel: int) -> None:
+    # The engine process waits for this file before it loads, so the 503 is observed for sure.
+    gate = tmp_path / "go"
+    monkeypatch.setenv(HOLD_ENV, str(gate))
     monkeypatch.delenv("REDIS_URL", raising=False)
-    app = create_app(GatewayConfig(models=[LlamaCppModelConfig(card=MODEL, n_ctx=1024)]))
+    app = create_app(GatewayConfig(models=[LlamaCppModelConfig(card=MODEL, n_ctx=1024, parallel=parallel)]))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -54,7 +49,7 @@ def test_ready_is_503_while_loading_then_200(monkeypatch: pytest.MonkeyPatch) ->
         assert early.json()["error"]["code"] == "model_not_ready"
         assert "retry-after" in early.headers
 
-        gate.set()
+        gate.touch()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             ready = httpx.get(f"{base}/ready")
@@ -62,13 +57,19 @@ def test_ready_is_503_while_loading_then_200(monkeypatch: pytest.MonkeyPatch) ->
                 break
             time.sleep(0.05)
         assert ready.status_code == 200
-        stats = ready.json()["backends"][MODEL]["stats"]
-        assert stats["tokens_generated"] > 0, "the warm-up generation ran before /ready turned 200"
+        backend = ready.json()["backends"][MODEL]
+        assert backend["stats"]["tokens_generated"] > 0, "the warm-up generation ran before /ready turned 200"
+        # What llama.cpp found and chose is visible from outside.
+        system = backend["system"]
+        assert system["llama_cpp"]["features"] and system["cpu"]["arch"]
+        assert "AMX_INT8" not in system["llama_cpp"]["features"], "the AMX kernels crash on Q4_K models"
+        assert system["weights"] and all(mib > 0 for mib in system["weights"].values())
+        assert backend["safe_mode"] is False and backend["restarts"] == 0
         r = httpx.post(f"{base}/v1/chat/completions", timeout=60,
                        json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
         assert r.status_code == 200
     finally:
-        gate.set()
+        gate.touch()
         server.should_exit = True
         thread.join(30)
 
@@ -77,7 +78,7 @@ def test_missing_weights_keep_ready_503_and_say_why(tmp_path) -> None:
     """A model that cannot load never turns ready, and /ready says why; liveness stays up."""
     import asyncio
 
-    from backends.llamacpp import LlamaCppBackend
+    from backends.llamacpp.backend import LlamaCppBackend
     from gateway.model_cards import load_cards
 
     card = load_cards()[MODEL]

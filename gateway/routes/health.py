@@ -57,6 +57,7 @@ async def prometheus_metrics(request: Request) -> Response:
     """Prometheus text format. Breaker, health and queue gauges are read from the live runtime now."""
     from gateway import metrics
 
-    metrics.refresh_gauges(request.app.state.manager.current)
-    body, content_type = metrics.exposition()
+    runtime = request.app.state.manager.current
+    metrics.refresh_gauges(runtime)
+    body, content_type = metrics.exposition(runtime)
     return Response(body, media_type=content_type)

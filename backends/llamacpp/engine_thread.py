@@ -4,7 +4,10 @@ llama.cpp contexts are not thread-safe and every call blocks, so each engine
 owns one thread; the event loop only enqueues jobs (never blocking) and awaits
 the events the thread posts back. Subclasses load the model (`_load`), serve
 jobs until the `None` sentinel (`_serve`) and cancel what they are running
-(`_cancel_running`).
+(`_cancel_running`). They call `after_step` after each decode step (or token)
+and before they block: whoever carries the events away (the engine process's
+connections) then sends everything a step produced at once, waking its event
+loop once per step rather than once per sequence.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import asyncio
 import logging
 import queue
 import threading
-from typing import Any
+from typing import Any, Callable
+
+from backends.llamacpp.jobs import END
 
 log = logging.getLogger("llm_gateway.llamacpp")
 
@@ -27,6 +32,7 @@ class EngineThread:
         self._thread: threading.Thread | None = None
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
+        self.after_step: Callable[[], None] = lambda: None  # on the engine thread; see the module docstring
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -49,8 +55,6 @@ class EngineThread:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel what runs, drop what waits (each job gets its END), and end the thread."""
-        from backends.llamacpp_engine import END
-
         self._cancel_running()
         while True:  # drop queued work so the sentinel gets in
             try:
@@ -60,12 +64,24 @@ class EngineThread:
             if pending is not None:
                 pending.cancelled.set()
                 pending.post((END,))
+        self.after_step()
         try:
             self._queue.put(None, timeout=timeout)
         except queue.Full:
             pass
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Engine-specific counters beyond the common ones."""
+        return {}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters `/ready` shows and `least-busy` routing reads (the engine process sends them)."""
+        s: Any = self
+        return {"queue_depth": s.depth, "busy": int(bool(s.busy)), "load": s.load, "completed": s.completed,
+                "cancelled": s.cancelled, "tokens_generated": s.tokens_generated,
+                "retry_after": round(s.retry_after(), 2), **self.stats()}
 
     def submit(self, job: Any) -> None:
         """Enqueue or raise `queue.Full`; never blocks the event loop."""

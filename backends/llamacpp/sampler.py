@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.llamacpp_engine import Sampling
+from backends.llamacpp.jobs import Sampling
 
 PENALTY_LAST_N = 64  # `Llama(last_n_tokens_size=64)`, the serial engine's value
 

@@ -1,9 +1,13 @@
-"""The in-process llama.cpp backend: GGUF models on the CPU.
+"""The llama.cpp backend: GGUF models on the CPU, each instance in an engine process of its own.
 
 This module maps OpenAI requests onto engine jobs and engine events back onto
-OpenAI bodies and SSE frames. The engines (threads, queue, token loop) live in
-`llamacpp_engine` (serial, `parallel: 1`) and `llamacpp_batch` (continuous
-batching); the wire shapes in `openai_format`.
+OpenAI bodies and SSE frames; it is the one place where what an engine says
+becomes a gateway error. The engines (threads, queue, token loop) run in
+their own processes (`host`), started and restarted by a supervisor; this
+worker reaches them through `instances.EngineSet`. Tokenizing and the chat
+template stay here, with a vocab-only copy of the model, so routing can count
+a prompt's tokens even while the engine is restarting. The wire shapes are in
+`openai_format`.
 """
 
 from __future__ import annotations
@@ -12,21 +16,26 @@ import asyncio
 import hashlib
 import json
 import logging
-import queue
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
+
+import orjson
 
 from backends import openai_format as fmt
 from backends.base import Backend, BackendStatus, CallContext, SSEStream
 from backends.chat_template import ChatTemplate
-from backends.llamacpp_batch import BatchEngine
-from backends.llamacpp_engine import DONE, END, ERROR, TEXT, EngineSettings, Job, LlamaEngine, Sampling
+from backends.llamacpp import wire
+from backends.llamacpp.client import LOST, JobHandle
+from backends.llamacpp.control import EngineControl, LocalControl
+from backends.llamacpp.instances import AllFull, EngineSet, NoEngine
+from backends.llamacpp.jobs import EngineSettings
 from gateway.aio import within
 from gateway.errors import (
     ContextLengthExceeded,
     EngineError,
+    EngineUnavailable,
     InvalidRequest,
     NotReady,
     Overloaded,
@@ -40,23 +49,31 @@ from routing.config import LlamaCppModelConfig
 log = logging.getLogger("llm_gateway.llamacpp")
 
 _LONG_TEXT = 16_000  # characters; longer prompts are tokenized off the event loop
+_SEED_MASK = 0x7FFFFFFF  # llama.cpp seeds are 31-bit; (seed + i) & mask is unchanged by masking first
 
 
 class LlamaCppBackend(Backend):
     kind = "llamacpp"
     supports_continuation = True
 
-    def __init__(self, name: str, card: ModelCard, config: LlamaCppModelConfig, progress: Progress | None = None) -> None:
+    def __init__(self, name: str, card: ModelCard, config: LlamaCppModelConfig, progress: Progress | None = None,
+                 control: EngineControl | None = None) -> None:
         super().__init__(name, card, required=config.required)
         self.config = config
         self._progress = progress
-        self.engines: list[LlamaEngine | BatchEngine] = []
-        self._state = "loading"
-        self._detail: str | None = None
+        self._control = control  # None: this backend supervises its own engines (tests, benchmarks)
+        self._own_control = control is None
+        self.engines: EngineSet | None = None
+        self.tokenizer: Any = None  # a vocab-only `Llama`: tokenizer and metadata, no weights
+        self.listeners: list[Callable[[], None]] = []  # told when an engine starts or stops serving
+        self._failed: str | None = None
         self._template: ChatTemplate | None = None
         self._fingerprint: str | None = None
         self._n_ctx = min(config.n_ctx, card.context_length)
         self.model_path: Path | None = None
+        # Every worker computes the same key for the same model config, so they share its engines.
+        raw = orjson.dumps(config.model_dump(), option=orjson.OPT_SORT_KEYS)
+        self.key = f"{name}-{hashlib.sha256(raw).hexdigest()[:16]}"
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -64,26 +81,31 @@ class LlamaCppBackend(Backend):
         try:
             path = await asyncio.to_thread(resolve_weights, self.card, self.config.model_path, self._progress)
             self.model_path = path
-            engine_cls = BatchEngine if self.config.parallel > 1 else LlamaEngine
-            for i in range(self.config.instances):
-                engine = engine_cls(self._engine_settings(path), name=f"{self.name}#{i}")
-                self.engines.append(engine)
-                engine.start()
-            await asyncio.gather(*(e.wait_loaded() for e in self.engines))
-            llm = self.engines[0].llm
-            self._n_ctx = llm.n_ctx()
-            self._template = self._chat_template(llm)
+            self.tokenizer = await asyncio.to_thread(_vocab_only, path)
+            self._template = self._chat_template(self.tokenizer)
             self._fingerprint = _fingerprint(path)
-            self._state = "ready"
-            log.info("model %s ready (n_ctx=%d, instances=%d)", self.name, self._n_ctx, len(self.engines))
+            control = self._control or LocalControl()
+            self._control = control
+            self.engines = EngineSet(self.name, self.key, control, self._engine_settings(path), self.config.instances,
+                                     listeners=self.listeners)
+            await self.engines.start()
         except Exception as exc:
-            self._state = "failed"
-            self._detail = str(exc)
+            self._failed = str(exc)
             log.error("model %s failed to start: %s", self.name, exc)
+            return
+        n_ctx = next((c.info.get("n_ctx") for c in self.engines.clients if c.info.get("n_ctx")), None)
+        if n_ctx:
+            self._n_ctx = int(n_ctx)
+        if self.engines.ready:
+            log.info("model %s ready (n_ctx=%d, instances=%d)", self.name, self._n_ctx, len(self.engines.clients))
+        else:
+            log.error("model %s failed to start: %s", self.name, self.engines.detail())
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(asyncio.to_thread(e.stop) for e in self.engines))
-        self._state = "stopped"
+        if self.engines is not None:
+            await self.engines.aclose()
+        if self._own_control and self._control is not None:
+            await self._control.aclose()
 
     def _engine_settings(self, path: Path) -> EngineSettings:
         c = self.config
@@ -102,22 +124,26 @@ class LlamaCppBackend(Backend):
         return ChatTemplate(source, bos_token=model.token_get_text(model.token_bos()),
                             eos_token=model.token_get_text(model.token_eos()))
 
+    def _state(self) -> str:
+        if self._failed is not None:
+            return "failed"
+        return self.engines.state if self.engines is not None else "loading"
+
     def status(self) -> BackendStatus:
-        stats = {
-            "instances": len(self.engines),
-            "queue_depth": sum(e.depth for e in self.engines),
-            "busy": sum(1 for e in self.engines if e.busy),
-            "completed": sum(e.completed for e in self.engines),
-            "cancelled": sum(e.cancelled for e in self.engines),
-            "tokens_generated": sum(e.tokens_generated for e in self.engines),
-        } if self.engines else {}
-        batching = [e for e in self.engines if isinstance(e, BatchEngine)]
-        if batching:
+        engines = self.engines
+        if self._failed is not None or engines is None:
+            return BackendStatus(self.name, self.kind, self._state(), self.required, self._failed)  # type: ignore[arg-type]
+        stats: dict[str, Any] = {"instances": len(engines.clients), "queue_depth": 0, "busy": 0, "completed": 0,
+                                 "cancelled": 0, "tokens_generated": 0}
+        if self.config.parallel > 1:
             stats["parallel"] = self.config.parallel
-            for e in batching:
-                for key, value in e.stats().items():
-                    stats[key] = stats.get(key, 0) + value
-        return BackendStatus(self.name, self.kind, self._state, self.required, self._detail, stats)  # type: ignore[arg-type]
+        stats.update(engines.stats())
+        return BackendStatus(self.name, self.kind, engines.state, self.required, engines.detail(),  # type: ignore[arg-type]
+                             stats, engines.supervision())
+
+    @property
+    def available(self) -> bool:
+        return self.engines is not None and self.engines.ready
 
     @property
     def context_length(self) -> int:
@@ -131,27 +157,27 @@ class LlamaCppBackend(Backend):
     # -- OpenAI endpoints ------------------------------------------------------
 
     def load_score(self) -> float:
-        return float(sum(e.load for e in self.engines))
+        return self.engines.load() if self.engines is not None else 0.0
 
     def estimate_tokens(self, request: Any) -> int | None:
         """Exact prompt tokens with the model's own template and tokenizer (thread-safe in llama.cpp)."""
-        if self._state != "ready":
+        if self.tokenizer is None:
             return None
         try:
             if isinstance(request, ChatCompletionRequest):
                 if self._template is None:
                     return None
                 text = self._template.render(request.messages)
-                return len(self.engines[0].llm.tokenize(text.encode(), add_bos=False, special=True))
-            return sum(len(self.engines[0].llm.tokenize(p.encode(), add_bos=True, special=True))
+                return len(self.tokenizer.tokenize(text.encode(), add_bos=False, special=True))
+            return sum(len(self.tokenizer.tokenize(p.encode(), add_bos=True, special=True))
                        if isinstance(p, str) else len(p) for p in request.prompts())
         except Exception:  # a bad request is reported by the request path itself, not here
             return None
 
     async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> dict[str, Any]:
         request = _with_params(request, ctx)
-        job, prompt_len = await self._chat_job(request, ctx.continue_from)
-        texts, finishes, produced = await self._collect(job, request.n)
+        events, prompt_len = await self._chat_events(request, ctx.continue_from)
+        texts, finishes, produced = await _collect(events, request.n)
         return fmt.chat_response(
             id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.model_id, fingerprint=self._fingerprint,
             choices=list(zip(texts, finishes)), prompt_tokens=prompt_len, completion_tokens=produced,
@@ -159,8 +185,7 @@ class LlamaCppBackend(Backend):
 
     async def chat_stream(self, request: ChatCompletionRequest, ctx: CallContext) -> SSEStream:
         request = _with_params(request, ctx)
-        job, prompt_len = await self._chat_job(request, ctx.continue_from)
-        events = self._events(job)
+        events, prompt_len = await self._chat_events(request, ctx.continue_from)
         first = await _first(events)
         chunks = fmt.ChatChunks(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.model_id,
                                 fingerprint=self._fingerprint, include_usage=request.include_usage)
@@ -173,9 +198,8 @@ class LlamaCppBackend(Backend):
         prompt_total = produced_total = 0
         for prompt in request.prompts():
             tokens, echo = await self._completion_prompt(prompt)
-            job = self._job(request, tokens, self._max_tokens(request, len(tokens), "prompt"))
-            self._submit(job)
-            texts, finishes, produced = await self._collect(job, request.n)
+            events = await self._open(self._spec(request, tokens, self._max_tokens(request, len(tokens), "prompt")))
+            texts, finishes, produced = await _collect(events, request.n)
             prefix = echo if request.echo else ""
             choices += [(prefix + t, f) for t, f in zip(texts, finishes)]
             prompt_total += len(tokens)
@@ -193,9 +217,7 @@ class LlamaCppBackend(Backend):
         for tokens, _ in prepared:
             self._max_tokens(request, len(tokens), "prompt")  # refuse overflow before streaming
         tokens, _ = prepared[0]
-        job = self._job(request, tokens, self._max_tokens(request, len(tokens), "prompt"))
-        self._submit(job)
-        events = self._events(job)
+        events = await self._open(self._spec(request, tokens, self._max_tokens(request, len(tokens), "prompt")))
         first = await _first(events)
         chunks = fmt.CompletionChunks(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.model_id,
                                       fingerprint=self._fingerprint)
@@ -204,10 +226,13 @@ class LlamaCppBackend(Backend):
     # -- request preparation ---------------------------------------------------
 
     def _require_ready(self) -> None:
-        if self._state != "ready":
-            raise NotReady(f"The model '{self.name}' is {self._state}; try again shortly.")
+        state = self._state()
+        if state != "ready":
+            retry = self.engines.retry_after() if self.engines is not None else 2.0
+            raise NotReady(f"The model '{self.name}' is {state}; try again shortly.", retry_after=retry)
 
-    async def _chat_job(self, request: ChatCompletionRequest, continue_from: str | None = None) -> tuple[Job, int]:
+    async def _chat_events(self, request: ChatCompletionRequest,
+                           continue_from: str | None = None) -> tuple[AsyncIterator[list[Any]], int]:
         self._require_ready()
         if request.logprobs or request.top_logprobs:
             raise InvalidRequest("logprobs are not supported by the llama.cpp backend.", param="logprobs",
@@ -223,10 +248,8 @@ class LlamaCppBackend(Backend):
             prompt += continue_from  # the answer picks up where a failed deployment's stream stopped
         tokens = await self._tokenize(prompt, add_bos=False)
         max_tokens = self._max_tokens(request, len(tokens), "messages")
-        job = self._job(request, tokens, max_tokens)
-        job.grammar = _grammar(request)
-        self._submit(job)
-        return job, len(tokens)
+        events = await self._open(self._spec(request, tokens, max_tokens, _grammar(request)))
+        return events, len(tokens)
 
     def _check_completion_params(self, request: CompletionRequest) -> None:
         self._require_ready()
@@ -243,19 +266,18 @@ class LlamaCppBackend(Backend):
     async def _completion_prompt(self, prompt: str | list[int]) -> tuple[list[int], str]:
         if isinstance(prompt, str):
             return await self._tokenize(prompt, add_bos=True), prompt
-        n_vocab = self.engines[0].llm.n_vocab()
+        n_vocab = self.tokenizer.n_vocab()
         if any(t < 0 or t >= n_vocab for t in prompt):
             raise InvalidRequest(f"Token ids must be between 0 and {n_vocab - 1}.", param="prompt")
-        text = self.engines[0].llm.detokenize(prompt).decode("utf-8", errors="replace")
+        text = self.tokenizer.detokenize(prompt).decode("utf-8", errors="replace")
         return list(prompt), text
 
     async def _tokenize(self, text: str, *, add_bos: bool) -> list[int]:
         """llama.cpp's tokenizer is thread-safe; only long texts are worth a thread hop."""
-        llm = self.engines[0].llm
         data = text.encode("utf-8")
         if len(text) > _LONG_TEXT:
-            return await asyncio.to_thread(llm.tokenize, data, add_bos, True)
-        return llm.tokenize(data, add_bos=add_bos, special=True)
+            return await asyncio.to_thread(self.tokenizer.tokenize, data, add_bos, True)
+        return self.tokenizer.tokenize(data, add_bos=add_bos, special=True)
 
     def _max_tokens(self, request: SamplingFields, prompt_len: int, what: str) -> int:
         asked = request.max_output_tokens  # type: ignore[attr-defined]
@@ -276,85 +298,84 @@ class LlamaCppBackend(Backend):
             param=what,
         )
 
-    def _job(self, request: SamplingFields, tokens: list[int], max_tokens: int) -> Job:
-        sampling = Sampling(
-            temperature=1.0 if request.temperature is None else request.temperature,
-            top_p=1.0 if request.top_p is None else request.top_p,
-            top_k=request.top_k or 0,
-            min_p=request.min_p or 0.0,
-            presence_penalty=request.presence_penalty or 0.0,
-            frequency_penalty=request.frequency_penalty or 0.0,
-            repeat_penalty=request.repetition_penalty or 1.0,
-            seed=request.seed,
-        )
-        return Job(prompt_tokens=tokens, max_tokens=max_tokens, sampling=sampling, stop=request.stop or [],
-                   n=request.n, ignore_eos=request.ignore_eos)
-
-    def _submit(self, job: Job) -> None:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[tuple] = asyncio.Queue()
-        job.post = lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev)
-        job.events = events
-        for engine in sorted(self.engines, key=lambda e: e.load):
-            try:
-                engine.submit(job)
-                return
-            except queue.Full:
-                continue
-        retry = min(e.retry_after() for e in self.engines)
-        raise Overloaded(f"The model '{self.name}' is overloaded; retry after {retry:.0f}s.", retry_after=retry)
+    @staticmethod
+    def _spec(request: SamplingFields, tokens: list[int], max_tokens: int, grammar: str | None = None) -> dict[str, Any]:
+        sampling = {
+            "temperature": 1.0 if request.temperature is None else request.temperature,
+            "top_p": 1.0 if request.top_p is None else request.top_p,
+            "top_k": request.top_k or 0,
+            "min_p": request.min_p or 0.0,
+            "presence_penalty": request.presence_penalty or 0.0,
+            "frequency_penalty": request.frequency_penalty or 0.0,
+            "repeat_penalty": request.repetition_penalty or 1.0,
+            "seed": None if request.seed is None else request.seed & _SEED_MASK,
+        }
+        return wire.job_spec(prompt=tokens, max_tokens=max_tokens, sampling=sampling, stop=request.stop or [],
+                             n=request.n, grammar=grammar, ignore_eos=request.ignore_eos)
 
     # -- engine events -> OpenAI ---------------------------------------------
 
-    async def _events(self, job: Job) -> AsyncIterator[tuple]:
-        """Engine events until END, within the request timeout; cancels the job when abandoned."""
-        events: asyncio.Queue[tuple] = job.events
-        deadline = job.enqueued_at + self.config.request_timeout_s
+    async def _open(self, spec: dict[str, Any]) -> AsyncIterator[list[Any]]:
+        """Submit a job; its events, within the request timeout. Every engine error becomes a gateway
+        error here, and only here."""
+        assert self.engines is not None
+        deadline = time.monotonic() + self.config.request_timeout_s
+        try:
+            handle, first = await self.engines.open(spec, deadline)
+        except NoEngine as exc:
+            raise NotReady(f"The model '{self.name}' is {exc.state}; try again shortly.",
+                           retry_after=exc.retry_after) from None
+        except AllFull as exc:
+            raise Overloaded(f"The model '{self.name}' is overloaded; retry after {exc.retry_after:.0f}s.",
+                             retry_after=exc.retry_after) from None
+        except asyncio.TimeoutError:
+            raise self._timeout() from None
+        return self._events(handle, first, deadline)
+
+    async def _events(self, handle: JobHandle, ev: list[Any], deadline: float) -> AsyncIterator[list[Any]]:
+        """TEXT and DONE events until END; cancels the job when abandoned."""
         try:
             while True:
+                op = ev[0]
+                if op == wire.END:
+                    return
+                if op == wire.ERROR:
+                    log.error("generation failed on %s: %s", self.name, ev[2])
+                    raise EngineError(f"The model '{self.name}' failed while generating.")
+                if op == LOST:
+                    log.error("model %s lost a request: %s", self.name, ev[2])
+                    raise EngineUnavailable(f"The model '{self.name}' stopped while generating (its engine "
+                                            "process died and is being restarted); try again.",
+                                            retry_after=self.engines.retry_after() if self.engines else 2.0)
+                yield ev
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise UpstreamTimeout(f"The model '{self.name}' did not finish within "
-                                          f"{self.config.request_timeout_s:g}s.")
+                    raise self._timeout()
                 try:
-                    ev = await within(events.get(), remaining)
+                    ev = await within(handle.events.get(), remaining)
                 except asyncio.TimeoutError:
-                    continue
-                if ev[0] == END:
-                    return
-                if ev[0] == ERROR:
-                    raise EngineError(f"The model '{self.name}' failed while generating.")
-                yield ev
+                    raise self._timeout() from None
         finally:
-            job.cancelled.set()
+            handle.cancel()
 
-    async def _collect(self, job: Job, n: int) -> tuple[list[str], list[str], int]:
-        texts = [[] for _ in range(n)]
-        finishes = ["length"] * n
-        produced = 0
-        async for ev in self._events(job):
-            if ev[0] == TEXT:
-                texts[ev[1]].append(ev[2])
-            elif ev[0] == DONE:
-                finishes[ev[1]] = ev[2]
-                produced += ev[3]
-        return ["".join(t) for t in texts], finishes, produced
+    def _timeout(self) -> UpstreamTimeout:
+        return UpstreamTimeout(f"The model '{self.name}' did not finish within {self.config.request_timeout_s:g}s.")
 
-    async def _chat_frames(self, first: tuple | None, events: AsyncIterator[tuple], chunks: fmt.ChatChunks,
+    async def _chat_frames(self, first: list[Any] | None, events: AsyncIterator[list[Any]], chunks: fmt.ChatChunks,
                            prompt_len: int, include_usage: bool) -> AsyncIterator[bytes]:
         started: set[int] = set()
         produced = 0
         try:
             async for ev in _prepend(first, events):
-                index = ev[1]
+                index = ev[2]
                 if index not in started:
                     started.add(index)
                     yield chunks.role(index)
-                if ev[0] == TEXT:
-                    yield chunks.content(index, ev[2])
-                elif ev[0] == DONE:
-                    produced += ev[3]
-                    yield chunks.finish(index, ev[2])
+                if ev[0] == wire.TEXT:
+                    yield chunks.content(index, ev[3])
+                elif ev[0] == wire.DONE:
+                    produced += ev[4]
+                    yield chunks.finish(index, ev[3])
         finally:
             await events.aclose()  # type: ignore[attr-defined]
         if include_usage:
@@ -362,30 +383,28 @@ class LlamaCppBackend(Backend):
         yield fmt.DONE
 
     async def _completion_frames(self, request: CompletionRequest, prepared: list[tuple[list[int], str]],
-                                 first: tuple | None, events: AsyncIterator[tuple],
+                                 first: list[Any] | None, events: AsyncIterator[list[Any]],
                                  chunks: fmt.CompletionChunks) -> AsyncIterator[bytes]:
         n = request.n
         prompt_total = produced = 0
         # Failures propagate: the router ends the stream with an in-band error.
         for p, (tokens, echo) in enumerate(prepared):
             if p > 0:
-                job = self._job(request, tokens, self._max_tokens(request, len(tokens), "prompt"))
-                self._submit(job)
-                events = self._events(job)
+                events = await self._open(self._spec(request, tokens, self._max_tokens(request, len(tokens), "prompt")))
                 first = await _first(events)
             prompt_total += len(tokens)
             echoed: set[int] = set()
             try:
                 async for ev in _prepend(first, events):
-                    index = p * n + ev[1]
+                    index = p * n + ev[2]
                     if request.echo and index not in echoed:
                         echoed.add(index)
                         yield chunks.text(index, echo)
-                    if ev[0] == TEXT:
-                        yield chunks.text(index, ev[2])
-                    elif ev[0] == DONE:
-                        produced += ev[3]
-                        yield chunks.text(index, "", ev[2])
+                    if ev[0] == wire.TEXT:
+                        yield chunks.text(index, ev[3])
+                    elif ev[0] == wire.DONE:
+                        produced += ev[4]
+                        yield chunks.text(index, "", ev[3])
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
         if request.include_usage:
@@ -393,12 +412,25 @@ class LlamaCppBackend(Backend):
         yield fmt.DONE
 
 
+async def _collect(events: AsyncIterator[list[Any]], n: int) -> tuple[list[str], list[str], int]:
+    texts: list[list[str]] = [[] for _ in range(n)]
+    finishes = ["length"] * n
+    produced = 0
+    async for ev in events:
+        if ev[0] == wire.TEXT:
+            texts[ev[2]].append(ev[3])
+        elif ev[0] == wire.DONE:
+            finishes[ev[2]] = ev[3]
+            produced += ev[4]
+    return ["".join(t) for t in texts], finishes, produced
+
+
 def _with_params(request: Any, ctx: CallContext) -> Any:
     """Apply a deployment's parameter overrides (e.g. a lower temperature) to the request."""
     return request.model_copy(update=ctx.params) if ctx.params else request
 
 
-async def _first(events: AsyncIterator[tuple]) -> tuple | None:
+async def _first(events: AsyncIterator[list[Any]]) -> list[Any] | None:
     """Wait for the first engine event, so errors before any output stay HTTP errors."""
     try:
         return await events.__anext__()
@@ -409,31 +441,43 @@ async def _first(events: AsyncIterator[tuple]) -> tuple | None:
         raise
 
 
-async def _prepend(first: tuple | None, rest: AsyncIterator[tuple]) -> AsyncIterator[tuple]:
+async def _prepend(first: list[Any] | None, rest: AsyncIterator[list[Any]]) -> AsyncIterator[list[Any]]:
     if first is not None:
         yield first
         async for ev in rest:
             yield ev
 
 
-def _grammar(request: ChatCompletionRequest) -> Any:
-    """response_format -> a llama.cpp grammar that forces valid (schema-conforming) JSON."""
+def _grammar(request: ChatCompletionRequest) -> str | None:
+    """response_format -> the GBNF text of a llama.cpp grammar that forces valid (schema-conforming) JSON.
+
+    The grammar is parsed here once, so a schema llama.cpp cannot enforce is the client's 400, not an
+    engine error; the engine process parses the text again for itself.
+    """
     rf = request.response_format
     if rf is None or rf.type == "text":
         return None
     from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
 
     if isinstance(rf, ResponseFormatJSONObject):
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        return JSON_GBNF
     assert isinstance(rf, ResponseFormatJSONSchema)
     schema = rf.json_schema.schema_
     if not schema:
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        return JSON_GBNF
     try:
-        return LlamaGrammar.from_string(json_schema_to_gbnf(json.dumps(schema)), verbose=False)
+        gbnf = json_schema_to_gbnf(json.dumps(schema))
+        LlamaGrammar.from_string(gbnf, verbose=False)
     except Exception as exc:
         raise InvalidRequest(f"This JSON schema cannot be enforced: {exc}", param="response_format.json_schema.schema",
                              code="invalid_json_schema") from None
+    return gbnf
+
+
+def _vocab_only(path: Path) -> Any:
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(path), vocab_only=True, verbose=False)
 
 
 def _fingerprint(path: Path) -> str:

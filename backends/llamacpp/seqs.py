@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from backends.llamacpp_engine import Job
-from backends.llamacpp_sampler import SamplerChain
+from backends.llamacpp.jobs import Job
+from backends.llamacpp.sampler import SamplerChain
 from backends.text_stream import StopTextStream
 
 

@@ -20,10 +20,11 @@ import queue
 import time
 from typing import Any
 
-from backends.llamacpp_engine import DONE, END, ERROR, TEXT, EngineSettings, Job, Sampling, default_threads
-from backends.llamacpp_sampler import SamplerChain, choice_seed
-from backends.llamacpp_seqs import Run, Seq, Slot, reusable
-from backends.llamacpp_worker import EngineThread
+from backends.llamacpp.engine_thread import EngineThread
+from backends.llamacpp.jobs import DONE, END, ERROR, TEXT, EngineSettings, Job, Sampling, default_threads
+from backends.llamacpp.sampler import SamplerChain, choice_seed
+from backends.llamacpp.seqs import Run, Seq, Slot, reusable
+from backends.llamacpp.sysinfo import model_params
 from backends.text_stream import StopTextStream
 
 log = logging.getLogger("llm_gateway.llamacpp")
@@ -85,6 +86,10 @@ class BatchEngine(EngineThread):
         waves = (self.depth + 1) / max(1, self.settings.parallel)
         return min(60.0, max(1.0, self._avg_job_s * waves))
 
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
     def kv_tokens(self) -> int:
         """Positions held in the KV cache, summed over slots (shared cells counted once per slot)."""
         import llama_cpp
@@ -106,7 +111,7 @@ class BatchEngine(EngineThread):
         s = self.settings
         # Tokenizer and metadata only: the weights are loaded once, below.
         self.llm = Llama(model_path=s.model_path, vocab_only=True, n_ctx=s.n_ctx, verbose=False)
-        self._model = llama_cpp.llama_model_load_from_file(s.model_path.encode(), llama_cpp.llama_model_default_params())
+        self._model = llama_cpp.llama_model_load_from_file(s.model_path.encode(), model_params(s.use_extra_bufts))
         if not self._model:
             raise RuntimeError(f"llama.cpp could not load {s.model_path}")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
@@ -165,9 +170,11 @@ class BatchEngine(EngineThread):
                 log.exception("decode step failed on %s", self.name)
                 for seq in list(self._active):
                     self._fail(seq.run, exc)
+            self.after_step()
         for seq in list(self._active) + list(self._waiting):
             seq.job.cancelled.set()
             self._finish(seq, "cancelled")
+        self.after_step()
 
     def _intake(self) -> bool:
         """Move jobs from the queue while slots are free; block only when there is nothing to do."""
@@ -176,6 +183,8 @@ class BatchEngine(EngineThread):
             free = sum(1 for s in self._slots if s.seq is None) - len(self._waiting)
             if not idle and (free <= 0 or self._admit_blocked):
                 return True
+            if idle:
+                self.after_step()  # nothing left to decode: send what the last step produced before waiting
             try:
                 job = self._queue.get() if idle else self._queue.get_nowait()
             except queue.Empty:

@@ -1,83 +1,23 @@
-"""A llama.cpp model instance on its own thread, fed by a bounded queue.
+"""The serial llama.cpp engine (`parallel: 1`): one high-level `Llama`, one request at a time.
 
-`Llama` objects are not thread-safe and every call blocks, so each instance
-owns one worker thread. The event loop only enqueues jobs and awaits events
-that the worker posts back with `call_soon_threadsafe`. A job is cancelled by
-setting its flag; the worker checks it after every token, so an abandoned
-stream frees the model within one token.
+`Llama` objects are not thread-safe and every call blocks, so the engine owns
+one worker thread (`EngineThread`) and serves its queue in order. A job is
+cancelled by setting its flag; the worker checks it after every token, so an
+abandoned stream frees the model within one token.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
 
-from backends.llamacpp_worker import EngineThread
+from backends.llamacpp.engine_thread import EngineThread
+from backends.llamacpp.jobs import DONE, END, ERROR, TEXT, EngineSettings, Job, Sampling, default_threads
+from backends.llamacpp.sysinfo import extra_bufts
 from backends.text_stream import StopTextStream
 
 log = logging.getLogger("llm_gateway.llamacpp")
-
-# Events posted from the worker to the request's asyncio queue.
-TEXT = "text"  # (TEXT, choice, text)
-DONE = "done"  # (DONE, choice, finish_reason, completion_tokens)
-END = "end"  # (END,)
-ERROR = "error"  # (ERROR, exception)
-
-
-@dataclass(slots=True)
-class Sampling:
-    """Explicit sampling values: llama.cpp's own defaults differ from OpenAI's."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repeat_penalty: float = 1.0
-    seed: int | None = None
-
-
-@dataclass(slots=True)
-class Job:
-    prompt_tokens: list[int]
-    max_tokens: int
-    sampling: Sampling
-    stop: list[str]
-    n: int = 1
-    grammar: Any = None  # llama_cpp.LlamaGrammar
-    ignore_eos: bool = False
-    post: Callable[[tuple], None] = lambda ev: None
-    events: Any = None  # the request's asyncio.Queue, owned by the event loop
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    enqueued_at: float = field(default_factory=time.monotonic)
-
-
-@dataclass(slots=True)
-class EngineSettings:
-    model_path: str
-    n_ctx: int = 8192
-    n_threads: int | None = None
-    n_batch: int = 512
-    flash_attn: bool = False
-    max_queue: int = 16
-    warmup: bool = True
-    reuse_prompt_prefix: bool = False
-    parallel: int = 1  # sequences decoded together; above 1 `BatchEngine` serves the model
-    prefill_chunk: int = 128  # prompt tokens per decode step while other sequences are decoding
-
-
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
 
 class LlamaEngine(EngineThread):
     """One `Llama` instance, one thread, one bounded queue."""
@@ -109,10 +49,15 @@ class LlamaEngine(EngineThread):
     def retry_after(self) -> float:
         return min(60.0, max(1.0, self._avg_job_s * (self.depth + 1)))
 
+    @property
+    def n_ctx(self) -> int:
+        return int(self.llm.n_ctx())
+
     # -- worker thread ---------------------------------------------------
 
     def _serve(self) -> None:
         while True:
+            self.after_step()
             job = self._queue.get()
             if job is None:
                 return
@@ -143,15 +88,16 @@ class LlamaEngine(EngineThread):
 
         s = self.settings
         threads = s.n_threads or default_threads()
-        self.llm = Llama(
-            model_path=s.model_path,
-            n_ctx=s.n_ctx,
-            n_batch=s.n_batch,
-            n_threads=threads,
-            n_threads_batch=threads,
-            flash_attn=s.flash_attn,
-            verbose=False,
-        )
+        with extra_bufts(s.use_extra_bufts):
+            self.llm = Llama(
+                model_path=s.model_path,
+                n_ctx=s.n_ctx,
+                n_batch=s.n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                flash_attn=s.flash_attn,
+                verbose=False,
+            )
         if s.warmup:
             self._warmup()
 
@@ -216,6 +162,7 @@ class LlamaEngine(EngineThread):
                     text = stream.feed(llm.detokenize([token]))
                     if text:
                         job.post((TEXT, choice, text))
+                        self.after_step()
                     if stream.stopped:
                         finish = "stop"
                         break
