@@ -1,8 +1,10 @@
 """The app factory for multi-worker serving (`llm-gateway serve --workers N`).
 
 uvicorn starts each worker in a fresh process, so everything comes from the
-environment the CLI prepared: the config path, the Redis URL, and
-PROMETHEUS_MULTIPROC_DIR for metrics shared across workers.
+environment the CLI prepared: the config path, the Redis URL,
+PROMETHEUS_MULTIPROC_DIR for metrics shared across workers, and the control
+socket of the parent's engine supervisor (`LLM_GATEWAY_ENGINE_CONTROL`), so
+that every worker uses the same local engine processes.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ other idled. With a socket per worker (SO_REUSEPORT) the kernel spreads new
 connections over the workers by their address hash. The supervisor here
 restarts a worker that dies, stops them all on SIGINT/SIGTERM (each finishes
 its requests, as uvicorn does on those signals), and gives up when workers
-keep dying at start-up. Where SO_REUSEPORT is missing, or the port is 0,
+keep dying at start-up. (The local models' engine processes are supervised
+by the same parent, in a thread of its own: `backends.llamacpp.control`.) Where SO_REUSEPORT is missing, or the port is 0,
 the CLI uses uvicorn's own mode instead.
 """
 

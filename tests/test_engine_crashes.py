@@ -1,8 +1,8 @@
 """What an engine crash costs: real engine processes, the real model, real signals.
 
-A local model's engine is killed (SIGKILL, as the OOM killer does) or crashes
+A local model's engine is killed (SIGKILL, as the OOM killer does) and crashes
 (SIGSEGV, as a native bug does) while 8 requests, streaming and not, are in
-it. On a route with a second deployment (a simulated vLLM) every request
+it, each on both routes. On a route with a second deployment (a simulated vLLM) every request
 still gets a complete answer: non-streaming ones fail over, streams continue
 there. On a route without one, non-streaming requests get a clean 503 with
 Retry-After and streams end with an in-band error and `[DONE]`, never a
@@ -34,6 +34,7 @@ pytestmark = pytest.mark.e2e
 
 OPENAI_KEY = "sk-upstream-openai-test"
 RECOVERY_S = 30.0  # the stated bound: killed engine to serving again (backoff <= 1 s, load + warm-up ~2 s here)
+NO_CACHE = {"Cache-Control": "no-store"}  # the same greedy requests again would be response-cache hits
 LONG = 160  # tokens per request: long enough to be mid-answer when the engine dies
 PROMPTS = ["Tell me a long story about a lighthouse.", "Describe the ocean in detail.",
            "Write about a city at night.", "Explain how rivers form.", "A story about a fox.",
@@ -150,7 +151,7 @@ class Traffic:
         out = self.results[i]
         out["frames"] = frames = []
         with httpx.stream("POST", f"{self.gw.base_url}/chat/completions", json=self._body(i, True),
-                          timeout=httpx.Timeout(120, read=60)) as r:
+                          headers=NO_CACHE, timeout=httpx.Timeout(120, read=60)) as r:
             out["status"] = r.status_code
             out["headers"] = dict(r.headers)
             for line in r.iter_lines():
@@ -163,7 +164,8 @@ class Traffic:
 
     def _plain(self, i: int) -> None:
         out = self.results[i]
-        r = httpx.post(f"{self.gw.base_url}/chat/completions", json=self._body(i, False), timeout=120)
+        r = httpx.post(f"{self.gw.base_url}/chat/completions", json=self._body(i, False), headers=NO_CACHE,
+                       timeout=120)
         out.update(status=r.status_code, headers=dict(r.headers), body=r.json(), ended_at=time.monotonic())
 
     def wait(self, timeout: float) -> None:
@@ -174,8 +176,13 @@ class Traffic:
 
 def in_flight(gw: GatewayProcess, traffic: Traffic) -> None:
     """Every stream has content, and all 8 requests are sequences in the engine."""
-    wait_for(lambda: all(n >= 3 for n in traffic.streamed) and engine(gw)["stats"].get("active_sequences") == 8,
-             60, "8 requests in flight")
+    try:
+        wait_for(lambda: all(n >= 3 for n in traffic.streamed) and engine(gw)["stats"].get("active_sequences") == 8,
+                 60, "8 requests in flight")
+    except AssertionError:
+        raise AssertionError(f"not 8 in flight: streamed {traffic.streamed}, engine {engine(gw)}, "
+                             f"results {[{k: v for k, v in r.items() if k != 'frames'} for r in traffic.results]}, "
+                             f"deployments {ready_body(gw)['routes']}") from None
 
 
 def kill_engine(gw: GatewayProcess, sig: signal.Signals) -> tuple[int, float]:
@@ -204,16 +211,21 @@ def observe_restart(gw: GatewayProcess, restarts_before: int, reason: str, kille
     raise AssertionError(f"the model did not serve again within {RECOVERY_S}s after {reason}; states: {seen}")
 
 
-def test_a_killed_engine_fails_over_and_continues_streams(gw: GatewayProcess,
-                                                          sims: tuple[VLLMSim, OpenAISim]) -> None:
+SIGNALS = pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])
+
+
+@SIGNALS
+def test_a_dead_engine_fails_over_and_continues_streams(gw: GatewayProcess, sims: tuple[VLLMSim, OpenAISim],
+                                                        sig: signal.Signals) -> None:
     vllm, _ = sims
     vllm.clear()
+    wait_for(lambda: engine(gw)["state"] == "ready", RECOVERY_S, "ready before the test")
     with Upstream(gw) as upstream:
         traffic = Traffic(gw, "with-fallback").start()
         in_flight(gw, traffic)
-        restarts, killed_at = kill_engine(gw, signal.SIGKILL)
+        restarts, killed_at = kill_engine(gw, sig)
         traffic.wait(timeout=60)
-        states = observe_restart(gw, restarts, "SIGKILL", killed_at)
+        states = observe_restart(gw, restarts, sig.name, killed_at)
         assert "restarting" in states, states
         time.sleep(0.5)
     assert not upstream.failures, upstream.failures[:3]
@@ -236,15 +248,16 @@ def test_a_killed_engine_fails_over_and_continues_streams(gw: GatewayProcess,
     assert again.choices[0].finish_reason in ("stop", "length")
 
 
-def test_a_segfault_without_fallback_gives_clean_errors(gw: GatewayProcess) -> None:
+@SIGNALS
+def test_a_dead_engine_without_fallback_gives_clean_errors(gw: GatewayProcess, sig: signal.Signals) -> None:
     sdk = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=60)
     wait_for(lambda: engine(gw)["state"] == "ready", RECOVERY_S, "ready before the test")
     with Upstream(gw) as upstream:
         traffic = Traffic(gw, MODEL).start()
         in_flight(gw, traffic)
-        restarts, killed_at = kill_engine(gw, signal.SIGSEGV)
+        restarts, killed_at = kill_engine(gw, sig)
         traffic.wait(timeout=30)
-        observe_restart(gw, restarts, "SIGSEGV", killed_at)
+        observe_restart(gw, restarts, sig.name, killed_at)
         time.sleep(0.5)
     assert not upstream.failures, upstream.failures[:3]
     for i, out in enumerate(traffic.results):
@@ -261,10 +274,12 @@ def test_a_segfault_without_fallback_gives_clean_errors(gw: GatewayProcess) -> N
     # The SDK sees the same as an APIError mid-stream / a 503, and everything works again afterwards.
     r = sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     assert r.choices[0].finish_reason in ("stop", "length")
+    counted = engine(gw)["restarts_by_reason"][sig.name]
+    assert counted >= 1
     metrics = httpx.get(f"{gw.root_url}/metrics", timeout=5).text
-    assert f'llm_gateway_engine_restarts_total{{model="{MODEL}",reason="SIGSEGV"}} 1.0' in metrics, \
+    assert f'llm_gateway_engine_restarts_total{{model="{MODEL}",reason="{sig.name}"}} {counted:.1f}' in metrics, \
         [m for m in metrics.splitlines() if "engine" in m]
-    assert "died: SIGSEGV" in gw.log_path.read_text(errors="replace")
+    assert f"died: {sig.name}" in gw.log_path.read_text(errors="replace")
 
 
 def test_requests_while_restarting_are_answered_at_once(gw: GatewayProcess, gate: Path) -> None:
@@ -276,10 +291,11 @@ def test_requests_while_restarting_are_answered_at_once(gw: GatewayProcess, gate
         os.kill(engine(gw)["engines"][0]["pid"], signal.SIGKILL)
         wait_for(lambda: engine(gw)["state"] == "restarting", 5, "restarting")
         started = time.monotonic()
-        r = httpx.post(f"{gw.base_url}/chat/completions", timeout=10,
-                       json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
-        assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_ready", r.text
-        assert int(r.headers["retry-after"]) >= 1
+        sdk = openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0, timeout=10)
+        with pytest.raises(openai.InternalServerError) as err:
+            sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2)
+        assert err.value.status_code == 503 and err.value.code == "model_not_ready", err.value
+        assert int(err.value.response.headers["retry-after"]) >= 1
         for _ in range(3):
             fb = httpx.post(f"{gw.base_url}/chat/completions", timeout=10,
                             json={"model": "with-fallback", "messages": [{"role": "user", "content": "x"}]})

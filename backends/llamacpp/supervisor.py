@@ -127,6 +127,16 @@ class EngineProcess:
     # -- the loop ------------------------------------------------------------------
 
     async def _supervise(self) -> None:
+        try:
+            await self._restart_loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the supervisor's own failure (cannot start a process at all, say)
+            log.exception("supervising engine %s failed", self.name)
+            self.detail = f"the engine process could not be started: {exc}"
+            self._set("failed")
+
+    async def _restart_loop(self) -> None:
         crashes_in_a_row = 0
         safe_crashes = 0
         while not self._stopping:
