@@ -251,8 +251,8 @@ def _tool_choice(choice: Any) -> dict[str, Any] | None:
         return None
     if isinstance(choice, str) and choice in ("auto", "none", "required"):
         return {"type": "any" if choice == "required" else choice}
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        name = (choice.get("function") or {}).get("name")
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
         if isinstance(name, str) and name:
             return {"type": "tool", "name": name}
     raise _unsupported(f"tool_choice {json.dumps(choice)[:100]}", "tool_choice")

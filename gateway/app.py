@@ -81,6 +81,7 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
 
     app = GatewayApp(title="llm-gateway", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.max_body_bytes = config.server.max_body_bytes
+    app.max_json_depth = config.server.max_json_depth
     app.state.cards = cards
     app.state.manager = manager
     app.state.services = services
@@ -98,6 +99,7 @@ class GatewayApp(FastAPI):
     """FastAPI, with the request-context middleware and the fast lane in front of its whole stack."""
 
     max_body_bytes: int = 4 * 1024 * 1024
+    max_json_depth: int = 64
 
     def build_middleware_stack(self) -> ASGIApp:
         full = super().build_middleware_stack()

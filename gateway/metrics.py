@@ -35,6 +35,8 @@ RETRIES = Counter("llm_gateway_retries", "Backend attempts that failed and were 
                   ["route", "deployment"])
 FAILOVERS = Counter("llm_gateway_failovers", "Requests answered by another deployment than the first tried.",
                     ["route"])
+INTERNAL_ERRORS = Counter("llm_gateway_internal_errors", "Requests that failed on an error of the gateway's own "
+                          "(logged with its traceback); each is that request's 500 alone.", ["route"])
 REDIS_ERRORS = Counter("llm_gateway_redis_errors", "Redis calls that failed or timed out (the gateway failed open).")
 DURATION = Histogram("llm_gateway_request_duration_seconds", "End-to-end latency, to the last byte.", ["route"],
                      buckets=LATENCY_BUCKETS)

@@ -68,6 +68,8 @@ def finish(rec: RequestRecord) -> None:
     route, dep = rec.route, rec.deployment
     child = metrics.child
     child(metrics.REQUESTS, route, dep, str(rec.status), rec.cache).inc()
+    if rec.error_code == "internal_error":
+        child(metrics.INTERNAL_ERRORS, route).inc()
     if rec.status < 400:
         child(metrics.DURATION, route).observe(total)
         if rec.ttft_s is not None:

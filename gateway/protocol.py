@@ -178,6 +178,39 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
 
+    @field_validator("tools")
+    @classmethod
+    def _tools_shape(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for i, tool in enumerate(v or []):
+            kind = tool.get("type", "function")
+            if not isinstance(kind, str):
+                raise ValueError(f"tools[{i}].type must be a string")
+            if kind == "function":
+                fn = tool.get("function")
+                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+                    raise ValueError(f"tools[{i}].function must be an object with a non-empty 'name'")
+                if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+                    raise ValueError(f"tools[{i}].function.parameters must be a JSON schema object")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_shape(cls, v: Any) -> Any:
+        """'none', 'auto', 'required', or an object; a named function must be {"name": "..."}."""
+        if v is None:
+            return v
+        if isinstance(v, str):
+            if v not in ("none", "auto", "required"):
+                raise ValueError("must be 'none', 'auto', 'required' or an object")
+            return v
+        if not isinstance(v, dict) or not isinstance(v.get("type"), str):
+            raise ValueError("must be 'none', 'auto', 'required' or an object with a 'type'")
+        if v["type"] == "function":
+            fn = v.get("function")
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+                raise ValueError("a function tool_choice needs 'function': {\"name\": \"...\"}")
+        return v
+
     @property
     def max_output_tokens(self) -> int | None:
         """`max_completion_tokens` wins over the deprecated `max_tokens`."""
@@ -237,7 +270,28 @@ def _param_of(loc: tuple[Any, ...]) -> str | None:
     return out or None
 
 
-def parse_request(raw: bytes, model_cls: type[SamplingFields]) -> Any:
+MAX_JSON_DEPTH = 64  # arrays and objects inside each other: a chat needs about 6, a nested JSON schema more
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Is anything nested deeper than `limit`? Iterative, so a hostile body cannot exhaust the stack.
+
+    orjson parses up to 1,024 levels but serialises only 254, so a deeper value passes parsing and then
+    breaks whatever writes it again (the cache key, the upstream body): it is refused here, at the door.
+    """
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if depth > limit:
+            return True
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
+def parse_request(raw: bytes, model_cls: type[SamplingFields], max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Bytes -> validated request, or an `InvalidRequest` naming the bad field."""
     try:
         data = orjson.loads(raw)
@@ -245,6 +299,9 @@ def parse_request(raw: bytes, model_cls: type[SamplingFields]) -> Any:
         raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    if json_depth_exceeds(data, max_depth):
+        raise InvalidRequest(f"The JSON body is nested too deeply: at most {max_depth} levels of arrays and "
+                             "objects are accepted.", code="invalid_json")
     try:
         request = model_cls.model_validate(data)
         request._raw = data

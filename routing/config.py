@@ -26,6 +26,7 @@ class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    max_json_depth: int = Field(default=64, ge=8, le=200)  # nested arrays/objects in a request body
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     model_cards_dir: str | None = None
     watch_config: bool = True  # reload the config file when it changes

@@ -23,7 +23,7 @@ from backends import openai_format as fmt
 from backends.base import Body, CallContext, SSEStream
 from gateway import tracing
 from gateway.aio import within
-from gateway.errors import AllDeploymentsFailed, GatewayError, UpstreamTimeout
+from gateway.errors import AllDeploymentsFailed, GatewayError, UpstreamTimeout, internal_error
 from gateway.protocol import ChatCompletionRequest, SamplingFields
 from routing.deployment import Deployment
 from routing.last_resort import degraded_body, degraded_stream
@@ -137,13 +137,14 @@ class Router:
                 error = "cancelled"
                 dep.breaker.release()
                 raise
-            except Exception:  # a bug or an unexpected library error: fail over, log the trace
-                log.exception("deployment %s raised unexpectedly", dep.name)
-                error = "deployment_error"
-                last = GatewayError(f"The deployment '{dep.name}' failed.", code="deployment_error")
-                last.retryable = True
-                self._failed(dep, last, outcome)
-                continue
+            except Exception:
+                # A bug of ours, or a library error a backend did not map: a 500 for this request alone,
+                # never a verdict on the deployment. (Were it one, a hostile body could open the breaker
+                # for every tenant.) Only transport failures, timeouts and upstream 5xx/429 count.
+                log.exception("request %s: deployment %s raised unexpectedly", request_id, dep.name)
+                error = "internal_error"
+                dep.breaker.release()
+                raise internal_error() from None
             finally:
                 dep.in_flight -= 1
                 outcome.backend_wait_s += time.monotonic() - started
@@ -212,7 +213,12 @@ class Router:
                             finished = True
                         yield chunk
                     return
-                except GatewayError as exc:
+                except Exception as exc:
+                    if not isinstance(exc, GatewayError):  # a bug: this stream's error, not the deployment's
+                        log.exception("request %s: the stream from %s raised unexpectedly", request_id, dep.name)
+                        yield fmt.error_frame(internal_error().body())
+                        yield fmt.DONE
+                        return
                     self._failed(dep, exc, outcome)
                     if finished:
                         # The answer was complete (its finish_reason arrived); only the tail broke off.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -182,3 +183,48 @@ def test_default_route_catches_unknown_model_names() -> None:
     runtime = build_runtime(cfg, load_cards())
     assert runtime.resolve("anything-at-all").name == "r"
     assert runtime.resolve("r").name == "r"
+
+
+class Buggy(FakeBackend):
+    """A backend with a bug: an exception no backend is supposed to let out."""
+
+    async def chat(self, request, ctx):  # type: ignore[no-untyped-def]
+        raise KeyError("oops")
+
+    async def chat_stream(self, request, ctx):  # type: ignore[no-untyped-def]
+        async def frames():  # type: ignore[no-untyped-def]
+            yield b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+            raise KeyError("oops")
+        return frames()
+
+
+def test_an_unexpected_exception_is_that_requests_500_never_the_deployments_failure() -> None:
+    """Only transport failures, timeouts and upstream 5xx/429 count against a deployment; a bug (or a
+    body that trips one) is a 500 for its own request, with no failover and no breaker count."""
+    import asyncio
+
+    from gateway.errors import GatewayError
+    from gateway.protocol import ChatCompletionRequest
+    from routing.config import RouteConfig
+    from routing.plan import Plan
+    from routing.router import Router
+    from routing.runtime import Route
+
+    first = Deployment(DeploymentConfig(name="buggy", provider="p", model="m"), Buggy("buggy"),
+                       CircuitBreaker(BreakerConfig(failure_threshold=1)))
+    second = dep("fine")
+    route = Route(RouteConfig(name="r", deployments=["buggy", "fine"]), [first, second])
+    request = ChatCompletionRequest.model_validate({"model": "r", "messages": [{"role": "user", "content": "x"}]})
+
+    async def run(stream: bool) -> Any:
+        outcome = await Router().run(Plan(route, [first, second], 1, 1), request, "rid", stream=stream, chat=True)
+        return b"".join([c async for c in outcome.stream]) if stream else outcome
+
+    for _ in range(3):
+        with pytest.raises(GatewayError) as err:
+            asyncio.run(run(stream=False))
+        assert err.value.status_code == 500 and err.value.code == "internal_error"
+        frames = asyncio.run(run(stream=True))
+        assert b'"code":"internal_error"' in frames and frames.endswith(b"data: [DONE]\n\n")
+    assert first.breaker.state == "closed" and first.failures == 0
+    assert second.successes == 0, "no failover to the next deployment for a bug"

@@ -55,7 +55,7 @@ async def _observed(request: Request, chat: bool) -> Response:
     rec = RequestRecord(request.state.request_id, "chat" if chat else "completions")
     rec.begin()
     try:
-        body = parse_request(await request.body(), ChatCompletionRequest if chat else CompletionRequest)
+        body = await _parse_for_caller(request, chat)
         rec.stream = body.stream
         response = await serve(request, body, chat, rec)
     except BaseException as exc:
@@ -65,6 +65,19 @@ async def _observed(request: Request, chat: bool) -> Response:
     if not rec.deferred:
         finish(rec)
     return response
+
+
+async def _parse_for_caller(request: Request, chat: bool) -> Any:
+    """The validated body. An invalid one is reported only to a caller who may call: anonymous callers
+    of a gateway with keys get the 401 first, and learn nothing of the API's field names. (A valid body
+    is authenticated in the pipeline, in the same Redis round trip as its cache entry.)"""
+    try:
+        return parse_request(await request.body(), ChatCompletionRequest if chat else CompletionRequest,
+                             request.app.max_json_depth)
+    except GatewayError:
+        svc = request.app.state.services
+        await authenticate(request.headers, svc.keys, svc.link)
+        raise
 
 
 def _failure(exc: BaseException) -> tuple[int, str | None]:

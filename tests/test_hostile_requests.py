@@ -1,0 +1,153 @@
+"""Hostile and careless clients, table-driven: every answer is the right status in OpenAI's error shape,
+carries no secret, and leaves the deployments' breakers and the other tenants untouched.
+
+One gateway with a master key, a virtual key, simulated vLLM, OpenAI and Anthropic upstreams and the
+real local model. Each case is sent as one tenant (the virtual key); afterwards, every breaker must be
+closed and the master key must still get answers from every route.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import MODEL
+from tests.routing_env import ADMIN_KEY, ANTHROPIC_KEY, OPENAI_KEY, Sims, base_config, sims  # noqa: F401
+from tests.server import GatewayProcess
+
+pytestmark = pytest.mark.e2e
+
+MASTER = "sk-master-hostile-test"
+SECRETS = (MASTER, ADMIN_KEY, OPENAI_KEY, ANTHROPIC_KEY)
+ROUTES = ["chat-default", "gpt-first", "claude", MODEL]  # vLLM, OpenAI, Anthropic, llama.cpp
+MSGS = [{"role": "user", "content": "Hello"}]
+
+
+def nested(depth: int, leaf: str = "1") -> str:
+    """JSON text nesting arrays and objects `depth` deep (no JSON library writes that deep)."""
+    text = leaf
+    for i in range(depth):
+        text = f"[{text}]" if i % 2 else f'{{"k": {text}}}'
+    return text
+
+
+def raw(template: str, depth: int, leaf: str = "1") -> bytes:
+    """A body with `@` replaced by a nested value; the model is filled in when it is sent."""
+    return ("{" + template.replace("@", nested(depth, leaf)) + "}").encode()
+
+
+@dataclass
+class Case:
+    name: str
+    body: Any  # a dict (sent as JSON) or bytes (sent as they are)
+    status: int
+    code: str | None = None
+    param: str | None = None
+    routes: list[str] = field(default_factory=lambda: list(ROUTES))
+    path: str = "/chat/completions"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def chat(**extra: Any) -> dict[str, Any]:
+    return {"messages": MSGS, **extra}
+
+
+CASES = [
+    # Nesting that orjson parses (up to 1,024) but cannot write back (over 254): refused at the door.
+    *[Case(f"deep-{where}-{depth}", raw(template, depth, leaf), 400, "invalid_json")
+      for depth in (65, 255, 600, 1000)
+      for where, template, leaf in (
+          ("metadata", '"messages": [{"role": "user", "content": "x"}], "metadata": {"x": @}', "1"),
+          ("unknown-field", '"messages": [{"role": "user", "content": "x"}], "extra_field": @', "1"),
+          ("tool-parameters", '"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", '
+                              '"function": {"name": "f", "parameters": @}}]', "1"),
+          ("content", '"messages": [{"role": "user", "content": @}]', '"x"'))],
+    Case("deep-with-temperature-0", raw('"messages": [{"role": "user", "content": "x"}], "temperature": 0, '
+                                        '"metadata": {"x": @}', 300), 400, "invalid_json"),
+    Case("deeper-than-orjson", b'{"messages": ' + b"[" * 1100 + b"]" * 1100 + b"}", 400, "invalid_json"),
+    # Shapes a provider translation would trip over.
+    Case("tool-choice-function-as-string", chat(tools=[{"type": "function", "function": {"name": "f"}}],
+                                                tool_choice={"type": "function", "function": "f"}),
+         400, "invalid_value", "tool_choice"),
+    Case("tool-choice-unknown-string", chat(tool_choice="sometimes"), 400, "invalid_value", "tool_choice"),
+    Case("tool-choice-list", chat(tool_choice=["auto"]), 400, "invalid_value", "tool_choice"),
+    Case("tool-function-as-string", chat(tools=[{"type": "function", "function": "f"}]), 400, "invalid_value",
+         "tools"),
+    Case("tool-parameters-as-string", chat(tools=[{"type": "function", "function": {"name": "f",
+                                                                                     "parameters": "x"}}]),
+         400, "invalid_value", "tools"),
+]
+
+
+@pytest.fixture(scope="module")
+def hostile_gw(sims: Sims) -> Iterator[tuple[GatewayProcess, str]]:
+    sims.reset()
+    cfg = base_config(sims)
+    cfg["models"] = [{"card": MODEL, "n_ctx": 1024, "max_queue": 8, "default_max_tokens": 16}]
+    env = {"SIM_OPENAI_KEY": OPENAI_KEY, "SIM_ANTHROPIC_KEY": ANTHROPIC_KEY, "LLM_GATEWAY_ADMIN_KEY": ADMIN_KEY,
+           "LLM_GATEWAY_MASTER_KEY": MASTER}
+    with GatewayProcess(cfg, env=env, require_ready=False) as g:
+        deadline = time.monotonic() + 120  # /ready stays 503 (the route to nowhere); wait for the model itself
+        while httpx.get(f"{g.root_url}/ready", timeout=5).json()["backends"][MODEL]["state"] != "ready":
+            assert time.monotonic() < deadline, "the local model did not load"
+            time.sleep(0.1)
+        key = httpx.post(f"{g.root_url}/admin/keys", headers={"Authorization": f"Bearer {MASTER}"},
+                         json={"alias": "tenant-a"}, timeout=10).json()["key"]
+        yield g, key
+    sims.reset()
+
+
+def send(g: GatewayProcess, key: str, case: Case, route: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}", **case.headers}
+    if isinstance(case.body, bytes):
+        return httpx.post(f"{g.base_url}{case.path}", content=case.body.replace(b"{", b'{"model": "%s", ' %
+                                                                                 route.encode(), 1),
+                          headers={"content-type": "application/json", **headers}, timeout=30)
+    return httpx.post(f"{g.base_url}{case.path}", json={"model": route, **case.body}, headers=headers, timeout=30)
+
+
+def assert_error_shape(r: httpx.Response, case: Case) -> None:
+    assert r.status_code == case.status, (case.name, r.status_code, r.text[:300])
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    if case.code is not None:
+        assert body["error"]["code"] == case.code, (case.name, body)
+    if case.param is not None:
+        assert body["error"]["param"] == case.param, (case.name, body)
+    assert "Traceback" not in r.text and 'File "' not in r.text
+
+
+def assert_no_secret(r: httpx.Response) -> None:
+    text = r.text + json.dumps(dict(r.headers))
+    for secret in SECRETS:
+        assert secret not in text, "a secret reached the client"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_request_is_a_clean_client_error(hostile_gw: tuple[GatewayProcess, str], case: Case) -> None:
+    g, key = hostile_gw
+    for route in case.routes:
+        for _ in range(2):  # twice: enough to have opened a breaker before this was fixed
+            r = send(g, key, case, route)
+            assert_error_shape(r, case)
+            assert_no_secret(r)
+
+
+def test_after_the_hostile_cases_every_breaker_is_closed_and_others_are_served(
+        hostile_gw: tuple[GatewayProcess, str]) -> None:
+    g, _ = hostile_gw
+    deployments = httpx.get(f"{g.root_url}/admin/deployments", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                            timeout=10).json()
+    for name, dep in deployments["deployments"].items():
+        if name != "dead":  # the route to nowhere is down by design
+            assert dep["breaker"]["state"] == "closed" and dep["failures"] == 0, (name, dep)
+    for route in ROUTES:
+        r = httpx.post(f"{g.base_url}/chat/completions", headers={"Authorization": f"Bearer {MASTER}"}, timeout=60,
+                       json={"model": route, "messages": MSGS, "max_tokens": 4})
+        assert r.status_code == 200, (route, r.text)
