@@ -12,13 +12,13 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from backends.llamacpp.control import CONTROL_ENV, EngineControl, LocalControl, RemoteControl
-from gateway import __version__, request_log
+from gateway import __version__, connection_guard, request_log
 from gateway.error_handlers import install_error_handlers
 from gateway.fast_lane import FastLane
 from gateway.flushing import flush_periodically
@@ -82,6 +82,8 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     app = GatewayApp(title="llm-gateway", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.max_body_bytes = config.server.max_body_bytes
     app.max_json_depth = config.server.max_json_depth
+    app.server_config = config.server
+    connection_guard.configure(config.server.header_timeout_s, config.server.max_connections)
     app.state.cards = cards
     app.state.manager = manager
     app.state.services = services
@@ -100,8 +102,12 @@ class GatewayApp(FastAPI):
 
     max_body_bytes: int = 4 * 1024 * 1024
     max_json_depth: int = 64
+    server_config: Any = None  # routing.config.ServerConfig
 
     def build_middleware_stack(self) -> ASGIApp:
         full = super().build_middleware_stack()
         lane = FastLane(full, {route.path: route.endpoint for route in openai.hot_routes})
-        return RequestContextMiddleware(lane, max_body_bytes=self.max_body_bytes)
+        server = self.server_config
+        return RequestContextMiddleware(lane, max_body_bytes=self.max_body_bytes,
+                                        body_timeout_s=server.body_timeout_s if server else 60.0,
+                                        body_idle_timeout_s=server.body_idle_timeout_s if server else 15.0)

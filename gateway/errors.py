@@ -91,6 +91,17 @@ class PayloadTooLarge(GatewayError):
     code = "request_too_large"
 
 
+class RequestTimeout(GatewayError):
+    """The client was too slow sending its request; the connection is closed (the rest is not read)."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
 class Overloaded(GatewayError):
     """The model is busy; the client should come back after `retry_after` seconds."""
 

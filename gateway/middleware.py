@@ -6,13 +6,16 @@ pass straight through and the hot path pays one function call.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError, PayloadTooLarge, internal_error
+from gateway.aio import within
+from gateway.errors import GatewayError, PayloadTooLarge, RequestTimeout, internal_error
 
 log = logging.getLogger("llm_gateway")
 
@@ -24,9 +27,12 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float = 60.0,
+                 body_idle_timeout_s: float = 15.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.body_idle_timeout_s = body_idle_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,14 +63,30 @@ class RequestContextMiddleware:
             return
 
         received = 0
+        body_done = False
+        deadline = 0.0
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            """The body, within its size limit and its deadlines (a client that sends less than its
+            Content-Length, or trickles it, gets a 408). Once the body is in, `receive` only waits for the
+            client to leave, which may take as long as the answer: no deadline then."""
+            nonlocal received, body_done, deadline
+            if body_done:
+                return await receive()
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + self.body_timeout_s
+            try:
+                message = await within(receive(), min(self.body_idle_timeout_s, max(0.0, deadline - now)))
+            except asyncio.TimeoutError:
+                raise RequestTimeout("The request body did not arrive in time.") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise _too_large(limit)
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
         try:

@@ -27,6 +27,12 @@ class ServerConfig(_Strict):
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     max_json_depth: int = Field(default=64, ge=8, le=200)  # nested arrays/objects in a request body
+    # Slow clients (gateway/connection_guard.py): none of these ever cuts a response in progress.
+    header_timeout_s: float = Field(default=10.0, gt=0)  # first byte of a request to the end of its headers
+    body_timeout_s: float = Field(default=60.0, gt=0)  # the whole request body, once its headers are in
+    body_idle_timeout_s: float = Field(default=15.0, gt=0)  # the longest pause between two pieces of body
+    idle_timeout_s: float = Field(default=5.0, gt=0)  # a kept-alive connection with no request
+    max_connections: int = Field(default=2048, ge=1)  # open at once, per worker; beyond it: 503
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     model_cards_dir: str | None = None
     watch_config: bool = True  # reload the config file when it changes
