@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import orjson
 
 from backends.http import parse_retry_after
+from backends.scrub import scrub
 from gateway.errors import InvalidRequest, UpstreamError
 from gateway.protocol import ChatCompletionRequest, ChatMessage, ResponseFormatText, TextPart
 
@@ -333,9 +334,7 @@ def error_from(err: Mapping[str, Any], *, status: int | None = None, secret: str
     """An Anthropic `error` object (HTTP body or in-band `event: error`) -> UpstreamError."""
     kind = err.get("type") if isinstance(err.get("type"), str) else None
     status = status or ERROR_STATUS.get(kind or "", 500)
-    message = str(err.get("message") or "The upstream reported an error.")
-    if secret:
-        message = message.replace(secret, "***")
+    message = scrub(str(err.get("message") or "The upstream reported an error."), (secret,))
     code = "context_length_exceeded" if status == 400 and message.startswith("prompt is too long") else kind
     overloaded = status == 529 or kind == "overloaded_error"  # OpenAI's type for "engine overloaded"
     return UpstreamError(message, status_code=status, code=code, retry_after=retry_after,

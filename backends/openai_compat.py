@@ -17,6 +17,7 @@ import orjson
 
 from backends.base import Backend, BackendStatus, Body, CallContext, SSEStream
 from backends.http import UpstreamPool, event_data, parse_retry_after, prepend, sse_batches, transport_error
+from backends.scrub import scrub
 from gateway.errors import GatewayError, StreamInterrupted, UpstreamError
 from gateway.model_cards import ModelCard
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
@@ -44,6 +45,7 @@ class OpenAICompatBackend(Backend):
         self.pool = pool
         self.health_path = health_path
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        self._secrets = (api_key,)  # scrubbed from every message an upstream sends back
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
 
@@ -158,12 +160,12 @@ class OpenAICompatBackend(Backend):
         if isinstance(body, dict) and not isinstance(err, dict) and "message" in body:
             err = body  # vLLM's old flat shape: {"object": "error", "message", "type", "param", "code"}
         if not isinstance(err, dict):
-            text = raw[:200].decode("utf-8", "replace").strip() or f"HTTP {status}"
+            text = scrub(raw[:200].decode("utf-8", "replace").strip(), self._secrets) or f"HTTP {status}"
             return UpstreamError(f"The upstream '{self.name}' answered {status}: {text}", status_code=status,
                                  retry_after=retry_after)
         code = err.get("code")
         return UpstreamError(
-            str(err.get("message") or f"HTTP {status}"), status_code=status,
+            scrub(str(err.get("message") or f"HTTP {status}"), self._secrets), status_code=status,
             error_type=_openai_type(err.get("type"), status),
             code=code if isinstance(code, str) else None,
             param=err.get("param") if isinstance(err.get("param"), str) else None,
@@ -176,7 +178,8 @@ class OpenAICompatBackend(Backend):
         except (orjson.JSONDecodeError, AttributeError):
             err = {}
         status = err.get("code") if isinstance(err.get("code"), int) else 500
-        return UpstreamError(str(err.get("message") or "The upstream failed mid-stream."), status_code=status,
+        return UpstreamError(scrub(str(err.get("message") or "The upstream failed mid-stream."), self._secrets),
+                             status_code=status,
                              code=err.get("code") if isinstance(err.get("code"), str) else "upstream_error")
 
     async def _get_ok(self, url: str) -> bool:

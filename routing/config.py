@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from routing.yaml_lines import compose, format_loc, line_of
+from routing.yaml_lines import compose, duplicate_keys, format_loc, line_of
 
 
 class _Strict(BaseModel):
@@ -289,6 +289,10 @@ def parse_config(text: str, source: str = "<config>", known_cards: set[str] | No
     if not isinstance(data, dict):
         raise ConfigError(source, [f"{source}:1: the top level must be a mapping"])
     root = compose(text)
+    duplicates = duplicate_keys(root)
+    if duplicates:  # YAML lets a second `routes:` replace the first without a word; we do not
+        raise ConfigError(source, [f"{source}:{line}: {where}: {key!r} is given twice (first on line {first})"
+                                   for line, where, key, first in duplicates])
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
@@ -311,9 +315,23 @@ def parse_config(text: str, source: str = "<config>", known_cards: set[str] | No
 def load_config(path: str | Path | None, known_cards: set[str] | None = None) -> GatewayConfig:
     if path is None:
         return GatewayConfig()
+    return parse_config(read_config_text(path), str(path), known_cards)
+
+
+def read_config_text(path: str | Path) -> str:
+    """The file as UTF-8 text, or a ConfigError that names the line of the first byte that is not."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError(str(p), [f"{p}: cannot read: {exc.strerror}"]) from exc
-    return parse_config(text, str(p), known_cards)
+    return decode_config(raw, str(p))
+
+
+def decode_config(raw: bytes, source: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(source, [f"{source}:{line}: the file is not UTF-8 text (byte 0x{raw[exc.start]:02x} "
+                                   f"at offset {exc.start})"]) from None

@@ -12,6 +12,9 @@ Problem = tuple[tuple[Any, ...], str]
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
+_URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.\-]*://[^/@]*:[^/@]+@", re.I)  # scheme://user:password@host
+
+
 def missing_secrets(config: GatewayConfig) -> list[str]:
     """Environment variables the config refers to that are not set (a warning: `check` may run elsewhere)."""
     out = []
@@ -19,12 +22,22 @@ def missing_secrets(config: GatewayConfig) -> list[str]:
         m = _ENV_REF.match(provider.api_key or "")
         if m and m.group(1) not in os.environ:
             out.append(f"provider {name!r}: the environment variable {m.group(1)} is not set")
+    m = _ENV_REF.match(config.redis.url or "")
+    if m and m.group(1) not in os.environ:
+        out.append(f"redis.url: the environment variable {m.group(1)} is not set (the gateway would run "
+                   "without Redis: in-process stores, one replica)")
     return out
 
 
 def semantic_problems(config: GatewayConfig, known_cards: set[str] | None) -> list[Problem]:
     return [*_models(config, known_cards), *_providers(config), *_deployments(config, known_cards),
-            *_routes(config)]
+            *_routes(config), *_redis(config)]
+
+
+def _redis(config: GatewayConfig) -> Iterator[Problem]:
+    url = config.redis.url or ""
+    if _URL_PASSWORD.match(url):
+        yield ("redis", "url"), "a URL with a password must be a ${ENV_VAR} reference, not a literal"
 
 
 def _models(config: GatewayConfig, known_cards: set[str] | None) -> Iterator[Problem]:

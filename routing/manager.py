@@ -13,12 +13,13 @@ import contextlib
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
+
+import yaml
 
 from backends.llamacpp.control import EngineControl, LocalControl
 from gateway.model_cards import ModelCard
-from routing.config import ConfigError, GatewayConfig, parse_config
+from routing.config import ConfigError, GatewayConfig, parse_config, read_config_text
 from routing.config_checks import missing_secrets
 from routing.runtime import Runtime, build_runtime, retire, start_backends
 
@@ -71,18 +72,14 @@ class RuntimeManager:
                 if text is None:
                     if not self.config_path:
                         raise ConfigError(source, [f"{source}: the gateway was started without --config"])
-                    text = await asyncio.to_thread(Path(self.config_path).read_text, encoding="utf-8")
+                    text = await asyncio.to_thread(read_config_text, self.config_path)
                 config = parse_config(text, source, known_cards=set(self.cards))
+                self._refuse_emptying(text, source)
             except ConfigError as exc:
-                self.last_reload = {"ok": False, "version": self.current.version, "at": time.time(),
-                                    "problems": exc.problems}
-                log.error("config reload refused; still serving version %d:\n%s", self.current.version,
-                          "\n".join(exc.problems))
-                return self.last_reload
-            except OSError as exc:
-                self.last_reload = {"ok": False, "version": self.current.version, "at": time.time(),
-                                    "problems": [f"{source}: cannot read: {exc.strerror}"]}
-                return self.last_reload
+                return self._refused(exc.problems)
+            except Exception as exc:  # a bug must not take reloading down with it: refuse, keep serving
+                log.exception("config reload failed")
+                return self._refused([f"{source}: the config could not be loaded ({type(exc).__name__})"])
             old = self.current
             new = build_runtime(config, self.cards, previous=old, version=old.version + 1, control=self.control)
             self._follow_engines(new)
@@ -95,6 +92,28 @@ class RuntimeManager:
             self.last_reload = {"ok": True, "version": new.version, "at": time.time(), "problems": []}
             log.info("config reloaded: version %d, %d routes", new.version, len(new.route_list))
             return self.last_reload
+
+    def _refused(self, problems: list[str]) -> dict[str, Any]:
+        self.last_reload = {"ok": False, "version": self.current.version, "at": time.time(), "problems": problems}
+        log.error("config reload refused; still serving version %d:\n%s", self.current.version,
+                  "\n".join(problems))
+        return self.last_reload
+
+    def _refuse_emptying(self, text: str, source: str) -> None:
+        """A config with nothing in it replaces nothing: an empty file is a truncated write (an editor, a deploy
+        tool, `> gateway.yaml`), and applying it would drop every route and load the embedded default model."""
+        old = self.current.config
+        data = yaml.safe_load(text)  # parsed fine already
+        empty = not data or not any(data.get(k) for k in ("models", "providers", "deployments", "routes"))
+        if empty and (old.providers or old.deployments or old.routes or self._has_models(old)):
+            raise ConfigError(source, [f"{source}:1: the new config has no models, providers, deployments or "
+                                       f"routes; refusing to replace version {self.current.version}, which has "
+                                       f"{len(old.routes)} route(s) and {len(old.models)} local model(s) (restart "
+                                       "the gateway to start from an empty config)"])
+
+    def _has_models(self, config: GatewayConfig) -> bool:
+        """Local models that were asked for (not only the embedded default of an empty file)."""
+        return bool(config.models) and config.model_dump(exclude_unset=True).get("models") is not None
 
     def _file_stamp(self) -> tuple[int, int] | None:
         if not self.config_path:
@@ -109,10 +128,13 @@ class RuntimeManager:
         interval = self.current.config.server.watch_interval_s
         while True:
             await asyncio.sleep(interval)
-            stamp = self._file_stamp()
-            if stamp is not None and stamp != self._stamp:
-                self._stamp = stamp
-                await self.reload()
+            try:
+                stamp = self._file_stamp()
+                if stamp is not None and stamp != self._stamp:
+                    self._stamp = stamp
+                    await self.reload()
+            except Exception:  # the watcher outlives anything a file can do to it
+                log.exception("config watch failed; watching on")
 
     async def _start(self, runtime: Runtime) -> None:
         """Load the runtime's backends, then check health at once: the first round of checks ran while

@@ -42,3 +42,23 @@ def format_loc(loc: Sequence[Any]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+def duplicate_keys(root: yaml.Node | None) -> list[tuple[int, str, str, int]]:
+    """(line, path, key, line of the first) for every mapping key that appears twice."""
+    found: list[tuple[int, str, str, int]] = []
+    stack: list[tuple[yaml.Node, tuple[Any, ...]]] = [(root, ())] if root is not None else []
+    while stack:
+        node, loc = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                name = str(getattr(key, "value", ""))
+                if name in seen:
+                    found.append((key.start_mark.line + 1, format_loc(loc) or "(top level)", name, seen[name]))
+                else:
+                    seen[name] = key.start_mark.line + 1
+                stack.append((value, (*loc, name)))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((child, (*loc, i)) for i, child in enumerate(node.value))
+    return sorted(found)

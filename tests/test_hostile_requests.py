@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import MODEL
 from tests.routing_env import ADMIN_KEY, ANTHROPIC_KEY, OPENAI_KEY, Sims, base_config, sims  # noqa: F401
 from tests.server import GatewayProcess
+from tests.sim import Fault
 
 pytestmark = pytest.mark.e2e
 
@@ -89,6 +90,7 @@ def hostile_gw(sims: Sims) -> Iterator[tuple[GatewayProcess, str]]:
     sims.reset()
     cfg = base_config(sims)
     cfg["models"] = [{"card": MODEL, "n_ctx": 1024, "max_queue": 8, "default_max_tokens": 16}]
+    cfg["routes"].append({"name": "gpt-only", "deployments": ["gpt"]})
     env = {"SIM_OPENAI_KEY": OPENAI_KEY, "SIM_ANTHROPIC_KEY": ANTHROPIC_KEY, "LLM_GATEWAY_ADMIN_KEY": ADMIN_KEY,
            "LLM_GATEWAY_MASTER_KEY": MASTER}
     with GatewayProcess(cfg, env=env, require_ready=False) as g:
@@ -151,3 +153,24 @@ def test_after_the_hostile_cases_every_breaker_is_closed_and_others_are_served(
         r = httpx.post(f"{g.base_url}/chat/completions", headers={"Authorization": f"Bearer {MASTER}"}, timeout=60,
                        json={"model": route, "messages": MSGS, "max_tokens": 4})
         assert r.status_code == 200, (route, r.text)
+
+
+def test_upstream_messages_never_carry_the_upstream_key(hostile_gw: tuple[GatewayProcess, str], sims: Sims) -> None:
+    """Some OpenAI-compatible servers quote the Authorization header in their errors: the client (and the
+    log) must get the message without the gateway's key for that upstream."""
+    g, key = hostile_gw
+    quoted = f"Invalid header 'Authorization: Bearer {OPENAI_KEY}' (key {OPENAI_KEY})"
+    sims.gpt.add_fault(Fault.status(400, message=quoted))
+    r = httpx.post(f"{g.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                   json={"model": "gpt-only", "messages": MSGS})
+    assert r.status_code == 400 and "Invalid header" in r.json()["error"]["message"], r.text
+    assert_no_secret(r)
+    sims.gpt.add_fault(Fault.in_band_error(after_chunks=2, message=quoted))
+    with httpx.stream("POST", f"{g.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                      json={"model": "gpt-only", "messages": MSGS, "stream": True}, timeout=30) as s:
+        text = "".join(s.iter_text())
+    assert '"error"' in text and OPENAI_KEY not in text, text[-300:]
+    sims.gpt.clear_faults()
+    log = g.log_path.read_text(errors="replace")
+    for secret in SECRETS:
+        assert secret not in log, "a secret reached the log"

@@ -40,14 +40,20 @@ def require_admin(request: Request) -> None:
                            code="invalid_api_key")
 
 
+_URL_PASSWORD = re.compile(r"(?i)^([a-z][a-z0-9+.\-]*://[^/@:]*:)[^/@]+@")
+
+
 def mask_secrets(value: Any, key: str = "") -> Any:
-    """Keep `${ENV}` references (they name a secret, they are not one); mask any literal secret."""
+    """Keep `${ENV}` references (they name a secret, they are not one); mask any literal secret: values of
+    secret-sounding fields, and the password of any URL, whatever its field is called."""
     if isinstance(value, dict):
         return {k: mask_secrets(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_secrets(v, key) for v in value]
-    if isinstance(value, str) and _SECRET_NAMES.search(key) and not _ENV_REF.match(value):
-        return "***"
+    if isinstance(value, str) and not _ENV_REF.match(value):
+        if _SECRET_NAMES.search(key):
+            return "***"
+        return _URL_PASSWORD.sub(r"\1***@", value)
     return value
 
 
