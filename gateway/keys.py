@@ -8,7 +8,9 @@ that key (if any) stands in, so an outage does not lock every caller out.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import secrets
 import time
 import uuid
@@ -19,12 +21,23 @@ import orjson
 
 from gateway.store_errors import StoreUnavailable, guard
 
+log = logging.getLogger("llm_gateway.keys")
+
 KEY_PREFIX = "sk-gw-"
 MISSING: Any = object()  # "not read", as opposed to None, "read and absent"
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def display_of(secret: str) -> str:
+    """How listings show a key: the gateway's prefix and the last 4 characters of a minted key (as OpenAI
+    shows its keys). An imported secret's format is unknown (it may be short, or a known prefix may be most
+    of it), so only its last 4 characters are kept, and none of a short one."""
+    if secret.startswith(KEY_PREFIX):
+        return f"{KEY_PREFIX}…{secret[-4:]}"
+    return f"…{secret[-4:]}" if len(secret) >= 24 else "(imported)"
 
 
 @dataclass
@@ -81,7 +94,7 @@ class KeyStore:
         digest = hash_key(secret)
         if await self._exists(digest):
             raise KeyExists()
-        record = KeyRecord(id=uuid.uuid4().hex[:16], display=secret[:10] + "…",
+        record = KeyRecord(id=uuid.uuid4().hex[:16], display=display_of(secret),
                            **{k: v for k, v in fields.items() if k in EDITABLE})
         await self._write(digest, record)
         return secret, record
@@ -110,10 +123,10 @@ class KeyStore:
                 if digest in self._last_seen:
                     return self._last_seen[digest], MISSING
                 raise
-        if raw is None:
+        record = parse_record(raw)
+        if record is None:
             self._last_seen.pop(digest, None)
             return None, extra
-        record = KeyRecord(**orjson.loads(raw))
         self._last_seen[digest] = record
         return record, extra
 
@@ -127,7 +140,7 @@ class KeyStore:
         if digest is None:
             return None
         raw = self._memory.get(digest) if self.redis is None else await guard(self.redis.get(self._k(digest)))
-        return KeyRecord(**orjson.loads(raw)) if raw else None
+        return parse_record(raw)
 
     async def list(self) -> list[KeyRecord]:
         if self.redis is None:
@@ -135,7 +148,8 @@ class KeyStore:
         else:
             digests = await guard(self.redis.hvals(self._index))
             raws = await guard(self.redis.mget([self._k(d.decode()) for d in digests])) if digests else []
-        return sorted((KeyRecord(**orjson.loads(r)) for r in raws if r), key=lambda k: k.created_at)
+        records = (parse_record(r) for r in raws)
+        return sorted((r for r in records if r is not None), key=lambda k: k.created_at)
 
     async def update(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
         digest = await self._digest_of(key_id)
@@ -167,3 +181,23 @@ class KeyStore:
             pipe.set(self._k(digest), raw)
             pipe.hset(self._index, record.id, digest)
             await guard(pipe.execute())
+        if digest in self._last_seen:
+            # The copy kept for Redis outages follows the change at once: a key revoked (or narrowed) here
+            # must not work again on this replica when Redis next goes away.
+            self._last_seen[digest] = record
+
+
+_FIELDS = {f.name for f in dataclasses.fields(KeyRecord)}
+
+
+def parse_record(raw: bytes | None) -> KeyRecord | None:
+    """A stored record, read tolerantly: fields this version does not know (a newer replica wrote them,
+    during a rolling upgrade) are ignored; a record that cannot be read is a logged miss, never a 500."""
+    if not raw:
+        return None
+    try:
+        data = orjson.loads(raw)
+        return KeyRecord(**{k: v for k, v in data.items() if k in _FIELDS})
+    except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+        log.error("a key record in the store cannot be read (%s); treating it as absent", type(exc).__name__)
+        return None

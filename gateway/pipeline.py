@@ -7,6 +7,7 @@ gateway.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 import weakref
@@ -75,6 +76,16 @@ def namespace(route: Route) -> str:
 _namespaces: "weakref.WeakKeyDictionary[Route, str]" = weakref.WeakKeyDictionary()  # routes are rebuilt on reload
 
 
+def _tenant(headers: Any) -> str:
+    """Whose cache entries: a hash of the caller's bearer token, known before the key is looked up (so the
+    entry can still be read in the same Redis round trip as the key); "-" without one."""
+    value = headers.get("authorization") or ""
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return "-"
+    return hashlib.sha256(token.strip().encode()).hexdigest()[:16]
+
+
 @dataclass
 class _CacheLookup:
     """What the cache needs to know about a request: its Cache-Control directives and key (None: bypass)."""
@@ -90,12 +101,17 @@ class _CacheLookup:
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="x-gateway-cache-ttl") from None
         route_cache = plan.route.config.cache
+        if directives.ttl_s is not None and directives.ttl_s > route_cache.max_client_ttl_s:
+            directives = dataclasses.replace(directives, ttl_s=route_cache.max_client_ttl_s)
         if not (runtime.config.cache.enabled and route_cache.enabled and not directives.no_store):
             return cls(directives, None)
         wire = body.wire_body()
         if not (route_cache.sampled or is_deterministic(wire)):
             return cls(directives, None)
-        return cls(directives, cache_key(namespace(plan.route), "chat" if chat else "completions", wire))
+        space = namespace(plan.route)
+        if route_cache.scope == "key":
+            space += ":" + _tenant(headers)
+        return cls(directives, cache_key(space, "chat" if chat else "completions", wire))
 
     def redis_key(self, cache: ResponseCache) -> str | None:
         return cache.redis_key(self.key) if self.key is not None and cache.redis is not None else None

@@ -41,6 +41,7 @@ class UsageStore:
         self._pending = _counters()  # with Redis: what the next flush writes
         self._pending_dep = _counters()
         self._spend: dict[str, float] = defaultdict(float)
+        self._pending_spend: dict[str, float] = defaultdict(float)  # spend Redis refused, for the next flush
 
     def _spend_key(self, key_id: str, period: str) -> str:
         return f"{self.prefix}spend:{key_id}:{period_id(period)}"
@@ -68,19 +69,28 @@ class UsageStore:
             self._spend[self._spend_key(key_id, budget_period)] += cost_usd
             return
         spend_key = self._spend_key(key_id, budget_period)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.incrbyfloat(spend_key, cost_usd)
-            pipe.expire(spend_key, RETENTION_S)
-            await guard(pipe.execute())
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.incrbyfloat(spend_key, cost_usd)
+                pipe.expire(spend_key, RETENTION_S)
+                await guard(pipe.execute())
+        except BaseException:
+            # Redis is down (or the write was cancelled): the spend waits for the next flush, so budgets
+            # count every answer given during an outage once Redis is back.
+            self._pending_spend[spend_key] += cost_usd
+            raise
 
     async def flush(self) -> None:
         """Write the batched counters; if Redis is down they go back into the batch for the next try."""
-        if self.redis is None or not (self._pending or self._pending_dep):
+        if self.redis is None or not (self._pending or self._pending_dep or self._pending_spend):
             return
-        rows, dep_rows = self._pending, self._pending_dep
-        self._pending, self._pending_dep = _counters(), _counters()
+        rows, dep_rows, spend = self._pending, self._pending_dep, self._pending_spend
+        self._pending, self._pending_dep, self._pending_spend = _counters(), _counters(), defaultdict(float)
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
+                for spend_key, cost in spend.items():
+                    pipe.incrbyfloat(spend_key, cost)
+                    pipe.expire(spend_key, RETENTION_S)
                 for (day, who, route), v in rows.items():
                     self._write(pipe, f"{self.prefix}usage:{day}:{who}:{route}", v)
                     pipe.sadd(f"{self.prefix}usage:index:{day}", f"{who}|{route}")
@@ -95,6 +105,8 @@ class UsageStore:
                 for k, v in source.items():
                     for field_name, n in v.items():
                         target[k][field_name] += n
+            for spend_key, cost in spend.items():
+                self._pending_spend[spend_key] += cost
             raise
 
     @staticmethod

@@ -116,6 +116,10 @@ class RouteCache(_Strict):
     stale_grace_s: float = Field(default=86400.0, ge=0)  # how long a stale answer may stand in when all fails
     max_entry_bytes: int = Field(default=1024 * 1024, gt=0)
     sampled: bool = False  # also cache answers to sampled (temperature > 0, no seed) requests
+    # "key": each API key has its own entries, so a hit (its header, its speed) never tells one tenant what
+    # another asked; "shared": one set of entries for every caller of the route (more hits, less privacy).
+    scope: Literal["key", "shared"] = "key"
+    max_client_ttl_s: float = Field(default=86400.0, gt=0)  # x-gateway-cache-ttl above this is lowered to it
 
 
 class RouteLimits(_Strict):

@@ -54,7 +54,8 @@ def _fields(raw: bytes, creating: bool) -> dict[str, Any]:
         raise InvalidRequest(f"Invalid key field '{where}': {first['msg']}.", param=where or None) from None
     data = fields.model_dump(exclude_unset=True)
     if "expires_in_s" in data:
-        data["expires_at"] = time.time() + data.pop("expires_in_s")
+        seconds = data.pop("expires_in_s")
+        data["expires_at"] = None if seconds is None else time.time() + seconds  # null: never expires
     if creating and not data.get("alias"):
         raise InvalidRequest("A new key needs an 'alias'.", param="alias")
     if not creating and "key" in data:
