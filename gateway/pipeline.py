@@ -21,7 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from backends.openai_format import split_frames
 from gateway import metrics, tokens
 from gateway.accounting import Reservation, settle
-from gateway.auth import Principal, authenticate_and_fetch, authorize_model, remembered_tier
+from gateway.auth import Principal, auth_enabled, authenticate_and_fetch, authorize_model, remembered_tier
 from gateway.cache import CacheDirectives, ResponseCache, cache_control, cache_key, is_deterministic
 from gateway.cache_stream import StreamAssembler, replay
 from gateway.disconnect import unless_disconnected
@@ -78,7 +78,10 @@ _namespaces: "weakref.WeakKeyDictionary[Route, str]" = weakref.WeakKeyDictionary
 
 def _tenant(headers: Any) -> str:
     """Whose cache entries: a hash of the caller's bearer token, known before the key is looked up (so the
-    entry can still be read in the same Redis round trip as the key); "-" without one."""
+    entry can still be read in the same Redis round trip as the key); "-" without one, and for everyone
+    when there are no keys (every caller is then the same anonymous tenant)."""
+    if not auth_enabled():
+        return "-"
     value = headers.get("authorization") or ""
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
