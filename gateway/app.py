@@ -23,6 +23,7 @@ from gateway.error_handlers import install_error_handlers
 from gateway.fast_lane import FastLane
 from gateway.flushing import flush_periodically
 from gateway.gc_tuning import tune_for_serving
+from gateway.exposure import Exposure, unauthenticated_allowed
 from gateway.middleware import RequestContextMiddleware
 from gateway.model_cards import ModelCard, load_cards
 from gateway.routes import admin, admin_cost, admin_keys, health, openai
@@ -79,7 +80,8 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
 
                 multiprocess.mark_process_dead(os.getpid())
 
-    app = GatewayApp(title="llm-gateway", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = GatewayApp(title="llm-gateway", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                     openapi_url=None)  # served by routes/health.py, behind the admin key when keys are on
     app.max_body_bytes = config.server.max_body_bytes
     app.max_json_depth = config.server.max_json_depth
     app.server_config = config.server
@@ -100,6 +102,10 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
 class GatewayApp(FastAPI):
     """FastAPI, with the request-context middleware and the fast lane in front of its whole stack."""
 
+    def server_public(self, what: str) -> bool:
+        """Is `/metrics` ("metrics") or `/openapi.json` ("openapi") open to callers without the admin key?"""
+        return bool(self.server_config is not None and getattr(self.server_config, f"public_{what}"))
+
     max_body_bytes: int = 4 * 1024 * 1024
     max_json_depth: int = 64
     server_config: Any = None  # routing.config.ServerConfig
@@ -108,6 +114,12 @@ class GatewayApp(FastAPI):
         full = super().build_middleware_stack()
         lane = FastLane(full, {route.path: route.endpoint for route in openai.hot_routes})
         server = self.server_config
+        exposure = None
+        if server is not None:
+            # Without keys the CLI serves loopback only, unless told otherwise: then the Host check is moot.
+            exposure = Exposure(server.allowed_hosts,
+                                check_host=not unauthenticated_allowed(server.allow_unauthenticated))
         return RequestContextMiddleware(lane, max_body_bytes=self.max_body_bytes,
                                         body_timeout_s=server.body_timeout_s if server else 60.0,
-                                        body_idle_timeout_s=server.body_idle_timeout_s if server else 15.0)
+                                        body_idle_timeout_s=server.body_idle_timeout_s if server else 15.0,
+                                        exposure=exposure)

@@ -75,6 +75,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 
+    from gateway.auth import auth_enabled
+    from gateway.exposure import ALLOW_ENV, is_loopback, unauthenticated_allowed
+
+    if args.allow_unauthenticated:
+        os.environ[ALLOW_ENV] = "1"  # the workers and the app read it too
+    if not is_loopback(host) and not auth_enabled() and not unauthenticated_allowed(server.allow_unauthenticated):
+        print(f"error: refusing to serve {host} without API keys: anyone who can reach it could use every model "
+              "and the admin API would be off. Set LLM_GATEWAY_MASTER_KEY, or pass --allow-unauthenticated "
+              "(server.allow_unauthenticated) if a network policy guards the address.", file=sys.stderr)
+        return 2
     shown = f"[{host}]" if ":" in host else host
     print(f"llm-gateway {__version__} listening on http://{shown}:{port}  (OpenAI base_url: http://{shown}:{port}/v1)")
     names = [r.name for r in config.routes]
@@ -175,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "already logs one JSON line per request)")
     serve.add_argument("--workers", type=int, default=1, help="HTTP worker processes (they share the local "
                                                               "models' engine processes; metrics are merged)")
+    serve.add_argument("--allow-unauthenticated", action="store_true",
+                       help="serve a non-loopback address without LLM_GATEWAY_MASTER_KEY (refused otherwise)")
     serve.add_argument("--redis-url", help="Redis for the shared cache, keys and limits (env REDIS_URL; "
                                            "default: in-process)")
     serve.set_defaults(func=cmd_serve)

@@ -84,9 +84,32 @@ def _print(obj: Any, as_json: bool) -> None:
         print("totals: " + ", ".join(f"{k}={v}" for k, v in obj["totals"].items()))
 
 
+def _imported_secret(where: str) -> str:
+    """The secret to import, from stdin ('-') or the environment ('env:NAME'); exit 2 for anything else."""
+    if where == "-":
+        secret = sys.stdin.readline().strip()
+    elif where.startswith("env:"):
+        secret = os.environ.get(where[4:], "").strip()
+        if not secret:
+            print(f"error: the environment variable {where[4:]} is not set", file=sys.stderr)
+            raise SystemExit(2)
+    else:
+        print("error: --import-key takes '-' (the secret on standard input) or 'env:NAME', not the secret "
+              "itself: on the command line it would be visible to other users (ps) and kept in shell history",
+              file=sys.stderr)
+        raise SystemExit(2)
+    if not secret:
+        print("error: no secret on standard input", file=sys.stderr)
+        raise SystemExit(2)
+    return secret
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     if args.keys_command == "create":
-        created = call(args, "POST", "/admin/keys", _fields(args))
+        fields = _fields(args)
+        if "key" in fields:
+            fields["key"] = _imported_secret(fields["key"])
+        created = call(args, "POST", "/admin/keys", fields)
         print(json.dumps(created, indent=2))
         print("Store the key now: it is not shown again.", file=sys.stderr)
     elif args.keys_command == "list":
@@ -124,8 +147,10 @@ def add_parsers(sub: Any) -> None:
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     create = ksub.add_parser("create", help="create a key (shown once)")
     key_fields(create)
-    create.add_argument("--import-key", dest="key", metavar="SECRET",
-                        help="store this existing secret (issued elsewhere) instead of minting a new one")
+    create.add_argument("--import-key", dest="key", metavar="-|env:NAME",
+                        help="store an existing secret (issued elsewhere) instead of minting a new one, read "
+                             "from standard input ('-') or an environment variable ('env:NAME'); never "
+                             "from the command line, where ps and shell history would keep it")
     lst = ksub.add_parser("list", help="list keys (never their secrets)")
     lst.add_argument("--json", action="store_true")
     update = ksub.add_parser("update", help="change a key's limits, models, budget or expiry")

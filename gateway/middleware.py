@@ -15,6 +15,8 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.aio import within
+from gateway.auth import auth_enabled
+from gateway.exposure import Exposure
 from gateway.errors import GatewayError, PayloadTooLarge, RequestTimeout, internal_error
 
 log = logging.getLogger("llm_gateway")
@@ -28,23 +30,28 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float = 60.0,
-                 body_idle_timeout_s: float = 15.0) -> None:
+                 body_idle_timeout_s: float = 15.0, exposure: Exposure | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.body_idle_timeout_s = body_idle_timeout_s
+        self.exposure = exposure  # the checks of requests while the gateway has no keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         rid = None
-        length = None
+        length = host = content_type = None
         for key, value in scope["headers"]:
             if key == b"x-request-id" and _VALID_ID.match(value):
                 rid = value
             elif key == b"content-length":
                 length = value
+            elif key == b"host":
+                host = value
+            elif key == b"content-type":
+                content_type = value
         rid = rid or uuid.uuid4().hex.encode()
         scope.setdefault("state", {})["request_id"] = rid.decode()
 
@@ -57,6 +64,11 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
             await send(message)
 
+        if self.exposure is not None and not auth_enabled():
+            refused = self.exposure.refusal(scope["method"], scope["path"], host, content_type)
+            if refused is not None:
+                await _send_error(send_with_id, refused)
+                return
         limit = self.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
             await _send_error(send_with_id, _too_large(limit))

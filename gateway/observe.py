@@ -8,6 +8,7 @@ prompts only when `logging.log_prompts` is on, and then redacted.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -17,12 +18,27 @@ import orjson
 
 from gateway import metrics, request_log, tracing
 
-_SECRETS = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|Bearer\s+\S+|eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-.]+|"
-                      r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}|\b\d{13,19}\b)")
+_SECRETS = re.compile("|".join((
+    r"sk-[A-Za-z0-9_\-]{8,}",  # OpenAI, Anthropic (sk-ant-), this gateway's own (sk-gw-)
+    r"(?i:bearer|basic)\s+\S+",
+    r"eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-.]+",  # JWTs
+    r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",  # AWS access key ids
+    r"\bgh[pousr]_[A-Za-z0-9]{30,}\b|\bgithub_pat_[A-Za-z0-9_]{30,}",  # GitHub tokens
+    r"\bAIza[A-Za-z0-9_\-]{30,}",  # Google API keys
+    r"\bxox[abprs]-[A-Za-z0-9\-]{10,}",  # Slack tokens
+    r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}",  # e-mail addresses
+    r"\b\d(?:[ \-]?\d){12,18}\b",  # card numbers, also written in groups with spaces or dashes
+)))
 
 
 def redact(text: str) -> str:
-    """Mask what looks like API keys, bearer tokens, JWTs, e-mail addresses and card numbers."""
+    """Mask what looks like a secret (API keys and tokens of the usual providers, bearer and basic
+    credentials, JWTs), e-mail addresses and card numbers, and the gateway's own master and admin keys,
+    whatever their shape."""
+    for name in ("LLM_GATEWAY_MASTER_KEY", "LLM_GATEWAY_ADMIN_KEY"):
+        own = os.environ.get(name)
+        if own and len(own) >= 4:
+            text = text.replace(own, "[REDACTED]")
     return _SECRETS.sub("[REDACTED]", text)
 
 

@@ -16,7 +16,10 @@ from gateway.errors import InvalidRequest
 
 
 class OpenAIModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Unknown fields pass (new OpenAI parameters must not be a 400), but known ones are strict: "10" is not
+    # a max_tokens and "yes" is not a stream. Coercing them would make the gateway and the upstream (which
+    # gets the raw body) disagree about the request.
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class TextPart(OpenAIModel):

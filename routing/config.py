@@ -33,6 +33,13 @@ class ServerConfig(_Strict):
     body_idle_timeout_s: float = Field(default=15.0, gt=0)  # the longest pause between two pieces of body
     idle_timeout_s: float = Field(default=5.0, gt=0)  # a kept-alive connection with no request
     max_connections: int = Field(default=2048, ge=1)  # open at once, per worker; beyond it: 503
+    # Exposure (gateway/exposure.py). With keys on, /metrics and /openapi.json need the admin key unless
+    # made public, and /ready shows only its status to others; with keys off, only loopback names may be
+    # the Host (DNS rebinding) and POSTs must be JSON (a web page cannot send that without CORS).
+    public_metrics: bool = False
+    public_openapi: bool = False
+    allowed_hosts: list[str] = Field(default_factory=list)  # more Host names accepted while keys are off
+    allow_unauthenticated: bool = False  # serve a non-loopback address without a master key (or the flag)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     model_cards_dir: str | None = None
     watch_config: bool = True  # reload the config file when it changes

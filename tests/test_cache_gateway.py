@@ -14,6 +14,7 @@ from tests.routing_env import Sims, sims, start_gateway  # noqa: F401
 from tests.server import GatewayProcess
 from tests.sim import Fault, canonical_reply
 
+JSON = {"content-type": "application/json"}  # a raw body, sent as JSON
 MSGS = [{"role": "user", "content": "Cache me"}]
 
 
@@ -74,8 +75,8 @@ def test_sampled_requests_bypass_and_key_order_does_not_matter(gw: GatewayProces
     assert chat(gw, temperature=1.0).headers["x-gateway-cache"] == "bypass"
     raw1 = b'{"model": "cached", "temperature": 0, "messages": [{"content": "Order", "role": "user"}]}'
     raw2 = b'{"messages": [{"role": "user", "content": "Order"}], "model": "cached", "temperature": 0, "user": "u1"}'
-    assert httpx.post(f"{gw.base_url}/chat/completions", content=raw1).headers["x-gateway-cache"] == "miss"
-    assert httpx.post(f"{gw.base_url}/chat/completions", content=raw2).headers["x-gateway-cache"] == "hit"
+    assert httpx.post(f"{gw.base_url}/chat/completions", content=raw1, headers=JSON).headers["x-gateway-cache"] == "miss"
+    assert httpx.post(f"{gw.base_url}/chat/completions", content=raw2, headers=JSON).headers["x-gateway-cache"] == "hit"
 
 
 def test_cache_control_headers_and_ttl(gw: GatewayProcess, sims: Sims) -> None:

@@ -8,6 +8,8 @@ import pytest
 from tests.conftest import MODEL
 from tests.server import GatewayProcess
 
+JSON = {"content-type": "application/json"}  # raw bodies, sent as JSON (without it, 415 while keys are off)
+
 pytestmark = pytest.mark.e2e
 
 
@@ -27,7 +29,7 @@ def test_request_id_is_echoed_or_generated(gateway: GatewayProcess) -> None:
     weird = httpx.get(f"{gateway.root_url}/health", headers={"x-request-id": "a b<script>"})
     assert weird.headers["x-request-id"] != "a b<script>"
     # Errors and streams carry it too.
-    err = httpx.post(f"{gateway.base_url}/chat/completions", content=b"{", headers={"x-request-id": "e1"})
+    err = httpx.post(f"{gateway.base_url}/chat/completions", content=b"{", headers={"x-request-id": "e1", **JSON})
     assert err.headers["x-request-id"] == "e1"
     with httpx.stream("POST", f"{gateway.base_url}/chat/completions", headers={"x-request-id": "s1"}, json={
         "model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "stream": True}) as s:
@@ -39,13 +41,13 @@ def test_malformed_json_is_400(gateway: GatewayProcess) -> None:
     r = httpx.post(f"{gateway.base_url}/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"})
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
-    r = httpx.post(f"{gateway.base_url}/chat/completions", content=b"[1, 2]")
+    r = httpx.post(f"{gateway.base_url}/chat/completions", content=b"[1, 2]", headers=JSON)
     assert r.status_code == 400
 
 
 def test_oversized_body_is_413(gateway: GatewayProcess) -> None:
     big = b'{"model": "x", "messages": [{"role": "user", "content": "' + b"a" * 300_000 + b'"}]}'
-    r = httpx.post(f"{gateway.base_url}/chat/completions", content=big)
+    r = httpx.post(f"{gateway.base_url}/chat/completions", content=big, headers=JSON)
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "request_too_large"
 
@@ -53,7 +55,7 @@ def test_oversized_body_is_413(gateway: GatewayProcess) -> None:
         for _ in range(40):
             yield b"a" * 10_000
 
-    r = httpx.post(f"{gateway.base_url}/chat/completions", content=chunks())
+    r = httpx.post(f"{gateway.base_url}/chat/completions", content=chunks(), headers=JSON)
     assert r.status_code == 413
 
 

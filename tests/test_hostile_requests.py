@@ -95,7 +95,8 @@ def hostile_gw(sims: Sims) -> Iterator[tuple[GatewayProcess, str]]:
            "LLM_GATEWAY_MASTER_KEY": MASTER}
     with GatewayProcess(cfg, env=env, require_ready=False) as g:
         deadline = time.monotonic() + 120  # /ready stays 503 (the route to nowhere); wait for the model itself
-        while httpx.get(f"{g.root_url}/ready", timeout=5).json()["backends"][MODEL]["state"] != "ready":
+        while httpx.get(f"{g.root_url}/ready", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                        timeout=5).json()["backends"][MODEL]["state"] != "ready":
             assert time.monotonic() < deadline, "the local model did not load"
             time.sleep(0.1)
         key = httpx.post(f"{g.root_url}/admin/keys", headers={"Authorization": f"Bearer {MASTER}"},

@@ -171,7 +171,7 @@ def test_a_client_cannot_make_cache_entries_live_for_years(gw: tuple[GatewayProc
         assert r.status_code == 200, r.text
     ttls = [client.pttl(k) / 1000 for k in client.scan_iter(f"{prefix}cache:*")]
     assert ttls and max(ttls) <= 86400 + 86400 + 1, ttls  # the route's max_client_ttl_s plus its stale grace
-    ready = httpx.get(f"{g.root_url}/ready").json()
+    ready = httpx.get(f"{g.root_url}/ready", headers=auth(MASTER)).json()
     assert ready["redis"]["state"] == "ok", ready["redis"]
 
 

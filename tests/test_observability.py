@@ -23,8 +23,15 @@ MASTER = "sk-master-observability-0123456789"
 MSGS = [{"role": "user", "content": "Observe me"}]
 
 
+def scrape(g: GatewayProcess) -> str:
+    """/metrics as a Prometheus scraper configured with the admin key sees it."""
+    r = httpx.get(f"{g.root_url}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert r.status_code == 200, r.text
+    return r.text
+
+
 def samples(g: GatewayProcess) -> dict[tuple[str, tuple], float]:
-    text = httpx.get(f"{g.root_url}/metrics").text
+    text = scrape(g)
     out: dict[tuple[str, tuple], float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -90,7 +97,8 @@ def test_metrics_follow_a_known_sequence_and_logs_never_hold_keys(sims: Sims) ->
         assert value(m, "llm_gateway_breaker_state", deployment="a") == 0
         assert value(m, "llm_gateway_deployment_healthy", deployment="dead") in (0, 1)
         assert value(m, "llm_gateway_in_flight_requests") == 0
-        text = httpx.get(f"{g.root_url}/metrics").text
+        assert httpx.get(f"{g.root_url}/metrics").status_code == 401, "with keys on, /metrics needs the admin key"
+        text = scrape(g)
         for secret in (MASTER, virtual, OPENAI_KEY, ANTHROPIC_KEY, ADMIN_KEY, "no-such-model"):
             assert secret not in text
         time.sleep(0.3)

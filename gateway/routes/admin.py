@@ -27,6 +27,14 @@ _ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 _SECRET_NAMES = re.compile(r"(key|token|secret|password)", re.I)
 
 
+def is_admin(request: Request) -> bool:
+    try:
+        require_admin(request)
+    except GatewayError:
+        return False
+    return True
+
+
 def require_admin(request: Request) -> None:
     """The admin key, or the master key, as a bearer token."""
     accepted = [k for k in (os.environ.get(ADMIN_KEY_ENV), os.environ.get(MASTER_KEY_ENV)) if k]

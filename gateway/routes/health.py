@@ -12,12 +12,15 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from gateway.auth import auth_enabled
+from gateway.routes.admin import is_admin, require_admin
+
 router = APIRouter()
 
 _HEALTH = orjson.dumps({"status": "ok"})
 
 
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])
 async def health() -> Response:
     return Response(_HEALTH, media_type="application/json")
 
@@ -48,16 +51,32 @@ async def ready(request: Request) -> Response:
     body = {"status": "ready" if not not_ready else "not_ready", "not_ready": not_ready, "backends": backends,
             "deployments": deployments, "routes": routes, "redis": redis, "config_version": runtime.version}
     headers = {} if not not_ready else {"Retry-After": "2"}
+    if auth_enabled() and not is_admin(request):
+        # Probes need the status code; the names of models, deployments and engines are for the admin.
+        body = {"status": body["status"]}
     return Response(orjson.dumps(body), status_code=200 if not not_ready else 503,
                     media_type="application/json", headers=headers)
 
 
 @router.get("/metrics")
 async def prometheus_metrics(request: Request) -> Response:
-    """Prometheus text format. Breaker, health and queue gauges are read from the live runtime now."""
+    """Prometheus text format. Breaker, health and queue gauges are read from the live runtime now.
+    With keys on, it needs the admin key unless `server.public_metrics` (a scraper can send a bearer token)."""
     from gateway import metrics
+
+    if auth_enabled() and not request.app.server_public("metrics"):
+        require_admin(request)
 
     runtime = request.app.state.manager.current
     metrics.refresh_gauges(runtime)
     body, content_type = metrics.exposition(runtime)
     return Response(body, media_type=content_type)
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi_document(request: Request) -> Response:
+    """The API's OpenAPI document. It lists the admin API too, so with keys on it needs the admin key,
+    unless `server.public_openapi`."""
+    if auth_enabled() and not request.app.server_public("openapi"):
+        require_admin(request)
+    return Response(orjson.dumps(request.app.openapi()), media_type="application/json")

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
-from gateway.auth import authenticate
+from gateway.auth import Principal, authenticate
 from gateway.disconnect import ClientDisconnected
 from gateway.errors import GatewayError
 from gateway.observe import RequestRecord, finish
@@ -112,22 +112,29 @@ def model_object(route: Route, created: int) -> dict[str, Any]:
     return obj
 
 
+def _visible(principal: Principal, route: Route) -> bool:
+    """A key limited to some models sees only those (a route is named by its name or an alias)."""
+    allowed = principal.key.models if principal.key else None
+    return allowed is None or any(name in allowed for name in (route.name, *route.config.aliases))
+
+
 @router.get("/models")
 async def list_models(request: Request) -> Response:
     svc = request.app.state.services
-    await authenticate(request.headers, svc.keys, svc.link)
+    principal = await authenticate(request.headers, svc.keys, svc.link)
     runtime = _runtime(request)
     created = request.app.state.manager.started_at
-    return _json({"object": "list", "data": [model_object(r, created) for r in runtime.route_list]})
+    return _json({"object": "list", "data": [model_object(r, created) for r in runtime.route_list
+                                             if _visible(principal, r)]})
 
 
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> Response:
     svc = request.app.state.services
-    await authenticate(request.headers, svc.keys, svc.link)
+    principal = await authenticate(request.headers, svc.keys, svc.link)
     runtime = _runtime(request)
     route = runtime.routes.get(model_id)
-    if route is None:
+    if route is None or not _visible(principal, route):  # a model the key may not use does not exist for it
         from gateway.errors import ModelNotFound
 
         raise ModelNotFound(model_id)
