@@ -124,6 +124,13 @@ def test_prompt_logging_is_opt_in_and_redacted(sims: Sims) -> None:
         assert "my key is [REDACTED], mail [REDACTED]" in line["prompt"]
         assert "Reply to: my key is [REDACTED]" in line["completion"]
         assert "sk-live-abcdefgh12345678" not in g.logs() and "bob@example.com" not in g.logs()
+        leaks = ["4111 1111 1111 1111", "4111-1111-1111-1111", "AKIAIOSFODNN7EXAMPLE", "ghp_" + "A1b2" * 9,
+                 "AIza" + "Xy_-" * 9, "xoxb-1234567890-abcdefghij", MASTER, ADMIN_KEY]
+        more = [{"role": "user", "content": "secrets: " + " | ".join(leaks)}]
+        assert post(g, MASTER, model="chat-default", messages=more).status_code == 200
+        time.sleep(0.3)
+        for leak in leaks:
+            assert leak not in g.logs(), leak
     sims.reset()
 
 
