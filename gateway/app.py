@@ -26,6 +26,7 @@ from gateway.gc_tuning import tune_for_serving
 from gateway.exposure import Exposure, unauthenticated_allowed
 from gateway.middleware import RequestContextMiddleware
 from gateway.model_cards import ModelCard, load_cards
+from gateway.openapi_doc import openapi_document
 from gateway.routes import admin, admin_cost, admin_keys, health, openai
 from routing.config import GatewayConfig
 from routing.manager import RuntimeManager
@@ -96,6 +97,7 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     app.include_router(admin_keys.router)
     app.include_router(admin_cost.router)
     install_error_handlers(app)
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 
 

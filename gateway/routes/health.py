@@ -20,7 +20,12 @@ router = APIRouter()
 _HEALTH = orjson.dumps({"status": "ok"})
 
 
-@router.api_route("/health", methods=["GET", "HEAD"])
+@router.head("/health", include_in_schema=False)
+async def health_head() -> Response:
+    return Response(_HEALTH, media_type="application/json")
+
+
+@router.get("/health")
 async def health() -> Response:
     return Response(_HEALTH, media_type="application/json")
 
