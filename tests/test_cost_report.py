@@ -223,7 +223,7 @@ def app(monkeypatch: pytest.MonkeyPatch, config: GatewayConfig, cards: dict[str,
 
 
 def _client(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw",
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1",
                              headers={"Authorization": "Bearer adm-test"})
 
 

@@ -77,7 +77,7 @@ def test_a_connection_that_sends_nothing_gets_a_408_and_is_closed(gw: GatewayPro
 
 def test_trickled_headers_are_cut_at_the_header_deadline(gw: GatewayProcess) -> None:
     s = connect(gw)
-    request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 200
+    request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 200
     t0 = time.monotonic()
     sent = 0
     try:
@@ -98,7 +98,7 @@ def test_trickled_headers_are_cut_at_the_header_deadline(gw: GatewayProcess) -> 
 def test_a_body_shorter_than_its_content_length_gets_a_408(gw: GatewayProcess) -> None:
     s = connect(gw)
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}).encode()
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n" % (len(body) + 100) + body)
     t0 = time.monotonic()
     raw, closed = read_all(s)
@@ -109,7 +109,7 @@ def test_a_body_shorter_than_its_content_length_gets_a_408(gw: GatewayProcess) -
 
 def test_an_idle_kept_alive_connection_is_closed(gw: GatewayProcess) -> None:
     s = connect(gw)
-    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     t0 = time.monotonic()
     raw, closed = read_all(s)
     assert raw.startswith(b"HTTP/1.1 200"), raw[:100]
