@@ -19,8 +19,8 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Literal
 
-from gateway.model_cards import ModelCard
-from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest
+from backends.model_cards import ModelCard
 
 BackendState = Literal["loading", "ready", "restarting", "failed", "stopped"]
 # Each item holds one or more complete SSE frames (`data: ...\n\n`): frames that arrived from an

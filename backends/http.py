@@ -14,7 +14,7 @@ from typing import AsyncIterator
 
 import aiohttp
 
-from gateway.errors import GatewayError, StreamInterrupted, UpstreamTimeout, UpstreamUnavailable
+from backends.contract.errors import GatewayError, StreamInterrupted, UpstreamTimeout, UpstreamUnavailable
 
 
 @dataclass(frozen=True)

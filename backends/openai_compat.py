@@ -16,11 +16,11 @@ import aiohttp
 import orjson
 
 from backends.base import Backend, BackendStatus, Body, CallContext, SSEStream
+from backends.contract.errors import GatewayError, StreamInterrupted, UpstreamError, _type_for
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from backends.http import UpstreamPool, event_data, parse_retry_after, prepend, sse_batches, transport_error
+from backends.model_cards import ModelCard
 from backends.scrub import scrub
-from gateway.errors import GatewayError, StreamInterrupted, UpstreamError
-from gateway.model_cards import ModelCard
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 # What OpenAI's own API accepts; anything else (vLLM or llama.cpp extras) is dropped
 # for kind "openai", because OpenAI answers unknown parameters with a 400.
@@ -212,6 +212,4 @@ class OpenAICompatBackend(Backend):
 def _openai_type(upstream_type: Any, status: int) -> str:
     if isinstance(upstream_type, str) and upstream_type.endswith("_error"):
         return upstream_type
-    from gateway.errors import _type_for
-
     return _type_for(status)

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 
 from backends.base import CallContext
+from backends.contract.protocol import ChatCompletionRequest
 from backends.openai_compat import OpenAICompatBackend
-from gateway.protocol import ChatCompletionRequest
 
 LOAD_METRICS = ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
                 "vllm:gpu_cache_usage_perc")

@@ -25,17 +25,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from llamacpp_batching import PROMPTS, Probe  # noqa: E402  (bench/ is on the path: this script's folder)
+
 from backends.base import CallContext  # noqa: E402
+from backends.contract.protocol import CompletionRequest  # noqa: E402
 from backends.llamacpp import wire  # noqa: E402
 from backends.llamacpp.backend import LlamaCppBackend  # noqa: E402
 from backends.llamacpp.batch import BatchEngine  # noqa: E402
 from backends.llamacpp.jobs import EngineSettings, Job, Sampling  # noqa: E402
 from backends.llamacpp.sysinfo import cpu, system_info  # noqa: E402
-from gateway.model_cards import load_cards  # noqa: E402
-from gateway.protocol import CompletionRequest  # noqa: E402
-from gateway.weights import resolve_weights  # noqa: E402
+from backends.model_cards import load_cards  # noqa: E402
+from backends.weights import resolve_weights  # noqa: E402
 from routing.config import LlamaCppModelConfig  # noqa: E402
-from llamacpp_batching import PROMPTS, Probe  # noqa: E402  (bench/ is on the path: this script's folder)
 
 LONG = "Summarise these notes. " + " ".join(f"Note {i}: item {i} costs {i * 3} euros, ships in {i % 7} days."
                                             for i in range(70))

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 from backends.llamacpp.batch import BatchEngine  # noqa: E402
 from backends.llamacpp.jobs import END, ERROR, TEXT, EngineSettings, Job, Sampling  # noqa: E402
 from backends.llamacpp.serial import LlamaEngine  # noqa: E402
-from gateway.model_cards import load_cards  # noqa: E402
-from gateway.weights import resolve_weights  # noqa: E402
+from backends.model_cards import load_cards  # noqa: E402
+from backends.weights import resolve_weights  # noqa: E402
 
 PROMPTS = ["Once upon a time, in a small village by the sea,", "The history of the Roman empire begins",
            "Write a recipe for a chocolate cake:", "The three laws of thermodynamics are",

@@ -22,8 +22,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.model_cards import load_cards  # noqa: E402
-from gateway.weights import resolve_weights  # noqa: E402
+from backends.model_cards import load_cards  # noqa: E402
+from backends.weights import resolve_weights  # noqa: E402
 from tests.server import GatewayProcess  # noqa: E402
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"

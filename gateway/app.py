@@ -18,27 +18,25 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from backends.llamacpp.control import CONTROL_ENV, EngineControl, LocalControl, RemoteControl
-from gateway import __version__, connection_guard, request_log
+from backends.model_cards import ModelCard, load_cards
+from gateway import __version__, connection_guard, request_log, tracing
 from gateway.error_handlers import install_error_handlers
+from gateway.exposure import Exposure, unauthenticated_allowed
 from gateway.fast_lane import FastLane
 from gateway.flushing import flush_periodically
 from gateway.gc_tuning import tune_for_serving
-from gateway.exposure import Exposure, unauthenticated_allowed
 from gateway.middleware import RequestContextMiddleware
-from gateway.model_cards import ModelCard, load_cards
 from gateway.openapi_doc import openapi_document
-from gateway.routes import admin, admin_cost, admin_keys, health, openai
-from routing.config import GatewayConfig
-from routing.manager import RuntimeManager
 from gateway.pipeline import Services
+from gateway.routes import admin, admin_cost, admin_keys, health, openai
+from routing.config import GatewayConfig, resolve_secret
+from routing.manager import RuntimeManager
 
 log = logging.getLogger("llm_gateway")
 
 
 def redis_url_for(config: GatewayConfig, override: str | None = None) -> str | None:
     """--redis-url, then REDIS_URL, then the config file; none means in-process stores."""
-    from routing.config import resolve_secret
-
     return override or os.environ.get("REDIS_URL") or resolve_secret(config.redis.url) or None
 
 
@@ -54,8 +52,6 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     if cards is None:
         cards_dir = Path(config.server.model_cards_dir) if config.server.model_cards_dir else None
         cards = load_cards(cards_dir)
-    from gateway import tracing
-
     tracing.setup_from_env()
     manager = RuntimeManager(config, cards, config_path, control=engine_control())
     services = Services.build(config, redis_url_for(config, redis_url))

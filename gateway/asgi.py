@@ -19,10 +19,10 @@ REDIS_ENV = "LLM_GATEWAY_REDIS_URL"
 
 
 def create() -> FastAPI:
+    from backends.model_cards import load_cards
     from gateway.app import create_app
     from gateway.logsetup import configure
-    from gateway.model_cards import load_cards
-    from routing.config import load_config
+    from routing.config_file import load_config
 
     path = os.environ.get(CONFIG_ENV) or None
     cards_dir = os.environ.get("LLM_GATEWAY_MODEL_CARDS_DIR")

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from gateway.errors import GatewayError
+from backends.contract.errors import GatewayError
 from gateway.keys import MISSING, KeyRecord, KeyStore
 from gateway.redis_conn import RedisLink
 from gateway.store_errors import StoreUnavailable

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator
 
 import orjson
 
-from backends.openai_format import DONE, ChatChunks, CompletionChunks, sse
+from backends.contract.responses import DONE, ChatChunks, CompletionChunks, sse
 
 DEFAULT_FINGERPRINT = "fp_cache"
 _WORDS = re.compile(r"\S+\s*|\s+")

@@ -13,53 +13,20 @@ from pathlib import Path
 from typing import Sequence
 
 from backends.llamacpp.control import CONTROL_ENV, ControlThread
+from backends.model_cards import ModelCardError, load_cards
 from gateway import __version__
-from gateway.model_cards import ModelCard, ModelCardError, default_cards_dir, load_cards
+from gateway.settings import ENV_CONFIG, ENV_HOST, ENV_LOG_LEVEL, ENV_PORT, cards_dir, load_config_and_cards
 from gateway.workers import reuse_port_available, run_workers
-from routing.config import ConfigError, GatewayConfig, load_config
-
-ENV_CONFIG = "LLM_GATEWAY_CONFIG"
-ENV_HOST = "LLM_GATEWAY_HOST"
-ENV_PORT = "LLM_GATEWAY_PORT"
-ENV_LOG_LEVEL = "LLM_GATEWAY_LOG_LEVEL"
-ENV_CARDS = "LLM_GATEWAY_MODEL_CARDS_DIR"
-
-
-def _cards_dir(config: GatewayConfig | None = None) -> Path:
-    env = os.environ.get(ENV_CARDS)
-    if env:
-        return Path(env)
-    if config is not None and config.server.model_cards_dir:
-        return Path(config.server.model_cards_dir)
-    return default_cards_dir()
-
-
-def _load(config_path: str | None) -> tuple[GatewayConfig, dict[str, ModelCard]]:
-    """Config and cards, or exit 2 with line-numbered messages."""
-    try:
-        cards = load_cards(_cards_dir())
-        config = load_config(config_path, known_cards=set(cards))
-        if config.server.model_cards_dir and not os.environ.get(ENV_CARDS):
-            cards = load_cards(Path(config.server.model_cards_dir))
-            config = load_config(config_path, known_cards=set(cards))
-    except ConfigError as exc:
-        for line in exc.problems:
-            print(line, file=sys.stderr)
-        raise SystemExit(2)
-    except ModelCardError as exc:
-        print(f"model card error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
-    return config, cards
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from backends.weights import WeightsError, progress_bar, resolve_weights
     from gateway.logsetup import configure
-    from gateway.weights import WeightsError, progress_bar, resolve_weights
 
     config_path = args.config or os.environ.get(ENV_CONFIG)
-    config, cards = _load(config_path)
+    config, cards = load_config_and_cards(config_path)
     server = config.server
     host = args.host or os.environ.get(ENV_HOST) or server.host
     port = args.port if args.port is not None else int(os.environ.get(ENV_PORT) or server.port)
@@ -140,7 +107,7 @@ def _prepare_workers(config_path: str | None, redis_url: str | None) -> None:
 
 def cmd_models(args: argparse.Namespace) -> int:
     try:
-        cards = load_cards(_cards_dir())
+        cards = load_cards(cards_dir())
     except ModelCardError as exc:
         print(f"model card error: {exc}", file=sys.stderr)
         return 2
@@ -163,7 +130,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from routing.config_checks import missing_secrets
 
-    config, _ = _load(args.file)
+    config, _ = load_config_and_cards(args.file)
     print(f"{args.file}: OK ({len(config.models)} local model(s), {len(config.providers)} provider(s), "
           f"{len(config.deployments)} deployment(s), {len(config.routes)} route(s))")
     for warning in missing_secrets(config):

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from gateway.cli_admin import URL_ENV, call
 from gateway.cost import build_report, render_table
+from gateway.settings import load_config_and_cards
 
 CONFIG_ENV = "LLM_GATEWAY_CONFIG"
 DEFAULT_DAYS = 7
@@ -82,13 +83,11 @@ def select_days(rows: list[dict[str, Any]], days: int | None) -> tuple[list[dict
 
 def main_offline(args: argparse.Namespace) -> int:
     """The report from a usage file and a config, computed here."""
-    from gateway.cli import _load  # the same config and model-card loading as `serve` and `check`
-
     config_path = args.config or os.environ.get(CONFIG_ENV)
     if not config_path:
         print("error: --usage-file needs --config (the config holding the `cost:` section)", file=sys.stderr)
         return 2
-    config, cards = _load(config_path)
+    config, cards = load_config_and_cards(config_path)
     try:
         rows, days = select_days(read_usage(args.usage_file), args.days)
     except (KeyError, ValueError) as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from gateway.model_cards import ModelCard
+from backends.model_cards import ModelCard
 from routing.config import GatewayConfig
 
 CACHE = "cache"

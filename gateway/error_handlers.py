@@ -9,8 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from backends.contract.errors import GatewayError, InvalidRequest
 from gateway.disconnect import ClientDisconnected
-from gateway.errors import GatewayError, InvalidRequest
 
 log = logging.getLogger("llm_gateway")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from gateway.errors import GatewayError
+from backends.contract.errors import GatewayError
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 ALLOW_ENV = "LLM_GATEWAY_ALLOW_UNAUTHENTICATED"  # set by `serve --allow-unauthenticated` (and inherited)

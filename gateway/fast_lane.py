@@ -15,9 +15,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from backends.contract.errors import GatewayError
 from gateway.disconnect import ClientDisconnected
 from gateway.error_handlers import client_gone_response, gateway_error_response
-from gateway.errors import GatewayError
 
 Handler = Callable[[Request], Awaitable[Response]]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from gateway import request_log
+
 
 def configure(level: str = "info", json_requests: bool = True) -> None:
-    from gateway import request_log
-
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     request_log.configure(json_requests)

@@ -14,10 +14,10 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.aio import within
+from backends.aio import within
+from backends.contract.errors import GatewayError, PayloadTooLarge, RequestTimeout, internal_error
 from gateway.auth import auth_enabled
 from gateway.exposure import Exposure
-from gateway.errors import GatewayError, PayloadTooLarge, RequestTimeout, internal_error
 
 log = logging.getLogger("llm_gateway")
 

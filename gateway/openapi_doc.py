@@ -15,7 +15,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.routes.admin_keys import KeyFields
 
 ERROR = {
     "type": "object", "required": ["error"],
@@ -61,8 +62,6 @@ def _generation(summary: str, op_id: str, model: type[BaseModel], schemas: dict[
 def openapi_document(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
-    from gateway.routes.admin_keys import KeyFields
-
     doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
                       description="An OpenAI-compatible LLM gateway. Errors are always OpenAI's "
                                   "`{\"error\": {message, type, param, code}}`.")

@@ -18,18 +18,18 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from backends.openai_format import split_frames
-from gateway import metrics, tokens
+from backends.contract.errors import GatewayError, InvalidRequest
+from backends.contract.protocol import ChatCompletionRequest, SamplingFields
+from backends.contract.responses import split_frames
+from gateway import metrics, tokens, tracing
 from gateway.accounting import Reservation, settle
 from gateway.auth import Principal, auth_enabled, authenticate_and_fetch, authorize_model, remembered_tier
 from gateway.cache import CacheDirectives, ResponseCache, cache_control, cache_key, is_deterministic
 from gateway.cache_stream import StreamAssembler, replay
 from gateway.disconnect import unless_disconnected
-from gateway.errors import GatewayError, InvalidRequest
 from gateway.keys import MISSING, KeyStore
 from gateway.observe import RequestRecord
 from gateway.observe import finish as finish_record
-from gateway.protocol import ChatCompletionRequest, SamplingFields
 from gateway.ratelimit import LimitResult, LimitSpec, RateLimiter
 from gateway.redis_conn import RedisLink
 from gateway.store_errors import StoreUnavailable
@@ -60,7 +60,7 @@ class Services:
         return cls(link=link, keys=KeyStore(link.client, p),
                    limiter=RateLimiter(link.client, p, timeout_s=None),
                    cache=ResponseCache(link.client, p, max_entries=config.cache.max_entries, timeout_s=None),
-                   usage=UsageStore(link.client, p), router=Router())
+                   usage=UsageStore(link.client, p), router=Router(hooks=tracing.AttemptSpans()))
 
 
 def namespace(route: Route) -> str:

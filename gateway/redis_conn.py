@@ -17,6 +17,8 @@ import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from gateway.metrics import REDIS_ERRORS
+
 log = logging.getLogger("llm_gateway.redis")
 
 DEGRADED_FOR_S = 10.0  # after an error, report "degraded" this long
@@ -36,8 +38,6 @@ class RedisLink:
         self._last_error: str | None = None
 
     def record_error(self, exc: BaseException) -> None:
-        from gateway.metrics import REDIS_ERRORS
-
         REDIS_ERRORS.inc()
         self.errors += 1
         now = time.monotonic()

@@ -12,7 +12,7 @@ from typing import Awaitable, TypeVar
 
 import redis.exceptions
 
-from gateway.aio import within
+from backends.aio import within
 
 T = TypeVar("T")
 

@@ -70,3 +70,13 @@ def end_attempt(span: Any, error: str | None = None) -> None:
         span.set_status(Status(StatusCode.ERROR, error))
         span.set_attribute("gateway.error", error)
     span.end()
+
+
+class AttemptSpans:
+    """The router's attempt hooks (routing.router.AttemptHooks): one child span per attempt."""
+
+    def start(self, deployment: str, attempt: int) -> Any:
+        return start_attempt(deployment, attempt)
+
+    def end(self, token: Any, error: str | None) -> None:
+        end_attempt(token, error)

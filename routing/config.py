@@ -12,10 +12,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from routing.yaml_lines import compose, duplicate_keys, format_loc, line_of
+from backends.llamacpp.settings import LlamaCppModelConfig
 
 
 class _Strict(BaseModel):
@@ -44,29 +43,6 @@ class ServerConfig(_Strict):
     model_cards_dir: str | None = None
     watch_config: bool = True  # reload the config file when it changes
     watch_interval_s: float = Field(default=1.0, gt=0)
-
-
-class LlamaCppModelConfig(_Strict):
-    """One model served in-process by llama.cpp."""
-
-    card: str  # id of a model card
-    backend: Literal["llamacpp"] = "llamacpp"
-    model_path: str | None = None  # overrides the card's weight source
-    n_ctx: int = Field(default=8192, gt=0)
-    n_threads: int | None = Field(default=None, gt=0)
-    n_batch: int = Field(default=512, gt=0)
-    flash_attn: bool = False
-    instances: int = Field(default=1, ge=1, le=16)
-    max_queue: int = Field(default=16, ge=1)
-    request_timeout_s: float = Field(default=300.0, gt=0)
-    default_max_tokens: int = Field(default=2048, gt=0)
-    warmup: bool = True
-    # Sequences decoded together in one llama_decode call (continuous batching); 1 = the serial engine.
-    parallel: int = Field(default=8, ge=1, le=64)
-    # Reuse the KV cache of a shared prompt prefix: faster multi-turn chats, but outputs then
-    # depend on what ran before, so seeded and temperature-0 requests are no longer reproducible.
-    reuse_prompt_prefix: bool = False
-    required: bool = True  # counts towards /ready
 
 
 class ProviderConfig(_Strict):
@@ -281,68 +257,3 @@ def resolve_secret(value: str | None) -> str | None:
         return None
     m = _ENV_REF.match(value)
     return os.environ.get(m.group(1)) if m else value
-
-
-def parse_config(text: str, source: str = "<config>", known_cards: set[str] | None = None) -> GatewayConfig:
-    """Validate YAML text; raise ConfigError with `source:line: field: message` lines.
-
-    With `known_cards`, every card reference must name an existing model card.
-    """
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f"{mark.line + 1}" if mark is not None else "?"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, [f"{source}:{line}: invalid YAML: {problem}"]) from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(source, [f"{source}:1: the top level must be a mapping"])
-    root = compose(text)
-    duplicates = duplicate_keys(root)
-    if duplicates:  # YAML lets a second `routes:` replace the first without a word; we do not
-        raise ConfigError(source, [f"{source}:{line}: {where}: {key!r} is given twice (first on line {first})"
-                                   for line, where, key, first in duplicates])
-    try:
-        config = GatewayConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            loc = err["loc"]
-            where = format_loc(loc) or "(top level)"
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{source}:{line_of(root, loc) or '?'}: {where}: {msg}")
-        raise ConfigError(source, problems) from exc
-    from routing.config_checks import semantic_problems
-
-    problems = [f"{source}:{line_of(root, loc) or '?'}: {format_loc(loc)}: {msg}"
-                for loc, msg in semantic_problems(config, known_cards)]
-    if problems:
-        raise ConfigError(source, problems)
-    return config
-
-
-def load_config(path: str | Path | None, known_cards: set[str] | None = None) -> GatewayConfig:
-    if path is None:
-        return GatewayConfig()
-    return parse_config(read_config_text(path), str(path), known_cards)
-
-
-def read_config_text(path: str | Path) -> str:
-    """The file as UTF-8 text, or a ConfigError that names the line of the first byte that is not."""
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise ConfigError(str(p), [f"{p}: cannot read: {exc.strerror}"]) from exc
-    return decode_config(raw, str(p))
-
-
-def decode_config(raw: bytes, source: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(source, [f"{source}:{line}: the file is not UTF-8 text (byte 0x{raw[exc.start]:02x} "
-                                   f"at offset {exc.start})"]) from None

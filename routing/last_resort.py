@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any, AsyncIterator
 
-from backends import openai_format as fmt
+from backends.contract import responses as fmt
 
 
 def degraded_body(route: str, message: str, chat: bool) -> dict[str, Any]:

@@ -18,9 +18,10 @@ from typing import Any
 import yaml
 
 from backends.llamacpp.control import EngineControl, LocalControl
-from gateway.model_cards import ModelCard
-from routing.config import ConfigError, GatewayConfig, parse_config, read_config_text
+from backends.model_cards import ModelCard
+from routing.config import ConfigError, GatewayConfig
 from routing.config_checks import missing_secrets
+from routing.config_file import parse_config, read_config_text
 from routing.runtime import Runtime, build_runtime, retire, start_backends
 
 log = logging.getLogger("llm_gateway.routing")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from gateway.errors import ContextLengthExceeded
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from backends.contract.errors import ContextLengthExceeded
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from routing.config import Condition
 from routing.deployment import Deployment
 from routing.runtime import Route, Runtime

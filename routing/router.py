@@ -15,16 +15,15 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 import orjson
 
-from backends import openai_format as fmt
+from backends.aio import within
 from backends.base import Body, CallContext, SSEStream
-from gateway import tracing
-from gateway.aio import within
-from gateway.errors import AllDeploymentsFailed, GatewayError, UpstreamTimeout, internal_error
-from gateway.protocol import ChatCompletionRequest, SamplingFields
+from backends.contract import responses as fmt
+from backends.contract.errors import AllDeploymentsFailed, GatewayError, UpstreamTimeout, internal_error
+from backends.contract.protocol import ChatCompletionRequest, SamplingFields
 from routing.deployment import Deployment
 from routing.last_resort import degraded_body, degraded_stream
 from routing.plan import Plan
@@ -48,9 +47,20 @@ class Outcome:
 Call = Callable[[Deployment, CallContext], Awaitable[Any]]
 
 
+class AttemptHooks(Protocol):
+    """Told of every attempt on a deployment (the gateway's tracing spans); routing knows no tracer."""
+
+    def start(self, deployment: str, attempt: int) -> Any:
+        """Called before the attempt; what it returns is handed back to `end`."""
+
+    def end(self, token: Any, error: str | None) -> None:
+        """Called once the attempt answered (`error` None) or failed (its code)."""
+
+
 class Router:
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(self, rng: random.Random | None = None, hooks: AttemptHooks | None = None) -> None:
         self._rng = rng or random.Random()
+        self._hooks = hooks
 
     async def run(self, plan: Plan, request: SamplingFields, request_id: str, *, stream: bool, chat: bool) -> Outcome:
         route = plan.route.config
@@ -115,7 +125,7 @@ class Router:
                               params={**dep.config.params, **(params or {})}, continue_from=continue_from)
             dep.in_flight += 1
             started = time.monotonic()
-            span = tracing.start_attempt(dep.name, outcome.attempts)
+            token = self._hooks.start(dep.name, outcome.attempts) if self._hooks else None
             error: str | None = None
             try:
                 result = await within(call(dep, ctx), remaining)
@@ -148,7 +158,8 @@ class Router:
             finally:
                 dep.in_flight -= 1
                 outcome.backend_wait_s += time.monotonic() - started
-                tracing.end_attempt(span, error)
+                if self._hooks:
+                    self._hooks.end(token, error)
             dep.breaker.record_success()
             dep.successes += 1
             dep.observe_ttft(time.monotonic() - started)

@@ -17,14 +17,13 @@ from typing import Any
 import orjson
 
 from backends.base import Backend
-from backends.http import PoolSettings, UpstreamPool
-from backends.llamacpp.backend import LlamaCppBackend
+from backends.contract.errors import ModelNotFound
+from backends.http import UpstreamPool
 from backends.llamacpp.control import EngineControl
-from gateway.errors import ModelNotFound
-from gateway.model_cards import ModelCard
+from backends.model_cards import ModelCard
+from routing.backend_factory import local_backend, remote_backend, upstream_pool
 from routing.breaker import CircuitBreaker
-from routing.config import (DeploymentConfig, GatewayConfig, ProviderConfig, RetryPolicy, RouteConfig, Timeouts,
-                            resolve_secret)
+from routing.config import DeploymentConfig, GatewayConfig, ProviderConfig, RetryPolicy, RouteConfig, Timeouts
 from routing.deployment import Deployment
 
 log = logging.getLogger("llm_gateway.routing")
@@ -51,6 +50,7 @@ class Runtime:
     backends: dict[str, Backend]  # by definition key, shared with later runtimes
     pools: dict[str, UpstreamPool]  # by provider definition key
     default_route: Route | None = None
+    local: list[Backend] = field(default_factory=list)  # the llama.cpp models, in config order
     started: dict[str, asyncio.Task] = field(default_factory=dict)
 
     def resolve(self, model: str) -> Route:
@@ -62,7 +62,7 @@ class Runtime:
         raise ModelNotFound(model)
 
     def local_backends(self) -> list[Backend]:
-        return [b for b in self.backends.values() if isinstance(b, LlamaCppBackend)]
+        return list(self.local)
 
 
 def _key(kind: str, *parts: Any) -> str:
@@ -83,16 +83,14 @@ def build_runtime(config: GatewayConfig, cards: dict[str, ModelCard], previous: 
     local: dict[str, Backend] = {}
     for model in config.models:
         key = _key("llamacpp", model.model_dump())
-        backend = old_backends.get(key) or LlamaCppBackend(model.card, cards[model.card], model, control=control)
+        backend = old_backends.get(key) or local_backend(model, cards[model.card], control)
         backends[key] = backend
         local[model.card] = backend
 
     def provider_pool(name: str, provider: ProviderConfig) -> UpstreamPool:
         key = _key("pool", provider.model_dump())
         if key not in pools:
-            pools[key] = old_pools.get(key) or UpstreamPool(PoolSettings(
-                max_connections=provider.max_connections, connect_timeout_s=provider.connect_timeout_s,
-                read_timeout_s=provider.read_timeout_s))
+            pools[key] = old_pools.get(key) or upstream_pool(provider)
         return pools[key]
 
     dep_configs = list(config.deployments)
@@ -108,7 +106,7 @@ def build_runtime(config: GatewayConfig, cards: dict[str, ModelCard], previous: 
         else:
             provider = config.providers[dep.provider]
             key = _key("remote", dep.provider, provider.model_dump(), dep.model, dep.card)
-            backend = old_backends.get(key) or _remote_backend(dep, provider, provider_pool(dep.provider, provider),
+            backend = old_backends.get(key) or remote_backend(dep, provider, provider_pool(dep.provider, provider),
                                                                cards.get(dep.card) if dep.card else None)
             backends[key] = backend
         prev = old_deps.get(dep.name)
@@ -142,28 +140,7 @@ def build_runtime(config: GatewayConfig, cards: dict[str, ModelCard], previous: 
             routes[name] = route
     default = routes.get(config.default_route) if config.default_route else None
     return Runtime(config=config, version=version, routes=routes, route_list=route_list, deployments=deployments,
-                   backends=backends, pools=pools, default_route=default)
-
-
-def _remote_backend(dep: DeploymentConfig, provider: ProviderConfig, pool: UpstreamPool,
-                    card: ModelCard | None) -> Backend:
-    key = resolve_secret(provider.api_key)
-    if provider.kind == "vllm":
-        from backends.vllm import VLLMBackend
-
-        return VLLMBackend(dep.name, card, base_url=provider.base_url, model=dep.model, api_key=key, pool=pool,
-                           health_path=provider.health_path or "/health",
-                           metrics_path=provider.metrics_path or "/metrics")
-    if provider.kind == "anthropic":
-        from backends.anthropic import AnthropicBackend
-
-        return AnthropicBackend(dep.name, card, base_url=provider.base_url, model=dep.model, api_key=key, pool=pool,
-                                default_max_tokens=provider.default_max_tokens,
-                                anthropic_version=provider.anthropic_version)
-    from backends.openai_compat import OpenAICompatBackend
-
-    return OpenAICompatBackend(dep.name, card, base_url=provider.base_url, model=dep.model, api_key=key, pool=pool,
-                               health_path=provider.health_path)
+                   backends=backends, pools=pools, default_route=default, local=list(local.values()))
 
 
 async def start_backends(runtime: Runtime) -> None:

@@ -9,9 +9,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from backends.anthropic import AnthropicBackend, messages_url
-from backends.anthropic_stream import StreamTranslator
-from backends.anthropic_translate import (
+from backends.anthropic.backend import AnthropicBackend, messages_url
+from backends.anthropic.stream import StreamTranslator
+from backends.anthropic.translate import (
     PLACEHOLDER_USER,
     apply_params,
     build_body,
@@ -23,9 +23,9 @@ from backends.anthropic_translate import (
     usage,
 )
 from backends.base import CallContext
+from backends.contract.errors import GatewayError, InvalidRequest, StreamInterrupted, UpstreamError, UpstreamUnavailable
+from backends.contract.protocol import ChatCompletionRequest
 from backends.http import PoolSettings, UpstreamPool
-from gateway.errors import GatewayError, InvalidRequest, StreamInterrupted, UpstreamError, UpstreamUnavailable
-from gateway.protocol import ChatCompletionRequest
 
 KEY = "sk-ant-test-SECRET-0123456789"
 
@@ -524,7 +524,7 @@ async def test_completions_are_refused_and_lifecycle(fake: Callable[[Handler], A
     await backend.start()
     assert backend.status().state == "ready" and backend.status().kind == "anthropic"
     assert await backend.probe() and backend.supports_continuation
-    from gateway.protocol import CompletionRequest
+    from backends.contract.protocol import CompletionRequest
     creq = CompletionRequest.model_validate({"model": "claude", "prompt": "hi"})
     for call in (backend.completion, backend.completion_stream):
         with pytest.raises(InvalidRequest) as e:

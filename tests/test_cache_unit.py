@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types import Completion
 
-from backends.openai_format import DONE, sse
+from backends.contract.responses import DONE, sse
 from gateway.cache import ResponseCache, cache_control, cache_key, is_deterministic
 from gateway.cache_stream import StreamAssembler, replay, split_text
 from gateway.store_errors import StoreUnavailable

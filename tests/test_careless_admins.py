@@ -16,7 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from routing.config import ConfigError, parse_config
+from routing.config import ConfigError
+from routing.config_file import parse_config
 from tests.routing_env import ADMIN_KEY, Sims, admin, base_config, sims, start_gateway  # noqa: F401
 from tests.server import ROOT, GatewayProcess
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from routing.config import ConfigError, parse_config
+from routing.config import ConfigError
+from routing.config_file import parse_config
 from tests.server import ROOT
 
 GOOD = """\

@@ -19,11 +19,12 @@ import httpx
 import orjson
 import pytest
 
+from backends.model_cards import ModelCard, load_cards
 from gateway import cli_cost
 from gateway.cost import build_report, render_table
-from gateway.model_cards import ModelCard, load_cards
 from gateway.store_errors import StoreUnavailable
-from routing.config import GatewayConfig, load_config
+from routing.config import GatewayConfig
+from routing.config_file import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -110,7 +110,7 @@ def _cost_of_one(g: GatewayProcess) -> float:
     r = httpx.post(f"{g.base_url}/chat/completions", headers=auth(MASTER), timeout=10,
                    json={"model": "chat", "messages": MSGS, "temperature": 0, "seed": 1})
     usage = r.json()["usage"]
-    from gateway.model_cards import load_cards
+    from backends.model_cards import load_cards
 
     price = load_cards()["gpt-4o-mini"].pricing
     return (price.input_per_mtok * usage["prompt_tokens"] + price.output_per_mtok * usage["completion_tokens"]) / 1e6

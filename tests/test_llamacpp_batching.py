@@ -32,8 +32,8 @@ import pytest
 from backends.llamacpp.batch import BatchEngine
 from backends.llamacpp.jobs import DONE, END, ERROR, TEXT, EngineSettings, Job, Sampling
 from backends.llamacpp.serial import LlamaEngine
-from gateway.model_cards import load_cards
-from gateway.weights import resolve_weights
+from backends.model_cards import load_cards
+from backends.weights import resolve_weights
 
 pytestmark = pytest.mark.e2e
 
@@ -289,10 +289,10 @@ def test_full_queue_raises_and_the_backend_says_overloaded() -> None:
 def test_a_full_engine_process_is_a_503_with_retry_after() -> None:
     """Across the process boundary: the engine process answers FULL, the backend raises Overloaded."""
     from backends.base import CallContext
+    from backends.contract.errors import Overloaded
+    from backends.contract.protocol import ChatCompletionRequest
     from backends.llamacpp.backend import LlamaCppBackend
-    from gateway.errors import Overloaded
-    from gateway.model_cards import load_cards as cards
-    from gateway.protocol import ChatCompletionRequest
+    from backends.model_cards import load_cards as cards
     from routing.config import LlamaCppModelConfig
 
     def chat(prompt: str, max_tokens: int) -> ChatCompletionRequest:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from backends.chat_template import ChatTemplate, normalise_messages
-from gateway.errors import InvalidRequest
-from gateway.model_cards import load_cards
-from gateway.protocol import ChatMessage
+from backends.contract.errors import InvalidRequest
+from backends.contract.protocol import ChatMessage
+from backends.llamacpp.chat_template import ChatTemplate, normalise_messages
+from backends.model_cards import load_cards
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.errors import InvalidRequest
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
+from backends.contract.errors import InvalidRequest
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, parse_request
 
 
 def chat(**kw) -> bytes:

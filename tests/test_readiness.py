@@ -79,7 +79,7 @@ def test_missing_weights_keep_ready_503_and_say_why(tmp_path) -> None:
     import asyncio
 
     from backends.llamacpp.backend import LlamaCppBackend
-    from gateway.model_cards import load_cards
+    from backends.model_cards import load_cards
 
     card = load_cards()[MODEL]
     backend = LlamaCppBackend(MODEL, card, LlamaCppModelConfig(card=MODEL, model_path=str(tmp_path / "none.gguf")))

@@ -9,7 +9,8 @@ import pytest
 
 from backends.base import Backend
 from routing.breaker import CircuitBreaker
-from routing.config import BreakerConfig, ConfigError, DeploymentConfig, GatewayConfig, parse_config
+from routing.config import BreakerConfig, ConfigError, DeploymentConfig, GatewayConfig
+from routing.config_file import parse_config
 from routing.deployment import Deployment
 from routing.strategies import cheapest, least_busy, lowest_latency, weighted
 
@@ -176,7 +177,7 @@ vllm:num_requests_running{engine="0",model_name="m"} 4.0
 
 
 def test_default_route_catches_unknown_model_names() -> None:
-    from gateway.model_cards import load_cards
+    from backends.model_cards import load_cards
     from routing.runtime import build_runtime
 
     cfg = parse_config(ROUTED.replace("[missing]", "[big]") + "default_route: r\n")
@@ -203,8 +204,8 @@ def test_an_unexpected_exception_is_that_requests_500_never_the_deployments_fail
     body that trips one) is a 500 for its own request, with no failover and no breaker count."""
     import asyncio
 
-    from gateway.errors import GatewayError
-    from gateway.protocol import ChatCompletionRequest
+    from backends.contract.errors import GatewayError
+    from backends.contract.protocol import ChatCompletionRequest
     from routing.config import RouteConfig
     from routing.plan import Plan
     from routing.router import Router

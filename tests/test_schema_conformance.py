@@ -110,8 +110,8 @@ def test_error_bodies_conform(gateway: GatewayProcess, conforms: Conforms, path:
 
 def test_in_band_stream_error_conforms(conforms: Conforms) -> None:
     """A failure after the stream has started is sent in-band, in ErrorResponse's shape."""
-    from backends.openai_format import error_frame
-    from gateway.errors import UpstreamTimeout
+    from backends.contract.errors import UpstreamTimeout
+    from backends.contract.responses import error_frame
 
     frame = error_frame(UpstreamTimeout("too slow").body())
     assert frame.startswith(b"data: ") and frame.endswith(b"\n\n")

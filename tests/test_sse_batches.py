@@ -7,7 +7,7 @@ from typing import AsyncIterator
 import orjson
 import pytest
 
-from backends import openai_format as fmt
+from backends.contract import responses as fmt
 from backends.http import sse_batches
 from routing.router import _ChatTracker, _follow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backends.text_stream import StopTextStream
+from backends.llamacpp.text_stream import StopTextStream
 
 
 def run(pieces: list[bytes], stops: list[str] | None) -> tuple[str, bool]:

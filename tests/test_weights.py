@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from gateway.model_cards import load_cards
-from gateway.weights import WeightsError, resolve_weights
+from backends.model_cards import load_cards
+from backends.weights import WeightsError, resolve_weights
 
 
 def test_assembles_verifies_and_reuses(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:

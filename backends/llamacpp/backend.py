@@ -7,7 +7,7 @@ their own processes (`host`), started and restarted by a supervisor; this
 worker reaches them through `instances.EngineSet`. Tokenizing and the chat
 template stay here, with a vocab-only copy of the model, so routing can count
 a prompt's tokens even while the engine is restarting. The wire shapes are in
-`openai_format`.
+`backends.contract.responses`.
 """
 
 from __future__ import annotations
@@ -23,16 +23,10 @@ from typing import Any, AsyncIterator, Callable
 
 import orjson
 
-from backends import openai_format as fmt
+from backends.aio import within
 from backends.base import Backend, BackendStatus, CallContext, SSEStream
-from backends.chat_template import ChatTemplate
-from backends.llamacpp import wire
-from backends.llamacpp.client import LOST, JobHandle
-from backends.llamacpp.control import EngineControl, LocalControl
-from backends.llamacpp.instances import AllFull, EngineSet, NoEngine
-from backends.llamacpp.jobs import EngineSettings
-from gateway.aio import within
-from gateway.errors import (
+from backends.contract import responses as fmt
+from backends.contract.errors import (
     ContextLengthExceeded,
     EngineError,
     EngineUnavailable,
@@ -41,10 +35,22 @@ from gateway.errors import (
     Overloaded,
     UpstreamTimeout,
 )
-from gateway.model_cards import ModelCard
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, ResponseFormatJSONObject, ResponseFormatJSONSchema, SamplingFields
-from gateway.weights import Progress, resolve_weights
-from routing.config import LlamaCppModelConfig
+from backends.contract.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponseFormatJSONObject,
+    ResponseFormatJSONSchema,
+    SamplingFields,
+)
+from backends.llamacpp import wire
+from backends.llamacpp.chat_template import ChatTemplate
+from backends.llamacpp.client import LOST, JobHandle
+from backends.llamacpp.control import EngineControl, LocalControl
+from backends.llamacpp.instances import AllFull, EngineSet, NoEngine
+from backends.llamacpp.jobs import EngineSettings
+from backends.llamacpp.settings import LlamaCppModelConfig
+from backends.model_cards import ModelCard
+from backends.weights import Progress, resolve_weights
 
 log = logging.getLogger("llm_gateway.llamacpp")
 

@@ -25,7 +25,7 @@ from backends.llamacpp.jobs import DONE, END, ERROR, TEXT, EngineSettings, Job, 
 from backends.llamacpp.sampler import SamplerChain, choice_seed
 from backends.llamacpp.seqs import Run, Seq, Slot, reusable
 from backends.llamacpp.sysinfo import model_params
-from backends.text_stream import StopTextStream
+from backends.llamacpp.text_stream import StopTextStream
 
 log = logging.getLogger("llm_gateway.llamacpp")
 

@@ -15,11 +15,11 @@ import logging
 import time
 from typing import Any, Callable
 
+from backends.aio import within
 from backends.llamacpp.client import EngineClient, JobHandle
 from backends.llamacpp.control import EngineControl
 from backends.llamacpp.jobs import EngineSettings
 from backends.llamacpp.wire import FULL
-from gateway.aio import within
 
 log = logging.getLogger("llm_gateway.llamacpp")
 

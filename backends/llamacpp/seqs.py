@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from backends.llamacpp.jobs import Job
 from backends.llamacpp.sampler import SamplerChain
-from backends.text_stream import StopTextStream
+from backends.llamacpp.text_stream import StopTextStream
 
 
 @dataclass(eq=False, slots=True)

@@ -15,7 +15,7 @@ import time
 from backends.llamacpp.engine_thread import EngineThread
 from backends.llamacpp.jobs import DONE, END, ERROR, TEXT, EngineSettings, Job, Sampling, default_threads
 from backends.llamacpp.sysinfo import extra_bufts
-from backends.text_stream import StopTextStream
+from backends.llamacpp.text_stream import StopTextStream
 
 log = logging.getLogger("llm_gateway.llamacpp")
 

@@ -16,8 +16,8 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from backends.contract.errors import GatewayError
 from gateway.auth import MASTER_KEY_ENV
-from gateway.errors import GatewayError
 
 ADMIN_KEY_ENV = "LLM_GATEWAY_ADMIN_KEY"
 

@@ -13,8 +13,8 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from backends.contract.errors import GatewayError, InvalidRequest
 from gateway.cost import build_report
-from gateway.errors import GatewayError, InvalidRequest
 from gateway.routes.admin import require_admin
 from gateway.store_errors import StoreUnavailable
 

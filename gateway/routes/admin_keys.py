@@ -16,8 +16,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
+from backends.contract.errors import GatewayError, InvalidRequest, NotFound
 from gateway.auth import MASTER_KEY_ENV
-from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.keys import KeyExists
 from gateway.routes.admin import require_admin
 from gateway.store_errors import StoreUnavailable

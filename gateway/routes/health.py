@@ -12,6 +12,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from gateway import metrics
 from gateway.auth import auth_enabled
 from gateway.routes.admin import is_admin, require_admin
 
@@ -67,8 +68,6 @@ async def ready(request: Request) -> Response:
 async def prometheus_metrics(request: Request) -> Response:
     """Prometheus text format. Breaker, health and queue gauges are read from the live runtime now.
     With keys on, it needs the admin key unless `server.public_metrics` (a scraper can send a bearer token)."""
-    from gateway import metrics
-
     if auth_enabled() and not request.app.server_public("metrics"):
         require_admin(request)
 

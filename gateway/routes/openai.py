@@ -15,12 +15,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
+from backends.contract.errors import GatewayError, ModelNotFound
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, parse_request
 from gateway.auth import Principal, authenticate
 from gateway.disconnect import ClientDisconnected
-from gateway.errors import GatewayError
 from gateway.observe import RequestRecord, finish
 from gateway.pipeline import serve
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
 from routing.runtime import Route, Runtime
 
 router = APIRouter(prefix="/v1")  # the cheap GET endpoints; the hot POST ones are plain Starlette routes below
@@ -135,7 +135,5 @@ async def get_model(model_id: str, request: Request) -> Response:
     runtime = _runtime(request)
     route = runtime.routes.get(model_id)
     if route is None or not _visible(principal, route):  # a model the key may not use does not exist for it
-        from gateway.errors import ModelNotFound
-
         raise ModelNotFound(model_id)
     return _json(model_object(route, request.app.state.manager.started_at))

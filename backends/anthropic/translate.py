@@ -19,10 +19,10 @@ from typing import Any, Mapping
 
 import orjson
 
+from backends.contract.errors import InvalidRequest, UpstreamError
+from backends.contract.protocol import ChatCompletionRequest, ChatMessage, ResponseFormatText, TextPart
 from backends.http import parse_retry_after
 from backends.scrub import scrub
-from gateway.errors import InvalidRequest, UpstreamError
-from gateway.protocol import ChatCompletionRequest, ChatMessage, ResponseFormatText, TextPart
 
 PLACEHOLDER_USER = "(continue)"
 FINGERPRINT = "fp_anthropic"  # OpenAI's schema wants a string here

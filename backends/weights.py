@@ -13,7 +13,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Callable, TextIO
 
-from gateway.model_cards import ModelCard
+from backends.model_cards import ModelCard
 
 Progress = Callable[[int, int], None]
 

@@ -1,7 +1,7 @@
 """Anthropic's Messages API behind the OpenAI chat interface.
 
-The wire translation lives in `anthropic_translate` (requests, responses,
-errors) and `anthropic_stream` (SSE events); this module only does HTTP.
+The wire translation lives in `translate` (requests, responses,
+errors) and `stream` (SSE events); this module only does HTTP.
 The API key goes into the `x-api-key` header and nowhere else: it is never
 logged and is scrubbed from any upstream error message.
 
@@ -22,8 +22,8 @@ from typing import Any, AsyncIterator
 import aiohttp
 import orjson
 
-from backends.anthropic_stream import StreamTranslator
-from backends.anthropic_translate import (
+from backends.anthropic.stream import StreamTranslator
+from backends.anthropic.translate import (
     apply_params,
     build_body,
     error_from,
@@ -32,10 +32,10 @@ from backends.anthropic_translate import (
     upstream_error,
 )
 from backends.base import Backend, BackendState, BackendStatus, CallContext, SSEStream
+from backends.contract.errors import GatewayError, InvalidRequest, UpstreamError
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest
 from backends.http import UpstreamPool, event_data, event_name, prepend, sse_events, transport_error
-from gateway.errors import GatewayError, InvalidRequest, UpstreamError
-from gateway.model_cards import ModelCard
-from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from backends.model_cards import ModelCard
 
 log = logging.getLogger("llm_gateway.anthropic")
 

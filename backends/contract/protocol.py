@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from gateway.errors import InvalidRequest
+from backends.contract.errors import InvalidRequest
 
 
 class OpenAIModel(BaseModel):

@@ -16,8 +16,8 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from gateway.errors import InvalidRequest
-from gateway.protocol import ChatMessage
+from backends.contract.errors import InvalidRequest
+from backends.contract.protocol import ChatMessage
 
 
 class TemplateError(ValueError):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends.anthropic_translate import FINGERPRINT, error_from, finish_reason, trim_repeat, usage
-from backends.openai_format import DONE, sse
+from backends.anthropic.translate import FINGERPRINT, error_from, finish_reason, trim_repeat, usage
+from backends.contract.responses import DONE, sse
 
 
 class StreamTranslator:
