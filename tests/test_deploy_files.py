@@ -29,7 +29,8 @@ import jsonschema
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.paths import ROOT
+
 DEPLOY = ROOT / "deploy"
 CONFIGS = DEPLOY / "configs"
 K8S = DEPLOY / "kubernetes"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.paths import ROOT
+
 PACKAGES = ("backends", "routing", "gateway")
 CONTRACT = "backends.contract"
 # The concrete provider and engine classes: only the one factory maps config onto them.

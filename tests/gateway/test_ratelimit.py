@@ -24,9 +24,9 @@ from redis.backoff import NoBackoff
 
 from gateway.ratelimit import LimitResult, LimitSpec, RateLimiter, format_duration
 from gateway.store_errors import StoreUnavailable, guard
+from tests.paths import ROOT
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
-ROOT = Path(__file__).resolve().parent.parent
 
 Factory = Callable[..., RateLimiter]
 

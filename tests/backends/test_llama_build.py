@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import ROOT
+
 SCRIPT = ROOT / "deploy" / "install-llama-cpp.sh"
 
 # The first `flags` line of /proc/cpuinfo on the three kinds of machine this must run on.

@@ -25,9 +25,8 @@ from gateway.cost import build_report, render_table
 from gateway.store_errors import StoreUnavailable
 from routing.config import GatewayConfig
 from routing.config_file import load_config
+from tests.paths import FIXTURES, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CARDS_DIR = FIXTURES / "cards"
 CONFIG = FIXTURES / "cost_article.yaml"
 USAGE = FIXTURES / "usage_article.json"

@@ -21,10 +21,10 @@ import httpx
 import openai
 import pytest
 
+from tests.paths import ROOT
 from tests.sim import AnthropicSim, Fault, OpenAISim, VLLMSim, canonical_reply
 from tests.sim.text import words
 
-ROOT = Path(__file__).resolve().parent.parent
 HELLO = [{"role": "user", "content": "Hello there"}]
 HELLO_REPLY = "Reply to: Hello there. The quick brown fox jumps over the lazy dog."
 ANTHROPIC_HEADERS = {"x-api-key": "k", "anthropic-version": "2023-06-01"}

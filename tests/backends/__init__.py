@@ -1,0 +1,1 @@
+"""Tests of backends/: the contract, each provider and engine, the simulators they are tested against."""

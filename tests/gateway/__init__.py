@@ -1,0 +1,1 @@
+"""Tests of gateway/: auth, keys, limits, cache, exposure, hostile clients, observability."""

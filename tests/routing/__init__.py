@@ -1,0 +1,1 @@
+"""Tests of routing/: config, plans, failover, breakers, load."""
