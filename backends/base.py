@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator, Awaitable, Literal
 
 from backends.contract.protocol import ChatCompletionRequest, CompletionRequest
 from backends.model_cards import ModelCard
@@ -119,3 +119,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def completion_stream(self, request: CompletionRequest, ctx: CallContext) -> SSEStream: ...
+
+    def answer(self, request: ChatCompletionRequest | CompletionRequest, ctx: CallContext) -> Awaitable[Any]:
+        """The one entry routing calls: the request says which endpoint it is for and whether it
+        streams, and this picks the method (`Body` for a plain answer, `SSEStream` for a stream)."""
+        if request.is_chat:
+            return self.chat_stream(request, ctx) if request.stream else self.chat(request, ctx)  # type: ignore[arg-type]
+        return (self.completion_stream(request, ctx) if request.stream  # type: ignore[arg-type]
+                else self.completion(request, ctx))  # type: ignore[arg-type]

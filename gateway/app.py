@@ -27,8 +27,8 @@ from gateway.flushing import flush_periodically
 from gateway.gc_tuning import tune_for_serving
 from gateway.middleware import RequestContextMiddleware
 from gateway.openapi_doc import openapi_document
-from gateway.pipeline import Services
 from gateway.routes import admin, admin_cost, admin_keys, health, openai
+from gateway.services import Services
 from routing.config import GatewayConfig, resolve_secret
 from routing.manager import RuntimeManager
 

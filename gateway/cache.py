@@ -2,7 +2,7 @@
 
 Stored bodies are always the NON-streamed OpenAI shape (`chat.completion` or
 `text_completion`), so one entry serves both streamed and non-streamed
-requests (see `gateway.cache_stream` for assembling and replaying streams).
+requests (see `gateway.cache_replay` for assembling and replaying streams).
 The store fails loudly (`StoreUnavailable`) and fast (`timeout_s`) so callers
 can fail open: a slow cache must never be slower than no cache.
 """

@@ -6,36 +6,26 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from backends.contract.errors import ContextLengthExceeded
-from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from backends.contract.protocol import SamplingFields
 from routing.config import Condition
 from routing.deployment import Deployment
+from routing.prompt_tokens import PromptTokens
 from routing.runtime import Route, Runtime
 from routing.strategies import STRATEGIES
-
-CHARS_PER_TOKEN = 4  # a deliberately rough estimate; exact counts need the deployment's own tokenizer
 
 
 @dataclass
 class Plan:
     route: Route
     candidates: list[Deployment]  # in the order to try
-    prompt_tokens: int  # estimated
+    tokens: PromptTokens  # the one estimate of the prompt, for rules, limits and billing
     max_tokens: int
+    # Did a rule look at the caller's key tier? If not, a plan made on a guessed tier stands.
+    tier_sensitive: bool = False
 
-
-def estimate_prompt_tokens(request: SamplingFields) -> int:
-    if isinstance(request, ChatCompletionRequest):
-        chars = 0
-        for m in request.messages:
-            if isinstance(m.content, str):
-                chars += len(m.content)
-            elif m.content:
-                chars += sum(len(getattr(p, "text", "") or "") for p in m.content)
-        return chars // CHARS_PER_TOKEN + 4 * len(request.messages)
-    if isinstance(request, CompletionRequest):
-        return sum(len(p) if isinstance(p, str) else len(p) * CHARS_PER_TOKEN
-                   for p in request.prompts()) // CHARS_PER_TOKEN
-    return 0
+    @property
+    def prompt_tokens(self) -> int:
+        return self.tokens.rough
 
 
 def _matches(cond: Condition, prompt_tokens: int, headers: Mapping[str, str], metadata: Mapping[str, Any],
@@ -56,26 +46,31 @@ def _matches(cond: Condition, prompt_tokens: int, headers: Mapping[str, str], me
 def make_plan(runtime: Runtime, request: SamplingFields, headers: Mapping[str, str],
               key_tier: str | None = None) -> Plan:
     route = runtime.resolve(request.model)
-    prompt_tokens = estimate_prompt_tokens(request)
-    max_tokens = getattr(request, "max_output_tokens", None) or 256
+    tokens = PromptTokens(request, runtime.config.usage.o200k_path)
+    max_tokens = request.max_output_tokens or 256
     metadata = getattr(request, "metadata", None) or {}
-    param = "messages" if hasattr(request, "messages") else "prompt"  # the field an error should name
+    if not isinstance(metadata, dict):
+        metadata = {}
     deployments = route.deployments
+    tier_sensitive = False
     for _ in range(8):  # rules may hand over to another route; bounded against cycles
         for rule in route.config.rules:
-            if _matches(rule.when, prompt_tokens, headers, metadata if isinstance(metadata, dict) else {}, key_tier):
+            tier_sensitive = tier_sensitive or rule.when.key_tier is not None
+            if _matches(rule.when, tokens.rough, headers, metadata, key_tier):
                 if rule.route is not None:
                     route = runtime.routes[rule.route]
                     deployments = route.deployments
                     break
                 deployments = [runtime.deployments[n] for n in rule.deployments or []]
-                return _finish(route, deployments, prompt_tokens, max_tokens, param)
+                return _finish(route, deployments, tokens, max_tokens, request.prompt_field, tier_sensitive)
         else:
             break
-    return _finish(route, deployments, prompt_tokens, max_tokens, param)
+    return _finish(route, deployments, tokens, max_tokens, request.prompt_field, tier_sensitive)
 
 
-def _finish(route: Route, deployments: list[Deployment], prompt_tokens: int, max_tokens: int, param: str) -> Plan:
+def _finish(route: Route, deployments: list[Deployment], tokens: PromptTokens, max_tokens: int, param: str,
+            tier_sensitive: bool) -> Plan:
+    prompt_tokens = tokens.rough
     # Long prompts only go where they fit (when a deployment's context is known).
     fitting = [d for d in deployments if d.context_length is None or prompt_tokens + 1 <= d.context_length]
     if not fitting and deployments:
@@ -88,4 +83,5 @@ def _finish(route: Route, deployments: list[Deployment], prompt_tokens: int, max
     # go last: tried only when nothing else is left.
     usable = [d.healthy and d.backend.available for d in ordered]
     ordered = [d for d, ok in zip(ordered, usable) if ok] + [d for d, ok in zip(ordered, usable) if not ok]
-    return Plan(route, ordered, prompt_tokens, max_tokens)
+    tokens.count_for(ordered[0] if ordered else None)
+    return Plan(route, ordered, tokens, max_tokens, tier_sensitive)

@@ -15,15 +15,15 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
-
-import orjson
+from typing import Any, AsyncIterator, Protocol
 
 from backends.aio import within
 from backends.base import Body, CallContext, SSEStream
 from backends.contract import responses as fmt
+from backends.contract.assembler import StreamAssembler, parse_frame
 from backends.contract.errors import AllDeploymentsFailed, GatewayError, UpstreamTimeout, internal_error
 from backends.contract.protocol import ChatCompletionRequest, SamplingFields
+from backends.contract.responses import split_frames
 from routing.deployment import Deployment
 from routing.last_resort import degraded_body, degraded_stream
 from routing.plan import Plan
@@ -37,14 +37,15 @@ class Outcome:
 
     body: Body | None = None
     stream: SSEStream | None = None
-    deployment: str = "-"
+    deployment: str = "-"  # the name for headers and logs: a deployment, or "last-resort"
+    served_by: Deployment | None = None  # the deployment that answered (the last one, after a continuation)
     attempts: int = 0
     backend_wait_s: float = 0.0  # time spent waiting on backends before the answer started
     degraded: str | None = None
     errors: list[str] = field(default_factory=list)
-
-
-Call = Callable[[Deployment, CallContext], Awaitable[Any]]
+    # Fed every frame the stream relays (text so far, finish, usage, the full body at the end); the
+    # gateway reads it for the cache and for accounting instead of parsing the frames again.
+    assembler: StreamAssembler = field(default_factory=StreamAssembler)
 
 
 class AttemptHooks(Protocol):
@@ -58,288 +59,283 @@ class AttemptHooks(Protocol):
 
 
 class Router:
+    """Stateless between requests (breakers and latencies live on the deployments): each request
+    gets a `_Run` of its own."""
+
     def __init__(self, rng: random.Random | None = None, hooks: AttemptHooks | None = None) -> None:
         self._rng = rng or random.Random()
         self._hooks = hooks
 
-    async def run(self, plan: Plan, request: SamplingFields, request_id: str, *, stream: bool, chat: bool) -> Outcome:
-        route = plan.route.config
-        deadline = time.monotonic() + route.timeouts.total_s
+    async def run(self, plan: Plan, request: SamplingFields, request_id: str) -> Outcome:
+        """Answer `request` (its endpoint and streaming mode are its own) from the plan's deployments."""
+        return await _Run(self, plan, request, request_id).start()
 
-        def call(dep: Deployment, ctx: CallContext) -> Awaitable[Any]:
-            b = dep.backend
-            if chat:
-                return b.chat_stream(request, ctx) if stream else b.chat(request, ctx)  # type: ignore[arg-type]
-            return b.completion_stream(request, ctx) if stream else b.completion(request, ctx)  # type: ignore[arg-type]
 
-        outcome = Outcome()
+class _Run:
+    """One request's way through its plan: the state every stage needs, kept in one place."""
+
+    def __init__(self, router: Router, plan: Plan, request: SamplingFields, request_id: str) -> None:
+        self.rng = router._rng
+        self.hooks = router._hooks
+        self.plan = plan
+        self.route = plan.route.config
+        self.request = request
+        self.request_id = request_id
+        self.deadline = time.monotonic() + self.route.timeouts.total_s
+        self.outcome = Outcome()
+        self.failed: set[str] = set()  # deployments whose stream broke (never asked to continue it)
+
+    async def start(self) -> Outcome:
+        outcome = self.outcome
         try:
-            result, dep = await self._attempts(plan, request_id, deadline, call, outcome, exclude=set())
+            result, dep = await self.attempts()
         except GatewayError as exc:
-            if not exc.retryable or route.last_resort is None:
+            if not exc.retryable or self.route.last_resort is None:
                 raise
-            return self._degraded(plan, request, stream, chat, outcome, exc)
-        outcome.deployment = dep.name
-        if not stream:
+            return self.degraded(exc)
+        outcome.deployment, outcome.served_by = dep.name, dep
+        if not self.request.stream:
             outcome.body = result
             return outcome
-        can_continue = (chat and route.stream_continuation and isinstance(request, ChatCompletionRequest)
-                        and request.n == 1)
-        outcome.stream = self._guard(result, dep, plan, request, request_id, deadline, outcome, can_continue)
+        outcome.stream = self.relay(result, dep)
         return outcome
 
-    async def _attempts(self, plan: Plan, request_id: str, deadline: float, call: Call, outcome: Outcome,
-                        exclude: set[str], continuation: bool = False,
-                        params: dict[str, Any] | None = None, continue_from: str | None = None) -> tuple[Any, Deployment]:
+    @property
+    def can_continue(self) -> bool:
+        """May a broken stream be continued elsewhere? Chat only, one choice, and the route allows it."""
+        return (self.request.is_chat and self.route.stream_continuation
+                and isinstance(self.request, ChatCompletionRequest) and self.request.n == 1)
+
+    # -- attempts before the first byte ------------------------------------------------------------------
+
+    async def attempts(self, continuation: bool = False, params: dict[str, Any] | None = None,
+                       continue_from: str | None = None) -> tuple[Any, Deployment]:
         """Try deployments in plan order until one answers (its first byte, for streams)."""
-        route = plan.route.config
-        policy = route.retry
-        candidates = [d for d in plan.candidates if d.name not in exclude
+        policy = self.route.retry
+        outcome = self.outcome
+        candidates = [d for d in self.plan.candidates if d.name not in self.failed
                       and (not continuation or d.backend.supports_continuation)]
         tries: dict[str, int] = {}
         last: GatewayError | None = None
         index = 0
         while outcome.attempts < policy.max_attempts and candidates:
-            dep = self._next(candidates, index)
+            dep = _next(candidates, index)
             if dep is None:
                 break
             index = candidates.index(dep) + 1
             n_before = tries.get(dep.name, 0)
             if n_before:
                 delay = min(policy.backoff_max_s, policy.backoff_base_s * 2 ** (n_before - 1))
-                delay *= 0.5 + self._rng.random() / 2  # jitter
+                delay *= 0.5 + self.rng.random() / 2  # jitter
                 if last is not None and last.retry_after:
                     delay = max(delay, min(last.retry_after, policy.retry_after_cap_s))
-                if time.monotonic() + delay >= deadline:
+                if time.monotonic() + delay >= self.deadline:
                     dep.breaker.release()
                     break
                 await asyncio.sleep(delay)
-            remaining = deadline - time.monotonic()
+            remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 dep.breaker.release()
                 break
             tries[dep.name] = n_before + 1
             outcome.attempts += 1
-            ctx = CallContext(request_id=request_id, connect_timeout=min(route.timeouts.connect_s, remaining),
-                              read_timeout=min(route.timeouts.read_s, remaining),
+            ctx = CallContext(request_id=self.request_id, connect_timeout=min(self.route.timeouts.connect_s, remaining),
+                              read_timeout=min(self.route.timeouts.read_s, remaining),
                               params={**dep.config.params, **(params or {})}, continue_from=continue_from)
-            dep.in_flight += 1
-            started = time.monotonic()
-            token = self._hooks.start(dep.name, outcome.attempts) if self._hooks else None
-            error: str | None = None
             try:
-                result = await within(call(dep, ctx), remaining)
-            except asyncio.TimeoutError:
-                last = UpstreamTimeout(f"The request did not finish within the route's deadline "
-                                       f"({route.timeouts.total_s:g}s).")
-                error = "timeout"
-                self._failed(dep, last, outcome)
-                continue
+                result = await self.attempt(dep, ctx, remaining)
             except GatewayError as exc:
-                error = exc.code or exc.error_type
                 if not exc.retryable:
-                    dep.breaker.release()  # a client error says nothing about the deployment's health
                     raise
                 last = exc
-                self._failed(dep, exc, outcome)
                 continue
-            except asyncio.CancelledError:
-                error = "cancelled"
-                dep.breaker.release()
-                raise
-            except Exception:
-                # A bug of ours, or a library error a backend did not map: a 500 for this request alone,
-                # never a verdict on the deployment. (Were it one, a hostile body could open the breaker
-                # for every tenant.) Only transport failures, timeouts and upstream 5xx/429 count.
-                log.exception("request %s: deployment %s raised unexpectedly", request_id, dep.name)
-                error = "internal_error"
-                dep.breaker.release()
-                raise internal_error() from None
-            finally:
-                dep.in_flight -= 1
-                outcome.backend_wait_s += time.monotonic() - started
-                if self._hooks:
-                    self._hooks.end(token, error)
-            dep.breaker.record_success()
-            dep.successes += 1
-            dep.observe_ttft(time.monotonic() - started)
             return result, dep
         if last is None:
-            last = AllDeploymentsFailed(f"No deployment of '{plan.route.name}' is available right now.",
+            last = AllDeploymentsFailed(f"No deployment of '{self.plan.route.name}' is available right now.",
                                         headers={"Retry-After": "1"})
-            last.retryable = True
         raise last
 
-    def _next(self, candidates: list[Deployment], start: int) -> Deployment | None:
-        """The next deployment, cycling from `start`, whose breaker lets a request through."""
-        n = len(candidates)
-        for k in range(n):
-            dep = candidates[(start + k) % n]
-            if dep.breaker.allow():
-                return dep
-        return None
+    async def attempt(self, dep: Deployment, ctx: CallContext, remaining: float) -> Any:
+        """One call to one deployment, with its breaker, counters and hooks kept right whatever happens."""
+        dep.in_flight += 1
+        started = time.monotonic()
+        token = self.hooks.start(dep.name, self.outcome.attempts) if self.hooks else None
+        error: str | None = None
+        try:
+            result = await within(dep.backend.answer(self.request, ctx), remaining)  # type: ignore[arg-type]
+        except asyncio.TimeoutError:
+            error = "timeout"
+            exc = UpstreamTimeout(f"The request did not finish within the route's deadline "
+                                  f"({self.route.timeouts.total_s:g}s).")
+            self.failed_on(dep, exc)
+            raise exc from None
+        except GatewayError as exc:
+            error = exc.code or exc.error_type
+            if not exc.retryable:
+                dep.breaker.release()  # a client error says nothing about the deployment's health
+                raise
+            self.failed_on(dep, exc)
+            raise
+        except asyncio.CancelledError:
+            error = "cancelled"
+            dep.breaker.release()
+            raise
+        except Exception:
+            # A bug of ours, or a library error a backend did not map: a 500 for this request alone,
+            # never a verdict on the deployment. (Were it one, a hostile body could open the breaker
+            # for every tenant.) Only transport failures, timeouts and upstream 5xx/429 count.
+            log.exception("request %s: deployment %s raised unexpectedly", self.request_id, dep.name)
+            error = "internal_error"
+            dep.breaker.release()
+            raise internal_error() from None
+        finally:
+            dep.in_flight -= 1
+            self.outcome.backend_wait_s += time.monotonic() - started
+            if self.hooks:
+                self.hooks.end(token, error)
+        dep.breaker.record_success()
+        dep.successes += 1
+        dep.observe_ttft(time.monotonic() - started)
+        return result
 
-    @staticmethod
-    def _failed(dep: Deployment, exc: GatewayError, outcome: Outcome) -> None:
+    def failed_on(self, dep: Deployment, exc: GatewayError) -> None:
         if exc.counts_against_breaker:
             dep.breaker.record_failure()
         else:
             dep.breaker.release()
         dep.failures += 1
         dep.last_error = f"{exc.status_code} {exc.code or exc.error_type}"
-        outcome.errors.append(f"{dep.name}: {dep.last_error}")
+        self.outcome.errors.append(f"{dep.name}: {dep.last_error}")
         log.warning("deployment %s failed (%s); failing over", dep.name, dep.last_error)
 
-    def _degraded(self, plan: Plan, request: SamplingFields, stream: bool, chat: bool, outcome: Outcome,
-                  exc: GatewayError) -> Outcome:
-        message = plan.route.config.last_resort.message  # type: ignore[union-attr]
+    # -- the last resort ---------------------------------------------------------------------------------
+
+    def degraded(self, exc: GatewayError) -> Outcome:
+        outcome, request = self.outcome, self.request
+        message = self.route.last_resort.message  # type: ignore[union-attr]
         outcome.degraded = "static"
         outcome.deployment = "last-resort"
         log.error("route %s: every deployment failed (%s); answering with the last resort",
-                  plan.route.name, "; ".join(outcome.errors) or exc.message)
-        if stream:
-            outcome.stream = degraded_stream(plan.route.name, message, chat, request.include_usage)
+                  self.plan.route.name, "; ".join(outcome.errors) or exc.message)
+        if request.stream:
+            outcome.stream = _assembled(degraded_stream(self.plan.route.name, message, request.is_chat,
+                                                        request.include_usage), outcome.assembler)
         else:
-            outcome.body = degraded_body(plan.route.name, message, chat)
+            outcome.body = degraded_body(self.plan.route.name, message, request.is_chat)
         return outcome
 
-    async def _guard(self, stream: SSEStream, dep: Deployment, plan: Plan, request: SamplingFields,
-                     request_id: str, deadline: float, outcome: Outcome, can_continue: bool) -> AsyncIterator[bytes]:
-        """Relay a started stream; on a break, continue elsewhere or end with an in-band error + [DONE]."""
-        tracker = _ChatTracker() if can_continue else None
-        rewrite: _ChatTracker | None = None
-        failed = {dep.name}
+    # -- after the first byte ----------------------------------------------------------------------------
+
+    async def relay(self, stream: SSEStream, dep: Deployment) -> AsyncIterator[bytes]:
+        """Relay a started stream; on a break, continue elsewhere or end with an in-band error + [DONE].
+
+        Every frame goes through the outcome's assembler once. Frames of a continuation are rewritten
+        to look like the original stream's (its id, no second role chunk)."""
+        asm = self.outcome.assembler
+        self.failed.add(dep.name)
         current = stream
-        single = getattr(request, "n", 1) == 1
-        finished = False  # a finish_reason was relayed (cheap byte check; exact for n == 1)
+        rewriting = False
         try:
             while True:
                 try:
                     async for chunk in current:
-                        if tracker is not None:  # (rewrite is only ever the tracker)
-                            chunk = _follow(chunk, tracker, rewrite)
+                        if rewriting:
+                            chunk = _rewritten(chunk, asm)
                             if not chunk:
                                 continue
-                        if single and not finished and (_FINISH in chunk or _FINISH_SPACED in chunk):
-                            finished = True
+                        else:
+                            for frame in split_frames(chunk):
+                                asm.feed(frame)
                         yield chunk
                     return
                 except Exception as exc:
                     if not isinstance(exc, GatewayError):  # a bug: this stream's error, not the deployment's
-                        log.exception("request %s: the stream from %s raised unexpectedly", request_id, dep.name)
-                        yield fmt.error_frame(internal_error().body())
-                        yield fmt.DONE
+                        log.exception("request %s: the stream from %s raised unexpectedly", self.request_id, dep.name)
+                        yield _fed(fmt.error_frame(internal_error().body()), asm)
+                        yield _fed(fmt.DONE, asm)
                         return
-                    self._failed(dep, exc, outcome)
-                    if finished:
+                    self.failed_on(dep, exc)
+                    if asm.all_finished:
                         # The answer was complete (its finish_reason arrived); only the tail broke off.
                         # Like OpenAI's own interrupted streams, the usage chunk may then be missing.
                         log.warning("stream from %s broke after its finish_reason; ending it cleanly", dep.name)
-                        yield fmt.DONE
+                        yield _fed(fmt.DONE, asm)
                         return
-                    nxt = None
-                    if tracker is not None and not tracker.finished:
-                        nxt = await self._continue(plan, request, request_id, deadline, outcome, failed, tracker)
+                    nxt = await self.continuation() if self.can_continue else None
                     if nxt is None:
-                        yield fmt.error_frame(exc.body())
-                        yield fmt.DONE
+                        yield _fed(fmt.error_frame(exc.body()), asm)
+                        yield _fed(fmt.DONE, asm)
                         return
                     await _close(current)
                     current, dep = nxt
-                    failed.add(dep.name)
-                    rewrite = tracker
-                    outcome.deployment = dep.name
+                    self.failed.add(dep.name)
+                    rewriting = True
+                    self.outcome.deployment, self.outcome.served_by = dep.name, dep
         finally:
             await _close(current)
 
-    async def _continue(self, plan: Plan, request: SamplingFields, request_id: str, deadline: float,
-                        outcome: Outcome, failed: set[str], tracker: "_ChatTracker") -> tuple[SSEStream, Deployment] | None:
+    async def continuation(self) -> tuple[SSEStream, Deployment] | None:
+        """A stream that goes on from the text relayed so far, on a deployment that has not failed."""
+        asm = self.outcome.assembler
         params: dict[str, Any] = {}
-        asked = getattr(request, "max_output_tokens", None)
+        asked = self.request.max_output_tokens
         if asked is not None:  # the continuation may only use what the broken stream left over
-            field_name = "max_completion_tokens" if getattr(request, "max_completion_tokens", None) else "max_tokens"
-            params[field_name] = max(1, asked - tracker.frames)
-
-        def call(dep: Deployment, ctx: CallContext) -> Awaitable[Any]:
-            return dep.backend.chat_stream(request, ctx)  # type: ignore[arg-type]
-
+            field_name = "max_completion_tokens" if getattr(self.request, "max_completion_tokens", None) else "max_tokens"
+            params[field_name] = max(1, asked - asm.content_frames)
         try:
-            stream, dep = await self._attempts(plan, request_id, deadline, call, outcome, exclude=failed,
-                                               continuation=True, params=params, continue_from=tracker.text)
+            stream, dep = await self.attempts(continuation=True, params=params, continue_from=asm.text)
         except GatewayError:
             return None
-        log.info("continued a broken stream on %s after %d characters", dep.name, len(tracker.text))
+        log.info("continued a broken stream on %s after %d characters", dep.name, len(asm.text))
         return stream, dep
 
 
-def _follow(chunk: bytes, tracker: "_ChatTracker", rewrite: "_ChatTracker | None") -> bytes:
-    """Feed a chunk's frames to the tracker, rewritten first when they come from a continuation."""
+def _next(candidates: list[Deployment], start: int) -> Deployment | None:
+    """The next deployment, cycling from `start`, whose breaker lets a request through."""
+    n = len(candidates)
+    for k in range(n):
+        dep = candidates[(start + k) % n]
+        if dep.breaker.allow():
+            return dep
+    return None
+
+
+def _fed(frame: bytes, asm: StreamAssembler) -> bytes:
+    asm.feed(frame)
+    return frame
+
+
+async def _assembled(stream: SSEStream, asm: StreamAssembler) -> AsyncIterator[bytes]:
+    async for chunk in stream:
+        for frame in split_frames(chunk):
+            asm.feed(frame)
+        yield chunk
+
+
+def _rewritten(chunk: bytes, asm: StreamAssembler) -> bytes:
+    """A continuation's frames as the original stream's: its role chunk dropped, the original id,
+    created and model on every chunk. Each frame is parsed once and fed to the assembler."""
     kept: list[bytes] = []
-    for frame in fmt.split_frames(chunk):
-        if rewrite is not None:
-            frame = rewrite.rewrite(frame)  # type: ignore[assignment]
-            if frame is None:
-                continue
-        tracker.observe(frame)
-        kept.append(frame)
-    return b"".join(kept)
-
-
-class _ChatTracker:
-    """Follows a chat stream's text, and rewrites a continuation's frames to look like the original's."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.frames = 0
-        self.finished = False
-        self.head: dict[str, Any] | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    def observe(self, frame: bytes) -> None:
-        chunk = _chunk(frame)
-        if chunk is None:
-            return
-        if self.head is None:
-            self.head = {k: chunk.get(k) for k in ("id", "created", "model", "system_fingerprint")}
-        for choice in chunk.get("choices") or ():
-            content = (choice.get("delta") or {}).get("content")
-            if content:
-                self.parts.append(content)
-                self.frames += 1
-            if choice.get("finish_reason"):
-                self.finished = True
-
-    def rewrite(self, frame: bytes) -> bytes | None:
-        """Drop the continuation's role chunk; give its chunks the original id, created and model."""
-        chunk = _chunk(frame)
-        if chunk is None:
-            return frame
-        choices = chunk.get("choices") or []
+    for frame in split_frames(chunk):
+        parsed = parse_frame(frame)
+        if parsed is None:  # [DONE] or a comment
+            asm.feed(frame)
+            kept.append(frame)
+            continue
+        choices = parsed.get("choices") or []
+        drop = False
         for choice in choices:
             delta = choice.get("delta") or {}
             delta.pop("role", None)
             if (len(choices) == 1 and not delta.get("content") and not delta.get("tool_calls")
                     and not choice.get("finish_reason")):
-                return None
-        if self.head:
-            chunk.update({k: v for k, v in self.head.items() if v is not None})
-        return fmt.sse(chunk)
-
-
-_FINISH = b'"finish_reason":"'
-_FINISH_SPACED = b'"finish_reason": "'
-
-
-def _chunk(frame: bytes) -> dict[str, Any] | None:
-    if not frame.startswith(b"data: {"):
-        return None
-    try:
-        return orjson.loads(frame[6:])
-    except orjson.JSONDecodeError:
-        return None
+                drop = True
+        if drop:
+            continue
+        parsed.update({k: v for k, v in asm.head.items() if v is not None})
+        asm.observe(parsed)
+        kept.append(fmt.sse(parsed))
+    return b"".join(kept)
 
 
 async def _close(stream: Any) -> None:

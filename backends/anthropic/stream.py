@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from backends.anthropic.translate import FINGERPRINT, error_from, finish_reason, trim_repeat, usage
-from backends.contract.responses import DONE, sse
+from backends.contract.responses import DONE, ChatChunks
 
 
 class StreamTranslator:
@@ -22,7 +22,7 @@ class StreamTranslator:
         self._id = f"chatcmpl-{fallback_id}"
         self._model = fallback_model
         self._skip = skip  # whitespace the client already has (continuation), dropped once from the reply
-        self._head: dict[str, Any] | None = None
+        self._chunks: ChatChunks | None = None  # made on the first event: it carries the message's id and model
         self._usage: dict[str, Any] = {}
         self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_call index
         self._stop_reason: str | None = None
@@ -54,24 +54,22 @@ class StreamTranslator:
 
     # -- frames -------------------------------------------------------------
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        assert self._head is not None
-        chunk = {**self._head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-        if self._include_usage:
-            chunk["usage"] = None
-        return sse(chunk)
-
     def _start(self) -> list[bytes]:
-        if self._head is not None:
+        if self._chunks is not None:
             return []
-        self._head = {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
-                      "model": self._model, "system_fingerprint": FINGERPRINT}
-        return [self._chunk({"role": "assistant", "content": ""})]
+        self._chunks = ChatChunks(id=self._id, created=self._created, model=self._model, fingerprint=FINGERPRINT,
+                                  include_usage=self._include_usage)
+        return [self._chunks.role(0)]
+
+    @property
+    def _out(self) -> ChatChunks:
+        assert self._chunks is not None, "_start() comes first"
+        return self._chunks
 
     def _text(self, text: str) -> list[bytes]:
         if self._skip and text:
             text, self._skip = trim_repeat(text, self._skip)
-        return [self._chunk({"content": text})] if text else []
+        return [self._out.content(0, text)] if text else []
 
     def _block_start(self, index: Any, block: dict[str, Any]) -> list[bytes]:
         frames = self._start()
@@ -80,9 +78,7 @@ class StreamTranslator:
         elif block.get("type") == "tool_use":
             self._skip = ""
             n = self._tools[index] = len(self._tools)
-            call = {"index": n, "id": block.get("id"), "type": "function",
-                    "function": {"name": block.get("name"), "arguments": ""}}
-            frames.append(self._chunk({"tool_calls": [call]}))
+            frames.append(self._out.tool_call_start(0, n, block.get("id"), block.get("name")))
         return frames
 
     def _delta(self, index: Any, delta: dict[str, Any]) -> list[bytes]:
@@ -90,18 +86,16 @@ class StreamTranslator:
         if delta.get("type") == "text_delta":
             frames += self._text(delta.get("text") or "")
         elif delta.get("type") == "input_json_delta" and index in self._tools and delta.get("partial_json"):
-            call = {"index": self._tools[index], "function": {"arguments": delta["partial_json"]}}
-            frames.append(self._chunk({"tool_calls": [call]}))
+            frames.append(self._out.tool_call_arguments(0, self._tools[index], delta["partial_json"]))
         return frames  # thinking, signature and citations deltas have no OpenAI equivalent
 
     def _finish(self) -> list[bytes]:
         if self.done:
             return []
         frames = self._start()
-        frames.append(self._chunk({}, finish_reason(self._stop_reason)))
+        frames.append(self._out.finish(0, finish_reason(self._stop_reason)))
         if self._include_usage:
-            assert self._head is not None
-            frames.append(sse({**self._head, "choices": [], "usage": usage(self._usage)}))
+            frames.append(self._out.usage_of(usage(self._usage)))
         frames.append(DONE)
         self.done = True
         return frames

@@ -21,6 +21,7 @@ import orjson
 
 from backends.contract.errors import InvalidRequest, UpstreamError
 from backends.contract.protocol import ChatCompletionRequest, ChatMessage, ResponseFormatText, TextPart
+from backends.contract.responses import chat_choice, chat_completion, tool_call
 from backends.http import parse_retry_after
 from backends.scrub import scrub
 
@@ -293,21 +294,13 @@ def to_chat_completion(msg: Mapping[str, Any], *, created: int, skip: str = "") 
         if block.get("type") == "text":
             texts.append(block.get("text") or "")
         elif block.get("type") == "tool_use":
-            calls.append({"id": block.get("id"), "type": "function",
-                          "function": {"name": block.get("name"),
-                                       "arguments": orjson.dumps(block.get("input") or {}).decode()}})
+            calls.append(tool_call(block.get("id"), block.get("name"), orjson.dumps(block.get("input") or {}).decode()))
     text = trim_repeat("".join(texts), skip)[0] if skip else "".join(texts)
-    message: dict[str, Any] = {"role": "assistant", "content": text if (text or not calls) else None,
-                               "refusal": None}
-    if calls:
-        message["tool_calls"] = calls
-    return {
-        "id": f"chatcmpl-{msg.get('id') or 'anthropic'}", "object": "chat.completion", "created": created,
-        "model": msg.get("model") or "", "system_fingerprint": FINGERPRINT,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": finish_reason(msg.get("stop_reason"))}],
-        "usage": usage(msg.get("usage")),
-    }
+    choice = chat_choice(0, text if (text or not calls) else None, finish_reason(msg.get("stop_reason")),
+                         tool_calls=calls)
+    return chat_completion(id=f"chatcmpl-{msg.get('id') or 'anthropic'}", created=created,
+                           model=msg.get("model") or "", fingerprint=FINGERPRINT, choices=[choice],
+                           usage=usage(msg.get("usage")))
 
 
 # -- errors -------------------------------------------------------------------

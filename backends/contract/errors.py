@@ -191,6 +191,7 @@ class AllDeploymentsFailed(GatewayError):
     status_code = 503
     error_type = "service_unavailable_error"
     code = "all_deployments_failed"
+    retryable = True  # for the last resort and a stale cache entry: nothing was wrong with the request
 
 
 def _type_for(status: int) -> str:

@@ -7,7 +7,7 @@ built as plain dicts on the hot path, so only requests are modelled here.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -112,7 +112,14 @@ class StreamOptions(OpenAIModel):
 
 
 class SamplingFields(OpenAIModel):
-    """Fields shared by chat and legacy completions."""
+    """Fields shared by chat and legacy completions.
+
+    A request knows what it asks for: `endpoint` (which backend method answers it) and `stream`, so
+    nothing downstream passes those facts beside it.
+    """
+
+    endpoint: ClassVar[str] = ""  # "chat" or "completions"
+    prompt_field: ClassVar[str] = ""  # the field an error about the prompt names
 
     # The body exactly as the client sent it, for upstreams that take it (nearly) verbatim.
     _raw: dict[str, Any] | None = PrivateAttr(default=None)
@@ -157,6 +164,15 @@ class SamplingFields(OpenAIModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def is_chat(self) -> bool:
+        return self.endpoint == "chat"
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        """The most tokens the answer may have, as the client asked (None: the backend's default)."""
+        return self.max_tokens
+
     def with_usage_reported(self) -> "SamplingFields":
         """A copy that asks the backend for the stream's usage chunk (for accounting), raw body included."""
         copy = self.model_copy(update={"stream_options": StreamOptions(include_usage=True)})
@@ -173,6 +189,9 @@ class SamplingFields(OpenAIModel):
 
 
 class ChatCompletionRequest(SamplingFields):
+    endpoint: ClassVar[str] = "chat"
+    prompt_field: ClassVar[str] = "messages"
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     response_format: ResponseFormat | None = None
@@ -224,6 +243,9 @@ Prompt = Union[str, list[str], list[int], list[list[int]]]
 
 
 class CompletionRequest(SamplingFields):
+    endpoint: ClassVar[str] = "completions"
+    prompt_field: ClassVar[str] = "prompt"
+
     prompt: Prompt
     max_tokens: int | None = Field(default=16, ge=1)  # the legacy endpoint's default
     echo: bool = False
@@ -237,10 +259,6 @@ class CompletionRequest(SamplingFields):
         if isinstance(v, list) and len(v) == 0:
             raise ValueError("'prompt' must not be an empty list")
         return v
-
-    @property
-    def max_output_tokens(self) -> int | None:
-        return self.max_tokens
 
     def prompts(self) -> list[str | list[int]]:
         """Normalise the four prompt shapes to a list of single prompts."""

@@ -8,6 +8,7 @@ only turns its outcome into an HTTP response with the gateway's headers (see gat
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import orjson
@@ -16,11 +17,11 @@ from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
 from backends.contract.errors import GatewayError, ModelNotFound
-from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, parse_request
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, parse_request
 from gateway.auth import Principal, authenticate
-from gateway.disconnect import ClientDisconnected
+from gateway.disconnect import ClientDisconnected, unless_disconnected
 from gateway.observe import RequestRecord, finish
-from gateway.pipeline import serve
+from gateway.pipeline import Call, serve
 from routing.runtime import Route, Runtime
 
 router = APIRouter(prefix="/v1")  # the cheap GET endpoints; the hot POST ones are plain Starlette routes below
@@ -35,11 +36,11 @@ def _runtime(request: Request) -> Runtime:
 
 
 async def chat_completions(request: Request) -> Response:
-    return await _observed(request, chat=True)
+    return await _observed(request, ChatCompletionRequest)
 
 
 async def completions(request: Request) -> Response:
-    return await _observed(request, chat=False)
+    return await _observed(request, CompletionRequest)
 
 
 # Plain Starlette routes: FastAPI's per-request dependency and response machinery buys nothing here
@@ -50,14 +51,16 @@ hot_routes = [
 ]
 
 
-async def _observed(request: Request, chat: bool) -> Response:
+async def _observed(request: Request, kind: type[SamplingFields]) -> Response:
     """Every request ends in exactly one metrics update and one log line, errors included."""
-    rec = RequestRecord(request.state.request_id, "chat" if chat else "completions")
+    rec = RequestRecord(request.state.request_id, kind.endpoint)
     rec.begin()
     try:
-        body = await _parse_for_caller(request, chat)
+        body = await _parse_for_caller(request, kind)
         rec.stream = body.stream
-        response = await serve(request, body, chat, rec)
+        app = request.app
+        call = Call(body, request.headers, request.state.request_id, rec, partial(unless_disconnected, request))
+        response = await serve(app.state.services, app.state.manager.current, call)
     except BaseException as exc:
         rec.status, rec.error_code = _failure(exc)
         finish(rec)
@@ -67,13 +70,12 @@ async def _observed(request: Request, chat: bool) -> Response:
     return response
 
 
-async def _parse_for_caller(request: Request, chat: bool) -> Any:
+async def _parse_for_caller(request: Request, kind: type[SamplingFields]) -> SamplingFields:
     """The validated body. An invalid one is reported only to a caller who may call: anonymous callers
     of a gateway with keys get the 401 first, and learn nothing of the API's field names. (A valid body
     is authenticated in the pipeline, in the same Redis round trip as its cache entry.)"""
     try:
-        return parse_request(await request.body(), ChatCompletionRequest if chat else CompletionRequest,
-                             request.app.max_json_depth)
+        return parse_request(await request.body(), kind, request.app.max_json_depth)
     except GatewayError:
         svc = request.app.state.services
         await authenticate(request.headers, svc.keys, svc.link)

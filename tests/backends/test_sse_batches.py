@@ -8,8 +8,9 @@ import orjson
 import pytest
 
 from backends.contract import responses as fmt
+from backends.contract.assembler import StreamAssembler
 from backends.http import sse_batches
-from routing.router import _ChatTracker, _follow
+from routing.router import _rewritten
 
 
 class _Reads:
@@ -48,14 +49,19 @@ def test_split_frames_is_the_inverse_of_joining() -> None:
 
 
 @pytest.mark.parametrize("continuation", [False, True])
-def test_the_tracker_sees_every_frame_of_a_multi_frame_chunk(continuation: bool) -> None:
-    tracker = _ChatTracker()
+def test_the_assembler_sees_every_frame_of_a_multi_frame_chunk(continuation: bool) -> None:
+    asm = StreamAssembler()
     role = fmt.sse({"id": "c2", "object": "chat.completion.chunk", "created": 2, "model": "m2",
                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+    chunk = role + _frame("Hel") + _frame("lo", "stop")
     if continuation:  # the original stream's head is known; the continuation's frames take it over
-        tracker.observe(_frame(""))
-    out = _follow(role + _frame("Hel") + _frame("lo", "stop"), tracker, tracker if continuation else None)
-    assert tracker.text == "Hello" and tracker.finished and tracker.frames == 2
+        asm.feed(_frame(""))
+        out = _rewritten(chunk, asm)
+    else:  # what the router does with an original stream's chunk: every frame fed, the chunk relayed as is
+        for frame in fmt.split_frames(chunk):
+            asm.feed(frame)
+        out = chunk
+    assert asm.text == "Hello" and asm.finished and asm.content_frames == 2
     frames = fmt.split_frames(out)
     ids = {orjson.loads(f[6:])["id"] for f in frames}
     if continuation:

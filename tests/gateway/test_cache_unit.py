@@ -19,9 +19,10 @@ import redis.asyncio as aioredis
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types import Completion
 
+from backends.contract.assembler import StreamAssembler
 from backends.contract.responses import DONE, sse
 from gateway.cache import ResponseCache, cache_control, cache_key, is_deterministic
-from gateway.cache_stream import StreamAssembler, replay, split_text
+from gateway.cache_replay import replay, split_text
 from gateway.store_errors import StoreUnavailable
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")

@@ -208,6 +208,7 @@ def test_an_unexpected_exception_is_that_requests_500_never_the_deployments_fail
     from backends.contract.protocol import ChatCompletionRequest
     from routing.config import RouteConfig
     from routing.plan import Plan
+    from routing.prompt_tokens import PromptTokens
     from routing.router import Router
     from routing.runtime import Route
 
@@ -218,7 +219,8 @@ def test_an_unexpected_exception_is_that_requests_500_never_the_deployments_fail
     request = ChatCompletionRequest.model_validate({"model": "r", "messages": [{"role": "user", "content": "x"}]})
 
     async def run(stream: bool) -> Any:
-        outcome = await Router().run(Plan(route, [first, second], 1, 1), request, "rid", stream=stream, chat=True)
+        asked = request.model_copy(update={"stream": stream})
+        outcome = await Router().run(Plan(route, [first, second], PromptTokens(asked), 1), asked, "rid")
         return b"".join([c async for c in outcome.stream]) if stream else outcome
 
     for _ in range(3):
@@ -229,3 +231,21 @@ def test_an_unexpected_exception_is_that_requests_500_never_the_deployments_fail
         assert b'"code":"internal_error"' in frames and frames.endswith(b"data: [DONE]\n\n")
     assert first.breaker.state == "closed" and first.failures == 0
     assert second.successes == 0, "no failover to the next deployment for a bug"
+
+
+def test_a_plan_says_whether_the_callers_tier_mattered() -> None:
+    """A plan made on a guessed tier is made again only when a rule looked at the tier."""
+    from backends.contract.protocol import ChatCompletionRequest
+    from backends.model_cards import load_cards
+    from routing.plan import make_plan
+    from routing.runtime import build_runtime
+
+    tiered = ROUTED.replace("[missing]", "[big]").replace("{header: {x-tier: gold}}", "{key_tier: gold}")
+    request = ChatCompletionRequest.model_validate({"model": "r", "messages": [{"role": "user", "content": "hi"}]})
+    plain = make_plan(build_runtime(parse_config(ROUTED.replace("[missing]", "[big]")), load_cards()), request, {})
+    assert not plain.tier_sensitive
+    runtime = build_runtime(parse_config(tiered), load_cards())
+    guessed, known = make_plan(runtime, request, {}, None), make_plan(runtime, request, {}, "gold")
+    assert guessed.tier_sensitive and known.tier_sensitive
+    assert [d.name for d in known.candidates] == ["big"]
+    assert guessed.tokens.rough == known.prompt_tokens > 0

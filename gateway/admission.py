@@ -1,0 +1,152 @@
+"""Admission: who is calling, what the plan is, and whether budget and rate limits let the request in.
+
+The plan and the cache key are made first, on the caller's tier as this replica last saw it, so that
+the cache entry can be read in the same Redis round trip as the API key; their errors wait until the
+caller is known (an anonymous caller of a gateway with keys gets its 401 first). Every Redis-backed
+check fails open (rate limits unless a deployment says closed), so a Redis outage is never an outage
+of the gateway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from backends.contract.errors import GatewayError
+from backends.contract.protocol import SamplingFields
+from gateway import metrics
+from gateway.accounting import Reservation
+from gateway.auth import Principal, authenticate_and_fetch, authorize_model, remembered_tier
+from gateway.cache_lookup import CacheLookup
+from gateway.keys import MISSING
+from gateway.observe import RequestRecord
+from gateway.ratelimit import LimitResult, LimitSpec
+from gateway.services import Services
+from gateway.store_errors import StoreUnavailable
+from routing.plan import Plan, make_plan
+from routing.runtime import Runtime
+
+
+@dataclass
+class Admission:
+    """A request that may run: its caller, plan, cache lookup and what the limiter holds for it."""
+
+    principal: Principal
+    plan: Plan
+    lookup: CacheLookup
+    fetched: Any  # the cache entry's raw value when it rode along with the key lookup, else MISSING
+    reservation: Reservation | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # for the response: rate-limit headers so far
+
+
+async def admit(svc: Services, runtime: Runtime, body: SamplingFields, headers: Mapping[str, str],
+                rec: RequestRecord) -> Admission:
+    """The request's admission, or the GatewayError that refuses it (401, 403, 404, 429, 503...)."""
+    guessed_tier = remembered_tier(headers, svc.keys)
+    early: GatewayError | None = None
+    plan = lookup = None
+    try:
+        plan = make_plan(runtime, body, headers, guessed_tier)
+        lookup = CacheLookup.prepare(runtime, plan, body, headers)
+    except GatewayError as exc:
+        early = exc
+    prefetch = lookup.redis_key(svc.cache) if lookup is not None else None
+    principal, fetched = await authenticate_and_fetch(headers, svc.keys, svc.link, prefetch)
+    rec.key_alias = principal.alias
+    if early is not None:
+        raise early
+    assert plan is not None and lookup is not None
+    if principal.tier != guessed_tier and plan.tier_sensitive:  # a guess that mattered and missed: plan again
+        replanned = make_plan(runtime, body, headers, principal.tier)
+        if replanned.route is not plan.route:  # the prefetched entry belongs to another route
+            lookup = CacheLookup.prepare(runtime, replanned, body, headers)
+            fetched = MISSING
+        plan = replanned
+    admission = Admission(principal, plan, lookup, fetched)
+    rec.route = plan.route.name
+    authorize_model(principal, plan.route.name, body.model)
+    try:
+        await check_budget(svc, principal)
+        admission.reservation = await reserve(svc, admission, body, runtime.config.usage.default_max_tokens)
+    except GatewayError as exc:
+        if exc.status_code == 429:
+            metrics.RATE_LIMITED.labels(plan.route.name, exc.code or "rate_limit").inc()
+        raise
+    return admission
+
+
+async def check_budget(svc: Services, principal: Principal) -> None:
+    key = principal.key
+    if key is None or key.budget_usd is None:
+        return
+    try:
+        spent = await svc.usage.spend(key.id, key.budget_period)
+    except StoreUnavailable as exc:
+        svc.link.record_error(exc)
+        return  # fail open: the spend is still recorded once Redis is back
+    if spent >= key.budget_usd:
+        raise GatewayError(f"You exceeded your current quota (budget ${key.budget_usd:g} per {key.budget_period} "
+                           f"period).", status_code=429, error_type="insufficient_quota", code="insufficient_quota",
+                           headers={"x-should-retry": "false"})
+
+
+async def reserve(svc: Services, admission: Admission, body: SamplingFields, default_max: int) -> Reservation | None:
+    """Count the request against the key's and the route's limits, reserving its tokens (None: no limits)."""
+    principal, plan, headers = admission.principal, admission.plan, admission.headers
+    subjects: list[tuple[str, LimitSpec]] = []
+    if principal.key and (principal.key.rpm or principal.key.tpm):
+        subjects.append((f"key:{principal.key.id}", LimitSpec(principal.key.rpm, principal.key.tpm)))
+    rl = plan.route.config.rate_limit
+    if rl.rpm or rl.tpm:
+        subjects.append((f"route:{plan.route.name}", LimitSpec(rl.rpm, rl.tpm)))
+    if not subjects:
+        return None
+    prompt_tokens = plan.tokens.counted()
+    amount = prompt_tokens + (body.max_output_tokens or default_max) * body.n
+    granted: list[tuple[str, LimitSpec]] = []
+    for subject, spec in subjects:
+        try:
+            result = await svc.limiter.acquire(subject, spec, amount)
+        except StoreUnavailable as exc:
+            svc.link.record_error(exc)
+            _fail_closed_deployments(plan)
+            continue
+        headers.update(result.headers())
+        if not result.allowed:
+            for done_subject, done_spec in granted:  # give back what the other subject reserved
+                if done_spec.tpm:
+                    await _quiet(svc.limiter.adjust(done_subject, done_spec, -amount))
+            raise _rate_limited(result, subject, headers)
+        granted.append((subject, spec))
+    return Reservation(granted, amount, prompt_tokens)
+
+
+def _fail_closed_deployments(plan: Plan) -> None:
+    """Redis is down: deployments whose limits fail closed are off the plan; none left is a 503."""
+    keep = [d for d in plan.candidates if d.config.rate_limit_failure == "open"]
+    if not keep:
+        raise GatewayError("Rate limits cannot be checked right now; please retry shortly.", status_code=503,
+                           error_type="service_unavailable_error", code="rate_limiter_unavailable",
+                           headers={"Retry-After": "1"})
+    plan.candidates[:] = keep
+
+
+def _rate_limited(result: LimitResult, subject: str, headers: dict[str, str]) -> GatewayError:
+    what = "tokens" if result.reason == "tokens" else "requests"
+    who = "this API key" if subject.startswith("key:") else "this model"
+    if result.retry_after_s < 0:
+        return GatewayError(f"This request needs more tokens than the per-minute limit of {who} allows.",
+                            status_code=429, error_type="rate_limit_error", code="rate_limit_exceeded",
+                            headers={**headers, "x-should-retry": "false"})
+    retry = max(result.retry_after_s, 0.001)
+    return GatewayError(f"Rate limit reached for {what} on {who}. Please try again in {retry:.2f}s.",
+                        status_code=429, error_type="rate_limit_error", code="rate_limit_exceeded",
+                        headers={**headers, "Retry-After": str(max(1, int(retry + 0.999))),
+                                 "retry-after-ms": str(int(retry * 1000))})
+
+
+async def _quiet(aw: Any) -> None:
+    try:
+        await aw
+    except StoreUnavailable:
+        pass

@@ -1,0 +1,144 @@
+"""The answer: a routed outcome, a cache hit or a stale entry turned into the HTTP response, and the
+request settled (cache write, usage, spend, the TPM correction) once the answer is complete.
+
+A streamed answer is settled when its stream ends, however it ends (the client may leave): the
+router's assembler already holds everything the settlement needs, so no frame is parsed here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator, Mapping
+
+import orjson
+from starlette.responses import Response, StreamingResponse
+
+from backends.contract.protocol import SamplingFields
+from backends.contract.responses import split_frames
+from gateway import metrics
+from gateway.accounting import settle
+from gateway.admission import Admission
+from gateway.cache_replay import replay
+from gateway.observe import RequestRecord
+from gateway.observe import finish as finish_record
+from gateway.services import Services
+from gateway.store_errors import StoreUnavailable
+from routing.router import Outcome
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def answer(svc: Services, admitted: Admission, body: SamplingFields, outcome: Outcome,
+                 rec: RequestRecord) -> Response:
+    """The response for a routed outcome; a stream settles as it ends, a body before it is sent."""
+    plan = admitted.plan
+    rec.deployment, rec.attempts, rec.retries = outcome.deployment, outcome.attempts, len(outcome.errors)
+    for failed in outcome.errors:
+        metrics.RETRIES.labels(plan.route.name, failed.split(":", 1)[0]).inc()
+    if outcome.errors and not outcome.degraded:
+        metrics.FAILOVERS.labels(plan.route.name).inc()
+    rec.overhead_s = max(0.0, time.monotonic() - rec.started - outcome.backend_wait_s)
+    headers = {**admitted.headers, **_gateway_headers(outcome, rec.overhead_s)}
+    settlement = Settlement(svc, admitted, outcome, rec)
+    if outcome.stream is not None:
+        rec.deferred = True
+        stream = _settled_stream(outcome, settlement, not body.include_usage, rec)
+        return StreamingResponse(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+    rec.ttft_s = time.monotonic() - rec.started
+    raw = outcome.body
+    result = orjson.loads(raw) if isinstance(raw, (bytes, bytearray)) else raw
+    await settlement.run(result if isinstance(result, dict) and result.get("choices") else None)
+    return Response(raw if isinstance(raw, (bytes, bytearray)) else orjson.dumps(raw), media_type="application/json",
+                    headers=headers)
+
+
+class Settlement:
+    """What happens once an answer is complete: the cache write, then usage, spend and the TPM correction."""
+
+    def __init__(self, svc: Services, admitted: Admission, outcome: Outcome, rec: RequestRecord) -> None:
+        self.svc, self.admitted, self.outcome, self.rec = svc, admitted, outcome, rec
+
+    async def run(self, result: dict[str, Any] | None, completion_frames: int = 0) -> None:
+        svc, admitted, outcome, rec = self.svc, self.admitted, self.outcome, self.rec
+        plan, key = admitted.plan, admitted.lookup.key
+        usage = (result or {}).get("usage")
+        if key is not None and result is not None and not outcome.degraded:
+            route_cache = plan.route.config.cache
+            try:
+                await svc.cache.put(key, result, ttl_s=admitted.lookup.directives.ttl_s or route_cache.ttl_s,
+                                    stale_grace_s=route_cache.stale_grace_s, max_entry_bytes=route_cache.max_entry_bytes)
+            except StoreUnavailable as exc:
+                svc.link.record_error(exc)
+        # The prompt's count, only when needed: the answer reported none (or a limit counted it already).
+        counted = not outcome.degraded and (admitted.reservation is not None or not usage)
+        rec.prompt_tokens, rec.completion_tokens = await settle(
+            usage=usage, fallback_completion=completion_frames,
+            prompt_estimate=plan.tokens.counted() if counted else 0, reservation=admitted.reservation,
+            principal=admitted.principal, route=plan.route.name,
+            deployment=None if outcome.degraded else outcome.served_by, limiter=svc.limiter, store=svc.usage,
+            link=svc.link, served_by="last-resort" if outcome.degraded else None)
+        if rec.prompt is not None and result:
+            rec.completion = _text_of(result)
+
+
+async def _settled_stream(outcome: Outcome, settlement: Settlement, strip_usage: bool,
+                          rec: RequestRecord) -> AsyncIterator[bytes]:
+    """Relay frames; settle from the router's assembler even if the client leaves."""
+    assert outcome.stream is not None
+    try:
+        async for chunk in outcome.stream:  # one or more frames (see backends.base.SSEStream)
+            if rec.ttft_s is None:
+                rec.ttft_s = time.monotonic() - rec.started
+            if strip_usage and b'"choices":[]' in chunk and b'"usage":{' in chunk:
+                chunk = b"".join(f for f in split_frames(chunk) if not _usage_only(f))
+                if not chunk:
+                    continue
+            yield chunk
+    finally:
+        try:
+            asm = outcome.assembler
+            await settlement.run(asm.result(), asm.content_frames)
+        finally:
+            finish_record(rec)
+
+
+def _usage_only(frame: bytes) -> bool:
+    """The usage chunk we asked the backend for on behalf of a client that did not."""
+    return frame.startswith(b'data: {') and b'"choices":[]' in frame and b'"usage":{' in frame
+
+
+def _text_of(result: dict[str, Any]) -> str:
+    choice = (result.get("choices") or [{}])[0]
+    return (choice.get("message") or {}).get("content") or choice.get("text") or ""
+
+
+def cached_response(stored: dict[str, Any], body: SamplingFields, headers: Mapping[str, str],
+                    rec: RequestRecord) -> Response:
+    """A cache hit, as a body or replayed as a stream."""
+    rec.overhead_s = rec.ttft_s = time.monotonic() - rec.started
+    rec.deployment = "cache"
+    headers = {**headers, "x-gateway-overhead-ms": f"{rec.overhead_s * 1000:.2f}",
+               "x-gateway-deployment": "cache", "x-gateway-attempts": "0"}
+    if body.stream:
+        return StreamingResponse(replay(stored, chat=body.is_chat, include_usage=body.include_usage),
+                                 media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+    return Response(orjson.dumps(stored), media_type="application/json", headers=headers)
+
+
+def stale_response(stored: dict[str, Any], body: SamplingFields, headers: Mapping[str, str],
+                   rec: RequestRecord) -> Response:
+    """Every deployment failed, but an expired entry is still within its grace: better than an error."""
+    rec.cache = "stale"
+    return cached_response(stored, body, {**headers, "x-gateway-cache": "hit", "x-gateway-degraded": "stale-cache"},
+                           rec)
+
+
+def _gateway_headers(outcome: Outcome, overhead_s: float) -> dict[str, str]:
+    headers = {
+        "x-gateway-deployment": outcome.deployment,
+        "x-gateway-attempts": str(outcome.attempts),
+        "x-gateway-overhead-ms": f"{overhead_s * 1000:.2f}",
+    }
+    if outcome.degraded:
+        headers["x-gateway-degraded"] = outcome.degraded
+    return headers

@@ -1,0 +1,39 @@
+"""The long-lived parts every request uses: the Redis link, the four stores and the router.
+
+Built once per worker from the config; each store is picked here, Redis or memory, and the rest of
+the gateway never asks which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway import tracing
+from gateway.cache import ResponseCache
+from gateway.keys import KeyStore
+from gateway.ratelimit import RateLimiter
+from gateway.redis_conn import RedisLink
+from gateway.usage import UsageStore
+from routing.config import GatewayConfig
+from routing.router import Router
+
+
+@dataclass
+class Services:
+    link: RedisLink
+    keys: KeyStore
+    limiter: RateLimiter
+    cache: ResponseCache
+    usage: UsageStore
+    router: Router
+
+    @classmethod
+    def build(cls, config: GatewayConfig, redis_url: str | None) -> "Services":
+        link = RedisLink(redis_url, config.redis.timeout_s, config.redis.prefix)
+        p = config.redis.prefix
+        # The link's client has socket timeouts and no retries, which bound every call already;
+        # a second, asyncio-level deadline per call would only cost time on the hot path.
+        return cls(link=link, keys=KeyStore(link.client, p),
+                   limiter=RateLimiter(link.client, p, timeout_s=None),
+                   cache=ResponseCache(link.client, p, max_entries=config.cache.max_entries, timeout_s=None),
+                   usage=UsageStore(link.client, p), router=Router(hooks=tracing.AttemptSpans()))

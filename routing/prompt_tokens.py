@@ -1,0 +1,65 @@
+"""How long a request's prompt is: one estimate per request, owned by its plan.
+
+`rough` is made at once from characters, for what must be decided before anything is counted (rules
+on prompt size, which deployments' context it fits, the cost strategies). `counted()` is the number
+to reserve against token limits and to bill when an answer reports no usage: by the first
+deployment's own tokenizer where it has one here (a local model), else by tiktoken for its model
+name. Counting costs time, so it runs only when first asked for, and then once.
+"""
+
+from __future__ import annotations
+
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from routing import tokens
+from routing.deployment import Deployment
+
+CHARS_PER_TOKEN = 4  # a deliberately rough estimate; exact counts need the deployment's own tokenizer
+
+
+def rough_estimate(request: SamplingFields) -> int:
+    if isinstance(request, ChatCompletionRequest):
+        chars = 0
+        for m in request.messages:
+            if isinstance(m.content, str):
+                chars += len(m.content)
+            elif m.content:
+                chars += sum(len(getattr(p, "text", "") or "") for p in m.content)
+        return chars // CHARS_PER_TOKEN + 4 * len(request.messages)
+    if isinstance(request, CompletionRequest):
+        return sum(len(p) if isinstance(p, str) else len(p) * CHARS_PER_TOKEN
+                   for p in request.prompts()) // CHARS_PER_TOKEN
+    return 0
+
+
+class PromptTokens:
+    """The prompt of one request, measured roughly now and exactly on demand."""
+
+    __slots__ = ("rough", "_request", "_first", "_o200k_path", "_counted")
+
+    def __init__(self, request: SamplingFields, o200k_path: str | None = None) -> None:
+        self.rough = rough_estimate(request)
+        self._request = request
+        self._first: Deployment | None = None
+        self._o200k_path = o200k_path
+        self._counted: int | None = None
+
+    def count_for(self, first: Deployment | None) -> None:
+        """Count with this deployment's tokenizer (the plan's first choice, once it is known)."""
+        self._first = first
+
+    def counted(self) -> int:
+        if self._counted is None:
+            self._counted = self._count()
+        return self._counted
+
+    def _count(self) -> int:
+        first, request = self._first, self._request
+        if first is not None:
+            exact = first.backend.estimate_tokens(request)
+            if exact is not None:
+                return exact
+        model = first.config.model if first else None
+        body = request.wire_body()
+        if isinstance(request, ChatCompletionRequest):
+            return tokens.estimate_chat(body.get("messages") or [], model, self._o200k_path)
+        return tokens.estimate_prompt(body.get("prompt") or "", model, self._o200k_path)

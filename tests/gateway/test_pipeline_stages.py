@@ -1,0 +1,214 @@
+"""The request pipeline's stages on their own: admit, look_up, route, answer, and serve, the chain of them.
+
+No server and no subprocess: the stages take plain values (services with in-memory stores, a runtime
+built by hand around a scripted backend), so each rule of the pipeline is checked where it lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import orjson
+import pytest
+
+from backends.base import Backend, BackendStatus
+from backends.contract import responses as fmt
+from backends.contract.errors import GatewayError, UpstreamError
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from gateway.admission import admit
+from gateway.observe import RequestRecord
+from gateway.pipeline import Call, look_up, serve
+from gateway.services import Services
+from routing.breaker import CircuitBreaker
+from routing.config import DeploymentConfig, GatewayConfig, RouteConfig
+from routing.deployment import Deployment
+from routing.runtime import Route, Runtime
+
+
+class Scripted(Backend):
+    """Answers from a script: a body, or a stream of chunks; or fails with the error it is given."""
+
+    kind = "scripted"
+
+    def __init__(self, name: str = "fake", fail: GatewayError | None = None, usage: bool = True) -> None:
+        super().__init__(name, None)
+        self.calls: list[SamplingFields] = []
+        self.fail = fail
+        self.usage = usage
+
+    async def start(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+    def status(self) -> BackendStatus:
+        return BackendStatus(self.name, self.kind, "ready")
+
+    async def chat(self, request: ChatCompletionRequest, ctx: Any) -> dict[str, Any]:
+        self.calls.append(request)
+        if self.fail:
+            raise self.fail
+        return fmt.chat_response(id="chatcmpl-1", created=1, model="m", fingerprint="fp", choices=[("hi there", "stop")],
+                                 prompt_tokens=7, completion_tokens=2)
+
+    async def chat_stream(self, request: ChatCompletionRequest, ctx: Any) -> AsyncIterator[bytes]:
+        self.calls.append(request)
+        if self.fail:
+            raise self.fail
+        chunks = fmt.ChatChunks(id="chatcmpl-2", created=1, model="m", fingerprint="fp",
+                                include_usage=request.include_usage)
+        frames = [chunks.role(0), chunks.content(0, "hi "), chunks.content(0, "there"), chunks.finish(0, "stop")]
+        if request.include_usage and self.usage:
+            frames.append(chunks.usage(7, 2))
+        frames.append(fmt.DONE)
+
+        async def gen() -> AsyncIterator[bytes]:
+            yield frames[0] + frames[1]  # two frames in one read, as an upstream may send them
+            for f in frames[2:]:
+                yield f
+
+        return gen()
+
+    async def completion(self, request: CompletionRequest, ctx: Any) -> dict[str, Any]:
+        self.calls.append(request)
+        return fmt.completion_response(id="cmpl-1", created=1, model="m", fingerprint="fp", choices=[("ok", "stop")],
+                                       prompt_tokens=3, completion_tokens=1)
+
+    async def completion_stream(self, request: CompletionRequest, ctx: Any) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+
+def runtime(backend: Backend, **route: Any) -> Runtime:
+    config = GatewayConfig.model_validate({"cache": {"enabled": True}})
+    dep = Deployment(DeploymentConfig(name=backend.name, provider="p", model="m"), backend,
+                     CircuitBreaker(config.breaker))
+    r = Route(RouteConfig(name="r", deployments=[backend.name], **route), [dep])
+    return Runtime(config=config, version=1, routes={"r": r}, route_list=[r], deployments={dep.name: dep},
+                   backends={dep.name: backend}, pools={})
+
+
+def chat(**extra: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"model": "r", "messages": [{"role": "user", "content": "hi"}],
+                                                 **extra})
+
+
+def call(body: SamplingFields, headers: dict[str, str] | None = None) -> Call:
+    rec = RequestRecord("req-1", body.endpoint)
+    return Call(body, headers or {}, "req-1", rec, lambda work: work)
+
+
+async def body_of(response: Any) -> bytes:
+    if hasattr(response, "body_iterator"):
+        return b"".join([c if isinstance(c, bytes) else c.encode() async for c in response.body_iterator])
+    return response.body
+
+
+@pytest.fixture
+def svc(monkeypatch: pytest.MonkeyPatch) -> Services:
+    monkeypatch.delenv("LLM_GATEWAY_MASTER_KEY", raising=False)
+    return Services.build(GatewayConfig(), None)  # no Redis URL: the in-memory stores
+
+
+async def test_admit_plans_and_prepares_the_cache_key_only_for_deterministic_requests(svc: Services) -> None:
+    rt = runtime(Scripted())
+    sampled = await admit(svc, rt, chat(), {}, RequestRecord("r", "chat"))
+    assert sampled.plan.route.name == "r" and sampled.lookup.key is None and sampled.principal.alias is None
+    greedy = await admit(svc, rt, chat(temperature=0), {}, RequestRecord("r", "chat"))
+    assert greedy.lookup.key is not None and greedy.reservation is None  # no limits: nothing counted
+
+
+async def test_an_invalid_request_is_refused_only_after_the_caller_is_known(svc: Services,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = runtime(Scripted())
+    with pytest.raises(GatewayError) as err:
+        await admit(svc, rt, chat(model="nope"), {}, RequestRecord("r", "chat"))
+    assert err.value.status_code == 404
+    monkeypatch.setenv("LLM_GATEWAY_MASTER_KEY", "sk-master-test")
+    with pytest.raises(GatewayError) as err:
+        await admit(svc, rt, chat(model="nope"), {}, RequestRecord("r", "chat"))
+    assert err.value.status_code == 401, "an anonymous caller learns nothing of the models"
+    with pytest.raises(GatewayError) as err:
+        await admit(svc, rt, chat(model="nope"), {"authorization": "Bearer sk-master-test"}, RequestRecord("r", "chat"))
+    assert err.value.status_code == 404
+
+
+async def test_the_second_identical_request_is_a_cache_hit_and_never_reaches_the_backend(svc: Services) -> None:
+    backend = Scripted()
+    rt = runtime(backend)
+    first = await serve(svc, rt, call(chat(temperature=0)))
+    assert first.headers["x-gateway-cache"] == "miss" and first.headers["x-gateway-deployment"] == "fake"
+    second = await serve(svc, rt, call(chat(temperature=0)))
+    assert second.headers["x-gateway-cache"] == "hit" and second.headers["x-gateway-deployment"] == "cache"
+    assert orjson.loads(await body_of(second))["choices"][0]["message"]["content"] == "hi there"
+    assert len(backend.calls) == 1
+
+
+async def test_a_streamed_answer_is_assembled_once_for_the_cache_and_replayed(svc: Services) -> None:
+    backend = Scripted()
+    rt = runtime(backend)
+    c = call(chat(temperature=0, stream=True))
+    streamed = await body_of(await serve(svc, rt, c))
+    assert b'"usage":{' not in streamed, "the usage the gateway asked for is not passed to a client that did not"
+    assert backend.calls[0].include_usage, "the backend was asked for usage, for accounting"
+    assert (c.rec.prompt_tokens, c.rec.completion_tokens) == (7, 2)
+    replayed = await body_of(await serve(svc, rt, call(chat(temperature=0, stream=True))))
+    texts = [orjson.loads(f[6:])["choices"][0]["delta"].get("content", "")
+             for f in fmt.split_frames(replayed) if f.startswith(b"data: {")]
+    assert "".join(texts) == "hi there" and replayed.endswith(fmt.DONE) and len(backend.calls) == 1
+
+
+async def test_an_answer_without_usage_is_billed_on_the_plans_one_prompt_count(svc: Services) -> None:
+    rt = runtime(Scripted(usage=False))
+    c = call(chat(stream=True))
+    await body_of(await serve(svc, rt, c))
+    assert c.rec.prompt_tokens > 0 and c.rec.completion_tokens == 2  # two content frames
+
+
+async def test_look_up_says_bypass_miss_and_hit(svc: Services) -> None:
+    rt = runtime(Scripted())
+    admitted = await admit(svc, rt, chat(), {}, RequestRecord("r", "chat"))
+    rec = RequestRecord("r", "chat")
+    assert await look_up(svc, admitted, rec) == (None, None) and rec.cache == "bypass"
+    admitted = await admit(svc, rt, chat(temperature=0), {}, RequestRecord("r", "chat"))
+    assert await look_up(svc, admitted, rec) == (None, None) and rec.cache == "miss"
+    await svc.cache.put(admitted.lookup.key, {"choices": []}, ttl_s=60, stale_grace_s=0, max_entry_bytes=10_000)
+    fresh, stale = await look_up(svc, admitted, rec)
+    assert fresh is not None and stale is None and rec.cache == "hit"
+
+
+async def test_an_expired_entry_answers_when_every_deployment_fails(svc: Services) -> None:
+    backend = Scripted()
+    rt = runtime(backend, cache={"ttl_s": 0.05, "stale_grace_s": 60})
+    await serve(svc, rt, call(chat(temperature=0)))
+    await asyncio.sleep(0.1)  # the entry's freshness is the point here: 50 ms, then stale for a minute
+    backend.fail = UpstreamError("down", status_code=503)
+    stale = await serve(svc, rt, call(chat(temperature=0)))
+    assert stale.headers["x-gateway-degraded"] == "stale-cache" and stale.headers["x-gateway-cache"] == "hit"
+    assert orjson.loads(await body_of(stale))["choices"][0]["message"]["content"] == "hi there"
+
+
+async def test_a_route_rate_limit_refuses_the_request_beyond_it_with_its_headers(svc: Services) -> None:
+    backend = Scripted()
+    rt = runtime(backend, rate_limit={"rpm": 1})
+    ok = await serve(svc, rt, call(chat()))
+    assert ok.status_code == 200 and ok.headers["x-ratelimit-remaining-requests"] == "0"
+    with pytest.raises(GatewayError) as err:
+        await serve(svc, rt, call(chat()))
+    assert err.value.status_code == 429 and err.value.code == "rate_limit_exceeded"
+    assert int(err.value.headers["Retry-After"]) >= 1 and len(backend.calls) == 1
+
+
+async def test_a_client_error_from_the_backend_is_the_clients_and_never_a_failover(svc: Services) -> None:
+    backend = Scripted(fail=UpstreamError("bad request", status_code=400))
+    rt = runtime(backend)
+    with pytest.raises(GatewayError) as err:
+        await serve(svc, rt, call(chat()))
+    assert err.value.status_code == 400 and rt.deployments["fake"].breaker.state == "closed"
+
+
+async def test_the_endpoint_is_the_requests_own(svc: Services) -> None:
+    backend = Scripted()
+    rt = runtime(backend)
+    body = CompletionRequest.model_validate({"model": "r", "prompt": "x"})
+    response = await serve(svc, rt, call(body))
+    assert orjson.loads(await body_of(response))["object"] == "text_completion"
+    assert body.endpoint == "completions" and chat().endpoint == "chat"
