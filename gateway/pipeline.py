@@ -27,7 +27,7 @@ from gateway.auth import Principal, auth_enabled, authenticate_and_fetch, author
 from gateway.cache import CacheDirectives, ResponseCache, cache_control, cache_key, is_deterministic
 from gateway.cache_stream import StreamAssembler, replay
 from gateway.disconnect import unless_disconnected
-from gateway.keys import MISSING, KeyStore
+from gateway.keys import MISSING, KeyStore, key_store
 from gateway.observe import RequestRecord
 from gateway.observe import finish as finish_record
 from gateway.ratelimit import LimitResult, LimitSpec, RateLimiter
@@ -57,7 +57,7 @@ class Services:
         p = config.redis.prefix
         # The link's client has socket timeouts and no retries, which bound every call already;
         # a second, asyncio-level deadline per call would only cost time on the hot path.
-        return cls(link=link, keys=KeyStore(link.client, p),
+        return cls(link=link, keys=key_store(link.client, p),
                    limiter=RateLimiter(link.client, p, timeout_s=None),
                    cache=ResponseCache(link.client, p, max_entries=config.cache.max_entries, timeout_s=None),
                    usage=UsageStore(link.client, p), router=Router(hooks=tracing.AttemptSpans()))
