@@ -30,7 +30,7 @@ from gateway.disconnect import unless_disconnected
 from gateway.keys import MISSING, KeyStore, key_store
 from gateway.observe import RequestRecord
 from gateway.observe import finish as finish_record
-from gateway.ratelimit import LimitResult, LimitSpec, RateLimiter
+from gateway.ratelimit import LimitResult, LimitSpec, RateLimiter, rate_limiter
 from gateway.redis_conn import RedisLink
 from gateway.store_errors import StoreUnavailable
 from gateway.usage import UsageStore
@@ -58,7 +58,7 @@ class Services:
         # The link's client has socket timeouts and no retries, which bound every call already;
         # a second, asyncio-level deadline per call would only cost time on the hot path.
         return cls(link=link, keys=key_store(link.client, p),
-                   limiter=RateLimiter(link.client, p, timeout_s=None),
+                   limiter=rate_limiter(link.client, p, timeout_s=None),
                    cache=ResponseCache(link.client, p, max_entries=config.cache.max_entries, timeout_s=None),
                    usage=UsageStore(link.client, p), router=Router(hooks=tracing.AttemptSpans()))
 

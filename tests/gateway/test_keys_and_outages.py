@@ -183,7 +183,7 @@ def test_an_abandoned_settlement_still_corrects_the_reservation_and_counts_the_s
     from gateway.accounting import Reservation, settle
     from gateway.auth import Principal
     from gateway.keys import KeyRecord
-    from gateway.ratelimit import LimitSpec, RateLimiter
+    from gateway.ratelimit import LimitSpec, RedisRateLimiter
     from gateway.redis_conn import RedisLink
     from gateway.usage import UsageStore
 
@@ -198,7 +198,7 @@ def test_an_abandoned_settlement_still_corrects_the_reservation_and_counts_the_s
 
     async def scenario() -> tuple[dict, float]:
         client = aioredis.Redis.from_url(url)
-        limiter = RateLimiter(client, prefix)
+        limiter = RedisRateLimiter(client, prefix)
         store = UsageStore(client, prefix)
         link = RedisLink(None, 0.2, prefix)
         principal = Principal(key=KeyRecord(id="k1", alias="a", budget_usd=10, budget_period="total"))
