@@ -24,7 +24,7 @@ from backends.contract.responses import split_frames
 from gateway import metrics, tokens, tracing
 from gateway.accounting import Reservation, settle
 from gateway.auth import Principal, auth_enabled, authenticate_and_fetch, authorize_model, remembered_tier
-from gateway.cache import CacheDirectives, ResponseCache, cache_control, cache_key, is_deterministic
+from gateway.cache import CacheDirectives, ResponseCache, cache_control, cache_key, is_deterministic, response_cache
 from gateway.cache_stream import StreamAssembler, replay
 from gateway.disconnect import unless_disconnected
 from gateway.keys import MISSING, KeyStore, key_store
@@ -59,7 +59,7 @@ class Services:
         # a second, asyncio-level deadline per call would only cost time on the hot path.
         return cls(link=link, keys=key_store(link.client, p),
                    limiter=rate_limiter(link.client, p, timeout_s=None),
-                   cache=ResponseCache(link.client, p, max_entries=config.cache.max_entries, timeout_s=None),
+                   cache=response_cache(link.client, p, max_entries=config.cache.max_entries, timeout_s=None),
                    usage=UsageStore(link.client, p), router=Router(hooks=tracing.AttemptSpans()))
 
 
