@@ -33,7 +33,7 @@ from gateway.observe import finish as finish_record
 from gateway.ratelimit import LimitResult, LimitSpec, RateLimiter, rate_limiter
 from gateway.redis_conn import RedisLink
 from gateway.store_errors import StoreUnavailable
-from gateway.usage import UsageStore
+from gateway.usage import UsageStore, usage_store
 from routing.config import GatewayConfig
 from routing.plan import Plan, make_plan
 from routing.router import Outcome, Router
@@ -60,7 +60,7 @@ class Services:
         return cls(link=link, keys=key_store(link.client, p),
                    limiter=rate_limiter(link.client, p, timeout_s=None),
                    cache=response_cache(link.client, p, max_entries=config.cache.max_entries, timeout_s=None),
-                   usage=UsageStore(link.client, p), router=Router(hooks=tracing.AttemptSpans()))
+                   usage=usage_store(link.client, p), router=Router(hooks=tracing.AttemptSpans()))
 
 
 def namespace(route: Route) -> str:
