@@ -9,6 +9,7 @@ can fail open: a slow cache must never be slower than no cache.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import math
 import time
@@ -115,34 +116,25 @@ class CacheEntry:
         return max(0.0, time.time() - self.stored_at)
 
 
-class ResponseCache:
-    """get/put/delete of response bodies in Redis (prefix + "cache:" + key), or in memory.
+class ResponseCache(abc.ABC):
+    """get/put/delete of response bodies, by key: in Redis (prefix + "cache:" + key) or in this process.
 
-    `max_entries` only bounds the in-process store; Redis is bounded by its own
-    maxmemory policy and the per-entry PX expiry (ttl + stale grace).
+    `response_cache` picks the store once. Both hold the same serialized bytes, so size limits, expiry and
+    `decode` mean the same thing in both (the contract tests hold them to it); only Redis can fail, with
+    StoreUnavailable, within `timeout_s`.
     """
 
-    def __init__(self, redis: "redis.asyncio.Redis | None", prefix: str = "gw:",
-                 max_entries: int = 10_000, timeout_s: float | None = 0.1) -> None:
-        self.redis = redis
+    redis: redis.asyncio.Redis | None  # the client when Redis-backed (so callers can read along with a key)
+
+    def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.timeout_s = timeout_s
-        self.memory = MemoryLRU(max_entries) if redis is None else None
 
     def redis_key(self, key: str) -> str:
         return f"{self.prefix}cache:{key}"
 
-    async def _call(self, op: Awaitable[T]) -> T:
-        """Bounded by timeout_s; slow, unreachable or erroring Redis raises StoreUnavailable."""
-        return await guard(op, self.timeout_s)
-
+    @abc.abstractmethod
     async def get(self, key: str) -> CacheEntry | None:
         """A fresh or stale entry (check `.fresh`), or None when absent or past its stale grace."""
-        if self.memory is not None:
-            raw: Any = self.memory.get(key)
-        else:
-            raw = await self._call(self.redis.get(self.redis_key(key)))  # type: ignore[union-attr]
-        return self.decode(raw)
 
     @staticmethod
     def decode(raw: Any) -> CacheEntry | None:
@@ -159,26 +151,84 @@ class ResponseCache:
             return None
         return entry
 
+    @abc.abstractmethod
     async def put(self, key: str, body: dict[str, Any], *, ttl_s: float, stale_grace_s: float = 0.0,
                   max_entry_bytes: int = 1_048_576) -> bool:
         """Store a non-streamed body; False (nothing stored) when it serializes past max_entry_bytes."""
-        if not ttl_s > 0 or stale_grace_s < 0:
-            raise ValueError("ttl_s must be > 0 and stale_grace_s >= 0")
-        now = time.time()
-        doc = {"body": body, "stored_at": now, "fresh_until": now + ttl_s,
-               "stale_until": now + ttl_s + stale_grace_s}
-        payload = orjson.dumps(doc)
-        if len(payload) > max_entry_bytes:
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None: ...
+
+
+def _payload(body: dict[str, Any], now: float, ttl_s: float, stale_grace_s: float,
+             max_entry_bytes: int) -> bytes | None:
+    """The entry as both stores keep it (it expires at now + ttl_s + stale_grace_s), or None when it
+    serializes past max_entry_bytes."""
+    if not ttl_s > 0 or stale_grace_s < 0:
+        raise ValueError("ttl_s must be > 0 and stale_grace_s >= 0")
+    doc = {"body": body, "stored_at": now, "fresh_until": now + ttl_s, "stale_until": now + ttl_s + stale_grace_s}
+    payload = orjson.dumps(doc)
+    return None if len(payload) > max_entry_bytes else payload
+
+
+class RedisResponseCache(ResponseCache):
+    """Entries shared by every replica; Redis bounds them by its maxmemory policy and each entry's PX
+    expiry (ttl + stale grace)."""
+
+    def __init__(self, redis: redis.asyncio.Redis, prefix: str = "gw:", timeout_s: float | None = 0.1) -> None:
+        super().__init__(prefix)
+        self.redis = redis
+        self.timeout_s = timeout_s
+
+    async def _call(self, op: Awaitable[T]) -> T:
+        """Bounded by timeout_s; slow, unreachable or erroring Redis raises StoreUnavailable."""
+        return await guard(op, self.timeout_s)
+
+    async def get(self, key: str) -> CacheEntry | None:
+        return self.decode(await self._call(self.redis.get(self.redis_key(key))))
+
+    async def put(self, key: str, body: dict[str, Any], *, ttl_s: float, stale_grace_s: float = 0.0,
+                  max_entry_bytes: int = 1_048_576) -> bool:
+        payload = _payload(body, time.time(), ttl_s, stale_grace_s, max_entry_bytes)
+        if payload is None:
             return False
-        if self.memory is not None:
-            self.memory.put(key, payload, doc["stale_until"])
-        else:
-            px = max(1, math.ceil((ttl_s + stale_grace_s) * 1000))
-            await self._call(self.redis.set(self.redis_key(key), payload, px=px))  # type: ignore[union-attr]
+        px = max(1, math.ceil((ttl_s + stale_grace_s) * 1000))
+        await self._call(self.redis.set(self.redis_key(key), payload, px=px))
         return True
 
     async def delete(self, key: str) -> None:
-        if self.memory is not None:
-            self.memory.delete(key)
-        else:
-            await self._call(self.redis.delete(self.redis_key(key)))  # type: ignore[union-attr]
+        await self._call(self.redis.delete(self.redis_key(key)))
+
+
+class MemoryResponseCache(ResponseCache):
+    """Entries in this process (one replica, no Redis), at most `max_entries`, least recently used out first."""
+
+    redis = None
+
+    def __init__(self, prefix: str = "gw:", max_entries: int = 10_000) -> None:
+        super().__init__(prefix)
+        self.memory = MemoryLRU(max_entries)
+
+    async def get(self, key: str) -> CacheEntry | None:
+        return self.decode(self.memory.get(key))
+
+    async def put(self, key: str, body: dict[str, Any], *, ttl_s: float, stale_grace_s: float = 0.0,
+                  max_entry_bytes: int = 1_048_576) -> bool:
+        now = time.time()
+        payload = _payload(body, now, ttl_s, stale_grace_s, max_entry_bytes)
+        if payload is None:
+            return False
+        self.memory.put(key, payload, now + ttl_s + stale_grace_s)
+        return True
+
+    async def delete(self, key: str) -> None:
+        self.memory.delete(key)
+
+
+def response_cache(redis: redis.asyncio.Redis | None, prefix: str = "gw:", max_entries: int = 10_000,
+                   timeout_s: float | None = 0.1) -> ResponseCache:
+    """The Redis cache when there is a client (`timeout_s` bounds each call), else an in-process LRU of
+    `max_entries`."""
+    if redis is None:
+        return MemoryResponseCache(prefix, max_entries)
+    return RedisResponseCache(redis, prefix, timeout_s)

@@ -8,6 +8,7 @@ that key (if any) stands in, so an outage does not lock every caller out.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import logging
@@ -15,11 +16,14 @@ import secrets
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway.store_errors import StoreUnavailable, guard
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 log = logging.getLogger("llm_gateway.keys")
 
@@ -71,20 +75,17 @@ class KeyExists(Exception):
 EDITABLE = {"alias", "owner", "models", "rpm", "tpm", "budget_usd", "budget_period", "expires_at", "tier", "revoked"}
 
 
-class KeyStore:
-    def __init__(self, redis: Any | None, prefix: str = "gw:") -> None:
-        self.redis = redis
-        self.prefix = prefix
-        self._memory: dict[str, bytes] = {}  # hash -> record (no Redis)
-        self._ids: dict[str, str] = {}  # id -> hash (no Redis)
-        self._last_seen: dict[str, KeyRecord] = {}  # hash -> record, for Redis outages only
+class KeyStore(abc.ABC):
+    """Where key records live, by sha256 of the secret: shared in Redis, or in this process without it.
 
-    def _k(self, digest: str) -> str:
-        return f"{self.prefix}key:{digest}"
+    `key_store` picks one of the two once; every method behaves the same in both (the contract tests
+    hold them to it), except that only Redis can fail (StoreUnavailable) and only Redis reads an extra
+    value along with a key. Both remember the last record each lookup saw: `remembered_tier` reads it
+    before a lookup, and the Redis store answers from it when Redis is down.
+    """
 
-    @property
-    def _index(self) -> str:
-        return f"{self.prefix}keys"
+    def __init__(self) -> None:
+        self._last_seen: dict[str, KeyRecord] = {}  # hash -> record last looked up
 
     async def create(self, secret: str | None = None, **fields: Any) -> tuple[str, KeyRecord]:
         """A new key; `secret` imports one issued elsewhere (a migration) instead of minting one.
@@ -99,57 +100,25 @@ class KeyStore:
         await self._write(digest, record)
         return secret, record
 
-    async def _exists(self, digest: str) -> bool:
-        if self.redis is None:
-            return digest in self._memory
-        return bool(await guard(self.redis.exists(self._k(digest))))
-
+    @abc.abstractmethod
     async def lookup_with(self, secret: str, extra_key: str | None) -> tuple[KeyRecord | None, Any]:
         """The key's record, plus the raw value of `extra_key` read in the same round trip (MGET).
 
         The extra value is `MISSING` when it was not read (no Redis, no extra key, or an outage
         answered from the last record seen)."""
-        digest = hash_key(secret)
-        extra: Any = MISSING
-        if self.redis is None:
-            raw = self._memory.get(digest)
-        else:
-            try:
-                if extra_key is None:
-                    raw = await guard(self.redis.get(self._k(digest)))
-                else:
-                    raw, extra = await guard(self.redis.mget((self._k(digest), extra_key)))
-            except StoreUnavailable:
-                if digest in self._last_seen:
-                    return self._last_seen[digest], MISSING
-                raise
-        record = parse_record(raw)
-        if record is None:
-            self._last_seen.pop(digest, None)
-            return None, extra
-        self._last_seen[digest] = record
-        return record, extra
 
     def remembered_tier(self, secret: str) -> str | None:
         """The tier this replica last saw for the key: a guess made before the lookup, checked after it."""
         record = self._last_seen.get(hash_key(secret))
         return record.tier if record else None
 
+    @abc.abstractmethod
     async def get(self, key_id: str) -> KeyRecord | None:
-        digest = await self._digest_of(key_id)
-        if digest is None:
-            return None
-        raw = self._memory.get(digest) if self.redis is None else await guard(self.redis.get(self._k(digest)))
-        return parse_record(raw)
+        """The record of the key with this id (not its secret), or None."""
 
+    @abc.abstractmethod
     async def list(self) -> list[KeyRecord]:
-        if self.redis is None:
-            raws = [self._memory[d] for d in self._ids.values()]
-        else:
-            digests = await guard(self.redis.hvals(self._index))
-            raws = await guard(self.redis.mget([self._k(d.decode()) for d in digests])) if digests else []
-        records = (parse_record(r) for r in raws)
-        return sorted((r for r in records if r is not None), key=lambda k: k.created_at)
+        """Every key, oldest first."""
 
     async def update(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
         digest = await self._digest_of(key_id)
@@ -165,18 +134,74 @@ class KeyStore:
     async def revoke(self, key_id: str) -> KeyRecord | None:
         return await self.update(key_id, {"revoked": True})
 
+    def _remember(self, digest: str, raw: bytes | None) -> KeyRecord | None:
+        """Parse what a lookup read, and keep it (or forget the key) for `remembered_tier` and outages."""
+        record = parse_record(raw)
+        if record is None:
+            self._last_seen.pop(digest, None)
+        else:
+            self._last_seen[digest] = record
+        return record
+
+    @abc.abstractmethod
+    async def _exists(self, digest: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def _digest_of(self, key_id: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def _write(self, digest: str, record: KeyRecord) -> None: ...
+
+
+class RedisKeyStore(KeyStore):
+    """Records at prefix + "key:" + hash, and an id -> hash index, so every replica sees every change."""
+
+    def __init__(self, redis: redis.asyncio.Redis, prefix: str = "gw:") -> None:
+        super().__init__()
+        self.redis = redis
+        self.prefix = prefix
+
+    def _k(self, digest: str) -> str:
+        return f"{self.prefix}key:{digest}"
+
+    @property
+    def _index(self) -> str:
+        return f"{self.prefix}keys"
+
+    async def _exists(self, digest: str) -> bool:
+        return bool(await guard(self.redis.exists(self._k(digest))))
+
+    async def lookup_with(self, secret: str, extra_key: str | None) -> tuple[KeyRecord | None, Any]:
+        digest = hash_key(secret)
+        extra: Any = MISSING
+        try:
+            if extra_key is None:
+                raw = await guard(self.redis.get(self._k(digest)))
+            else:
+                raw, extra = await guard(self.redis.mget((self._k(digest), extra_key)))
+        except StoreUnavailable:
+            if digest in self._last_seen:
+                return self._last_seen[digest], MISSING
+            raise
+        return self._remember(digest, raw), extra
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        digest = await self._digest_of(key_id)
+        if digest is None:
+            return None
+        return parse_record(await guard(self.redis.get(self._k(digest))))
+
+    async def list(self) -> list[KeyRecord]:
+        digests = await guard(self.redis.hvals(self._index))
+        raws = await guard(self.redis.mget([self._k(d.decode()) for d in digests])) if digests else []
+        return _oldest_first(raws)
+
     async def _digest_of(self, key_id: str) -> str | None:
-        if self.redis is None:
-            return self._ids.get(key_id)
         raw = await guard(self.redis.hget(self._index, key_id))
         return raw.decode() if raw else None
 
     async def _write(self, digest: str, record: KeyRecord) -> None:
         raw = orjson.dumps(record.public())
-        if self.redis is None:
-            self._memory[digest] = raw
-            self._ids[record.id] = digest
-            return
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self._k(digest), raw)
             pipe.hset(self._index, record.id, digest)
@@ -185,6 +210,46 @@ class KeyStore:
             # The copy kept for Redis outages follows the change at once: a key revoked (or narrowed) here
             # must not work again on this replica when Redis next goes away.
             self._last_seen[digest] = record
+
+
+class MemoryKeyStore(KeyStore):
+    """Records in this process (one replica, no Redis), serialized as Redis would hold them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._memory: dict[str, bytes] = {}  # hash -> record
+        self._ids: dict[str, str] = {}  # id -> hash
+
+    async def _exists(self, digest: str) -> bool:
+        return digest in self._memory
+
+    async def lookup_with(self, secret: str, extra_key: str | None) -> tuple[KeyRecord | None, Any]:
+        digest = hash_key(secret)
+        return self._remember(digest, self._memory.get(digest)), MISSING
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        digest = self._ids.get(key_id)
+        return None if digest is None else parse_record(self._memory.get(digest))
+
+    async def list(self) -> list[KeyRecord]:
+        return _oldest_first([self._memory[d] for d in self._ids.values()])
+
+    async def _digest_of(self, key_id: str) -> str | None:
+        return self._ids.get(key_id)
+
+    async def _write(self, digest: str, record: KeyRecord) -> None:
+        self._memory[digest] = orjson.dumps(record.public())
+        self._ids[record.id] = digest
+
+
+def key_store(redis: redis.asyncio.Redis | None, prefix: str = "gw:") -> KeyStore:
+    """The Redis store when there is a client, else the in-process one."""
+    return MemoryKeyStore() if redis is None else RedisKeyStore(redis, prefix)
+
+
+def _oldest_first(raws: list[bytes | None]) -> list[KeyRecord]:
+    records = (parse_record(r) for r in raws)
+    return sorted((r for r in records if r is not None), key=lambda k: k.created_at)
 
 
 _FIELDS = {f.name for f in dataclasses.fields(KeyRecord)}

@@ -9,13 +9,16 @@ replicas agree because the clock is Redis's (`TIME`), not theirs.
 
 from __future__ import annotations
 
+import abc
 import math
 import time
 from dataclasses import dataclass
-
-import redis.asyncio
+from typing import TYPE_CHECKING
 
 from gateway.store_errors import guard
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 WINDOW_MS = 60_000.0
 _TTL_MARGIN_MS = 1_000
@@ -149,90 +152,68 @@ def _result(spec: LimitSpec, reason: int, retry_ms: float, d_req: float | None,
                        spec.tpm, rem_tok, reset_tok)
 
 
-class _MemoryGcra:
-    """Single-process twin of the Lua scripts; no awaits inside, so each call is atomic."""
-
-    def __init__(self) -> None:
-        self._tats: dict[str, float] = {}
-
-    @staticmethod
-    def _now() -> float:
-        return time.monotonic() * 1000
-
-    def _store(self, key: str, tat: float, now: float) -> None:
-        if tat <= now:
-            self._tats.pop(key, None)
-            return
-        self._tats[key] = tat
-        if len(self._tats) > _MEMORY_SWEEP_AT:  # bounded memory: drop idle (full) buckets
-            self._tats = {k: v for k, v in self._tats.items() if v > now}
-
-    def acquire(self, keys: tuple[str, str], limits: tuple[int, int],
-                tokens: int) -> tuple[int, float, float | None, float | None]:
-        now = self._now()
-        tats: list[float | None] = [None, None]
-        news = [0.0, 0.0]
-        reason, retry = 0, 0.0
-        for i, (key, n, cost) in enumerate(zip(keys, limits, (1, tokens))):
-            if n > 0:
-                interval = WINDOW_MS / n
-                tats[i] = max(self._tats.get(key, now), now) - now  # offsets from now
-                news[i] = tats[i] + cost * interval
-                over = math.inf if cost > n else news[i] - WINDOW_MS
-                if over > min(interval / 2, 1.0) and over > retry:
-                    reason, retry = i + 1, over
-        if reason == 0:
-            for i, key in enumerate(keys):
-                if limits[i] > 0:
-                    tats[i] = news[i]
-                    self._store(key, now + news[i], now)
-        return reason, (-1.0 if retry == math.inf else retry), tats[0], tats[1]
-
-    def forget(self, keys: tuple[str, ...]) -> None:
-        for key in keys:
-            self._tats.pop(key, None)
-
-    def adjust(self, key: str, limit: int, delta: int) -> None:
-        now = self._now()
-        tat = max(self._tats.get(key, now), now)
-        self._store(key, tat + delta * WINDOW_MS / limit, now)
+def _trivial(spec: LimitSpec, tokens: int) -> LimitResult | None:
+    """The answer that needs no store (no limit at all), or None; a negative cost is a caller's bug."""
+    if tokens < 0:
+        raise ValueError("tokens must be >= 0")
+    if spec.rpm is None and spec.tpm is None:
+        return LimitResult(True, None, 0.0)
+    return None
 
 
-class RateLimiter:
-    """Atomic check-and-reserve of 1 request + N tokens per subject.
+class RateLimiter(abc.ABC):
+    """Atomic check-and-reserve of 1 request + N tokens per subject, both or neither.
 
-    `redis=None` keeps state in this process (embedded, single replica).
-    Redis failures raise StoreUnavailable; `timeout_s` bounds every call.
-
-    With Redis, TPM corrections (`adjust`) cost no round trip of their own:
-    they wait in memory and ride along with the subject's next `acquire`, or
-    go out with `flush()`, which the gateway calls every `usage.flush_interval_s`.
+    `rate_limiter` picks the store once: Redis (the Lua scripts above, shared by every replica) or this
+    process (their twin, for one replica without Redis). Both answer every call alike (the contract tests
+    hold them to it); only Redis can fail, with StoreUnavailable, and only Redis defers `adjust` to
+    `flush` (or the subject's next `acquire`).
     """
 
-    def __init__(self, redis: "redis.asyncio.Redis | None", prefix: str = "gw:",
-                 timeout_s: float | None = 0.5) -> None:
-        self._redis = redis
+    def __init__(self, prefix: str) -> None:
         self._prefix = prefix
-        self._timeout = timeout_s
-        self._memory = _MemoryGcra() if redis is None else None
-        self._pending: dict[str, tuple[LimitSpec, int]] = {}  # subject -> (spec, token correction)
-        if redis is not None:
-            self._acquire_script = redis.register_script(_ACQUIRE_LUA)
 
     def _keys(self, subject: str) -> tuple[str, str]:
         base = f"{self._prefix}rl:{subject}"
         return f"{base}:req", f"{base}:tok"
 
+    @abc.abstractmethod
     async def acquire(self, subject: str, spec: LimitSpec, tokens: int) -> LimitResult:
         """Reserve 1 request and `tokens` tokens, both or neither."""
-        if tokens < 0:
-            raise ValueError("tokens must be >= 0")
-        if spec.rpm is None and spec.tpm is None:
-            return LimitResult(True, None, 0.0)
+
+    @abc.abstractmethod
+    async def adjust(self, subject: str, spec: LimitSpec, delta_tokens: int) -> None:
+        """Correct a reservation once usage is known (delta = actual - reserved)."""
+
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Write corrections that wait in memory, if this store keeps any."""
+
+    @abc.abstractmethod
+    async def reset(self, subject: str) -> None:
+        """Forget the subject's state (admin, tests): both buckets become full."""
+
+
+class RedisRateLimiter(RateLimiter):
+    """The limits in Redis, so every replica counts against the same buckets.
+
+    `timeout_s` bounds every call. TPM corrections (`adjust`) cost no round trip of their own: they wait
+    in memory and ride along with the subject's next `acquire`, or go out with `flush()`, which the
+    gateway calls every `usage.flush_interval_s`.
+    """
+
+    def __init__(self, redis: redis.asyncio.Redis, prefix: str = "gw:", timeout_s: float | None = 0.5) -> None:
+        super().__init__(prefix)
+        self._redis = redis
+        self._timeout = timeout_s
+        self._pending: dict[str, tuple[LimitSpec, int]] = {}  # subject -> (spec, token correction)
+        self._acquire_script = redis.register_script(_ACQUIRE_LUA)
+
+    async def acquire(self, subject: str, spec: LimitSpec, tokens: int) -> LimitResult:
+        if (free := _trivial(spec, tokens)) is not None:
+            return free
         keys = self._keys(subject)
         limits = (spec.rpm or 0, spec.tpm or 0)
-        if self._memory is not None:
-            return _result(spec, *self._memory.acquire(keys, limits, tokens))
         pending = self._take_pending(subject, spec)
         try:
             raw = await guard(self._acquire_script(keys=list(keys), args=[*limits, tokens, pending]),
@@ -245,11 +226,7 @@ class RateLimiter:
         return _result(spec, int(raw[0]), float(raw[1]), d_req, d_tok)
 
     async def adjust(self, subject: str, spec: LimitSpec, delta_tokens: int) -> None:
-        """Correct a reservation once usage is known (delta = actual - reserved)."""
         if spec.tpm is None or delta_tokens == 0:
-            return
-        if self._memory is not None:
-            self._memory.adjust(self._keys(subject)[1], spec.tpm, delta_tokens)
             return
         self._add_pending(subject, spec, delta_tokens)
 
@@ -268,7 +245,7 @@ class RateLimiter:
 
     async def flush(self) -> None:
         """Write every pending correction (one pipeline); kept for the next flush if Redis is down."""
-        if self._memory is not None or not self._pending:
+        if not self._pending:
             return
         batch, self._pending = self._pending, {}
         try:
@@ -283,10 +260,72 @@ class RateLimiter:
             raise
 
     async def reset(self, subject: str) -> None:
-        """Forget the subject's state (admin, tests): both buckets become full."""
-        keys = self._keys(subject)
-        if self._memory is not None:
-            self._memory.forget(keys)
-            return
         self._pending.pop(subject, None)
-        await guard(self._redis.delete(*keys), self._timeout)
+        await guard(self._redis.delete(*self._keys(subject)), self._timeout)
+
+
+class MemoryRateLimiter(RateLimiter):
+    """Single-process twin of the Lua scripts (embedded, one replica); no awaits inside, so each call is
+    atomic, and corrections apply at once."""
+
+    def __init__(self, prefix: str = "gw:") -> None:
+        super().__init__(prefix)
+        self._tats: dict[str, float] = {}  # key -> TAT, ms of the monotonic clock
+
+    @staticmethod
+    def _now() -> float:
+        return time.monotonic() * 1000
+
+    def _store(self, key: str, tat: float, now: float) -> None:
+        if tat <= now:
+            self._tats.pop(key, None)
+            return
+        self._tats[key] = tat
+        if len(self._tats) > _MEMORY_SWEEP_AT:  # bounded memory: drop idle (full) buckets
+            self._tats = {k: v for k, v in self._tats.items() if v > now}
+
+    async def acquire(self, subject: str, spec: LimitSpec, tokens: int) -> LimitResult:
+        if (free := _trivial(spec, tokens)) is not None:
+            return free
+        keys = self._keys(subject)
+        limits = (spec.rpm or 0, spec.tpm or 0)
+        now = self._now()
+        tats: list[float | None] = [None, None]
+        news = [0.0, 0.0]
+        reason, retry = 0, 0.0
+        for i, (key, n, cost) in enumerate(zip(keys, limits, (1, tokens))):
+            if n > 0:
+                interval = WINDOW_MS / n
+                tats[i] = max(self._tats.get(key, now), now) - now  # offsets from now
+                news[i] = tats[i] + cost * interval
+                over = math.inf if cost > n else news[i] - WINDOW_MS
+                if over > min(interval / 2, 1.0) and over > retry:
+                    reason, retry = i + 1, over
+        if reason == 0:
+            for i, key in enumerate(keys):
+                if limits[i] > 0:
+                    tats[i] = news[i]
+                    self._store(key, now + news[i], now)
+        return _result(spec, reason, -1.0 if retry == math.inf else retry, tats[0], tats[1])
+
+    async def adjust(self, subject: str, spec: LimitSpec, delta_tokens: int) -> None:
+        if spec.tpm is None or delta_tokens == 0:
+            return
+        key = self._keys(subject)[1]
+        now = self._now()
+        tat = max(self._tats.get(key, now), now)
+        self._store(key, tat + delta_tokens * WINDOW_MS / spec.tpm, now)
+
+    async def flush(self) -> None:
+        return  # corrections applied at once: nothing waits
+
+    async def reset(self, subject: str) -> None:
+        for key in self._keys(subject):
+            self._tats.pop(key, None)
+
+
+def rate_limiter(redis: redis.asyncio.Redis | None, prefix: str = "gw:",
+                 timeout_s: float | None = 0.5) -> RateLimiter:
+    """The Redis limiter when there is a client (Redis failures raise StoreUnavailable; `timeout_s`
+    bounds every call), else the in-process one."""
+    return MemoryRateLimiter(prefix) if redis is None else RedisRateLimiter(redis, prefix, timeout_s)

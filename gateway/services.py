@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway import tracing
-from gateway.cache import ResponseCache
-from gateway.keys import KeyStore
-from gateway.ratelimit import RateLimiter
+from gateway.cache import ResponseCache, response_cache
+from gateway.keys import KeyStore, key_store
+from gateway.ratelimit import RateLimiter, rate_limiter
 from gateway.redis_conn import RedisLink
-from gateway.usage import UsageStore
+from gateway.usage import UsageStore, usage_store
 from routing.config import GatewayConfig
 from routing.router import Router
 
@@ -33,7 +33,7 @@ class Services:
         p = config.redis.prefix
         # The link's client has socket timeouts and no retries, which bound every call already;
         # a second, asyncio-level deadline per call would only cost time on the hot path.
-        return cls(link=link, keys=KeyStore(link.client, p),
-                   limiter=RateLimiter(link.client, p, timeout_s=None),
-                   cache=ResponseCache(link.client, p, max_entries=config.cache.max_entries, timeout_s=None),
-                   usage=UsageStore(link.client, p), router=Router(hooks=tracing.AttemptSpans()))
+        return cls(link=link, keys=key_store(link.client, p),
+                   limiter=rate_limiter(link.client, p, timeout_s=None),
+                   cache=response_cache(link.client, p, max_entries=config.cache.max_entries, timeout_s=None),
+                   usage=usage_store(link.client, p), router=Router(hooks=tracing.AttemptSpans()))

@@ -9,11 +9,15 @@ check is one GET, whichever replica asks.
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.store_errors import guard
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 RETENTION_S = 400 * 86400
 ANONYMOUS = "-"
@@ -28,19 +32,75 @@ def period_id(period: str, now: dt.datetime | None = None) -> str:
     return "total"
 
 
-def _counters() -> dict[tuple[str, str, str], dict[str, float]]:
+Counters = dict[tuple[str, str, str], dict[str, float]]
+
+
+def _counters() -> Counters:
     return defaultdict(lambda: defaultdict(float))
 
 
-class UsageStore:
-    def __init__(self, redis: Any | None, prefix: str = "gw:") -> None:
+def _tally(rows: Counters, dep_rows: Counters, key_id: str | None, route: str, deployment: str | None,
+           prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
+    """Count one answer under (day, key, route) and (day, route, deployment)."""
+    day = period_id("daily")
+    for row in (rows[(day, key_id or ANONYMOUS, route)], dep_rows[(day, route, deployment or "cache")]):
+        row["requests"] += 1
+        row["prompt_tokens"] += prompt_tokens
+        row["completion_tokens"] += completion_tokens
+        row["cost_usd"] += cost_usd
+
+
+class UsageStore(abc.ABC):
+    """Usage rows per (day, key, route) and (day, route, deployment), and spend per budget period.
+
+    `usage_store` picks the store once: Redis, where every replica counts into the same totals, or this
+    process (one replica, no Redis). Both report the same rows and spend for the same answers (the
+    contract tests hold them to it); only Redis can fail (StoreUnavailable) and only Redis batches the
+    rows until `flush`.
+    """
+
+    @abc.abstractmethod
+    async def record(self, *, key_id: str | None, route: str, prompt_tokens: int, completion_tokens: int,
+                     cost_usd: float, budget_period: str | None = None, deployment: str | None = None) -> None:
+        """Count one answer under (day, key, route) and, for the cost report, (day, route, deployment);
+        with `key_id` and `budget_period`, also against the key's budget."""
+
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Write counters that wait in memory, if this store keeps any."""
+
+    @abc.abstractmethod
+    async def spend(self, key_id: str, period: str) -> float:
+        """What the key spent in the current `period` (daily, monthly or total)."""
+
+    async def report(self, days: list[str], key_id: str | None = None) -> list[dict[str, Any]]:
+        """Rows per (day, key, route)."""
+        rows = []
+        for day, who, route, v in await self._collect(days, "usage"):
+            if key_id is None or who == key_id:
+                rows.append({"day": day, "key_id": None if who == ANONYMOUS else who, "route": route, **_counts(v)})
+        return rows
+
+    async def report_deployments(self, days: list[str]) -> list[dict[str, Any]]:
+        """Rows per (day, route, deployment); deployment "cache" counts answers served from the cache."""
+        return [{"day": day, "route": route, "deployment": dep, **_counts(v)}
+                for day, route, dep, v in await self._collect(days, "usage-dep")]
+
+    @abc.abstractmethod
+    async def _collect(self, days: list[str], family: str) -> list[tuple[str, str, str, dict]]:
+        """(day, a, b, counters) for one family of rows ("usage" or "usage-dep")."""
+
+
+class RedisUsageStore(UsageStore):
+    """Counters batched per replica and flushed every `flush_interval_s` (one pipeline for every request
+    since the last flush) instead of costing a round trip per request. Spend against a budget is the
+    exception: it is written at once, so every replica sees it."""
+
+    def __init__(self, redis: redis.asyncio.Redis, prefix: str = "gw:") -> None:
         self.redis = redis
         self.prefix = prefix
-        self._rows = _counters()  # without Redis: the counters themselves
-        self._dep_rows = _counters()
-        self._pending = _counters()  # with Redis: what the next flush writes
+        self._pending = _counters()  # what the next flush writes
         self._pending_dep = _counters()
-        self._spend: dict[str, float] = defaultdict(float)
         self._pending_spend: dict[str, float] = defaultdict(float)  # spend Redis refused, for the next flush
 
     def _spend_key(self, key_id: str, period: str) -> str:
@@ -48,25 +108,9 @@ class UsageStore:
 
     async def record(self, *, key_id: str | None, route: str, prompt_tokens: int, completion_tokens: int,
                      cost_usd: float, budget_period: str | None = None, deployment: str | None = None) -> None:
-        """Count one answer under (day, key, route) and, for the cost report, (day, route, deployment).
-
-        With Redis, the counters are batched in memory and flushed every `flush_interval_s` (one
-        pipeline for all requests since the last flush) instead of costing a round trip per request.
-        Spend against a budget is the exception: it is written at once, so every replica sees it.
-        """
-        day = period_id("daily")
-        who = key_id or ANONYMOUS
-        dep = deployment or "cache"
-        rows, dep_rows = (self._rows, self._dep_rows) if self.redis is None else (self._pending, self._pending_dep)
-        for row in (rows[(day, who, route)], dep_rows[(day, route, dep)]):
-            row["requests"] += 1
-            row["prompt_tokens"] += prompt_tokens
-            row["completion_tokens"] += completion_tokens
-            row["cost_usd"] += cost_usd
+        _tally(self._pending, self._pending_dep, key_id, route, deployment, prompt_tokens, completion_tokens,
+               cost_usd)
         if not (key_id and budget_period):
-            return
-        if self.redis is None:
-            self._spend[self._spend_key(key_id, budget_period)] += cost_usd
             return
         spend_key = self._spend_key(key_id, budget_period)
         try:
@@ -82,7 +126,7 @@ class UsageStore:
 
     async def flush(self) -> None:
         """Write the batched counters; if Redis is down they go back into the batch for the next try."""
-        if self.redis is None or not (self._pending or self._pending_dep or self._pending_spend):
+        if not (self._pending or self._pending_dep or self._pending_spend):
             return
         rows, dep_rows, spend = self._pending, self._pending_dep, self._pending_spend
         self._pending, self._pending_dep, self._pending_spend = _counters(), _counters(), defaultdict(float)
@@ -118,38 +162,52 @@ class UsageStore:
         pipe.expire(key, RETENTION_S)
 
     async def spend(self, key_id: str, period: str) -> float:
-        if self.redis is None:
-            return self._spend.get(self._spend_key(key_id, period), 0.0)
         raw = await guard(self.redis.get(self._spend_key(key_id, period)))
         return float(raw) if raw else 0.0
 
-    async def report(self, days: list[str], key_id: str | None = None) -> list[dict[str, Any]]:
-        """Rows per (day, key, route)."""
-        rows = []
-        for day, who, route, v in await self._collect(days, "usage", self._rows):
-            if key_id is None or who == key_id:
-                rows.append({"day": day, "key_id": None if who == ANONYMOUS else who, "route": route, **_counts(v)})
-        return rows
-
-    async def report_deployments(self, days: list[str]) -> list[dict[str, Any]]:
-        """Rows per (day, route, deployment); deployment "cache" counts answers served from the cache."""
-        return [{"day": day, "route": route, "deployment": dep, **_counts(v)}
-                for day, route, dep, v in await self._collect(days, "usage-dep", self._dep_rows)]
-
-    async def _collect(self, days: list[str], family: str,
-                       memory: dict[tuple[str, str, str], dict[str, float]]) -> list[tuple[str, str, str, dict]]:
-        """(day, a, b, counters) for one family of rows, from memory or from Redis (after a flush)."""
+    async def _collect(self, days: list[str], family: str) -> list[tuple[str, str, str, dict]]:
+        """From Redis, after a flush, so this replica's own counts are in."""
         await self.flush()
         out: list[tuple[str, str, str, dict]] = []
         for day in days:
-            if self.redis is None:
-                out += [(day, a, b, dict(v)) for (d, a, b), v in memory.items() if d == day]
-                continue
             members = await guard(self.redis.smembers(f"{self.prefix}{family}:index:{day}"))
             for a, b in sorted(m.decode().split("|", 1) for m in members):
                 h = await guard(self.redis.hgetall(f"{self.prefix}{family}:{day}:{a}:{b}"))
                 out.append((day, a, b, {k.decode(): float(v) for k, v in h.items()}))
         return out
+
+
+class MemoryUsageStore(UsageStore):
+    """The counters themselves, in this process (one replica, no Redis): nothing to batch or flush."""
+
+    def __init__(self) -> None:
+        self._rows = _counters()
+        self._dep_rows = _counters()
+        self._spend: dict[tuple[str, str], float] = defaultdict(float)  # (key id, period id) -> USD
+
+    async def record(self, *, key_id: str | None, route: str, prompt_tokens: int, completion_tokens: int,
+                     cost_usd: float, budget_period: str | None = None, deployment: str | None = None) -> None:
+        _tally(self._rows, self._dep_rows, key_id, route, deployment, prompt_tokens, completion_tokens, cost_usd)
+        if key_id and budget_period:
+            self._spend[(key_id, period_id(budget_period))] += cost_usd
+
+    async def flush(self) -> None:
+        return  # counted in place: nothing waits
+
+    async def spend(self, key_id: str, period: str) -> float:
+        return self._spend.get((key_id, period_id(period)), 0.0)
+
+    async def _collect(self, days: list[str], family: str) -> list[tuple[str, str, str, dict]]:
+        table = self._rows if family == "usage" else self._dep_rows
+        out: list[tuple[str, str, str, dict]] = []
+        for day in days:
+            out += [(day, a, b, dict(v)) for (d, a, b), v in table.items() if d == day]
+        return out
+
+
+def usage_store(redis: redis.asyncio.Redis | None, prefix: str = "gw:") -> UsageStore:
+    """The Redis store when there is a client, else the in-process one."""
+    return MemoryUsageStore() if redis is None else RedisUsageStore(redis, prefix)
 
 
 def _counts(v: dict[str, float]) -> dict[str, Any]:

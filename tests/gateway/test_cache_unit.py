@@ -21,7 +21,7 @@ from openai.types import Completion
 
 from backends.contract.assembler import StreamAssembler
 from backends.contract.responses import DONE, sse
-from gateway.cache import ResponseCache, cache_control, cache_key, is_deterministic
+from gateway.cache import MemoryResponseCache, ResponseCache, cache_control, cache_key, is_deterministic, response_cache
 from gateway.cache_replay import replay, split_text
 from gateway.store_errors import StoreUnavailable
 
@@ -111,9 +111,9 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture(params=["redis", "memory"])
 def store(request: pytest.FixtureRequest) -> ResponseCache:
     if request.param == "memory":
-        return ResponseCache(None, max_entries=100)
+        return response_cache(None, max_entries=100)
     client = request.getfixturevalue("redis_client")
-    return ResponseCache(client, prefix=client.test_prefix, timeout_s=1.0)
+    return response_cache(client, prefix=client.test_prefix, timeout_s=1.0)
 
 
 BODY = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m", "system_fingerprint": "fp",
@@ -136,7 +136,7 @@ async def test_put_get_round_trip(store: ResponseCache) -> None:
 
 
 async def test_redis_key_layout_and_expiry(redis_client: aioredis.Redis) -> None:
-    cache = ResponseCache(redis_client, prefix=redis_client.test_prefix, timeout_s=1.0)
+    cache = response_cache(redis_client, prefix=redis_client.test_prefix, timeout_s=1.0)
     await cache.put("abc", BODY, ttl_s=10, stale_grace_s=5)
     rkey = f"{redis_client.test_prefix}cache:abc"
     assert orjson.loads(await redis_client.get(rkey))["body"] == BODY
@@ -161,7 +161,7 @@ async def test_max_entry_bytes(store: ResponseCache) -> None:
 
 
 async def test_memory_lru_eviction() -> None:
-    cache = ResponseCache(None, max_entries=3)
+    cache = MemoryResponseCache(max_entries=3)
     for k in "abc":
         await cache.put(k, {"k": k}, ttl_s=60)
     assert await cache.get("a") is not None  # a is now most recently used
@@ -173,7 +173,7 @@ async def test_memory_lru_eviction() -> None:
 
 async def test_redis_unreachable_raises_store_unavailable_fast() -> None:
     client = aioredis.Redis(host="127.0.0.1", port=1, db=15, socket_connect_timeout=0.2)
-    cache = ResponseCache(client, prefix=f"test:{uuid4().hex}:", timeout_s=0.1)
+    cache = response_cache(client, prefix=f"test:{uuid4().hex}:", timeout_s=0.1)
     try:
         for op in (cache.get("k"), cache.put("k", BODY, ttl_s=1), cache.delete("k")):
             t0 = time.monotonic()

@@ -183,9 +183,9 @@ def test_an_abandoned_settlement_still_corrects_the_reservation_and_counts_the_s
     from gateway.accounting import Reservation, settle
     from gateway.auth import Principal
     from gateway.keys import KeyRecord
-    from gateway.ratelimit import LimitSpec, RateLimiter
+    from gateway.ratelimit import LimitSpec, RedisRateLimiter
     from gateway.redis_conn import RedisLink
-    from gateway.usage import UsageStore
+    from gateway.usage import usage_store
 
     url = require_redis()
     prefix = unique_prefix()
@@ -198,8 +198,8 @@ def test_an_abandoned_settlement_still_corrects_the_reservation_and_counts_the_s
 
     async def scenario() -> tuple[dict, float]:
         client = aioredis.Redis.from_url(url)
-        limiter = RateLimiter(client, prefix)
-        store = UsageStore(client, prefix)
+        limiter = RedisRateLimiter(client, prefix)
+        store = usage_store(client, prefix)
         link = RedisLink(None, 0.2, prefix)
         principal = Principal(key=KeyRecord(id="k1", alias="a", budget_usd=10, budget_period="total"))
         reservation = Reservation([("key:k1", LimitSpec(None, 1000))], tokens=600)

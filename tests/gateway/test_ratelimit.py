@@ -22,7 +22,15 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway.ratelimit import LimitResult, LimitSpec, RateLimiter, format_duration
+from gateway.ratelimit import (
+    LimitResult,
+    LimitSpec,
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+    format_duration,
+    rate_limiter,
+)
 from gateway.store_errors import StoreUnavailable, guard
 from tests.paths import ROOT
 
@@ -68,7 +76,7 @@ async def redis_env() -> AsyncIterator[tuple[aioredis.Redis, str]]:
 async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
     """Builds limiters ("replicas") sharing one store: a Redis prefix, or one in-process state."""
     if request.param == "memory":
-        shared = RateLimiter(None)
+        shared = rate_limiter(None)
         yield lambda **_: shared
         return
     admin = await _client()
@@ -78,7 +86,7 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
     def build(timeout_s: float | None = 0.5) -> RateLimiter:
         client = aioredis.Redis.from_url(REDIS_URL)  # its own pool, like another replica
         clients.append(client)
-        return RateLimiter(client, prefix, timeout_s=timeout_s)
+        return rate_limiter(client, prefix, timeout_s=timeout_s)
 
     yield build
     for client in clients:
@@ -202,7 +210,7 @@ def test_spec_and_cost_validation() -> None:
         with pytest.raises(ValueError):
             LimitSpec(rpm=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        asyncio.run(RateLimiter(None).acquire("key:v", LimitSpec(tpm=10), -1))
+        asyncio.run(rate_limiter(None).acquire("key:v", LimitSpec(tpm=10), -1))
 
 
 @pytest.mark.parametrize("seconds, text", [
@@ -229,11 +237,11 @@ async def test_concurrent_replicas_admit_exactly_the_limit(make: Factory) -> Non
 _WORKER = textwrap.dedent("""
     import asyncio, sys
     import redis.asyncio as aioredis
-    from gateway.ratelimit import LimitSpec, RateLimiter
+    from gateway.ratelimit import LimitSpec, rate_limiter
 
     async def main() -> None:
         client = aioredis.Redis.from_url(sys.argv[1])
-        rl = RateLimiter(client, sys.argv[2], timeout_s=None)
+        rl = rate_limiter(client, sys.argv[2], timeout_s=None)
         await client.ping()
         sys.stdin.readline()  # start line: every process begins together
         results = await asyncio.gather(*(rl.acquire("key:proc", LimitSpec(rpm=37), 1) for _ in range(100)))
@@ -262,7 +270,7 @@ async def test_concurrent_processes_admit_exactly_the_limit(redis_env: tuple[aio
 
 async def test_keys_ttl_and_server_clock(redis_env: tuple[aioredis.Redis, str]) -> None:
     client, prefix = redis_env
-    rl = RateLimiter(client, prefix)
+    rl = rate_limiter(client, prefix)
     assert (await rl.acquire("route:m", LimitSpec(rpm=60, tpm=1000), 500)).allowed
     seconds, micros = await client.time()
     now_ms = seconds * 1000 + micros / 1000
@@ -277,7 +285,7 @@ async def test_keys_ttl_and_server_clock(redis_env: tuple[aioredis.Redis, str]) 
 
 async def test_unlimited_spec_does_not_touch_redis() -> None:
     dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
-    rl = RateLimiter(dead)
+    rl = rate_limiter(dead)
     assert (await rl.acquire("key:x", LimitSpec(), 5)).allowed
     await rl.adjust("key:x", LimitSpec(rpm=5), 100)  # no token limit: nothing to correct
     await dead.aclose()
@@ -287,7 +295,7 @@ async def test_unlimited_spec_does_not_touch_redis() -> None:
 async def test_unreachable_redis_raises_store_unavailable_fast(retry: str) -> None:
     kwargs = {} if retry == "default" else {"retry": Retry(NoBackoff(), 0)}
     dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, **kwargs)
-    rl = RateLimiter(dead, f"test:{uuid4().hex}:")
+    rl = rate_limiter(dead, f"test:{uuid4().hex}:")
     spec = LimitSpec(rpm=10, tpm=100)
     async def adjust_then_flush() -> None:
         await rl.adjust("key:d", spec, -1)  # only noted in memory ...
@@ -326,21 +334,21 @@ async def test_memory_state_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     import gateway.ratelimit as ratelimit
 
     monkeypatch.setattr(ratelimit, "_MEMORY_SWEEP_AT", 5)
-    rl = RateLimiter(None)
+    rl = MemoryRateLimiter()
     clock = [0.0]
-    rl._memory._now = lambda: clock[0]  # type: ignore[union-attr]
+    rl._now = lambda: clock[0]  # type: ignore[method-assign]
     for i in range(5):
         assert (await rl.acquire(f"key:{i}", LimitSpec(rpm=60), 0)).allowed  # TAT = 1000 ms each
     clock[0] = 2000.0  # all five are full again (idle)
     assert (await rl.acquire("key:new", LimitSpec(rpm=60), 0)).allowed
-    assert list(rl._memory._tats) == ["gw:rl:key:new:req"]  # type: ignore[union-attr]
+    assert list(rl._tats) == ["gw:rl:key:new:req"]
 
 
 async def test_corrections_reach_other_replicas_with_the_next_acquire_or_flush() -> None:
     """A replica's TPM corrections cost no round trip of their own, yet every replica sees them."""
     client = await _client()
     prefix = f"test:{uuid4().hex}:"
-    a, b = RateLimiter(client, prefix), RateLimiter(client, prefix)  # two replicas on the same Redis
+    a, b = RedisRateLimiter(client, prefix), RedisRateLimiter(client, prefix)  # two replicas on the same Redis
     spec = LimitSpec(tpm=1000)
     assert (await a.acquire("key:r", spec, 900)).allowed
     await a.adjust("key:r", spec, -800)  # used 100 of the 900 reserved
@@ -355,7 +363,7 @@ async def test_corrections_reach_other_replicas_with_the_next_acquire_or_flush()
 
 async def test_a_failed_flush_keeps_the_corrections() -> None:
     dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    rl = RateLimiter(dead, f"test:{uuid4().hex}:")
+    rl = RedisRateLimiter(dead, f"test:{uuid4().hex}:")
     spec = LimitSpec(tpm=100)
     await rl.adjust("key:f", spec, -30)
     await rl.adjust("key:f", spec, -20)
