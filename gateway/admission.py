@@ -16,7 +16,7 @@ from backends.contract.errors import GatewayError
 from backends.contract.protocol import SamplingFields
 from gateway import metrics
 from gateway.accounting import Reservation
-from gateway.auth import Principal, authenticate_and_fetch, authorize_model, remembered_tier
+from gateway.auth import Principal, authorize_model
 from gateway.cache_lookup import CacheLookup
 from gateway.keys import MISSING
 from gateway.observe import RequestRecord
@@ -42,16 +42,16 @@ class Admission:
 async def admit(svc: Services, runtime: Runtime, body: SamplingFields, headers: Mapping[str, str],
                 rec: RequestRecord) -> Admission:
     """The request's admission, or the GatewayError that refuses it (401, 403, 404, 429, 503...)."""
-    guessed_tier = remembered_tier(headers, svc.keys)
+    guessed_tier = svc.auth.remembered_tier(headers)
     early: GatewayError | None = None
     plan = lookup = None
     try:
         plan = make_plan(runtime, body, headers, guessed_tier)
-        lookup = CacheLookup.prepare(runtime, plan, body, headers)
+        lookup = CacheLookup.prepare(runtime, plan, body, headers, svc.auth.enabled)
     except GatewayError as exc:
         early = exc
     prefetch = lookup.redis_key(svc.cache) if lookup is not None else None
-    principal, fetched = await authenticate_and_fetch(headers, svc.keys, svc.link, prefetch)
+    principal, fetched = await svc.auth.authenticate_and_fetch(headers, prefetch)
     rec.key_alias = principal.alias
     if early is not None:
         raise early
@@ -59,7 +59,7 @@ async def admit(svc: Services, runtime: Runtime, body: SamplingFields, headers: 
     if principal.tier != guessed_tier and plan.tier_sensitive:  # a guess that mattered and missed: plan again
         replanned = make_plan(runtime, body, headers, principal.tier)
         if replanned.route is not plan.route:  # the prefetched entry belongs to another route
-            lookup = CacheLookup.prepare(runtime, replanned, body, headers)
+            lookup = CacheLookup.prepare(runtime, replanned, body, headers, svc.auth.enabled)
             fetched = MISSING
         plan = replanned
     admission = Admission(principal, plan, lookup, fetched)

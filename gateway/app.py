@@ -17,11 +17,11 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from backends.llamacpp.control import CONTROL_ENV, EngineControl, LocalControl, RemoteControl
+from backends.llamacpp.control import EngineControl, LocalControl, RemoteControl
 from backends.model_cards import ModelCard, load_cards
-from gateway import __version__, connection_guard, request_log, tracing
+from gateway import __version__, connection_guard, observe, request_log, tracing
 from gateway.error_handlers import install_error_handlers
-from gateway.exposure import Exposure, unauthenticated_allowed
+from gateway.exposure import Exposure
 from gateway.fast_lane import FastLane
 from gateway.flushing import flush_periodically
 from gateway.gc_tuning import tune_for_serving
@@ -29,32 +29,37 @@ from gateway.middleware import RequestContextMiddleware
 from gateway.openapi_doc import openapi_document
 from gateway.routes import admin, admin_cost, admin_keys, health, openai
 from gateway.services import Services
+from gateway.settings import Settings
 from routing.config import GatewayConfig, resolve_secret
 from routing.manager import RuntimeManager
 
 log = logging.getLogger("llm_gateway")
 
 
-def redis_url_for(config: GatewayConfig, override: str | None = None) -> str | None:
-    """--redis-url, then REDIS_URL, then the config file; none means in-process stores."""
-    return override or os.environ.get("REDIS_URL") or resolve_secret(config.redis.url) or None
+def redis_url_for(config: GatewayConfig, settings: Settings, override: str | None = None) -> str | None:
+    """--redis-url, then the environment (LLM_GATEWAY_REDIS_URL, REDIS_URL), then the config file; none
+    means in-process stores."""
+    return override or settings.redis_url or resolve_secret(config.redis.url) or None
 
 
-def engine_control() -> EngineControl:
-    """The parent of `--workers N` supervises the engines and says where (`CONTROL_ENV`); a lone
+def engine_control(settings: Settings) -> EngineControl:
+    """The parent of `--workers N` supervises the engines and says where (its control socket); a lone
     gateway supervises its own."""
-    path = os.environ.get(CONTROL_ENV)
-    return RemoteControl(path) if path else LocalControl()
+    return RemoteControl(settings.engine_control) if settings.engine_control else LocalControl()
 
 
 def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
-               config_path: str | None = None, redis_url: str | None = None) -> FastAPI:
+               config_path: str | None = None, redis_url: str | None = None,
+               settings: Settings | None = None) -> FastAPI:
+    """The app for one worker. `settings` defaults to this process's environment, read now, once."""
+    settings = settings or Settings.from_env()
     if cards is None:
         cards_dir = Path(config.server.model_cards_dir) if config.server.model_cards_dir else None
         cards = load_cards(cards_dir)
     tracing.setup_from_env()
-    manager = RuntimeManager(config, cards, config_path, control=engine_control())
-    services = Services.build(config, redis_url_for(config, redis_url))
+    observe.own_secrets(settings.master_key, settings.admin_key)
+    manager = RuntimeManager(config, cards, config_path, control=engine_control(settings))
+    services = Services.build(config, redis_url_for(config, settings, redis_url), settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,7 +77,7 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
             await manager.aclose()
             await services.link.aclose()
             request_log.flush()
-            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            if settings.metrics_dir:
                 from prometheus_client import multiprocess
 
                 multiprocess.mark_process_dead(os.getpid())
@@ -82,6 +87,7 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     app.max_body_bytes = config.server.max_body_bytes
     app.max_json_depth = config.server.max_json_depth
     app.server_config = config.server
+    app.settings = settings
     connection_guard.configure(config.server.header_timeout_s, config.server.max_connections)
     app.state.cards = cards
     app.state.manager = manager
@@ -107,16 +113,17 @@ class GatewayApp(FastAPI):
     max_body_bytes: int = 4 * 1024 * 1024
     max_json_depth: int = 64
     server_config: Any = None  # routing.config.ServerConfig
+    settings: Settings = Settings()
 
     def build_middleware_stack(self) -> ASGIApp:
         full = super().build_middleware_stack()
         lane = FastLane(full, {route.path: route.endpoint for route in openai.hot_routes})
         server = self.server_config
         exposure = None
-        if server is not None:
+        if server is not None and not self.settings.auth_enabled:
             # Without keys the CLI serves loopback only, unless told otherwise: then the Host check is moot.
             exposure = Exposure(server.allowed_hosts,
-                                check_host=not unauthenticated_allowed(server.allow_unauthenticated))
+                                check_host=not (self.settings.allow_unauthenticated or server.allow_unauthenticated))
         return RequestContextMiddleware(lane, max_body_bytes=self.max_body_bytes,
                                         body_timeout_s=server.body_timeout_s if server else 60.0,
                                         body_idle_timeout_s=server.body_idle_timeout_s if server else 15.0,

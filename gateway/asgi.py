@@ -14,19 +14,19 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-CONFIG_ENV = "LLM_GATEWAY_CONFIG"
-REDIS_ENV = "LLM_GATEWAY_REDIS_URL"
-
 
 def create() -> FastAPI:
+    # Imported here: the parent set PROMETHEUS_MULTIPROC_DIR before this worker started, and the
+    # metrics module reads it at import.
     from backends.model_cards import load_cards
     from gateway.app import create_app
     from gateway.logsetup import configure
+    from gateway.settings import ENV_CARDS, ENV_CONFIG, ENV_LOG_LEVEL, Settings
     from routing.config_file import load_config
 
-    path = os.environ.get(CONFIG_ENV) or None
-    cards_dir = os.environ.get("LLM_GATEWAY_MODEL_CARDS_DIR")
+    path = os.environ.get(ENV_CONFIG) or None
+    cards_dir = os.environ.get(ENV_CARDS)
     cards = load_cards(Path(cards_dir) if cards_dir else None)
     config = load_config(path, known_cards=set(cards))
-    configure(os.environ.get("LLM_GATEWAY_LOG_LEVEL") or config.server.log_level, config.logging.json_requests)
-    return create_app(config, cards, config_path=path, redis_url=os.environ.get(REDIS_ENV) or None)
+    configure(os.environ.get(ENV_LOG_LEVEL) or config.server.log_level, config.logging.json_requests)
+    return create_app(config, cards, config_path=path, settings=Settings.from_env())

@@ -1,14 +1,14 @@
 """Who is calling: the master key, a virtual key, or nobody (auth off).
 
-Auth is on when `LLM_GATEWAY_MASTER_KEY` is set. Without it (the embedded
-default) every caller is anonymous and the server binds to 127.0.0.1. Error
-bodies say what is wrong with the request, never anything about the key store.
+Auth is on when the gateway has a master key (`LLM_GATEWAY_MASTER_KEY`, read
+once into `Settings`). Without it (the embedded default) every caller is
+anonymous and the server binds to 127.0.0.1. Error bodies say what is wrong
+with the request, never anything about the key store.
 """
 
 from __future__ import annotations
 
 import hmac
-import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -16,8 +16,6 @@ from backends.contract.errors import GatewayError
 from gateway.keys import MISSING, KeyRecord, KeyStore
 from gateway.redis_conn import RedisLink
 from gateway.store_errors import StoreUnavailable
-
-MASTER_KEY_ENV = "LLM_GATEWAY_MASTER_KEY"
 
 
 @dataclass(frozen=True)
@@ -45,10 +43,6 @@ def _unauthorized(message: str) -> GatewayError:
     return GatewayError(message, status_code=401, error_type="invalid_request_error", code="invalid_api_key")
 
 
-def auth_enabled() -> bool:
-    return bool(os.environ.get(MASTER_KEY_ENV))
-
-
 def bearer_token(headers: Mapping[str, str]) -> str | None:
     value = headers.get("authorization")
     if not value:
@@ -59,49 +53,60 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     return token.strip()
 
 
-async def authenticate(headers: Mapping[str, str], keys: KeyStore, link: RedisLink) -> Principal:
-    return (await authenticate_and_fetch(headers, keys, link, None))[0]
+class Authenticator:
+    """The master key and the key store: the one place that decides who a caller is."""
 
+    def __init__(self, master_key: str | None, keys: KeyStore, link: RedisLink) -> None:
+        self._master = master_key.encode() if master_key else None
+        self.keys = keys
+        self.link = link
 
-async def authenticate_and_fetch(headers: Mapping[str, str], keys: KeyStore, link: RedisLink,
-                                 prefetch: str | None) -> tuple[Principal, Any]:
-    """Who is calling, plus the raw value of the Redis key `prefetch` when it could ride along with the
-    key lookup (one round trip for both); else `MISSING`."""
-    master = os.environ.get(MASTER_KEY_ENV)
-    if not master:
-        return ANONYMOUS, MISSING
-    token = bearer_token(headers)
-    if token is None:
-        raise _unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer <API key>'.")
-    if hmac.compare_digest(token.encode(), master.encode()):
-        return Principal(master=True), MISSING
-    if len(token) > 256 or not token.isascii():
-        raise _unauthorized("Incorrect API key provided.")
-    try:
-        record, fetched = await keys.lookup_with(token, prefetch)
-    except StoreUnavailable as exc:
-        link.record_error(exc)
-        raise GatewayError("API keys cannot be checked right now; please retry shortly.", status_code=503,
-                           error_type="service_unavailable_error", code="auth_unavailable",
-                           headers={"Retry-After": "1"}) from None
-    if record is None:
-        raise _unauthorized("Incorrect API key provided.")
-    if record.revoked:
-        raise _unauthorized("This API key has been revoked.")
-    if record.expired:
-        raise _unauthorized("This API key has expired.")
-    return Principal(key=record), fetched
+    @property
+    def enabled(self) -> bool:
+        return self._master is not None
 
+    def is_master_key(self, secret: str | None) -> bool:
+        return bool(self._master and secret and hmac.compare_digest(secret.encode(), self._master))
 
-def remembered_tier(headers: Mapping[str, str], keys: KeyStore) -> str | None:
-    """The caller's tier as this replica last saw it, before any lookup (None when unknown)."""
-    if not os.environ.get(MASTER_KEY_ENV):
-        return None
-    try:
+    async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        return (await self.authenticate_and_fetch(headers, None))[0]
+
+    async def authenticate_and_fetch(self, headers: Mapping[str, str], prefetch: str | None) -> tuple[Principal, Any]:
+        """Who is calling, plus the raw value of the Redis key `prefetch` when it could ride along with the
+        key lookup (one round trip for both); else `MISSING`."""
+        if self._master is None:
+            return ANONYMOUS, MISSING
         token = bearer_token(headers)
-    except GatewayError:  # malformed: authentication says so in a moment
-        return None
-    return keys.remembered_tier(token) if token else None
+        if token is None:
+            raise _unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer <API key>'.")
+        if hmac.compare_digest(token.encode(), self._master):
+            return Principal(master=True), MISSING
+        if len(token) > 256 or not token.isascii():
+            raise _unauthorized("Incorrect API key provided.")
+        try:
+            record, fetched = await self.keys.lookup_with(token, prefetch)
+        except StoreUnavailable as exc:
+            self.link.record_error(exc)
+            raise GatewayError("API keys cannot be checked right now; please retry shortly.", status_code=503,
+                               error_type="service_unavailable_error", code="auth_unavailable",
+                               headers={"Retry-After": "1"}) from None
+        if record is None:
+            raise _unauthorized("Incorrect API key provided.")
+        if record.revoked:
+            raise _unauthorized("This API key has been revoked.")
+        if record.expired:
+            raise _unauthorized("This API key has expired.")
+        return Principal(key=record), fetched
+
+    def remembered_tier(self, headers: Mapping[str, str]) -> str | None:
+        """The caller's tier as this replica last saw it, before any lookup (None when unknown)."""
+        if self._master is None:
+            return None
+        try:
+            token = bearer_token(headers)
+        except GatewayError:  # malformed: authentication says so in a moment
+            return None
+        return self.keys.remembered_tier(token) if token else None
 
 
 def authorize_model(principal: Principal, route: str, requested: str) -> None:

@@ -16,7 +16,6 @@ import orjson
 
 from backends.contract.errors import InvalidRequest
 from backends.contract.protocol import SamplingFields
-from gateway.auth import auth_enabled
 from gateway.cache import CacheDirectives, ResponseCache, cache_control, cache_key, is_deterministic
 from routing.plan import Plan
 from routing.runtime import Route, Runtime
@@ -34,11 +33,11 @@ def namespace(route: Route) -> str:
     return cached
 
 
-def tenant(headers: Mapping[str, str]) -> str:
+def tenant(headers: Mapping[str, str], keyed: bool) -> str:
     """Whose cache entries: a hash of the caller's bearer token, known before the key is looked up (so the
     entry can still be read in the same Redis round trip as the key); "-" without one, and for everyone
     when there are no keys (every caller is then the same anonymous tenant)."""
-    if not auth_enabled():
+    if not keyed:
         return "-"
     value = headers.get("authorization") or ""
     scheme, _, token = value.partition(" ")
@@ -55,7 +54,9 @@ class CacheLookup:
     key: str | None
 
     @classmethod
-    def prepare(cls, runtime: Runtime, plan: Plan, body: SamplingFields, headers: Mapping[str, str]) -> "CacheLookup":
+    def prepare(cls, runtime: Runtime, plan: Plan, body: SamplingFields, headers: Mapping[str, str],
+                keyed: bool) -> "CacheLookup":
+        """`keyed`: the gateway has keys, so each caller's entries are its own (`scope: key`)."""
         try:
             directives = cache_control(headers)
         except ValueError as exc:
@@ -70,7 +71,7 @@ class CacheLookup:
             return cls(directives, None)
         space = namespace(plan.route)
         if route_cache.scope == "key":
-            space += ":" + tenant(headers)
+            space += ":" + tenant(headers, keyed)
         return cls(directives, cache_key(space, body.endpoint, wire))
 
     def redis_key(self, cache: ResponseCache) -> str | None:

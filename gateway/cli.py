@@ -12,10 +12,22 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from backends.llamacpp.control import CONTROL_ENV, ControlThread
+from backends.llamacpp.control import ControlThread
 from backends.model_cards import ModelCardError, load_cards
 from gateway import __version__
-from gateway.settings import ENV_CONFIG, ENV_HOST, ENV_LOG_LEVEL, ENV_PORT, cards_dir, load_config_and_cards
+from gateway.settings import (
+    ENV_ALLOW_UNAUTHENTICATED,
+    ENV_CONFIG,
+    ENV_ENGINE_CONTROL,
+    ENV_HOST,
+    ENV_LOG_LEVEL,
+    ENV_METRICS_DIR,
+    ENV_PORT,
+    ENV_REDIS_URL,
+    Settings,
+    cards_dir,
+    load_config_and_cards,
+)
 from gateway.workers import reuse_port_available, run_workers
 
 
@@ -42,12 +54,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 
-    from gateway.auth import auth_enabled
-    from gateway.exposure import ALLOW_ENV, is_loopback, unauthenticated_allowed
+    from gateway.exposure import is_loopback
 
     if args.allow_unauthenticated:
-        os.environ[ALLOW_ENV] = "1"  # the workers and the app read it too
-    if not is_loopback(host) and not auth_enabled() and not unauthenticated_allowed(server.allow_unauthenticated):
+        os.environ[ENV_ALLOW_UNAUTHENTICATED] = "1"  # the workers and the app read it too
+    settings = Settings.from_env()
+    if not is_loopback(host) and not settings.auth_enabled and not (settings.allow_unauthenticated
+                                                                   or server.allow_unauthenticated):
         print(f"error: refusing to serve {host} without API keys: anyone who can reach it could use every model "
               "and the admin API would be off. Set LLM_GATEWAY_MASTER_KEY, or pass --allow-unauthenticated "
               "(server.allow_unauthenticated) if a network policy guards the address.", file=sys.stderr)
@@ -71,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _prepare_workers(config_path, args.redis_url)
         # This process supervises the local models' engines; every worker connects to the same ones.
         engines = ControlThread()
-        os.environ[CONTROL_ENV] = engines.start()
+        os.environ[ENV_ENGINE_CONTROL] = engines.start()
         try:
             if reuse_port_available(port):  # a socket per worker: the kernel balances connections
                 return run_workers(args.workers, host, port,
@@ -91,16 +104,14 @@ def _prepare_workers(config_path: str | None, redis_url: str | None) -> None:
     """Each worker is a fresh process: hand it the config, and a shared directory for metrics."""
     import tempfile
 
-    from gateway.asgi import CONFIG_ENV, REDIS_ENV
-
     if config_path:
-        os.environ[CONFIG_ENV] = str(Path(config_path).resolve())
+        os.environ[ENV_CONFIG] = str(Path(config_path).resolve())
     if redis_url:
-        os.environ[REDIS_ENV] = redis_url
-    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        os.environ[ENV_REDIS_URL] = redis_url
+    metrics_dir = os.environ.get(ENV_METRICS_DIR)
     if not metrics_dir:
         metrics_dir = tempfile.mkdtemp(prefix="llm-gateway-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        os.environ[ENV_METRICS_DIR] = metrics_dir
     for stale in Path(metrics_dir).glob("*.db"):  # counters from an earlier run must not leak in
         stale.unlink()
 

@@ -18,9 +18,8 @@ from typing import Any, Sequence
 
 from gateway.cli_admin import URL_ENV, call
 from gateway.cost import build_report, render_table
-from gateway.settings import load_config_and_cards
+from gateway.settings import ENV_CONFIG, load_config_and_cards
 
-CONFIG_ENV = "LLM_GATEWAY_CONFIG"
 DEFAULT_DAYS = 7
 
 
@@ -40,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--usage-file", dest="usage_file",
                    help="offline: a JSON list of usage rows {day, route, deployment, requests, prompt_tokens, "
                         "completion_tokens, cost_usd} (or an object with 'rows')")
-    p.add_argument("--config", help=f"offline: the gateway config with the `cost:` section (env {CONFIG_ENV})")
+    p.add_argument("--config", help=f"offline: the gateway config with the `cost:` section (env {ENV_CONFIG})")
 
 
 def _emit(report: dict[str, Any], as_json: bool) -> None:
@@ -83,7 +82,7 @@ def select_days(rows: list[dict[str, Any]], days: int | None) -> tuple[list[dict
 
 def main_offline(args: argparse.Namespace) -> int:
     """The report from a usage file and a config, computed here."""
-    config_path = args.config or os.environ.get(CONFIG_ENV)
+    config_path = args.config or os.environ.get(ENV_CONFIG)
     if not config_path:
         print("error: --usage-file needs --config (the config holding the `cost:` section)", file=sys.stderr)
         return 2

@@ -17,19 +17,10 @@ a non-loopback address without keys (`--allow-unauthenticated`) skips the Host c
 from __future__ import annotations
 
 import ipaddress
-import os
 
 from backends.contract.errors import GatewayError
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-ALLOW_ENV = "LLM_GATEWAY_ALLOW_UNAUTHENTICATED"  # set by `serve --allow-unauthenticated` (and inherited)
-
-
-def unauthenticated_allowed(configured: bool = False) -> bool:
-    """Did the operator choose to serve without keys on an address other than loopback?"""
-    return configured or os.environ.get(ALLOW_ENV, "").lower() in ("1", "true", "yes")
-
-
 def is_loopback(host: str) -> bool:
     host = host.strip("[]")
     if host in LOOPBACK_NAMES or host.endswith(".localhost"):

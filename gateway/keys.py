@@ -129,6 +129,11 @@ class KeyStore(abc.ABC):
             if name in EDITABLE:
                 setattr(record, name, value)
         await self._write(digest, record)
+        if digest in self._last_seen:
+            # What this replica remembers follows the change at once (both stores): a key revoked (or
+            # narrowed) here must not work again on this replica when Redis next goes away, and its
+            # remembered tier is its new one.
+            self._last_seen[digest] = record
         return record
 
     async def revoke(self, key_id: str) -> KeyRecord | None:
@@ -206,10 +211,6 @@ class RedisKeyStore(KeyStore):
             pipe.set(self._k(digest), raw)
             pipe.hset(self._index, record.id, digest)
             await guard(pipe.execute())
-        if digest in self._last_seen:
-            # The copy kept for Redis outages follows the change at once: a key revoked (or narrowed) here
-            # must not work again on this replica when Redis next goes away.
-            self._last_seen[digest] = record
 
 
 class MemoryKeyStore(KeyStore):

@@ -16,7 +16,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends.aio import within
 from backends.contract.errors import GatewayError, PayloadTooLarge, RequestTimeout, internal_error
-from gateway.auth import auth_enabled
 from gateway.exposure import Exposure
 
 log = logging.getLogger("llm_gateway")
@@ -64,7 +63,7 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
             await send(message)
 
-        if self.exposure is not None and not auth_enabled():
+        if self.exposure is not None:  # set only while the gateway has no keys
             refused = self.exposure.refusal(scope["method"], scope["path"], host, content_type)
             if refused is not None:
                 await _send_error(send_with_id, refused)

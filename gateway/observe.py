@@ -8,7 +8,6 @@ prompts only when `logging.log_prompts` is on, and then redacted.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -35,11 +34,18 @@ def redact(text: str) -> str:
     """Mask what looks like a secret (API keys and tokens of the usual providers, bearer and basic
     credentials, JWTs), e-mail addresses and card numbers, and the gateway's own master and admin keys,
     whatever their shape."""
-    for name in ("LLM_GATEWAY_MASTER_KEY", "LLM_GATEWAY_ADMIN_KEY"):
-        own = os.environ.get(name)
-        if own and len(own) >= 4:
-            text = text.replace(own, "[REDACTED]")
+    for own in _own:
+        text = text.replace(own, "[REDACTED]")
     return _SECRETS.sub("[REDACTED]", text)
+
+
+_own: tuple[str, ...] = ()
+
+
+def own_secrets(*secrets: str | None) -> None:
+    """The gateway's own master and admin keys, which `redact` masks whatever their shape (set at start-up)."""
+    global _own
+    _own = tuple(s for s in secrets if s and len(s) >= 4)
 
 
 @dataclass

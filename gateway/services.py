@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway import tracing
+from gateway.auth import Authenticator
 from gateway.cache import ResponseCache, response_cache
 from gateway.keys import KeyStore, key_store
 from gateway.ratelimit import RateLimiter, rate_limiter
 from gateway.redis_conn import RedisLink
+from gateway.settings import Settings
 from gateway.usage import UsageStore, usage_store
 from routing.config import GatewayConfig
 from routing.router import Router
@@ -20,6 +22,8 @@ from routing.router import Router
 
 @dataclass
 class Services:
+    settings: Settings
+    auth: Authenticator
     link: RedisLink
     keys: KeyStore
     limiter: RateLimiter
@@ -28,12 +32,14 @@ class Services:
     router: Router
 
     @classmethod
-    def build(cls, config: GatewayConfig, redis_url: str | None) -> "Services":
+    def build(cls, config: GatewayConfig, redis_url: str | None, settings: Settings | None = None) -> "Services":
+        settings = settings or Settings()
         link = RedisLink(redis_url, config.redis.timeout_s, config.redis.prefix)
         p = config.redis.prefix
+        keys = key_store(link.client, p)
         # The link's client has socket timeouts and no retries, which bound every call already;
         # a second, asyncio-level deadline per call would only cost time on the hot path.
-        return cls(link=link, keys=key_store(link.client, p),
+        return cls(settings=settings, auth=Authenticator(settings.master_key, keys, link), link=link, keys=keys,
                    limiter=rate_limiter(link.client, p, timeout_s=None),
                    cache=response_cache(link.client, p, max_entries=config.cache.max_entries, timeout_s=None),
                    usage=usage_store(link.client, p), router=Router(hooks=tracing.AttemptSpans()))

@@ -1,1 +1,2 @@
-"""Routing: the gateway's config schema, and (in later issues) strategies and failover."""
+"""Routing: the config, the runtime built from it, plans, and the router (retries, breakers, failover,
+continuation, the last resort). Imports backends and their contract, never the HTTP gateway above it."""

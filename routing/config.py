@@ -247,12 +247,18 @@ class ConfigError(ValueError):
         super().__init__("\n".join(problems))
 
 
-_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")  # how a config names a secret: ${NAME}
+
+
+def env_reference(value: str | None) -> str | None:
+    """The variable a `${NAME}` value refers to; None for anything else."""
+    m = _ENV_REF.match(value or "")
+    return m.group(1) if m else None
 
 
 def resolve_secret(value: str | None) -> str | None:
     """`${NAME}` -> the environment variable's value; anything else is returned as is."""
     if value is None:
         return None
-    m = _ENV_REF.match(value)
-    return os.environ.get(m.group(1)) if m else value
+    name = env_reference(value)
+    return os.environ.get(name) if name else value

@@ -6,10 +6,9 @@ import os
 import re
 from typing import Any, Iterator
 
-from routing.config import GatewayConfig
+from routing.config import GatewayConfig, env_reference
 
 Problem = tuple[tuple[Any, ...], str]
-_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
 _URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.\-]*://[^/@]*:[^/@]+@", re.I)  # scheme://user:password@host
@@ -19,12 +18,12 @@ def missing_secrets(config: GatewayConfig) -> list[str]:
     """Environment variables the config refers to that are not set (a warning: `check` may run elsewhere)."""
     out = []
     for name, provider in config.providers.items():
-        m = _ENV_REF.match(provider.api_key or "")
-        if m and m.group(1) not in os.environ:
-            out.append(f"provider {name!r}: the environment variable {m.group(1)} is not set")
-    m = _ENV_REF.match(config.redis.url or "")
-    if m and m.group(1) not in os.environ:
-        out.append(f"redis.url: the environment variable {m.group(1)} is not set (the gateway would run "
+        var = env_reference(provider.api_key)
+        if var and var not in os.environ:
+            out.append(f"provider {name!r}: the environment variable {var} is not set")
+    var = env_reference(config.redis.url)
+    if var and var not in os.environ:
+        out.append(f"redis.url: the environment variable {var} is not set (the gateway would run "
                    "without Redis: in-process stores, one replica)")
     return out
 
@@ -58,7 +57,7 @@ def _providers(config: GatewayConfig) -> Iterator[Problem]:
         key = provider.api_key
         if key is None:
             continue
-        if not _ENV_REF.match(key):
+        if not env_reference(key):
             yield ("providers", name, "api_key"), "give the key as a ${ENV_VAR} reference, not a literal"
 
 

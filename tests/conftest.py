@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 from typing import Any, Iterator
 
 import openai
@@ -54,3 +57,53 @@ def conforms(openapi_spec: str):
         assert not problems, f"{name} violations:\n" + "\n".join(problems) + f"\nbody: {body}"
 
     return check
+
+
+# -- markers: the fast loop -------------------------------------------------------------------------------
+# Every test is `unit` unless it is marked `process`: it starts a gateway, an engine, a CLI or a Redis
+# process, or loads a model in-process (everything under tests/e2e/ is). `pytest -m unit` is the loop to
+# run while editing (seconds). A unit test that starts a process or loads a model, in its own body or in
+# a fixture it uses, fails at once and says to mark it.
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("process") is None and "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.process)
+        if item.get_closest_marker("process") is None:
+            item.add_marker(pytest.mark.unit)
+
+
+@contextlib.contextmanager
+def _no_processes(item: pytest.Item) -> Iterator[None]:
+    if item.get_closest_marker("unit") is None:
+        yield
+        return
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(f"{item.nodeid} starts a process or loads a model: "
+                           "mark it @pytest.mark.process (or the module: pytestmark = pytest.mark.process)")
+
+    patches = [(subprocess.Popen, "__init__")]
+    if "llama_cpp" in sys.modules:
+        patches.append((sys.modules["llama_cpp"].Llama, "__init__"))
+    saved = [(owner, name, owner.__dict__[name]) for owner, name in patches]
+    for owner, name in patches:
+        setattr(owner, name, refuse)
+    try:
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _no_processes(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _no_processes(item):
+        yield

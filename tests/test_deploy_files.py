@@ -255,6 +255,7 @@ def test_overlay_config_is_the_file_in_deploy_configs(overlay: str) -> None:
         f"{_rel(copy)} differs from {_rel(source)}; run: cp {_rel(source)} {_rel(copy)}")
 
 
+@pytest.mark.process
 def test_secrets_example_holds_placeholders_only() -> None:
     example = K8S / "base" / "secrets.env.example"
     values = {}
@@ -357,12 +358,14 @@ def _workloads(docs: list[dict]) -> list[dict]:
     return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("version", _k8s_versions())
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_kustomize_build_passes_the_kubernetes_schema(built: dict, name: str, version: str) -> None:
     _validate_resources(built[name], version, f"kubectl kustomize {name}")
 
 
+@pytest.mark.process
 def test_kustomize_build_stops_without_secrets_env(kubectl: str, k8s_tree: Path, tmp_path: Path) -> None:
     """Nothing deploys until someone writes base/secrets.env: no silent placeholder keys."""
     bare = tmp_path / "kubernetes"
@@ -371,6 +374,7 @@ def test_kustomize_build_stops_without_secrets_env(kubectl: str, k8s_tree: Path,
     assert r.returncode != 0 and "secrets.env" in r.stderr
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("overlay", OVERLAY_CONFIG)
 def test_configmap_embeds_the_config_byte_for_byte(built: dict, overlay: str) -> None:
     docs = built[overlay]
@@ -394,6 +398,7 @@ def test_configmap_embeds_the_config_byte_for_byte(built: dict, overlay: str) ->
     assert args[args.index("--config") + 1] == "/etc/llm-gateway/gateway.yaml"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("overlay", OVERLAY_CONFIG)
 def test_gateway_deployment(built: dict, overlay: str) -> None:
     docs = built[overlay]
@@ -445,6 +450,7 @@ def test_gateway_deployment(built: dict, overlay: str) -> None:
     assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("overlay", OVERLAY_CONFIG)
 def test_redis(built: dict, overlay: str) -> None:
     docs = built[overlay]
@@ -457,6 +463,7 @@ def test_redis(built: dict, overlay: str) -> None:
     assert _find(docs, "Service", "redis")
 
 
+@pytest.mark.process
 def test_key_check_refuses_placeholders_and_an_empty_master_key(built: dict) -> None:
     gateway = _find(built["cpu"], "Deployment", "llm-gateway")
     (init,) = gateway["spec"]["template"]["spec"]["initContainers"]
@@ -482,6 +489,7 @@ def test_key_check_refuses_placeholders_and_an_empty_master_key(built: dict) -> 
     assert r.returncode != 0 and "secrets.env" in r.stderr
 
 
+@pytest.mark.process
 def test_gpu_overlay_runs_vllm_behind_the_configs_url(built: dict) -> None:
     docs = built["gpu"]
     vllm = _find(docs, "Deployment", "vllm")
@@ -511,6 +519,7 @@ def test_gpu_overlay_runs_vllm_behind_the_configs_url(built: dict) -> None:
     assert served in {d["model"] for d in config["deployments"] if d["provider"] == "vllm"}
 
 
+@pytest.mark.process
 def test_gpu_overlay_matches_the_vllm_dockerfile(built: dict) -> None:
     """The manifest runs the upstream image with docker/vllm/Dockerfile's settings: keep them in step."""
     container = _container(_find(built["gpu"], "Deployment", "vllm"), "vllm")
@@ -525,12 +534,14 @@ def test_gpu_overlay_matches_the_vllm_dockerfile(built: dict) -> None:
         assert args[args.index(flag) + 1] == env[var], flag
 
 
+@pytest.mark.process
 def test_cpu_overlay_has_no_gpu(built: dict) -> None:
     docs = built["cpu"]
     assert not [d for d in docs if d["metadata"]["name"].startswith("vllm")]
     assert "nvidia.com/gpu" not in json.dumps(docs)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("overlay", OVERLAY_CONFIG)
 def test_services_and_policies_select_pods(built: dict, overlay: str) -> None:
     docs = built[overlay]
@@ -657,6 +668,7 @@ def _docker_compose() -> list[str] | None:
     return None
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("profile", [[], ["--profile", "gpu"]], ids=["default", "gpu"])
 def test_docker_compose_config_accepts_the_file(profile: list[str]) -> None:
     """Docker Compose's own loader, when the machine has Compose v2 (optional: the schema test above runs
@@ -693,6 +705,7 @@ def _hadolint() -> str | None:
     return shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=_rel)
 def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
     hadolint = _hadolint()

@@ -8,7 +8,6 @@ Bearer <key>`. With neither set the admin API is off: every call gets 403.
 from __future__ import annotations
 
 import hmac
-import os
 import re
 from typing import Any
 
@@ -17,13 +16,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from backends.contract.errors import GatewayError
-from gateway.auth import MASTER_KEY_ENV
-
-ADMIN_KEY_ENV = "LLM_GATEWAY_ADMIN_KEY"
+from gateway.settings import ENV_ADMIN_KEY, ENV_MASTER_KEY
+from routing.config import env_reference
 
 router = APIRouter(prefix="/admin")
 
-_ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 _SECRET_NAMES = re.compile(r"(key|token|secret|password)", re.I)
 
 
@@ -37,9 +34,9 @@ def is_admin(request: Request) -> bool:
 
 def require_admin(request: Request) -> None:
     """The admin key, or the master key, as a bearer token."""
-    accepted = [k for k in (os.environ.get(ADMIN_KEY_ENV), os.environ.get(MASTER_KEY_ENV)) if k]
+    accepted = request.app.state.services.settings.admin_keys
     if not accepted:
-        raise GatewayError(f"The admin API is disabled; set {ADMIN_KEY_ENV} (or {MASTER_KEY_ENV}) to enable it.",
+        raise GatewayError(f"The admin API is disabled; set {ENV_ADMIN_KEY} (or {ENV_MASTER_KEY}) to enable it.",
                            status_code=403, error_type="permission_error", code="admin_disabled")
     auth = request.headers.get("authorization", "")
     given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
@@ -58,7 +55,7 @@ def mask_secrets(value: Any, key: str = "") -> Any:
         return {k: mask_secrets(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_secrets(v, key) for v in value]
-    if isinstance(value, str) and not _ENV_REF.match(value):
+    if isinstance(value, str) and not env_reference(value):
         if _SECRET_NAMES.search(key):
             return "***"
         return _URL_PASSWORD.sub(r"\1***@", value)

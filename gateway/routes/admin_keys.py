@@ -7,7 +7,6 @@ never again: only its hash is stored.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from typing import Any, Literal
 
@@ -17,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
 from backends.contract.errors import GatewayError, InvalidRequest, NotFound
-from gateway.auth import MASTER_KEY_ENV
 from gateway.keys import KeyExists
 from gateway.routes.admin import require_admin
 from gateway.store_errors import StoreUnavailable
@@ -77,7 +75,7 @@ async def create_key(request: Request) -> Response:
     require_admin(request)
     data = _fields(await request.body(), creating=True)
     imported = data.pop("key", None)
-    if imported is not None and imported == os.environ.get(MASTER_KEY_ENV):
+    if imported is not None and request.app.state.services.auth.is_master_key(imported):
         raise InvalidRequest("That secret is the master key.", param="key")
     try:
         secret, record = await request.app.state.services.keys.create(imported, **data)

@@ -13,7 +13,6 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway import metrics
-from gateway.auth import auth_enabled
 from gateway.routes.admin import is_admin, require_admin
 
 router = APIRouter()
@@ -57,7 +56,7 @@ async def ready(request: Request) -> Response:
     body = {"status": "ready" if not not_ready else "not_ready", "not_ready": not_ready, "backends": backends,
             "deployments": deployments, "routes": routes, "redis": redis, "config_version": runtime.version}
     headers = {} if not not_ready else {"Retry-After": "2"}
-    if auth_enabled() and not is_admin(request):
+    if request.app.state.services.auth.enabled and not is_admin(request):
         # Probes need the status code; the names of models, deployments and engines are for the admin.
         body = {"status": body["status"]}
     return Response(orjson.dumps(body), status_code=200 if not not_ready else 503,
@@ -68,7 +67,7 @@ async def ready(request: Request) -> Response:
 async def prometheus_metrics(request: Request) -> Response:
     """Prometheus text format. Breaker, health and queue gauges are read from the live runtime now.
     With keys on, it needs the admin key unless `server.public_metrics` (a scraper can send a bearer token)."""
-    if auth_enabled() and not request.app.server_public("metrics"):
+    if request.app.state.services.auth.enabled and not request.app.server_public("metrics"):
         require_admin(request)
 
     runtime = request.app.state.manager.current
@@ -81,6 +80,6 @@ async def prometheus_metrics(request: Request) -> Response:
 async def openapi_document(request: Request) -> Response:
     """The API's OpenAPI document. It lists the admin API too, so with keys on it needs the admin key,
     unless `server.public_openapi`."""
-    if auth_enabled() and not request.app.server_public("openapi"):
+    if request.app.state.services.auth.enabled and not request.app.server_public("openapi"):
         require_admin(request)
     return Response(orjson.dumps(request.app.openapi()), media_type="application/json")

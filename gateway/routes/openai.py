@@ -18,7 +18,7 @@ from starlette.routing import Route as HTTPRoute
 
 from backends.contract.errors import GatewayError, ModelNotFound
 from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, parse_request
-from gateway.auth import Principal, authenticate
+from gateway.auth import Principal
 from gateway.disconnect import ClientDisconnected, unless_disconnected
 from gateway.observe import RequestRecord, finish
 from gateway.pipeline import Call, serve
@@ -78,7 +78,7 @@ async def _parse_for_caller(request: Request, kind: type[SamplingFields]) -> Sam
         return parse_request(await request.body(), kind, request.app.max_json_depth)
     except GatewayError:
         svc = request.app.state.services
-        await authenticate(request.headers, svc.keys, svc.link)
+        await svc.auth.authenticate(request.headers)
         raise
 
 
@@ -123,7 +123,7 @@ def _visible(principal: Principal, route: Route) -> bool:
 @router.get("/models")
 async def list_models(request: Request) -> Response:
     svc = request.app.state.services
-    principal = await authenticate(request.headers, svc.keys, svc.link)
+    principal = await svc.auth.authenticate(request.headers)
     runtime = _runtime(request)
     created = request.app.state.manager.started_at
     return _json({"object": "list", "data": [model_object(r, created) for r in runtime.route_list
@@ -133,7 +133,7 @@ async def list_models(request: Request) -> Response:
 @router.get("/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> Response:
     svc = request.app.state.services
-    principal = await authenticate(request.headers, svc.keys, svc.link)
+    principal = await svc.auth.authenticate(request.headers)
     runtime = _runtime(request)
     route = runtime.routes.get(model_id)
     if route is None or not _visible(principal, route):  # a model the key may not use does not exist for it

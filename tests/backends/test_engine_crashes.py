@@ -30,7 +30,7 @@ from tests.conftest import MODEL
 from tests.server import GatewayProcess
 from tests.sim import OpenAISim, VLLMSim
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 OPENAI_KEY = "sk-upstream-openai-test"
 RECOVERY_S = 30.0  # the stated bound: killed engine to serving again (backoff <= 1 s, load + warm-up ~2 s here)

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import MODEL
 from tests.server import GatewayProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 LONG = {"model": MODEL, "messages": [{"role": "user", "content": "Write a very long story."}],
         "max_tokens": 1500, "temperature": 0, "ignore_eos": True}

@@ -43,6 +43,7 @@ def test_restart_backoff_is_capped_and_jittered() -> None:
     assert all(RESTART_CAP_S / 2 <= restart_delay(30, rng) <= RESTART_CAP_S for _ in range(50))
 
 
+@pytest.mark.process
 @pytest.mark.e2e
 def test_a_model_that_cannot_load_fails_without_restarts(tmp_path) -> None:
     """The engine's own load error (not a crash) is final: `failed`, its message, no restart loop."""
@@ -70,6 +71,7 @@ def test_a_model_that_cannot_load_fails_without_restarts(tmp_path) -> None:
     assert status["detail"], "the engine's load error is reported"
 
 
+@pytest.mark.process
 @pytest.mark.e2e
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_two_workers_share_one_engine_process() -> None:
@@ -105,6 +107,7 @@ def test_two_workers_share_one_engine_process() -> None:
         assert after - before == 16, "every request, whichever worker took it, ran on the one engine"
 
 
+@pytest.mark.process
 @pytest.mark.e2e
 def test_hot_reload_keeps_an_unchanged_engine_and_starts_a_changed_one() -> None:
     import yaml

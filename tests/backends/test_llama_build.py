@@ -14,6 +14,8 @@ import pytest
 
 from tests.paths import ROOT
 
+pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
+
 SCRIPT = ROOT / "deploy" / "install-llama-cpp.sh"
 
 # The first `flags` line of /proc/cpuinfo on the three kinds of machine this must run on.

@@ -35,7 +35,7 @@ from backends.llamacpp.serial import LlamaEngine
 from backends.model_cards import load_cards
 from backends.weights import resolve_weights
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 GEMMA = "gemma-3-270m"
 SMOL = "smollm2-135m-instruct"

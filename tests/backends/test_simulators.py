@@ -287,6 +287,7 @@ def test_stop_and_restart_same_port(vllm: VLLMSim) -> None:
     assert vllm.port == port and httpx.get(vllm.url + "/health").status_code == 200
 
 
+@pytest.mark.process
 def test_separate_process_can_be_killed() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "tests.sim", "anthropic", "--port", "0", "--model", "c"],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})

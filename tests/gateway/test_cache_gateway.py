@@ -14,6 +14,8 @@ from tests.routing_env import Sims, sims, start_gateway  # noqa: F401
 from tests.server import GatewayProcess
 from tests.sim import Fault, canonical_reply
 
+pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
+
 JSON = {"content-type": "application/json"}  # a raw body, sent as JSON
 MSGS = [{"role": "user", "content": "Cache me"}]
 

@@ -49,6 +49,7 @@ def test_a_redis_password_must_not_be_a_literal() -> None:
     assert parse_config("redis:\n  url: ${REDIS_URL}\n").redis.url == "${REDIS_URL}"
 
 
+@pytest.mark.process
 def test_check_on_a_file_that_is_not_utf8_and_an_unset_redis_variable(tmp_path: Path) -> None:
     bad = tmp_path / "latin1.yaml"
     bad.write_bytes(b"server:\n  port: 9000\n# caf\xe9\n")
@@ -81,6 +82,7 @@ def wait_reload(gw: GatewayProcess, after: float) -> dict[str, Any]:
     raise AssertionError("no reload happened")
 
 
+@pytest.mark.process
 def test_unreadable_and_emptied_files_are_refused_and_the_watcher_lives_on(gw: GatewayProcess,
                                                                           sims: Sims) -> None:
     good = gw.config_path.read_text()
@@ -113,6 +115,7 @@ def test_unreadable_and_emptied_files_are_refused_and_the_watcher_lives_on(gw: G
     assert r.headers["x-gateway-deployment"] == "b"
 
 
+@pytest.mark.process
 def test_admin_config_masks_url_passwords(gw: GatewayProcess) -> None:
     shown = admin(gw, "GET", "/config").text
     assert "s3cr3t-pass" not in shown

@@ -182,6 +182,7 @@ def test_cli_offline_refuses_what_it_cannot_use(cards_env: None, tmp_path: Path,
     assert exc.value.code == 2 and "expected a JSON list" in capsys.readouterr().err
 
 
+@pytest.mark.process
 def test_cli_subcommand_offline() -> None:
     from gateway.cli import build_parser
 

@@ -15,6 +15,8 @@ import pytest
 from tests.routing_env import ADMIN_KEY, Sims, base_config, sims  # noqa: F401
 from tests.server import ROOT, GatewayProcess, free_port
 
+pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
+
 MASTER = "sk-master-exposure-test-0000"
 MSGS = [{"role": "user", "content": "hi"}]
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}

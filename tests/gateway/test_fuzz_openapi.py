@@ -21,6 +21,8 @@ import pytest
 from tests.routing_env import ADMIN_KEY, ANTHROPIC_KEY, OPENAI_KEY, Sims, base_config, sims  # noqa: F401
 from tests.server import GatewayProcess
 
+pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
+
 schemathesis = pytest.importorskip("schemathesis")
 hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies

@@ -21,7 +21,7 @@ from tests.routing_env import ADMIN_KEY, ANTHROPIC_KEY, OPENAI_KEY, Sims, base_c
 from tests.server import GatewayProcess
 from tests.sim import Fault
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 MASTER = "sk-master-hostile-test"
 SECRETS = (MASTER, ADMIN_KEY, OPENAI_KEY, ANTHROPIC_KEY)

@@ -20,6 +20,8 @@ from tests.redis_env import ThrowawayRedis, require_redis, unique_prefix
 from tests.routing_env import OPENAI_KEY, Sims, sims  # noqa: F401
 from tests.server import GatewayProcess
 
+pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
+
 MASTER = "sk-master-outage-test-000"
 MSGS = [{"role": "user", "content": "hello"}]
 

@@ -19,6 +19,8 @@ from tests.proc_tree import children, cmdline
 from tests.server import GatewayProcess, free_port
 from tests.sim import Fault
 
+pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
+
 MASTER = "sk-master-observability-0123456789"
 MSGS = [{"role": "user", "content": "Observe me"}]
 

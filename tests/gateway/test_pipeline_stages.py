@@ -20,6 +20,7 @@ from gateway.admission import admit
 from gateway.observe import RequestRecord
 from gateway.pipeline import Call, look_up, serve
 from gateway.services import Services
+from gateway.settings import Settings
 from routing.breaker import CircuitBreaker
 from routing.config import DeploymentConfig, GatewayConfig, RouteConfig
 from routing.deployment import Deployment
@@ -103,9 +104,8 @@ async def body_of(response: Any) -> bytes:
 
 
 @pytest.fixture
-def svc(monkeypatch: pytest.MonkeyPatch) -> Services:
-    monkeypatch.delenv("LLM_GATEWAY_MASTER_KEY", raising=False)
-    return Services.build(GatewayConfig(), None)  # no Redis URL: the in-memory stores
+def svc() -> Services:
+    return Services.build(GatewayConfig(), None, Settings())  # no Redis URL: the in-memory stores; no keys
 
 
 async def test_admit_plans_and_prepares_the_cache_key_only_for_deterministic_requests(svc: Services) -> None:
@@ -116,13 +116,12 @@ async def test_admit_plans_and_prepares_the_cache_key_only_for_deterministic_req
     assert greedy.lookup.key is not None and greedy.reservation is None  # no limits: nothing counted
 
 
-async def test_an_invalid_request_is_refused_only_after_the_caller_is_known(svc: Services,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_invalid_request_is_refused_only_after_the_caller_is_known(svc: Services) -> None:
     rt = runtime(Scripted())
     with pytest.raises(GatewayError) as err:
         await admit(svc, rt, chat(model="nope"), {}, RequestRecord("r", "chat"))
     assert err.value.status_code == 404
-    monkeypatch.setenv("LLM_GATEWAY_MASTER_KEY", "sk-master-test")
+    svc = Services.build(GatewayConfig(), None, Settings(master_key="sk-master-test"))
     with pytest.raises(GatewayError) as err:
         await admit(svc, rt, chat(model="nope"), {}, RequestRecord("r", "chat"))
     assert err.value.status_code == 401, "an anonymous caller learns nothing of the models"

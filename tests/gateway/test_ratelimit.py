@@ -252,6 +252,7 @@ _WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.process
 async def test_concurrent_processes_admit_exactly_the_limit(redis_env: tuple[aioredis.Redis, str]) -> None:
     _, prefix = redis_env
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER, REDIS_URL, prefix], cwd=ROOT, text=True,

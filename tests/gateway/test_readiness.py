@@ -15,7 +15,7 @@ from routing.config import GatewayConfig, LlamaCppModelConfig
 from tests.conftest import MODEL
 from tests.server import free_port
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 
 @pytest.mark.parametrize("parallel", [1, 8], ids=["serial", "batched"])

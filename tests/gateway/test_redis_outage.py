@@ -6,9 +6,12 @@ import asyncio
 import time
 
 import httpx
+import pytest
 
 from tests.redis_env import ThrowawayRedis, unique_prefix
 from tests.routing_env import Sims, sims, start_gateway  # noqa: F401
+
+pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
 
 MSGS = [{"role": "user", "content": "Outage"}]
 

@@ -14,6 +14,8 @@ from tests.redis_env import require_redis, unique_prefix
 from tests.routing_env import OPENAI_KEY, Sims, sims  # noqa: F401
 from tests.server import GatewayProcess
 
+pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
+
 MASTER = "sk-master-test-0123456789"
 MSGS = [{"role": "user", "content": "Shared state"}]
 

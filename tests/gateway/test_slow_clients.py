@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import MODEL
 from tests.server import GatewayProcess
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 LIMITS = {"header_timeout_s": 1.0, "body_timeout_s": 2.0, "body_idle_timeout_s": 1.0, "idle_timeout_s": 1.0,
           "max_connections": 12}

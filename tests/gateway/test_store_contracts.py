@@ -125,6 +125,9 @@ async def test_key_remembered_tier_follows_lookups(keys: KeyStore) -> None:
     await keys.lookup_with(secret, None)
     assert keys.remembered_tier(secret) == "gold"
     assert keys.remembered_tier(KEY_PREFIX + "never-seen") is None
+    record = (await keys.lookup_with(secret, None))[0]
+    await keys.update(record.id, {"tier": "silver"})
+    assert keys.remembered_tier(secret) == "silver", "an edit on this replica is remembered at once, by both stores"
 
 
 async def test_key_import_duplicate_and_list(keys: KeyStore) -> None:

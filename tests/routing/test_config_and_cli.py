@@ -51,6 +51,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.process
 def test_cli_version_models_and_check(tmp_path: Path) -> None:
     v = cli("--version")
     assert v.returncode == 0 and v.stdout.startswith("llm-gateway ")
@@ -70,11 +71,13 @@ def test_cli_version_models_and_check(tmp_path: Path) -> None:
     assert r.returncode == 2 and ":3:" in r.stderr
 
 
+@pytest.mark.process
 def test_shipped_example_config_passes_check() -> None:
     r = cli("check", str(ROOT / "deploy" / "gateway.example.yaml"))
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("name", ["cpu-only.yaml", "gpu-first.yaml", "vllm-replicas.yaml"])
 def test_example_routing_configs_pass_check(name: str) -> None:
     r = cli("check", str(ROOT / "deploy" / "configs" / name))

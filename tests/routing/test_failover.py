@@ -12,6 +12,8 @@ from tests.routing_env import Sims, admin, gw, sims  # noqa: F401  (fixtures)
 from tests.server import GatewayProcess
 from tests.sim import Fault, canonical_reply
 
+pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
+
 MSGS = [{"role": "user", "content": "Tell me about foxes"}]
 EXPECTED = canonical_reply(MSGS)
 

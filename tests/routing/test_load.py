@@ -8,11 +8,14 @@ import threading
 import time
 
 import httpx
+import pytest
 import yaml
 
 from tests.routing_env import Sims, admin, base_config, gw, sims, with_changes  # noqa: F401
 from tests.server import GatewayProcess
 from tests.sim import Fault, canonical_reply
+
+pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
 
 MSGS = [{"role": "user", "content": "Load test"}]
 EXPECTED = canonical_reply(MSGS)

@@ -6,9 +6,12 @@ import time
 
 import httpx
 import openai
+import pytest
 
 from tests.routing_env import Sims, sims, start_gateway  # noqa: F401
 from tests.sim import Fault, canonical_reply, words
+
+pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
 
 
 def test_vllm_stream_broken_midway_is_continued_by_the_local_model(sims: Sims) -> None:

@@ -12,6 +12,8 @@ from tests.routing_env import ADMIN_KEY, ANTHROPIC_KEY, OPENAI_KEY, Sims, admin,
 from tests.server import GatewayProcess
 from tests.sim import Fault, canonical_reply
 
+pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
+
 MSGS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"},
         {"role": "assistant", "content": "Hi!"}, {"role": "user", "content": "How are you"}]
 
