@@ -120,7 +120,7 @@ def cached_response(stored: dict[str, Any], body: SamplingFields, headers: Mappi
     headers = {**headers, "x-gateway-overhead-ms": f"{rec.overhead_s * 1000:.2f}",
                "x-gateway-deployment": "cache", "x-gateway-attempts": "0"}
     if body.stream:
-        return StreamingResponse(replay(stored, chat=body.is_chat, include_usage=body.include_usage),
+        return StreamingResponse(replay(stored, body),
                                  media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
     return Response(orjson.dumps(stored), media_type="application/json", headers=headers)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, AsyncIterator, Iterator
 
+from backends.contract.protocol import SamplingFields
 from backends.contract.responses import DONE, ChatChunks, CompletionChunks
 
 _WORDS = re.compile(r"\S+\s*|\s+")
@@ -30,8 +31,9 @@ def split_text(text: str, size: int = _PIECE_CHARS) -> list[str]:
     return pieces
 
 
-async def replay(body: dict[str, Any], *, chat: bool, include_usage: bool) -> AsyncIterator[bytes]:
-    """SSE frames for a cached body, shaped like a live backend stream, ending with [DONE]."""
+async def replay(body: dict[str, Any], request: SamplingFields) -> AsyncIterator[bytes]:
+    """SSE frames for a cached body, shaped like a live backend stream for `request`, ending with [DONE]."""
+    chat, include_usage = request.is_chat, request.include_usage
     head = dict(id=body.get("id"), created=body.get("created"), model=body.get("model"),
                 fingerprint=body.get("system_fingerprint"))
     if chat:

@@ -11,15 +11,18 @@ import uuid
 from typing import Any, AsyncIterator
 
 from backends.contract import responses as fmt
+from backends.contract.protocol import SamplingFields
 
 
-def degraded_body(route: str, message: str, chat: bool) -> dict[str, Any]:
+def degraded_body(route: str, message: str, request: SamplingFields) -> dict[str, Any]:
+    chat = request.is_chat
     kw = dict(id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, created=int(time.time()), model=route,
               fingerprint="fp_degraded", choices=[(message, "stop")], prompt_tokens=0, completion_tokens=0)
     return fmt.chat_response(**kw) if chat else fmt.completion_response(**kw)  # type: ignore[arg-type]
 
 
-async def degraded_stream(route: str, message: str, chat: bool, include_usage: bool) -> AsyncIterator[bytes]:
+async def degraded_stream(route: str, message: str, request: SamplingFields) -> AsyncIterator[bytes]:
+    chat, include_usage = request.is_chat, request.include_usage
     head = dict(id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, created=int(time.time()), model=route,
                 fingerprint="fp_degraded")
     if chat:

@@ -218,10 +218,9 @@ class _Run:
         log.error("route %s: every deployment failed (%s); answering with the last resort",
                   self.plan.route.name, "; ".join(outcome.errors) or exc.message)
         if request.stream:
-            outcome.stream = _assembled(degraded_stream(self.plan.route.name, message, request.is_chat,
-                                                        request.include_usage), outcome.assembler)
+            outcome.stream = _assembled(degraded_stream(self.plan.route.name, message, request), outcome.assembler)
         else:
-            outcome.body = degraded_body(self.plan.route.name, message, request.is_chat)
+            outcome.body = degraded_body(self.plan.route.name, message, request)
         return outcome
 
     # -- after the first byte ----------------------------------------------------------------------------

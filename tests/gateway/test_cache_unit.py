@@ -20,6 +20,7 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types import Completion
 
 from backends.contract.assembler import StreamAssembler
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from backends.contract.responses import DONE, sse
 from gateway.cache import MemoryResponseCache, ResponseCache, cache_control, cache_key, is_deterministic, response_cache
 from gateway.cache_replay import replay, split_text
@@ -29,6 +30,17 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
 
+
+def _asked(chat: bool, usage: bool) -> SamplingFields:
+    """A streamed request of either endpoint, with or without usage, to replay a cached body for."""
+    base = {"model": "m", "stream": True, **({"stream_options": {"include_usage": True}} if usage else {})}
+    if chat:
+        return ChatCompletionRequest.model_validate({**base, "messages": [{"role": "user", "content": "hi"}]})
+    return CompletionRequest.model_validate({**base, "prompt": "hi"})
+
+
+CHAT_USAGE, CHAT_PLAIN = _asked(True, True), _asked(True, False)
+LEGACY_USAGE, LEGACY_PLAIN = _asked(False, True), _asked(False, False)
 
 # ---------------------------------------------------------------- keys and directives
 
@@ -301,7 +313,7 @@ STORED = {**BODY, "id": "chatcmpl-r", "system_fingerprint": "fp_x",
 
 
 async def test_replay_chat_order_and_content() -> None:
-    events = parse(await frames_of(replay(STORED, chat=True, include_usage=True)))
+    events = parse(await frames_of(replay(STORED, CHAT_USAGE)))
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
     usage_chunk, body_chunks = chunks[-1], chunks[:-1]
@@ -317,7 +329,7 @@ async def test_replay_chat_order_and_content() -> None:
         oai_chat.ChatCompletionChunk.model_validate(ch)
     assert all(ch["usage"] is None for ch in body_chunks)
 
-    no_usage = parse(await frames_of(replay(STORED, chat=True, include_usage=False)))
+    no_usage = parse(await frames_of(replay(STORED, CHAT_PLAIN)))
     assert all("usage" not in ch for ch in no_usage[:-1]) and no_usage[-2]["choices"][0]["finish_reason"]
 
 
@@ -330,15 +342,15 @@ async def sdk_final(frames: list[bytes]) -> Any:
 
 
 async def test_replay_round_trip_chat() -> None:
-    frames = await frames_of(replay(STORED, chat=True, include_usage=True))
+    frames = await frames_of(replay(STORED, CHAT_USAGE))
     assert assemble(frames).result() == STORED
     stopped = {**STORED, "choices": [{**STORED["choices"][0], "finish_reason": "stop"}]}  # SDK raises on length
-    final = await sdk_final(await frames_of(replay(stopped, chat=True, include_usage=True)))
+    final = await sdk_final(await frames_of(replay(stopped, CHAT_USAGE)))
     assert final.choices[0].message.content == LONG and final.choices[0].finish_reason == "stop"
     assert final.usage.total_tokens == 5
     # A stream that was assembled, stored and replayed is the same stream body again.
     original = assemble(chat_stream()).result()
-    assert assemble(await frames_of(replay(original, chat=True, include_usage=True))).result() == original
+    assert assemble(await frames_of(replay(original, CHAT_USAGE))).result() == original
 
 
 async def test_replay_round_trip_tool_calls_and_n() -> None:
@@ -349,7 +361,7 @@ async def test_replay_round_trip_tool_calls_and_n() -> None:
          "logprobs": None, "finish_reason": "tool_calls"},
         {"index": 1, "message": {"role": "assistant", "content": "second", "refusal": None},
          "logprobs": None, "finish_reason": "stop"}]}
-    frames = await frames_of(replay(body, chat=True, include_usage=True))
+    frames = await frames_of(replay(body, CHAT_USAGE))
     assert assemble(frames).result() == body
     final = await sdk_final(frames)
     assert [tc.function.arguments for tc in final.choices[0].message.tool_calls] == ['{"a": 1}', "{}"]
@@ -361,7 +373,7 @@ async def test_replay_round_trip_logprobs() -> None:
     lp = {"content": [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}], "refusal": None}
     body = {**STORED, "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi", "refusal": None},
                                    "logprobs": lp, "finish_reason": "stop"}]}
-    frames = await frames_of(replay(body, chat=True, include_usage=True))
+    frames = await frames_of(replay(body, CHAT_USAGE))
     for ev in parse(frames)[:-1]:
         oai_chat.ChatCompletionChunk.model_validate(ev)
     assert assemble(frames).result() == body
@@ -372,7 +384,7 @@ async def test_replay_legacy_completion() -> None:
             "choices": [{"index": 0, "text": LONG, "logprobs": None, "finish_reason": "length"},
                         {"index": 1, "text": "", "logprobs": None, "finish_reason": "stop"}],
             "usage": USAGE}
-    frames = await frames_of(replay(body, chat=False, include_usage=True))
+    frames = await frames_of(replay(body, LEGACY_USAGE))
     events = parse(frames)
     assert events[-1] == "[DONE]" and events[-2]["choices"] == [] and events[-2]["usage"] == USAGE
     for ev in events[:-2]:
@@ -384,5 +396,5 @@ async def test_replay_legacy_completion() -> None:
     assert zero[-1] == {"index": 0, "text": "", "logprobs": None, "finish_reason": "length"}
     assert all(c["finish_reason"] is None for c in zero[:-1])
     assert assemble(frames).result() == body
-    no_usage = parse(await frames_of(replay(body, chat=False, include_usage=False)))
+    no_usage = parse(await frames_of(replay(body, LEGACY_PLAIN)))
     assert all(ev["choices"] for ev in no_usage[:-1])
