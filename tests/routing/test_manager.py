@@ -1,0 +1,80 @@
+"""The runtime manager on its own: reloads that swap, reloads that are refused, what a reload carries over,
+and health checks. No gateway process: remote deployments point at a closed loopback port."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import pytest
+
+from backends.llamacpp.control import LocalControl
+from backends.model_cards import load_cards
+from routing.config_file import parse_config
+from routing.manager import RuntimeManager
+
+CONFIG = """\
+providers:
+  gpu:
+    kind: vllm
+    base_url: http://127.0.0.1:1/v1
+  other:
+    kind: openai
+    base_url: http://127.0.0.1:1/v1
+deployments:
+  - {name: a, provider: gpu, model: m}
+  - {name: b, provider: other, model: m}
+routes:
+  - {name: r, deployments: [a, b]}
+"""
+
+
+@pytest.fixture
+async def manager() -> AsyncIterator[RuntimeManager]:
+    cards = load_cards()
+    m = RuntimeManager(parse_config(CONFIG, known_cards=set(cards)), cards, control=LocalControl())
+    yield m
+    await m.aclose()
+
+
+async def test_a_valid_reload_swaps_and_carries_over_what_did_not_change(manager: RuntimeManager) -> None:
+    old = manager.current
+    a, b = old.deployments["a"], old.deployments["b"]
+    for _ in range(5):
+        a.breaker.record_failure()
+    assert a.breaker.state == "open"
+    changed = CONFIG.replace("  - {name: b, provider: other, model: m}", "  - {name: b, provider: other, model: m2}")
+    result = await manager.reload(changed + "  - {name: r2, deployments: [b]}\n")
+    assert result["ok"] and result["version"] == 2 and manager.current is not old
+    new = manager.current
+    assert set(new.routes) >= {"r", "r2"} and old.routes.get("r2") is None, "requests already running keep theirs"
+    assert new.deployments["a"].backend is a.backend, "an unchanged deployment keeps its backend (and pool)"
+    assert new.deployments["a"].breaker is a.breaker and new.deployments["a"].breaker.state == "open"
+    assert new.deployments["b"].backend is not b.backend, "a changed deployment is built anew"
+
+
+@pytest.mark.parametrize("text, line", [
+    (CONFIG.replace("routes:", "routes: [oops"), None),  # invalid YAML
+    (CONFIG.replace("deployments: [a, b]", "deployments: [a, missing]"), 12),  # a dangling reference
+    ("", 1),  # an emptied file: a truncated write, never applied
+])
+async def test_a_bad_reload_is_refused_with_line_numbers_and_the_old_config_serves(
+        manager: RuntimeManager, text: str, line: int | None) -> None:
+    old = manager.current
+    result = await manager.reload(text)
+    assert not result["ok"] and result["version"] == 1 and manager.current is old
+    assert result["problems"] and all(p.startswith("<config>:") for p in result["problems"])
+    if line is not None:
+        assert result["problems"][0].startswith(f"<config>:{line}:"), result["problems"]
+    assert manager.last_reload == result
+
+
+async def test_a_reload_without_a_file_is_refused(manager: RuntimeManager) -> None:
+    result = await manager.reload()
+    assert not result["ok"] and "started without --config" in result["problems"][0]
+
+
+async def test_health_checks_mark_a_deployment_that_does_not_answer(manager: RuntimeManager) -> None:
+    deps = manager.current.deployments
+    assert all(d.healthy for d in deps.values())
+    await manager.check_health()
+    assert not deps["a"].healthy, "nothing listens on 127.0.0.1:1: the vLLM health probe fails"
