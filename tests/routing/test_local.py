@@ -10,7 +10,6 @@ import openai
 from tests.routing_env import Sims, sims, start_gateway  # noqa: F401
 from tests.sim import Fault, canonical_reply, words
 
-
 # Gemma's chat turns as the card's template renders them (its <bos> comes from the tokenizer here).
 GEMMA_TURNS = "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
 
