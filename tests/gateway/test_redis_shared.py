@@ -11,10 +11,12 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from backends.model_cards import load_cards
 from tests.redis_env import require_redis, unique_prefix
 from tests.routing_env import OPENAI_KEY, Sims, sims  # noqa: F401
 from tests.server import GatewayProcess
-from tests.sim import Fault
+from tests.sim import Fault, canonical_reply, words
+from tests.sim.text import prompt_tokens
 
 MASTER = "sk-master-test-0123456789"
 MSGS = [{"role": "user", "content": "Shared state"}]
@@ -98,10 +100,31 @@ def test_revoked_on_one_replica_is_refused_by_the_other(pair) -> None:
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
 
 
+BUDGET_USD = 0.00002
+
+
+def paid_answer_cost() -> tuple[int, int, float]:
+    """(prompt, completion) tokens the OpenAI simulator reports for MSGS, and their price on gpt-4o-mini's card."""
+    pricing = load_cards()["gpt-4o-mini"].pricing
+    assert pricing is not None
+    prompt, completion = prompt_tokens(MSGS), len(words(canonical_reply(MSGS)))
+    return prompt, completion, (prompt * pricing.input_per_mtok + completion * pricing.output_per_mtok) / 1e6
+
+
+def answers_within_budget(cost: float) -> int:
+    """Requests served before the budget refuses: each one is checked against the spend before it."""
+    served, spent = 0, 0.0
+    while spent < BUDGET_USD:
+        served, spent = served + 1, spent + cost
+    return served
+
+
 def test_budget_is_exhausted_across_replicas(pair) -> None:
     a, b = pair
-    # gpt-4o-mini prices: $0.15 in / $0.60 out per 1M tokens; one sim answer costs about $0.00001.
-    key = create_key(a, budget_usd=0.00002, budget_period="daily")
+    prompt, completion, cost = paid_answer_cost()  # 2 and 13 tokens: $0.0000081 at $0.15 / $0.60 per 1M tokens
+    expected = answers_within_budget(cost)
+    assert expected == 3
+    key = create_key(a, budget_usd=BUDGET_USD, budget_period="daily")
     served = 0
     for g in (a, b, a, b, a, b):
         r = chat(g, key, model="paid")
@@ -109,14 +132,21 @@ def test_budget_is_exhausted_across_replicas(pair) -> None:
             assert r.json()["error"]["code"] == "insufficient_quota"
             break
         assert r.status_code == 200
+        usage = r.json()["usage"]
+        assert (usage["prompt_tokens"], usage["completion_tokens"]) == (prompt, completion)
         served += 1
-    assert 1 <= served < 6
+    assert served == expected
     for g in (a, b):
         assert chat(g, key, model="paid").json()["error"]["code"] == "insufficient_quota"
-    time.sleep(0.5)  # B's batched counters reach Redis within its 0.2 s flush interval
-    usage = httpx.get(f"{a.root_url}/admin/usage", headers=auth(MASTER)).json()
-    rows = [r for r in usage["rows"] if r["route"] == "paid"]
-    assert sum(r["requests"] for r in rows) == served and sum(r["cost_usd"] for r in rows) >= 0.00002
+    deadline = time.monotonic() + 5  # B's batched counters reach Redis within its 0.2 s flush interval
+    while True:
+        usage = httpx.get(f"{a.root_url}/admin/usage", headers=auth(MASTER)).json()
+        rows = [r for r in usage["rows"] if r["route"] == "paid"]
+        if sum(r["requests"] for r in rows) >= served or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert sum(r["requests"] for r in rows) == served, rows
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(served * cost, abs=1e-8), rows
 
 
 def test_bad_keys_and_headers_get_401_or_403_and_leak_nothing(pair) -> None:
@@ -211,17 +241,19 @@ def test_tpm_reserves_then_corrects_to_real_usage(pair, sims: Sims) -> None:
 
 def test_streaming_spend_is_counted(pair) -> None:
     a, b = pair
-    key = create_key(a, budget_usd=0.00002, budget_period="daily")
+    *_, cost = paid_answer_cost()  # what each streamed answer costs, though this client is shown no usage
+    key = create_key(a, budget_usd=BUDGET_USD, budget_period="daily")
     served = 0
     for g in (a, b) * 4:
         r = httpx.post(f"{g.base_url}/chat/completions", headers=auth(key), timeout=30,
                        json={"model": "paid", "messages": MSGS, "stream": True})
         if r.status_code == 429:
+            assert r.json()["error"]["code"] == "insufficient_quota"
             break
         assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
         assert '"usage":{' not in r.text, "usage was asked upstream for accounting, not shown to this client"
         served += 1
-    assert 1 <= served < 8
+    assert served == answers_within_budget(cost) == 3
     assert chat(a, key, model="paid").json()["error"]["code"] == "insufficient_quota"
 
 
