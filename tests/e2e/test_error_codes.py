@@ -39,7 +39,7 @@ N_CTX = 4096
 LONG = {"model": MODEL, "messages": [{"role": "user", "content": "Write a very long story."}], "max_tokens": 4000,
         "temperature": 0, "ignore_eos": True}
 NO_CACHE = {"Cache-Control": "no-store"}
-REQUEST_TIMEOUT_S = 3  # the local model's request_timeout_s
+REQUEST_TIMEOUT_S = 5  # the local model's request_timeout_s
 HEADER_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 8
 
@@ -121,13 +121,14 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def local_gw(gate: Path) -> Iterator[GatewayProcess]:
-    """No keys; the real local model, one sequence at a time with one queue slot and a 3 s deadline; a route
+    """No keys; the real local model (warmed up before it is ready, so that a small answer is quick), one sequence
+    at a time with one queue slot and a 5 s deadline; a route
     whose only deployment cannot be reached; short connection limits."""
     config = {
         "server": {"watch_config": False, "header_timeout_s": HEADER_TIMEOUT_S, "max_connections": MAX_CONNECTIONS,
                    "max_body_bytes": 64 * 1024},
         "models": [{"card": MODEL, "n_ctx": N_CTX, "parallel": 1, "max_queue": 1,
-                    "request_timeout_s": REQUEST_TIMEOUT_S, "warmup": False}],
+                    "request_timeout_s": REQUEST_TIMEOUT_S}],
         "providers": {"nowhere": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "connect_timeout_s": 0.5}},
         "deployments": [{"name": "dead", "provider": "nowhere", "model": "x"}],
         "routes": [{"name": "dead-end", "deployments": ["dead"], "retry": {"max_attempts": 1}}],
@@ -182,14 +183,20 @@ def engine(g: GatewayProcess) -> dict[str, Any]:
 
 
 def idle_and_serving(g: GatewayProcess) -> None:
-    """The engine is ready, nothing is running or queued, and a small request is answered."""
+    """The engine is ready, nothing is running or queued, and a small request is answered. (On CPUs shared with
+    other busy processes llama.cpp's threads can slow down far enough for even that to run past the 5 s deadline
+    once; it is asked again then.)"""
     def idle() -> bool:
         e = engine(g)
         return e["state"] == "ready" and e["stats"]["busy"] == 0 and e["stats"]["queue_depth"] == 0
 
-    wait_for(idle, 60, "the local model is idle and ready")
-    r = chat(g, model=MODEL, max_tokens=2)
-    assert r.status_code == 200, r.text
+    def answers() -> bool:
+        wait_for(idle, 60, "the local model is idle and ready")
+        r = chat(g, model=MODEL, max_tokens=2)
+        assert r.status_code in (200, 504), r.text
+        return r.status_code == 200
+
+    wait_for(answers, 60, "a small request is answered")
 
 
 def chat(g: GatewayProcess | str, headers: dict[str, str] | None = None, **body: Any) -> httpx.Response:
