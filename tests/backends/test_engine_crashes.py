@@ -276,9 +276,10 @@ def test_a_dead_engine_without_fallback_gives_clean_errors(gw: GatewayProcess, s
     assert r.choices[0].finish_reason in ("stop", "length")
     counted = engine(gw)["restarts_by_reason"][sig.name]
     assert counted >= 1
-    metrics = httpx.get(f"{gw.root_url}/metrics", timeout=5).text
+    metrics = httpx.get(f"{gw.root_url}/metrics", timeout=5).text.splitlines()
+    # The whole sample line: the series with exactly this value (a substring could be a longer number's start).
     assert f'llm_gateway_engine_restarts_total{{model="{MODEL}",reason="{sig.name}"}} {counted:.1f}' in metrics, \
-        [m for m in metrics.splitlines() if "engine" in m]
+        [m for m in metrics if "engine" in m]
     assert f"died: {sig.name}" in gw.log_path.read_text(errors="replace")
 
 
@@ -330,7 +331,8 @@ def test_a_crash_while_warming_up_leads_to_safe_mode() -> None:
         r = sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
         assert r.choices[0].finish_reason in ("stop", "length")
         assert "retrying once in safe mode" in g.logs()
-        assert 'llm_gateway_engine_safe_mode{model="gemma-3-270m"} 1.0' in httpx.get(f"{g.root_url}/metrics").text
+        assert 'llm_gateway_engine_safe_mode{model="gemma-3-270m"} 1.0' in \
+            httpx.get(f"{g.root_url}/metrics").text.splitlines()
 
 
 def test_repeated_crashes_in_safe_mode_leave_the_model_failed() -> None:

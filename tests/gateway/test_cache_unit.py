@@ -110,7 +110,8 @@ async def redis_client() -> AsyncIterator[aioredis.Redis]:
         await client.ping()
     except Exception as exc:  # noqa: BLE001
         await client.aclose()
-        pytest.skip(f"Redis at {REDIS_URL} does not answer ({exc!r}): Redis-backed cache NOT tested")
+        pytest.fail(f"the Redis-backed cache tests need a real Redis at {REDIS_URL} ({exc!r}); run them with "
+                    f"`make test` (tests/run.sh), which finds or starts one, or set REDIS_URL")
     prefix = f"test:{uuid4().hex}:"
     client.test_prefix = prefix  # type: ignore[attr-defined]
     yield client

@@ -8,14 +8,15 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.routing_env import ADMIN_KEY, ANTHROPIC_KEY, OPENAI_KEY, Sims, base_config, sims  # noqa: F401
 from tests.proc_tree import children, cmdline
+from tests.routing_env import ADMIN_KEY, ANTHROPIC_KEY, OPENAI_KEY, Sims, base_config, sims  # noqa: F401
 from tests.server import GatewayProcess, free_port
 from tests.sim import Fault
 
@@ -42,11 +43,26 @@ def samples(g: GatewayProcess) -> dict[tuple[str, tuple], float]:
 
 
 def value(m: dict, name: str, **labels: str) -> float:
-    return m.get((name, tuple(sorted(labels.items()))), 0.0)
+    """The series' value; a series that is not exported fails the test (it is not read as 0)."""
+    key = (name, tuple(sorted(labels.items())))
+    assert key in m, f"no series {name}{labels}; exported: {sorted(lbl for n, lbl in m if n == name)}"
+    return m[key]
 
 
 def total(m: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, lbl), v in m.items() if n == name and all(dict(lbl).get(k) == x for k, x in labels.items()))
+    """The sum over every series of `name` with these labels; at least one must be exported."""
+    found = [v for (n, lbl), v in m.items() if n == name and all(dict(lbl).get(k) == x for k, x in labels.items())]
+    assert found, f"no series {name}{labels}"
+    return sum(found)
+
+
+def eventually(g: GatewayProcess, check: Callable[[dict], bool], what: str, timeout: float = 10) -> dict:
+    """Scrape until `check(samples)` holds; the last samples."""
+    deadline = time.monotonic() + timeout
+    while not check(m := samples(g)):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.05)
+    return m
 
 
 def gateway(s: Sims, **extra: Any) -> GatewayProcess:
@@ -96,9 +112,16 @@ def test_metrics_follow_a_known_sequence_and_logs_never_hold_keys(sims: Sims) ->
         assert value(m, "llm_gateway_request_duration_seconds_count", route="chat-default") == 2
         assert value(m, "llm_gateway_overhead_seconds_count", route="chat-default") == 2
         assert value(m, "llm_gateway_time_to_first_token_seconds_count", route="claude") == 1
-        assert value(m, "llm_gateway_breaker_state", deployment="a") == 0
-        assert value(m, "llm_gateway_deployment_healthy", deployment="dead") in (0, 1)
+        assert value(m, "llm_gateway_breaker_state", deployment="a") == 0  # 1 failure, below the threshold of 3
         assert value(m, "llm_gateway_in_flight_requests") == 0
+        assert value(m, "llm_gateway_deployment_healthy", deployment="a") == 1
+        # "dead" (127.0.0.1:9) is an OpenAI-kind provider without a health_path: never health-checked, only
+        # its breaker takes it out of a route. A vLLM server is checked (/health, every 0.2 s here).
+        assert value(m, "llm_gateway_deployment_healthy", deployment="dead") == 1
+        sims.b.healthy = False
+        eventually(g, lambda m: value(m, "llm_gateway_deployment_healthy", deployment="b") == 0, "b found down")
+        sims.b.healthy = True
+        eventually(g, lambda m: value(m, "llm_gateway_deployment_healthy", deployment="b") == 1, "b found up")
         assert httpx.get(f"{g.root_url}/metrics").status_code == 401, "with keys on, /metrics needs the admin key"
         text = scrape(g)
         for secret in (MASTER, virtual, OPENAI_KEY, ANTHROPIC_KEY, ADMIN_KEY, "no-such-model"):
@@ -113,6 +136,15 @@ def test_metrics_follow_a_known_sequence_and_logs_never_hold_keys(sims: Sims) ->
         logs = g.logs()
         for secret in (MASTER, virtual, OPENAI_KEY, ANTHROPIC_KEY, ADMIN_KEY, "sk-gw-wrong"):
             assert secret not in logs, "an API key appeared in the logs"
+        # A request its upstream holds for 3 s is in flight until it is answered.
+        for sim in (sims.a, sims.b):
+            sim.add_fault(Fault.latency(3.0))
+        with ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(post, g, MASTER, model="chat-default")
+            eventually(g, lambda m: value(m, "llm_gateway_in_flight_requests") == 1, "one request in flight")
+            assert not slow.done()
+            assert slow.result(timeout=30).status_code == 200
+        eventually(g, lambda m: value(m, "llm_gateway_in_flight_requests") == 0, "none in flight once answered")
     sims.reset()
 
 

@@ -74,16 +74,41 @@ def test_ready_is_503_while_loading_then_200(monkeypatch: pytest.MonkeyPatch, tm
         thread.join(30)
 
 
-def test_missing_weights_keep_ready_503_and_say_why(tmp_path) -> None:
-    """A model that cannot load never turns ready, and /ready says why; liveness stays up."""
-    import asyncio
-
-    from backends.llamacpp.backend import LlamaCppBackend
-    from backends.model_cards import load_cards
-
-    card = load_cards()[MODEL]
-    backend = LlamaCppBackend(MODEL, card, LlamaCppModelConfig(card=MODEL, model_path=str(tmp_path / "none.gguf")))
-    asyncio.run(backend.start())
-    status = backend.status()
-    assert status.state == "failed"
-    assert "does not exist" in (status.detail or "")
+def test_missing_weights_keep_ready_503_and_say_why(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A model that cannot load never turns ready, and /ready says why; liveness stays up.
+    (`gateway serve` refuses such a config before it starts; an app built from it serves, unready.)"""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    missing = tmp_path / "none.gguf"
+    app = create_app(GatewayConfig(models=[LlamaCppModelConfig(card=MODEL, model_path=str(missing))]))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started
+        deadline = time.monotonic() + 30
+        while True:  # the load fails in the background, soon after start
+            r = httpx.get(f"{base}/ready", timeout=5)
+            assert r.status_code == 503, r.text
+            backend = r.json()["backends"][MODEL]
+            if backend["state"] != "loading" or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        body = r.json()
+        assert body["status"] == "not_ready" and body["not_ready"] == [MODEL], body
+        assert backend["state"] == "failed" and backend["required"] is True, backend
+        assert backend["detail"] == f"model_path {missing} does not exist", backend
+        assert r.headers["retry-after"] == "2"
+        assert httpx.get(f"{base}/health", timeout=5).status_code == 200
+        chat = httpx.post(f"{base}/v1/chat/completions", timeout=10,
+                          json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        assert chat.status_code == 503, chat.text
+        err = chat.json()["error"]
+        assert err["code"] == "model_not_ready" and "failed" in err["message"], err
+    finally:
+        server.should_exit = True
+        thread.join(30)

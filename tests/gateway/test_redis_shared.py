@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 import httpx
 import pytest
 
+from backends.model_cards import load_cards
 from tests.redis_env import require_redis, unique_prefix
 from tests.routing_env import OPENAI_KEY, Sims, sims  # noqa: F401
 from tests.server import GatewayProcess
+from tests.sim import Fault, canonical_reply, words
+from tests.sim.text import prompt_tokens
 
 pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
 
@@ -98,10 +102,31 @@ def test_revoked_on_one_replica_is_refused_by_the_other(pair) -> None:
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
 
 
+BUDGET_USD = 0.00002
+
+
+def paid_answer_cost() -> tuple[int, int, float]:
+    """(prompt, completion) tokens the OpenAI simulator reports for MSGS, and their price on gpt-4o-mini's card."""
+    pricing = load_cards()["gpt-4o-mini"].pricing
+    assert pricing is not None
+    prompt, completion = prompt_tokens(MSGS), len(words(canonical_reply(MSGS)))
+    return prompt, completion, (prompt * pricing.input_per_mtok + completion * pricing.output_per_mtok) / 1e6
+
+
+def answers_within_budget(cost: float) -> int:
+    """Requests served before the budget refuses: each one is checked against the spend before it."""
+    served, spent = 0, 0.0
+    while spent < BUDGET_USD:
+        served, spent = served + 1, spent + cost
+    return served
+
+
 def test_budget_is_exhausted_across_replicas(pair) -> None:
     a, b = pair
-    # gpt-4o-mini prices: $0.15 in / $0.60 out per 1M tokens; one sim answer costs about $0.00001.
-    key = create_key(a, budget_usd=0.00002, budget_period="daily")
+    prompt, completion, cost = paid_answer_cost()  # 2 and 13 tokens: $0.0000081 at $0.15 / $0.60 per 1M tokens
+    expected = answers_within_budget(cost)
+    assert expected == 3
+    key = create_key(a, budget_usd=BUDGET_USD, budget_period="daily")
     served = 0
     for g in (a, b, a, b, a, b):
         r = chat(g, key, model="paid")
@@ -109,14 +134,21 @@ def test_budget_is_exhausted_across_replicas(pair) -> None:
             assert r.json()["error"]["code"] == "insufficient_quota"
             break
         assert r.status_code == 200
+        usage = r.json()["usage"]
+        assert (usage["prompt_tokens"], usage["completion_tokens"]) == (prompt, completion)
         served += 1
-    assert 1 <= served < 6
+    assert served == expected
     for g in (a, b):
         assert chat(g, key, model="paid").json()["error"]["code"] == "insufficient_quota"
-    time.sleep(0.5)  # B's batched counters reach Redis within its 0.2 s flush interval
-    usage = httpx.get(f"{a.root_url}/admin/usage", headers=auth(MASTER)).json()
-    rows = [r for r in usage["rows"] if r["route"] == "paid"]
-    assert sum(r["requests"] for r in rows) == served and sum(r["cost_usd"] for r in rows) >= 0.00002
+    deadline = time.monotonic() + 5  # B's batched counters reach Redis within its 0.2 s flush interval
+    while True:
+        usage = httpx.get(f"{a.root_url}/admin/usage", headers=auth(MASTER)).json()
+        rows = [r for r in usage["rows"] if r["route"] == "paid"]
+        if sum(r["requests"] for r in rows) >= served or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert sum(r["requests"] for r in rows) == served, rows
+    assert sum(r["cost_usd"] for r in rows) == pytest.approx(served * cost, abs=1e-8), rows
 
 
 def test_bad_keys_and_headers_get_401_or_403_and_leak_nothing(pair) -> None:
@@ -143,38 +175,87 @@ def test_bad_keys_and_headers_get_401_or_403_and_leak_nothing(pair) -> None:
     assert httpx.get(f"{a.root_url}/admin/keys", headers=auth(limited)).status_code == 401
 
 
-def test_tpm_reserves_then_corrects_to_real_usage(pair) -> None:
+def _remaining_tokens(r: httpx.Response) -> int:
+    return int(r.headers["x-ratelimit-remaining-tokens"])
+
+
+def test_tpm_reserves_then_corrects_to_real_usage(pair, sims: Sims) -> None:
+    """tpm=400 is 1 token per 150 ms. A request reserves its prompt estimate plus max_tokens while it is in flight
+    (seen from the other replica, through Redis), and its real usage replaces the reservation once it is answered.
+
+    x-ratelimit-remaining-tokens is 400 - held + refill, where held is what the reservations and corrections add
+    up to and refill is at most floor((ms since the first reservation + 1) / 150)."""
     a, b = pair
     key = create_key(a, tpm=400)
-    # Reserve: prompt estimate (~10) + max_tokens 300 fits once, not twice, across both replicas.
-    first = chat(a, key, max_tokens=300)
-    assert first.status_code == 200
+    started = time.monotonic()
+
+    def refill() -> int:  # the most the bucket can have refilled since `started`
+        return int(((time.monotonic() - started) * 1000 + 1) // 150)
+
+    def assert_held(r: httpx.Response, held: int) -> None:
+        assert 400 - held <= _remaining_tokens(r) <= 400 - held + refill(), (held, refill(), dict(r.headers))
+
+    sims.a.add_fault(Fault.latency(5.0))  # the first request's upstream takes 5 s to answer
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(chat, a, key, max_tokens=300)
+        deadline = time.monotonic() + 10
+        while sims.a.inflight == 0 and not slow.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sims.a.inflight == 1, "the slow request never reached its upstream"
+        # In flight: a second 300-token request does not fit, on the other replica either ...
+        refused = chat(b, key, max_tokens=300)
+        # ... but a 1-token one does, and it sees the first one's tokens held.
+        small = chat(b, key, max_tokens=1)
+        assert sims.a.inflight == 1 and not slow.done(), "the slow request finished too early for this check"
+        first = slow.result(timeout=30)
+    assert first.status_code == 200, first.text
     assert int(first.headers["x-ratelimit-limit-tokens"]) == 400
-    # The real usage (~30 tokens) is put back on completion, so more requests fit than the reservation
-    # allowed: at once on the same replica (the correction rides along with its next check) ...
-    second = chat(a, key, max_tokens=300)
-    assert second.status_code == 200, second.text
-    # ... and on the other replica once the first has flushed (usage.flush_interval_s is 0.2 s here; 1 s leaves room).
-    time.sleep(1.0)
-    third = chat(b, key, max_tokens=300)
-    assert third.status_code == 200, third.text
+    reserved = 400 - _remaining_tokens(first)  # exact: the bucket was full, nothing had refilled yet
+    estimate = reserved - 300  # the gateway's estimate of the prompt
+    assert 1 <= estimate <= 50, dict(first.headers)
+    assert refused.status_code == 429, refused.text
+    err = refused.json()["error"]
+    assert (err["type"], err["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+    assert "Rate limit reached for tokens" in err["message"] and int(refused.headers["retry-after"]) >= 1
+    assert_held(refused, reserved)  # a refusal reserves nothing
+    assert small.status_code == 200, small.text
+    assert_held(small, reserved + estimate + 1)
+
+    # Answered: the real usage (a few tokens) replaces the 300+ reserved. The correction is batched, and reaches
+    # Redis with replica A's next flush (every 0.2 s); B's own 1-token requests are corrected with B's next check.
+    used, small_used = first.json()["usage"]["total_tokens"], small.json()["usage"]["total_tokens"]
+    assert used < reserved - 200 and small_used < estimate + 1, (used, small_used)
+    deadline = time.monotonic() + 5
+    probes = 0
+    while True:
+        probe = chat(b, key, max_tokens=1)
+        probes += 1
+        assert probe.status_code == 200, probe.text
+        held = used + probes * small_used + estimate + 1
+        if _remaining_tokens(probe) >= 400 - held or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert_held(probe, held)
+    assert chat(b, key, max_tokens=300).status_code == 200, "the 300 tokens refused in flight fit once corrected"
     huge = chat(b, key, max_tokens=1000)
     assert huge.status_code == 429 and huge.headers.get("x-should-retry") == "false"
 
 
 def test_streaming_spend_is_counted(pair) -> None:
     a, b = pair
-    key = create_key(a, budget_usd=0.00002, budget_period="daily")
+    *_, cost = paid_answer_cost()  # what each streamed answer costs, though this client is shown no usage
+    key = create_key(a, budget_usd=BUDGET_USD, budget_period="daily")
     served = 0
     for g in (a, b) * 4:
         r = httpx.post(f"{g.base_url}/chat/completions", headers=auth(key), timeout=30,
                        json={"model": "paid", "messages": MSGS, "stream": True})
         if r.status_code == 429:
+            assert r.json()["error"]["code"] == "insufficient_quota"
             break
         assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
         assert '"usage":{' not in r.text, "usage was asked upstream for accounting, not shown to this client"
         served += 1
-    assert 1 <= served < 8
+    assert served == answers_within_budget(cost) == 3
     assert chat(a, key, model="paid").json()["error"]["code"] == "insufficient_quota"
 
 

@@ -13,6 +13,9 @@ from tests.sim import Fault, canonical_reply, words
 
 pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
 
+# Gemma's chat turns as the card's template renders them (its <bos> comes from the tokenizer here).
+GEMMA_TURNS = "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"
+
 
 def test_vllm_stream_broken_midway_is_continued_by_the_local_model(sims: Sims) -> None:
     sims.reset()
@@ -23,7 +26,8 @@ def test_vllm_stream_broken_midway_is_continued_by_the_local_model(sims: Sims) -
         "deployments": [{"name": "gpu-a", "provider": "gpu", "model": "vllm-model"},
                         {"name": "cpu", "provider": "local", "model": "gemma-3-270m"}],
         "routes": [{"name": "hybrid", "deployments": ["gpu-a", "cpu"],
-                    "timeouts": {"connect_s": 1, "read_s": 5, "total_s": 60}}],
+                    "timeouts": {"connect_s": 1, "read_s": 5, "total_s": 60}},
+                   {"name": "cpu-only", "deployments": ["cpu"]}],
         "health_checks": {"interval_s": 0.5},
     }
     msgs = [{"role": "user", "content": "Tell me a story"}]
@@ -35,11 +39,27 @@ def test_vllm_stream_broken_midway_is_continued_by_the_local_model(sims: Sims) -
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         partial = "".join(words(canonical_reply(msgs))[:2])
         assert text.startswith(partial) and len(text) > len(partial), text
-        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] in (
-            ["length"], ["stop"])
+        finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert finishes in (["length"], ["stop"])
         assert len({c.id for c in chunks}) == 1
         ready = gw.ready_stats("gemma-3-270m")
         assert ready["completed"] >= 1, "the local model produced the rest"
+
+        # What the local model says (greedy, so deterministic) to the rendered prompt, without and with the
+        # partial answer appended; the continuation had the 12 tokens less the 2 the broken stream sent.
+        def local(prompt: str) -> tuple[str, str | None]:
+            r = client.completions.create(model="cpu-only", prompt=prompt, max_tokens=10, temperature=0)
+            return r.choices[0].text, r.choices[0].finish_reason
+
+        prompt = GEMMA_TURNS.format(msgs[0]["content"])
+        fresh = client.chat.completions.create(model="cpu-only", messages=msgs, max_tokens=10, temperature=0)
+        assert (fresh.choices[0].message.content, fresh.choices[0].finish_reason) == local(prompt), \
+            "the prompt above is what the chat template renders"
+        without, _ = local(prompt)
+        with_partial, finish = local(prompt + partial)
+        assert with_partial != without, "the partial answer must change what the model says, or this proves nothing"
+        assert text == partial + with_partial, (text, partial, with_partial, without)
+        assert finishes == [finish]
     sims.reset()
 
 
