@@ -14,17 +14,21 @@ import textwrap
 import time
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit
 from uuid import uuid4
 
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
+import uvloop
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway.ratelimit import LimitResult, LimitSpec, RateLimiter, format_duration
 from gateway.store_errors import StoreUnavailable, guard
 from tests.paths import ROOT
+from tests.tcp_proxy import TcpProxy
+from tests.waiting import wait_until_async
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -318,6 +322,34 @@ async def test_guard_wraps_only_store_errors() -> None:
     with pytest.raises(StoreUnavailable, match="timed out"):
         await guard(asyncio.sleep(1), timeout=0.01)
     assert await guard(asyncio.sleep(0, "ok")) == "ok"
+    with pytest.raises(RuntimeError):  # a RuntimeError of anything but a lost connection is a bug, not the store's
+        await guard(fail(RuntimeError("cannot reuse already awaited coroutine")))
+
+
+def test_a_pooled_connection_that_redis_reset_is_a_store_error_not_a_crash() -> None:
+    """Redis restarts (or a proxy drops its connections) while a connection idles in the pool. On the
+    gateway's event loop (uvloop), writing to it raises a RuntimeError, which redis-py passes on as is:
+    it must reach the callers as `StoreUnavailable` (fail open), never as a 500 of the request."""
+    url = urlsplit(REDIS_URL)
+
+    async def scenario() -> None:
+        await (await _client()).aclose()  # skips when there is no Redis
+        with TcpProxy(url.hostname or "127.0.0.1", url.port or 6379) as proxy:
+            client = aioredis.Redis.from_url(proxy.url(path=url.path or "/0"), socket_timeout=1,
+                                             socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+            try:
+                assert await guard(client.ping())  # one connection, now idle in the pool
+                (idle,) = client.connection_pool._available_connections
+                proxy.restore()  # resets every open connection, and goes on forwarding
+                await wait_until_async(lambda: idle._writer.transport.is_closing(), timeout=10, interval=0.01,
+                                       what="the reset reaching the client")
+                with pytest.raises(StoreUnavailable):
+                    await guard(client.get("x"))
+                assert await guard(client.ping()), "the next call reconnects"
+            finally:
+                await client.aclose()
+
+    uvloop.run(scenario())
 
 
 # ---------------------------------------------------------------- in-process specifics
