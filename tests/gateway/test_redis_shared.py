@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from typing import Any, Iterator
 
 import httpx
@@ -13,6 +12,7 @@ import pytest
 from tests.redis_env import require_redis, unique_prefix
 from tests.routing_env import OPENAI_KEY, Sims, sims  # noqa: F401
 from tests.server import GatewayProcess
+from tests.waiting import wait_until
 
 MASTER = "sk-master-test-0123456789"
 MSGS = [{"role": "user", "content": "Shared state"}]
@@ -111,9 +111,13 @@ def test_budget_is_exhausted_across_replicas(pair) -> None:
     assert 1 <= served < 6
     for g in (a, b):
         assert chat(g, key, model="paid").json()["error"]["code"] == "insufficient_quota"
-    time.sleep(0.5)  # B's batched counters reach Redis within its 0.2 s flush interval
-    usage = httpx.get(f"{a.root_url}/admin/usage", headers=auth(MASTER)).json()
-    rows = [r for r in usage["rows"] if r["route"] == "paid"]
+    def all_counted() -> list[dict[str, Any]] | None:
+        usage = httpx.get(f"{a.root_url}/admin/usage", headers=auth(MASTER)).json()
+        rows = [r for r in usage["rows"] if r["route"] == "paid"]
+        return rows if sum(r["requests"] for r in rows) >= served else None
+
+    # B's batched counters reach Redis within its 0.2 s flush interval; a busy machine may take longer.
+    rows = wait_until(all_counted, timeout=30, what="both replicas' usage in Redis")
     assert sum(r["requests"] for r in rows) == served and sum(r["cost_usd"] for r in rows) >= 0.00002
 
 
@@ -152,9 +156,10 @@ def test_tpm_reserves_then_corrects_to_real_usage(pair) -> None:
     # allowed: at once on the same replica (the correction rides along with its next check) ...
     second = chat(a, key, max_tokens=300)
     assert second.status_code == 200, second.text
-    # ... and on the other replica once the first has flushed (usage.flush_interval_s is 0.2 s here; 1 s leaves room).
-    time.sleep(1.0)
-    third = chat(b, key, max_tokens=300)
+    # ... and on the other replica once the first has flushed (usage.flush_interval_s is 0.2 s here). Refill
+    # alone would take about 37 s to make room for it, so 10 s of asking shows the flushed correction.
+    third = wait_until(lambda: (r := chat(b, key, max_tokens=300)).status_code == 200 and r, timeout=10,
+                       interval=0.1, what="the correction reaching the other replica")
     assert third.status_code == 200, third.text
     huge = chat(b, key, max_tokens=1000)
     assert huge.status_code == 429 and huge.headers.get("x-should-retry") == "false"
