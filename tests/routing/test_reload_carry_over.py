@@ -72,7 +72,7 @@ def post(g: GatewayProcess, model: str, **extra: Any) -> httpx.Response:
 
 
 def test_a_stream_in_flight_finishes_on_the_config_it_started_with(gw: GatewayProcess, sims: Sims) -> None:
-    sims.a.set_fault(Fault.chunk_delay(0.15))  # about 2.5 s of stream
+    sims.a.set_fault(Fault.chunk_delay(0.3))  # about 5 s of stream: it outlasts the reload on a busy machine
     moved = config_for(sims)
     moved["providers"]["vllm-a"]["base_url"] = "http://127.0.0.1:9/v1"  # the new config sends "a" nowhere
     with httpx.Client(timeout=60) as client:
