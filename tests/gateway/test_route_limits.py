@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import httpx
 import pytest
+import redis as redis_sync
 
 from tests.redis_env import require_redis, unique_prefix
 from tests.routing_env import Sims, sims  # noqa: F401  (fixture)
@@ -39,11 +40,18 @@ def gw(request: pytest.FixtureRequest, sims: Sims) -> Iterator[GatewayProcess]:
         ],
         "health_checks": {"interval_s": 5},
     }
+    prefix = unique_prefix()
     if request.param == "redis":
-        cfg["redis"] = {"url": require_redis(), "prefix": unique_prefix()}
+        cfg["redis"] = {"url": require_redis(), "prefix": prefix}
     with GatewayProcess(cfg, env={"LLM_GATEWAY_MASTER_KEY": MASTER}) as g:
         yield g
     sims.reset()
+    if request.param == "redis":  # only this test's keys
+        client = redis_sync.Redis.from_url(require_redis())
+        stale = list(client.scan_iter(f"{prefix}*"))
+        if stale:
+            client.delete(*stale)
+        client.close()
 
 
 def new_key(g: GatewayProcess) -> str:
