@@ -26,6 +26,14 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _lost_connection(exc: BaseException) -> bool:
+    """uvloop refuses to write to a transport the peer has reset with a RuntimeError ("unable to perform
+    operation on <TCPTransport closed=True ...>; the handler is closed"), and redis-py passes that on as it is,
+    after dropping the connection: a Redis that restarted, or a network that cut the connection, while it
+    idled in the pool. It is the store's failure, like the ConnectionError the default event loop gives."""
+    return isinstance(exc, RuntimeError) and "handler is closed" in str(exc)
+
+
 class StoreUnavailable(Exception):
     """Redis could not be reached, timed out or failed; the original is __cause__."""
 
@@ -42,6 +50,10 @@ async def guard(awaitable: Awaitable[T], timeout: float | None = None) -> T:
         return await within(awaitable, timeout)
     except StoreUnavailable:
         raise
+    except RuntimeError as exc:
+        if not _lost_connection(exc):
+            raise
+        raise StoreUnavailable(f"store failed: connection lost: {exc}") from exc
     except STORE_ERRORS as exc:
         timeouts = (TimeoutError, asyncio.TimeoutError, redis.exceptions.TimeoutError)
         what = "timed out" if isinstance(exc, timeouts) else "failed"

@@ -24,6 +24,7 @@ import pytest
 from tests.paths import ROOT
 from tests.sim import AnthropicSim, Fault, OpenAISim, VLLMSim, canonical_reply
 from tests.sim.text import words
+from tests.waiting import wait_until
 
 HELLO = [{"role": "user", "content": "Hello there"}]
 HELLO_REPLY = "Reply to: Hello there. The quick brown fox jumps over the lazy dog."
@@ -244,9 +245,11 @@ def test_hang_times_out_and_stop_is_prompt(vllm: VLLMSim) -> None:
             except BaseException as exc:  # noqa: BLE001 - recorded for the assert
                 errors.append(exc)
 
+        seen = vllm.count("/v1/chat/completions")
         t = threading.Thread(target=call)
         t.start()
-        time.sleep(0.2)
+        wait_until(lambda: vllm.count("/v1/chat/completions") > seen, timeout=30, interval=0.01,
+                   what="the request reaching the sim")
         start = time.monotonic()
         vllm.stop()
         assert time.monotonic() - start < 2

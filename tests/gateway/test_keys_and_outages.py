@@ -19,6 +19,7 @@ import redis as redis_sync
 from tests.redis_env import ThrowawayRedis, require_redis, unique_prefix
 from tests.routing_env import OPENAI_KEY, Sims, sims  # noqa: F401
 from tests.server import GatewayProcess
+from tests.waiting import wait_until_async
 
 pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
 
@@ -212,7 +213,10 @@ def test_an_abandoned_settlement_still_corrects_the_reservation_and_counts_the_s
         task.cancel()  # ... when the client leaves
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.3)
+        async def settled() -> bool:  # the settlement runs on by itself; a busy machine may take a while
+            return "key:k1" in limiter._pending and await store.spend("k1", "total") > 0
+
+        await wait_until_async(settled, timeout=30, what="the abandoned settlement")
         pending = dict(limiter._pending)
         spent = await store.spend("k1", "total")
         await client.aclose()

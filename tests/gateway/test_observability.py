@@ -19,6 +19,7 @@ from tests.proc_tree import children, cmdline
 from tests.routing_env import ADMIN_KEY, ANTHROPIC_KEY, OPENAI_KEY, Sims, base_config, sims  # noqa: F401
 from tests.server import GatewayProcess, free_port
 from tests.sim import Fault
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
 
@@ -78,6 +79,20 @@ def post(g: GatewayProcess, key: str, **body: Any) -> httpx.Response:
                       json={"messages": MSGS, **body})
 
 
+def request_lines(g: GatewayProcess) -> list[dict[str, Any]]:
+    """The JSON request log lines written so far (they go out in batches, shortly after each request)."""
+    out = []
+    for line in g.logs().splitlines():
+        if line.startswith('{"ts"'):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line still being written
+                continue
+            if record.get("event") == "request":
+                out.append(record)
+    return out
+
+
 def test_metrics_follow_a_known_sequence_and_logs_never_hold_keys(sims: Sims) -> None:
     sims.reset()
     with gateway(sims) as g:
@@ -126,7 +141,7 @@ def test_metrics_follow_a_known_sequence_and_logs_never_hold_keys(sims: Sims) ->
         text = scrape(g)
         for secret in (MASTER, virtual, OPENAI_KEY, ANTHROPIC_KEY, ADMIN_KEY, "no-such-model"):
             assert secret not in text
-        time.sleep(0.3)
+        wait_until(lambda: len(request_lines(g)) >= 6, timeout=30, what="the six request log lines")
         lines = [json.loads(line) for line in g.logs().splitlines() if line.startswith('{"ts"')]
         assert len([x for x in lines if x["event"] == "request"]) == 6
         first = next(x for x in lines if x["status"] == 200 and x["deployment"] == "b")
@@ -153,7 +168,7 @@ def test_prompt_logging_is_opt_in_and_redacted(sims: Sims) -> None:
     with gateway(sims, config={"logging": {"log_prompts": True}}) as g:
         secret_msg = [{"role": "user", "content": "my key is sk-live-abcdefgh12345678, mail bob@example.com"}]
         assert post(g, MASTER, model="chat-default", messages=secret_msg).status_code == 200
-        time.sleep(0.3)
+        wait_until(lambda: len(request_lines(g)) >= 1, timeout=30, what="the request's log line")
         line = next(json.loads(x) for x in g.logs().splitlines() if x.startswith('{"ts"'))
         assert "my key is [REDACTED], mail [REDACTED]" in line["prompt"]
         assert "Reply to: my key is [REDACTED]" in line["completion"]
@@ -162,7 +177,7 @@ def test_prompt_logging_is_opt_in_and_redacted(sims: Sims) -> None:
                  "AIza" + "Xy_-" * 9, "xoxb-1234567890-abcdefghij", MASTER, ADMIN_KEY]
         more = [{"role": "user", "content": "secrets: " + " | ".join(leaks)}]
         assert post(g, MASTER, model="chat-default", messages=more).status_code == 200
-        time.sleep(0.3)
+        wait_until(lambda: len(request_lines(g)) >= 2, timeout=30, what="the second request's log line")
         for leak in leaks:
             assert leak not in g.logs(), leak
     sims.reset()

@@ -3,19 +3,45 @@
 from __future__ import annotations
 
 import time
+from typing import Iterator
 
 import httpx
 import openai
 import pytest
 
-from tests.routing_env import Sims, admin, gw, sims  # noqa: F401  (fixtures)
+from tests.routing_env import Sims, admin, base_config, gw, sims, start_gateway  # noqa: F401  (fixtures)
 from tests.server import GatewayProcess
 from tests.sim import Fault, canonical_reply
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
 
 MSGS = [{"role": "user", "content": "Tell me about foxes"}]
 EXPECTED = canonical_reply(MSGS)
+
+
+# The breaker tests' cooldown: long enough that the requests checking an open breaker fit in it on a busy
+# machine (the shared config's 1 s did not leave much room), short enough to wait for.
+COOLDOWN_S = 3.0
+
+
+@pytest.fixture
+def breaker_gw(sims: Sims) -> Iterator[GatewayProcess]:
+    sims.reset()
+    config = base_config(sims)
+    config["breaker"] = {**config["breaker"], "cooldown_s": COOLDOWN_S}
+    with start_gateway(sims, config) as g:
+        yield g
+    sims.reset()
+
+
+def sleep_out_the_cooldown(opened: float) -> None:
+    """Wait (this is the point: time must pass) until the cooldown that began before `opened` is over."""
+    time.sleep(max(0.0, opened + COOLDOWN_S + 0.2 - time.monotonic()))
+
+
+def deployment_load(g: GatewayProcess, name: str) -> dict:
+    return admin(g, "GET", "/deployments").json()["deployments"][name]["load"]
 
 
 def last(sim):  # type: ignore[no-untyped-def]
@@ -71,31 +97,37 @@ def test_client_error_from_backend_is_not_retried(gw: GatewayProcess, sims: Sims
     assert sims.b.count("/v1/chat/completions") == 0, "a 4xx must not be retried elsewhere"
 
 
-def test_breaker_opens_stops_traffic_half_opens_and_closes(gw: GatewayProcess, sims: Sims) -> None:
+def test_breaker_opens_stops_traffic_half_opens_and_closes(breaker_gw: GatewayProcess, sims: Sims) -> None:
+    gw = breaker_gw
     sims.a.set_fault(Fault.status(500))
     for _ in range(3):  # failure_threshold is 3; the client never notices
         assert post(gw, "chat-default").status_code == 200
+    opened = time.monotonic()
     assert sims.a.count("/v1/chat/completions") == 3
     state = admin(gw, "GET", "/deployments").json()["deployments"]["a"]["breaker"]
     assert state["state"] == "open"
-    for _ in range(5):  # open: no traffic reaches a
+    checked = 0
+    while checked < 5 or time.monotonic() - opened < COOLDOWN_S * 0.7:  # open for its cooldown: no traffic to a
         r = post(gw, "chat-default")
         assert r.status_code == 200 and r.headers["x-gateway-deployment"] == "b"
         assert r.headers["x-gateway-attempts"] == "1"
+        checked += 1
     assert sims.a.count("/v1/chat/completions") == 3
+    assert time.monotonic() - opened < COOLDOWN_S, "too slow to check the open breaker within its cooldown"
     sims.a.set_fault(None)
-    time.sleep(1.2)  # cooldown_s is 1.0: the next request is the single half-open probe
+    sleep_out_the_cooldown(opened)  # the next request is the single half-open probe
     r = post(gw, "chat-default")
     assert r.status_code == 200 and r.headers["x-gateway-deployment"] == "a"
     assert admin(gw, "GET", "/deployments").json()["deployments"]["a"]["breaker"]["state"] == "closed"
     assert post(gw, "chat-default").headers["x-gateway-deployment"] == "a"
 
 
-def test_breaker_probe_failure_reopens(gw: GatewayProcess, sims: Sims) -> None:
+def test_breaker_probe_failure_reopens(breaker_gw: GatewayProcess, sims: Sims) -> None:
+    gw = breaker_gw
     sims.a.set_fault(Fault.status(500))
     for _ in range(3):
         post(gw, "chat-default")
-    time.sleep(1.2)
+    sleep_out_the_cooldown(time.monotonic())
     assert post(gw, "chat-default").status_code == 200  # the probe fails, b answers
     assert sims.a.count("/v1/chat/completions") == 4
     assert admin(gw, "GET", "/deployments").json()["deployments"]["a"]["breaker"]["state"] == "open"
@@ -103,20 +135,23 @@ def test_breaker_probe_failure_reopens(gw: GatewayProcess, sims: Sims) -> None:
 
 def test_least_busy_prefers_the_shorter_vllm_queue(gw: GatewayProcess, sims: Sims) -> None:
     sims.a.waiting, sims.b.waiting = 12, 0
-    time.sleep(0.6)  # health checks scrape /metrics every 0.2 s
+    # health checks scrape /metrics every 0.2 s: wait until both scrapes show the new queues
+    wait_until(lambda: deployment_load(gw, "a")["waiting"] == 12 and deployment_load(gw, "b")["waiting"] == 0,
+               timeout=30, interval=0.1, what="the scrape of a's queue")
     served = [post(gw, "least-busy").headers["x-gateway-deployment"] for _ in range(5)]
     assert served == ["b"] * 5
-    load = admin(gw, "GET", "/deployments").json()["deployments"]["a"]["load"]
-    assert load["waiting"] == 12
     sims.a.waiting, sims.b.waiting = 0, 7
     sims.b.kv_cache_usage = 0.9
-    time.sleep(0.6)
+    wait_until(lambda: deployment_load(gw, "a")["waiting"] == 0 and deployment_load(gw, "b")["waiting"] == 7
+               and deployment_load(gw, "b")["kv_cache_usage"] == 0.9, timeout=30, interval=0.1,
+               what="the scrape of b's queue")
     assert [post(gw, "least-busy").headers["x-gateway-deployment"] for _ in range(5)] == ["a"] * 5
 
 
 def test_unhealthy_deployment_is_avoided_and_reported(gw: GatewayProcess, sims: Sims) -> None:
     sims.a.healthy = False
-    time.sleep(0.6)
+    wait_until(lambda: admin(gw, "GET", "/deployments").json()["deployments"]["a"]["healthy"] is False,
+               timeout=30, interval=0.1, what="the health check noticing")
     r = post(gw, "chat-default")
     assert r.headers["x-gateway-deployment"] == "b"
     assert sims.a.count("/v1/chat/completions") == 0

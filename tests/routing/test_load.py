@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
-import time
 
 import httpx
 import pytest
@@ -14,6 +13,7 @@ import yaml
 from tests.routing_env import Sims, admin, base_config, gw, sims, with_changes  # noqa: F401
 from tests.server import GatewayProcess
 from tests.sim import Fault, canonical_reply
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.process  # gateway, engine or CLI processes, or a model loaded here
 
@@ -76,6 +76,10 @@ def _sse_text(raw: str) -> tuple[str, str | None]:
     return "".join(text), "no [DONE]"
 
 
+def version(g: GatewayProcess) -> int:
+    return admin(g, "GET", "/config").json()["version"]
+
+
 def test_weighted_split_over_1000_requests(gw: GatewayProcess) -> None:
     served, failures = asyncio.run(_fire(gw.base_url, 1000, 20, "weighted"))
     assert not failures
@@ -112,16 +116,17 @@ def test_hot_reload_under_load_and_an_invalid_edit(gw: GatewayProcess, sims: Sim
 
     t = threading.Thread(target=load)
     t.start()
-    for cfg in (swapped, config, swapped):  # edit the file three times while requests flow
-        time.sleep(0.4)
+    # Edit the file three times while requests flow, each edit once the watcher has applied the one before (two
+    # edits within one of its rounds, which a busy machine can make late, would count as one reload).
+    for expected, cfg in enumerate((swapped, config, swapped), start=2):
+        wait_until(lambda: any(results) or sims.a.count("/v1/chat/completions") + sims.b.count("/v1/chat/completions")
+                   >= 20 * (expected - 1), timeout=30, interval=0.02, what="requests flowing")
         gw.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        wait_until(lambda: version(gw) >= expected, timeout=30, interval=0.05, what=f"reload to version {expected}")
     t.join(60)
     served, failures = results["out"]
     assert failures == [], failures[:5]
-    deadline = time.monotonic() + 5
-    while admin(gw, "GET", "/config").json()["version"] < 4 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert admin(gw, "GET", "/config").json()["version"] == 4
+    assert version(gw) == 4
     r = httpx.post(f"{gw.base_url}/chat/completions", json={"model": "chat-default", "messages": MSGS})
     assert r.headers["x-gateway-deployment"] == "b", "the new order serves"
 
@@ -129,9 +134,8 @@ def test_hot_reload_under_load_and_an_invalid_edit(gw: GatewayProcess, sims: Sim
     text = yaml.safe_dump(swapped, sort_keys=False).replace("strategy: weighted", "strategy: fastest")
     gw.config_path.write_text(text)
     bad_line = next(i for i, line in enumerate(text.splitlines(), 1) if "strategy: fastest" in line)
-    deadline = time.monotonic() + 5
-    while admin(gw, "GET", "/config").json()["last_reload"]["ok"] and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: not admin(gw, "GET", "/config").json()["last_reload"]["ok"], timeout=30, interval=0.1,
+               what="the invalid edit being refused")
     last = admin(gw, "GET", "/config").json()
     assert last["last_reload"]["ok"] is False and last["version"] == 4
     assert any(f":{bad_line}: routes[2].strategy" in p for p in last["last_reload"]["problems"]), last
