@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import MODEL
 from tests.server import GatewayProcess
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
@@ -93,7 +94,14 @@ def test_full_queue_is_503_with_retry_after_and_timeout_is_504(tight_gateway: Ga
         assert b_result["resp"].status_code == 504, b_result["resp"].text
         assert b_result["resp"].json()["error"]["code"] == "timeout"
     wait_for(lambda: gw.ready_stats(MODEL)["busy"] == 0 and gw.ready_stats(MODEL)["queue_depth"] == 0)
-    ok = sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+
+    def served() -> openai.types.chat.ChatCompletion:
+        return sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+
+    # Then it serves again. On a machine too busy to finish even this inside the 3 s deadline, a 504 is
+    # a fair answer: ask again (the point is that the engine is free, not how fast it is).
+    ok = wait_until(served, timeout=60, interval=0.5, what="a short request served after the overload",
+                    ignore=(openai.InternalServerError,))
     assert ok.choices[0].finish_reason in ("stop", "length")
 
 
