@@ -9,6 +9,7 @@
 #   bash bench/run.sh profile   # bench/profile_hot_path.py: py-spy under load, CPU by package
 #   bash bench/run.sh engines   # the engine processes: engine_process.py, engine_channel.py,
 #                               #   engine_gateway.py streams and memory (BEFORE=DIR: a checkout to compare)
+#   BEFORE=DIR bash bench/run.sh before-after   # bench/before_after.sh: this checkout vs DIR, beside aiohttp
 #   bash bench/run.sh stream ARGS... | batching ARGS...   # one of the two local-model benchmarks
 # Arguments after the command go to its script (gateway: use DURATION/CONNS/REPEATS variables).
 # With BENCH_LOCK=/tmp/bench.lock, the load runs wait for that CPU lock (flock -o): the whole
@@ -33,8 +34,9 @@ case "$what" in
   stream)  locked "$PY" bench/llamacpp_stream.py "$@" ;;
   batching) locked "$PY" bench/llamacpp_batching.py "$@" ;;
   profile) locked "$PY" bench/profile_hot_path.py "$@" ;;
+  before-after) locked bash bench/before_after.sh "$@" ;;
   engines) locked "$PY" bench/engine_process.py "$@"; locked "$PY" bench/engine_channel.py
            locked "$PY" bench/engine_gateway.py streams ${BEFORE:+--before "$BEFORE"}
            locked "$PY" bench/engine_gateway.py memory ${BEFORE:+--before "$BEFORE"} ;;
-  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; [ "$what" = help ] || exit 2 ;;
+  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; [ "$what" = help ] || exit 2 ;;
 esac
