@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from gateway.auth import Principal
 from gateway.ratelimit import LimitSpec, RateLimiter
@@ -16,6 +16,7 @@ from gateway.redis_conn import RedisLink
 from gateway.store_errors import StoreUnavailable
 from gateway.usage import UsageStore
 from routing.deployment import Deployment
+from routing.router import Leg
 
 log = logging.getLogger("llm_gateway.usage")
 
@@ -35,16 +36,19 @@ _unfinished: set[asyncio.Task] = set()  # settlements that outlived a cancelled 
 async def settle(*, usage: dict[str, Any] | None, fallback_completion: int, prompt_estimate: int,
                  reservation: Reservation | None, principal: Principal, route: str, deployment: Deployment | None,
                  limiter: RateLimiter, store: UsageStore, link: RedisLink,
-                 served_by: str | None = None) -> tuple[int, int]:
+                 served_by: str | None = None, earlier: Sequence[Leg] = ()) -> tuple[int, int]:
     """Record usage and spend, and give back (or take more of) the reserved tokens. Never raises.
 
-    Returns the (prompt, completion) tokens counted, for the request's log line and metrics. A request
-    cancelled meanwhile (a client that left a stream) does not cut the settlement short: it runs on to the
-    end in its own task, so the spend is counted and the TPM reservation is corrected all the same."""
+    `usage` is the whole answer's; `earlier` the legs that other deployments served before `deployment`
+    finished it (a continued stream): each leg is billed to its own deployment, the last one gets the
+    rest. Returns the (prompt, completion) tokens counted, for the request's log line and metrics. A
+    request cancelled meanwhile (a client that left a stream) does not cut the settlement short: it runs
+    on to the end in its own task, so the spend is counted and the TPM reservation is corrected all the
+    same."""
     prompt = int((usage or {}).get("prompt_tokens") or (prompt_estimate if deployment else 0))
     completion = int((usage or {}).get("completion_tokens") or (fallback_completion if deployment else 0))
-    cost = deployment.cost_usd(prompt, completion) if deployment is not None else 0.0
-    work = asyncio.ensure_future(_settle(prompt, completion, cost, reservation, principal, route, deployment,
+    legs = _legs(prompt, completion, deployment, earlier)
+    work = asyncio.ensure_future(_settle(prompt, completion, legs, reservation, principal, route,
                                          limiter, store, link, served_by))
     try:
         await asyncio.shield(work)
@@ -56,9 +60,18 @@ async def settle(*, usage: dict[str, Any] | None, fallback_completion: int, prom
     return prompt, completion
 
 
-async def _settle(prompt: int, completion: int, cost: float, reservation: Reservation | None, principal: Principal,
-                  route: str, deployment: Deployment | None, limiter: RateLimiter, store: UsageStore,
-                  link: RedisLink, served_by: str | None) -> None:
+def _legs(prompt: int, completion: int, last: Deployment | None,
+          earlier: Sequence[Leg]) -> list[tuple[Deployment | None, int, int]]:
+    """(deployment, prompt, completion) per leg, the last one holding what the earlier ones did not."""
+    legs: list[tuple[Deployment | None, int, int]] = [(leg.deployment, leg.prompt_tokens, leg.completion_tokens)
+                                                      for leg in earlier]
+    legs.append((last, max(0, prompt - sum(p for _, p, _ in legs)), max(0, completion - sum(c for _, _, c in legs))))
+    return legs
+
+
+async def _settle(prompt: int, completion: int, legs: list[tuple[Deployment | None, int, int]],
+                  reservation: Reservation | None, principal: Principal, route: str, limiter: RateLimiter,
+                  store: UsageStore, link: RedisLink, served_by: str | None) -> None:
     # The TPM correction first, and on its own: a failed spend write must not skip it.
     if reservation is not None:
         delta = (prompt + completion) - reservation.tokens
@@ -71,12 +84,14 @@ async def _settle(prompt: int, completion: int, cost: float, reservation: Reserv
             link.record_error(exc)
         except Exception:
             log.exception("TPM correction failed")
+    budget_period = principal.key.budget_period if principal.key and principal.key.budget_usd is not None else None
     try:
-        await store.record(key_id=principal.key_id, route=route, prompt_tokens=prompt, completion_tokens=completion,
-                           cost_usd=cost,
-                           budget_period=principal.key.budget_period
-                           if principal.key and principal.key.budget_usd is not None else None,
-                           deployment=deployment.name if deployment is not None else served_by)
+        for n, (dep, leg_prompt, leg_completion) in enumerate(legs):
+            await store.record(key_id=principal.key_id, route=route, prompt_tokens=leg_prompt,
+                               completion_tokens=leg_completion,
+                               cost_usd=dep.cost_usd(leg_prompt, leg_completion) if dep is not None else 0.0,
+                               budget_period=budget_period, deployment=dep.name if dep is not None else served_by,
+                               requests=1 if n == len(legs) - 1 else 0)
     except StoreUnavailable as exc:
         link.record_error(exc)
     except Exception:  # accounting must never break an answer that was already given

@@ -76,7 +76,7 @@ class Settlement:
             prompt_estimate=plan.tokens.counted() if counted else 0, reservation=admitted.reservation,
             principal=admitted.principal, route=plan.route.name,
             deployment=None if outcome.degraded else outcome.served_by, limiter=svc.limiter, store=svc.usage,
-            link=svc.link, served_by="last-resort" if outcome.degraded else None)
+            link=svc.link, served_by="last-resort" if outcome.degraded else None, earlier=outcome.legs)
         if rec.prompt is not None and result:
             rec.completion = _text_of(result)
 
@@ -97,6 +97,11 @@ async def _settled_stream(outcome: Outcome, settlement: Settlement, strip_usage:
     finally:
         try:
             asm = outcome.assembler
+            # The deployment that finished it, and every attempt (a continuation's included).
+            rec.deployment, rec.attempts, rec.retries = outcome.deployment, outcome.attempts, len(outcome.errors)
+            if outcome.stream_error is not None:  # a stream that ended with an in-band error is not a 200
+                rec.status = outcome.stream_error.status_code
+                rec.error_code = outcome.stream_error.code or outcome.stream_error.error_type
             await settlement.run(asm.result(), asm.content_frames)
         finally:
             finish_record(rec)

@@ -90,8 +90,14 @@ async def look_up(svc: Services, admitted: Admission, rec: RequestRecord) -> tup
 
 async def route(svc: Services, admitted: Admission, call: Call) -> Outcome:
     """The router's outcome. A stream asks its backend for usage even when the client did not
-    (the usage chunk is then taken out again), so that it can be accounted."""
+    (the usage chunk is then taken out again), so that it can be accounted. A request that fails
+    still has its attempts counted in its record."""
     body = call.body
     upstream = body.with_usage_reported() if body.stream and not body.include_usage else body
-    work = svc.router.run(admitted.plan, upstream, call.request_id)
-    return await (work if body.stream else call.until_disconnect(work))
+    outcome = Outcome()
+    work = svc.router.run(admitted.plan, upstream, call.request_id, outcome)
+    try:
+        return await (work if body.stream else call.until_disconnect(work))
+    except BaseException:
+        call.rec.attempts, call.rec.retries = outcome.attempts, len(outcome.errors)
+        raise

@@ -40,11 +40,12 @@ def _counters() -> Counters:
 
 
 def _tally(rows: Counters, dep_rows: Counters, key_id: str | None, route: str, deployment: str | None,
-           prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
-    """Count one answer under (day, key, route) and (day, route, deployment)."""
+           prompt_tokens: int, completion_tokens: int, cost_usd: float, requests: int = 1) -> None:
+    """Count one answer (or one more leg of it: `requests` 0) under (day, key, route) and (day, route,
+    deployment)."""
     day = period_id("daily")
     for row in (rows[(day, key_id or ANONYMOUS, route)], dep_rows[(day, route, deployment or "cache")]):
-        row["requests"] += 1
+        row["requests"] += requests
         row["prompt_tokens"] += prompt_tokens
         row["completion_tokens"] += completion_tokens
         row["cost_usd"] += cost_usd
@@ -61,9 +62,12 @@ class UsageStore(abc.ABC):
 
     @abc.abstractmethod
     async def record(self, *, key_id: str | None, route: str, prompt_tokens: int, completion_tokens: int,
-                     cost_usd: float, budget_period: str | None = None, deployment: str | None = None) -> None:
+                     cost_usd: float, budget_period: str | None = None, deployment: str | None = None,
+                     requests: int = 1) -> None:
         """Count one answer under (day, key, route) and, for the cost report, (day, route, deployment);
-        with `key_id` and `budget_period`, also against the key's budget."""
+        with `key_id` and `budget_period`, also against the key's budget. An answer rescued by another
+        deployment is recorded once per leg, each under its own deployment, the later legs with
+        `requests` 0 (one request, whatever it took)."""
 
     @abc.abstractmethod
     async def flush(self) -> None:
@@ -107,9 +111,10 @@ class RedisUsageStore(UsageStore):
         return f"{self.prefix}spend:{key_id}:{period_id(period)}"
 
     async def record(self, *, key_id: str | None, route: str, prompt_tokens: int, completion_tokens: int,
-                     cost_usd: float, budget_period: str | None = None, deployment: str | None = None) -> None:
+                     cost_usd: float, budget_period: str | None = None, deployment: str | None = None,
+                     requests: int = 1) -> None:
         _tally(self._pending, self._pending_dep, key_id, route, deployment, prompt_tokens, completion_tokens,
-               cost_usd)
+               cost_usd, requests)
         if not (key_id and budget_period):
             return
         spend_key = self._spend_key(key_id, budget_period)
@@ -186,8 +191,10 @@ class MemoryUsageStore(UsageStore):
         self._spend: dict[tuple[str, str], float] = defaultdict(float)  # (key id, period id) -> USD
 
     async def record(self, *, key_id: str | None, route: str, prompt_tokens: int, completion_tokens: int,
-                     cost_usd: float, budget_period: str | None = None, deployment: str | None = None) -> None:
-        _tally(self._rows, self._dep_rows, key_id, route, deployment, prompt_tokens, completion_tokens, cost_usd)
+                     cost_usd: float, budget_period: str | None = None, deployment: str | None = None,
+                     requests: int = 1) -> None:
+        _tally(self._rows, self._dep_rows, key_id, route, deployment, prompt_tokens, completion_tokens, cost_usd,
+               requests)
         if key_id and budget_period:
             self._spend[(key_id, period_id(budget_period))] += cost_usd
 

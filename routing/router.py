@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Protocol, Sequence
 
 from backends.aio import within
 from backends.base import Body, CallContext, SSEStream
@@ -29,6 +29,17 @@ from routing.last_resort import degraded_body, degraded_stream
 from routing.plan import Plan
 
 log = logging.getLogger("llm_gateway.routing")
+
+
+@dataclass(frozen=True)
+class Leg:
+    """What one deployment produced of a streamed answer that another deployment went on with: its
+    prompt (the request's, plus the text already relayed when it was itself a continuation) and the
+    content it relayed, counted by frames when the leg broke off before its own usage came."""
+
+    deployment: Deployment
+    prompt_tokens: int
+    completion_tokens: int
 
 
 @dataclass
@@ -46,6 +57,8 @@ class Outcome:
     # Fed every frame the stream relays (text so far, finish, usage, the full body at the end); the
     # gateway reads it for the cache and for accounting instead of parsing the frames again.
     assembler: StreamAssembler = field(default_factory=StreamAssembler)
+    legs: list[Leg] = field(default_factory=list)  # deployments that served part of the stream before `served_by`
+    stream_error: GatewayError | None = None  # why the stream ended with an in-band error, if it did
 
 
 class AttemptHooks(Protocol):
@@ -66,15 +79,18 @@ class Router:
         self._rng = rng or random.Random()
         self._hooks = hooks
 
-    async def run(self, plan: Plan, request: SamplingFields, request_id: str) -> Outcome:
-        """Answer `request` (its endpoint and streaming mode are its own) from the plan's deployments."""
-        return await _Run(self, plan, request, request_id).start()
+    async def run(self, plan: Plan, request: SamplingFields, request_id: str,
+                  outcome: Outcome | None = None) -> Outcome:
+        """Answer `request` (its endpoint and streaming mode are its own) from the plan's deployments.
+        Pass `outcome` to see its attempts and errors even when this raises."""
+        return await _Run(self, plan, request, request_id, outcome).start()
 
 
 class _Run:
     """One request's way through its plan: the state every stage needs, kept in one place."""
 
-    def __init__(self, router: Router, plan: Plan, request: SamplingFields, request_id: str) -> None:
+    def __init__(self, router: Router, plan: Plan, request: SamplingFields, request_id: str,
+                 outcome: Outcome | None = None) -> None:
         self.rng = router._rng
         self.hooks = router._hooks
         self.plan = plan
@@ -82,7 +98,7 @@ class _Run:
         self.request = request
         self.request_id = request_id
         self.deadline = time.monotonic() + self.route.timeouts.total_s
-        self.outcome = Outcome()
+        self.outcome = outcome if outcome is not None else Outcome()
         self.failed: set[str] = set()  # deployments whose stream broke (never asked to continue it)
 
     async def start(self) -> Outcome:
@@ -234,12 +250,13 @@ class _Run:
         self.failed.add(dep.name)
         current = stream
         rewriting = False
+        leg_start = (0, 0)  # (content frames, characters) relayed when the current leg began
         try:
             while True:
                 try:
                     async for chunk in current:
                         if rewriting:
-                            chunk = _rewritten(chunk, asm)
+                            chunk = _rewritten(chunk, asm, self.outcome.legs)
                             if not chunk:
                                 continue
                         else:
@@ -250,7 +267,8 @@ class _Run:
                 except Exception as exc:
                     if not isinstance(exc, GatewayError):  # a bug: this stream's error, not the deployment's
                         log.exception("request %s: the stream from %s raised unexpectedly", self.request_id, dep.name)
-                        yield _fed(fmt.error_frame(internal_error().body()), asm)
+                        self.outcome.stream_error = internal_error()
+                        yield _fed(fmt.error_frame(self.outcome.stream_error.body()), asm)
                         yield _fed(fmt.DONE, asm)
                         return
                     self.failed_on(dep, exc)
@@ -262,16 +280,26 @@ class _Run:
                         return
                     nxt = await self.continuation() if self.can_continue else None
                     if nxt is None:
+                        self.outcome.stream_error = exc
                         yield _fed(fmt.error_frame(exc.body()), asm)
                         yield _fed(fmt.DONE, asm)
                         return
                     await _close(current)
+                    self.outcome.legs.append(self.leg_of(dep, leg_start))
+                    leg_start = (asm.content_frames, len(asm.text))
                     current, dep = nxt
                     self.failed.add(dep.name)
                     rewriting = True
                     self.outcome.deployment, self.outcome.served_by = dep.name, dep
         finally:
             await _close(current)
+
+    def leg_of(self, dep: Deployment, start: tuple[int, int]) -> Leg:
+        """The leg `dep` served, from `start` to now. Its prompt: the request's, plus what was relayed
+        before it began (a continuation's prompt holds that text; about 4 characters a token)."""
+        frames, chars = start
+        asm = self.outcome.assembler
+        return Leg(dep, self.plan.tokens.counted() + chars // 4, asm.content_frames - frames)
 
     async def continuation(self) -> tuple[SSEStream, Deployment] | None:
         """A stream that goes on from the text relayed so far, on a deployment that has not failed."""
@@ -311,9 +339,10 @@ async def _assembled(stream: SSEStream, asm: StreamAssembler) -> AsyncIterator[b
         yield chunk
 
 
-def _rewritten(chunk: bytes, asm: StreamAssembler) -> bytes:
+def _rewritten(chunk: bytes, asm: StreamAssembler, legs: Sequence[Leg] = ()) -> bytes:
     """A continuation's frames as the original stream's: its role chunk dropped, the original id,
-    created and model on every chunk. Each frame is parsed once and fed to the assembler."""
+    created and model on every chunk, and its usage the whole answer's (the earlier legs' added), so
+    the client is told what the answer cost. Each frame is parsed once and fed to the assembler."""
     kept: list[bytes] = []
     for frame in split_frames(chunk):
         parsed = parse_frame(frame)
@@ -332,9 +361,18 @@ def _rewritten(chunk: bytes, asm: StreamAssembler) -> bytes:
         if drop:
             continue
         parsed.update({k: v for k, v in asm.head.items() if v is not None})
+        if legs and isinstance(parsed.get("usage"), dict):
+            parsed["usage"] = _with_legs(parsed["usage"], legs)
         asm.observe(parsed)
         kept.append(fmt.sse(parsed))
     return b"".join(kept)
+
+
+def _with_legs(usage: dict[str, Any], legs: Sequence[Leg]) -> dict[str, Any]:
+    """A continuation's usage plus the earlier legs': every leg's prompt and output, as each was billed."""
+    prompt = int(usage.get("prompt_tokens") or 0) + sum(leg.prompt_tokens for leg in legs)
+    completion = int(usage.get("completion_tokens") or 0) + sum(leg.completion_tokens for leg in legs)
+    return {**usage, "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 async def _close(stream: Any) -> None:

@@ -211,3 +211,97 @@ async def test_the_endpoint_is_the_requests_own(svc: Services) -> None:
     response = await serve(svc, rt, call(body))
     assert orjson.loads(await body_of(response))["object"] == "text_completion"
     assert body.endpoint == "completions" and chat().endpoint == "chat"
+
+
+class Breaking(Scripted):
+    """Streams two content chunks, then the connection breaks (no finish, no usage)."""
+
+    kind = "breaking"
+
+    async def chat_stream(self, request: ChatCompletionRequest, ctx: Any) -> AsyncIterator[bytes]:
+        self.calls.append(request)
+        chunks = fmt.ChatChunks(id="chatcmpl-b", created=1, model="m", fingerprint="fp",
+                                include_usage=request.include_usage)
+
+        async def gen() -> AsyncIterator[bytes]:
+            yield chunks.role(0)
+            yield chunks.content(0, "hi ")
+            yield chunks.content(0, "the")
+            raise UpstreamError("connection reset", status_code=502)
+
+        return gen()
+
+
+class Continuing(Scripted):
+    """Continues a partial answer: says the rest, and reports its own leg's usage."""
+
+    kind = "continuing"
+    supports_continuation = True
+
+    async def chat_stream(self, request: ChatCompletionRequest, ctx: Any) -> AsyncIterator[bytes]:
+        self.calls.append(request)
+        self.continued_from = ctx.continue_from
+        chunks = fmt.ChatChunks(id="chatcmpl-c", created=2, model="m2", fingerprint="fp2",
+                                include_usage=request.include_usage)
+        frames = [chunks.role(0), chunks.content(0, "re"), chunks.finish(0, "stop"), chunks.usage(11, 1), fmt.DONE]
+
+        async def gen() -> AsyncIterator[bytes]:
+            for f in frames:
+                yield f
+
+        return gen()
+
+
+def two_deployment_runtime(first: Backend, second: Backend) -> Runtime:
+    config = GatewayConfig.model_validate({"cache": {"enabled": True}})
+    deps = [Deployment(DeploymentConfig(name=b.name, provider="p", model="m", cost_per_mtok=1_000_000), b,
+                       CircuitBreaker(config.breaker)) for b in (first, second)]
+    r = Route(RouteConfig(name="r", deployments=[d.name for d in deps]), deps)
+    return Runtime(config=config, version=1, routes={"r": r}, route_list=[r], deployments={d.name: d for d in deps},
+                   backends={d.name: d.backend for d in deps}, pools={})
+
+
+async def test_a_rescued_stream_is_billed_per_leg_and_its_usage_is_the_sum(svc: Services) -> None:
+    rescuer = Continuing("rescuer")
+    rt = two_deployment_runtime(Breaking("primary"), rescuer)
+    c = call(chat(stream=True, stream_options={"include_usage": True}))
+    body = await body_of(await serve(svc, rt, c))
+    frames = [orjson.loads(f[6:]) for f in fmt.split_frames(body) if f.startswith(b"data: {")]
+    text = "".join(ch["delta"].get("content", "") for f in frames for ch in f["choices"])
+    assert text == "hi there" and rescuer.continued_from == "hi the" and body.endswith(fmt.DONE)
+    usage = frames[-1]["usage"]
+    first_leg_prompt = usage["prompt_tokens"] - 11
+    assert first_leg_prompt > 0, "the broken leg's prompt is in the total"
+    assert usage["completion_tokens"] == 2 + 1 and usage["total_tokens"] == usage["prompt_tokens"] + 3
+    assert {f["id"] for f in frames} == {"chatcmpl-b"}, "the continuation looks like the original stream"
+    assert (c.rec.prompt_tokens, c.rec.completion_tokens) == (usage["prompt_tokens"], 3)
+    assert (c.rec.deployment, c.rec.attempts, c.rec.status) == ("rescuer", 2, 200)
+    rows = {r["deployment"]: r for r in await svc.usage.report_deployments([_today()])}
+    assert rows["primary"]["requests"] == 0 and rows["rescuer"]["requests"] == 1, "one request, two legs"
+    assert (rows["primary"]["prompt_tokens"], rows["primary"]["completion_tokens"]) == (first_leg_prompt, 2)
+    assert (rows["rescuer"]["prompt_tokens"], rows["rescuer"]["completion_tokens"]) == (11, 1)
+    # $1 per token on both: each leg costs its own tokens, billed to the deployment that produced them
+    assert rows["primary"]["cost_usd"] == pytest.approx(first_leg_prompt + 2)
+    assert rows["rescuer"]["cost_usd"] == pytest.approx(12)
+
+
+async def test_a_broken_stream_that_nothing_rescued_is_not_logged_as_a_200(svc: Services) -> None:
+    rt = runtime(Breaking(), stream_continuation=False)
+    c = call(chat(stream=True))
+    body = await body_of(await serve(svc, rt, c))
+    assert b'"code":"upstream_error"' in body or b'"error"' in body
+    assert body.endswith(fmt.DONE) and c.rec.status == 502 and c.rec.error_code
+
+
+async def test_a_refused_request_still_counts_its_attempts(svc: Services) -> None:
+    rt = runtime(Scripted(fail=UpstreamError("bad request", status_code=400)))
+    c = call(chat())
+    with pytest.raises(GatewayError):
+        await serve(svc, rt, c)
+    assert c.rec.attempts == 1, "an upstream 400 was one attempt, not none"
+
+
+def _today() -> str:
+    from gateway.usage import period_id
+
+    return period_id("daily")
