@@ -124,6 +124,26 @@ def test_breaker_a_primary_that_stays_down_sees_a_trickle_of_probes_however_busy
     assert len(probes) <= 1 + 3 + (630 - 30) / 4
 
 
+def test_breaker_probe_schedule_starts_over_after_the_breaker_closes() -> None:
+    clock = Clock()
+    b = CircuitBreaker(BreakerConfig(failure_threshold=1, cooldown_s=10), clock, random.Random(1))
+    b.record_failure()
+    for _ in range(5):  # five failed probes: the schedule reaches its 5 s cap
+        clock.t += 10
+        assert b.allow()
+        b.record_failure()
+    assert b.snapshot()["failed_probes"] == 5 and b.snapshot()["next_probe_in_s"] >= 4.0
+    clock.t += 10
+    assert b.allow()
+    b.record_success()
+    b.record_failure()  # a new outage: the full cooldown first, then 1 s again
+    assert b.snapshot()["failed_probes"] == 0 and b.snapshot()["next_probe_in_s"] == 10.0
+    clock.t += 10
+    assert b.allow()
+    b.record_failure()
+    assert b.snapshot()["next_probe_in_s"] <= 1.0
+
+
 def test_breaker_health_recovery_lets_a_probe_through_at_once() -> None:
     clock = Clock()
     b = CircuitBreaker(BreakerConfig(failure_threshold=1), clock)
