@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -119,7 +120,7 @@ def test_breaker_a_primary_that_stays_down_sees_a_trickle_of_probes_however_busy
     assert probes[0] == pytest.approx(30.2, abs=0.06), "the first probe after the 30 s cooldown"
     per_minute = [sum(1 for p in probes if start <= p < start + 60) for start in range(0, 570, 5)]
     assert max(per_minute) <= 17, per_minute  # the first minute holds the ramp (1, 2, 4 s)
-    steady = [b - a for a, b in zip(probes[4:], probes[5:])]
+    steady = [b - a for a, b in itertools.pairwise(probes[4:])]
     assert steady and min(steady) >= 4.0 - 0.051 and max(steady) <= 5.0 + 0.051
     assert len(probes) <= 1 + 3 + (630 - 30) / 4
 
