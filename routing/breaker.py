@@ -120,10 +120,12 @@ class CircuitBreaker:
         self._probe_in_flight = False
         self.opened_count += 1
 
+    def next_probe_in(self) -> float:
+        """Seconds until an open breaker lets its next probe through (0 when not open)."""
+        return max(0.0, self._probe_at - self._clock()) if self.state == "open" else 0.0
+
     def snapshot(self) -> dict:
-        out = {"state": self.state, "consecutive_failures": self._consecutive,
-               "recent_failure_rate": round(self._outcomes.count(False) / len(self._outcomes), 3)
-               if self._outcomes else 0.0, "times_opened": self.opened_count, "failed_probes": self._failed_probes}
-        if self.state == "open":
-            out["next_probe_in_s"] = round(max(0.0, self._probe_at - self._clock()), 3)
-        return out
+        """What it has learned, without the clock in it (a reload compares snapshots for carry-over)."""
+        return {"state": self.state, "consecutive_failures": self._consecutive,
+                "recent_failure_rate": round(self._outcomes.count(False) / len(self._outcomes), 3)
+                if self._outcomes else 0.0, "times_opened": self.opened_count, "failed_probes": self._failed_probes}

@@ -133,16 +133,16 @@ def test_breaker_probe_schedule_starts_over_after_the_breaker_closes() -> None:
         clock.t += 10
         assert b.allow()
         b.record_failure()
-    assert b.snapshot()["failed_probes"] == 5 and b.snapshot()["next_probe_in_s"] >= 4.0
+    assert b.snapshot()["failed_probes"] == 5 and b.next_probe_in() >= 4.0
     clock.t += 10
     assert b.allow()
     b.record_success()
     b.record_failure()  # a new outage: the full cooldown first, then 1 s again
-    assert b.snapshot()["failed_probes"] == 0 and b.snapshot()["next_probe_in_s"] == 10.0
+    assert b.snapshot()["failed_probes"] == 0 and b.next_probe_in() == 10.0
     clock.t += 10
     assert b.allow()
     b.record_failure()
-    assert b.snapshot()["next_probe_in_s"] <= 1.0
+    assert b.next_probe_in() <= 1.0
 
 
 def test_breaker_health_recovery_lets_a_probe_through_at_once() -> None:
@@ -156,7 +156,7 @@ def test_breaker_health_recovery_lets_a_probe_through_at_once() -> None:
     b.health_recovered()
     assert b.allow() and b.state == "half_open" and not b.allow()
     b.record_failure()
-    assert b.snapshot()["failed_probes"] == 1 and b.snapshot()["next_probe_in_s"] <= 1.0
+    assert b.snapshot()["failed_probes"] == 1 and b.next_probe_in() <= 1.0
 
 
 def test_breaker_probe_settings_are_checked() -> None:
