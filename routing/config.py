@@ -161,7 +161,20 @@ class BreakerConfig(_Strict):
     error_rate: float = Field(default=0.5, gt=0, le=1)  # ... or this failure rate over `window`
     window: int = Field(default=20, ge=2)
     min_requests: int = Field(default=10, ge=1)
-    cooldown_s: float = Field(default=30.0, gt=0)
+    cooldown_s: float = Field(default=30.0, gt=0)  # open this long after tripping, before the first probe
+    # After a failed probe: the next one after probe_initial_s, doubling per failed probe up to probe_max_s
+    # (and never past cooldown_s), each wait shortened by up to probe_jitter of itself. The defaults find a
+    # recovered deployment within 5 s plus the gap between requests; one that stays down gets a probe every 4-5 s.
+    probe_initial_s: float = Field(default=1.0, gt=0)
+    probe_max_s: float = Field(default=5.0, gt=0)
+    probe_jitter: float = Field(default=0.2, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _probe_schedule_grows(self) -> "BreakerConfig":
+        if self.probe_initial_s > self.probe_max_s:
+            raise ValueError(f"breaker probe_initial_s ({self.probe_initial_s:g}) must not exceed "
+                             f"probe_max_s ({self.probe_max_s:g})")
+        return self
 
 
 class HealthCheckConfig(_Strict):

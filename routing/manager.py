@@ -169,10 +169,13 @@ class RuntimeManager:
         timeout = runtime.config.health_checks.timeout_s
 
         async def one(dep) -> None:  # type: ignore[no-untyped-def]
+            was = dep.healthy
             try:
                 dep.healthy = bool(await asyncio.wait_for(dep.backend.probe(), timeout))
             except (asyncio.TimeoutError, Exception):
                 dep.healthy = False
+            if dep.healthy and not was:  # back: let its open breaker probe now rather than at its next step
+                dep.breaker.health_recovered()
 
         await asyncio.gather(*(one(d) for d in runtime.deployments.values()))
 

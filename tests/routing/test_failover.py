@@ -133,6 +133,42 @@ def test_breaker_probe_failure_reopens(breaker_gw: GatewayProcess, sims: Sims) -
     assert admin(gw, "GET", "/deployments").json()["deployments"]["a"]["breaker"]["state"] == "open"
 
 
+def test_breaker_finds_a_recovered_primary_soon_after_a_failed_probe(sims: Sims) -> None:
+    """The issue's scenario scaled down: the primary answers 503 for 8 s, a request every 0.5 s. The breaker opens
+    at the third failure (~1 s) and probes at ~7 s, while `a` is still down. The old breaker then stayed open
+    another full cooldown (to ~13 s, 5 s after recovery); the probe schedule (0.25 s doubling to 1 s) finds `a`
+    within about 1.5 s of recovering. (The sim's /health stays up: the schedule works without health checks.)"""
+    sims.reset()
+    config = base_config(sims)
+    config["breaker"] = {**config["breaker"], "cooldown_s": 6.0, "probe_initial_s": 0.25, "probe_max_s": 1.0}
+    down_s, every = 8.0, 0.5
+    with start_gateway(sims, config) as g:
+        sims.a.set_fault(Fault.status(503))
+        start = time.monotonic()
+        served: list[tuple[float, str]] = []
+        recovered: float | None = None
+        hits_while_down = 0
+        for k in range(int(20 / every)):
+            time.sleep(max(0.0, start + k * every - time.monotonic()))  # ticks, however long a request takes
+            if recovered is None and time.monotonic() - start >= down_s:
+                hits_while_down = sims.a.count("/v1/chat/completions")
+                sims.a.set_fault(None)
+                recovered = time.monotonic()
+            sent = time.monotonic()
+            r = post(g, "chat-default")
+            assert r.status_code == 200, r.text
+            served.append((sent - start, r.headers["x-gateway-deployment"]))
+            if recovered is not None and r.headers["x-gateway-deployment"] == "a":
+                break
+    sims.reset()
+    assert recovered is not None and served[-1][1] == "a", f"never back on a: {served}"
+    back_after = start + served[-1][0] - recovered
+    assert back_after <= 3.0, f"back on a {back_after:.1f}s after it recovered: {served}"
+    # 3 failures open the breaker; then probes at ~7 s and the schedule's steps: a trickle, not every request
+    assert hits_while_down <= 3 + 4, f"{hits_while_down} requests reached a while it was down: {served}"
+    assert sum(1 for _, d in served if d == "b") >= 8, served
+
+
 def test_least_busy_prefers_the_shorter_vllm_queue(gw: GatewayProcess, sims: Sims) -> None:
     sims.a.waiting, sims.b.waiting = 12, 0
     # health checks scrape /metrics every 0.2 s: wait until both scrapes show the new queues

@@ -78,3 +78,21 @@ async def test_health_checks_mark_a_deployment_that_does_not_answer(manager: Run
     assert all(d.healthy for d in deps.values())
     await manager.check_health()
     assert not deps["a"].healthy, "nothing listens on 127.0.0.1:1: the vLLM health probe fails"
+
+
+async def test_a_health_check_that_sees_a_deployment_come_back_lets_its_open_breaker_probe_now(
+        manager: RuntimeManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = manager.current.deployments["a"]
+    for _ in range(5):
+        a.breaker.record_failure()
+    assert a.breaker.state == "open" and not a.breaker.available(), "30 s of cooldown ahead"
+    await manager.check_health()  # nothing listens: unhealthy, and the breaker waits on
+    assert not a.healthy and not a.breaker.available()
+
+    async def answers() -> bool:
+        return True
+
+    monkeypatch.setattr(a.backend, "probe", answers)
+    await manager.check_health()
+    assert a.healthy and a.breaker.available(), "healthy again: the next request is the probe"
+    assert a.breaker.allow() and a.breaker.state == "half_open"

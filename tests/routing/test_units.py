@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from typing import Any
 
@@ -55,6 +56,118 @@ def test_breaker_failed_probe_reopens() -> None:
     assert b.allow()
     b.record_failure()
     assert b.state == "open" and not b.allow()
+    clock.t = 1.79  # the next probe: probe_initial_s (1 s) less at most 20 % jitter, and never past cooldown_s
+    assert not b.allow()
+    clock.t = 2.0
+    assert b.allow() and b.state == "half_open"
+
+
+def test_breaker_probe_schedule_doubles_up_to_its_cap_with_jitter_that_only_shortens() -> None:
+    cfg = BreakerConfig()  # the defaults: 1 s, doubling, capped at 5 s, up to 20 % shorter
+    b = CircuitBreaker(cfg, Clock(), random.Random(7))
+    for failed, full in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 5.0), (5, 5.0), (40, 5.0), (2000, 5.0)]:
+        delays = [b.probe_delay(failed) for _ in range(200)]
+        assert all(0.8 * full <= d <= full for d in delays), (failed, min(delays), max(delays))
+        assert max(delays) - min(delays) > 0.1 * full, "jittered"
+    short = CircuitBreaker(BreakerConfig(cooldown_s=2), Clock())
+    assert max(short.probe_delay(10) for _ in range(50)) <= 2, "a failed probe never waits longer than cooldown_s"
+
+
+def replay(seed: int, down_until: float = 60.0, every: float = 4.0, first: float = 0.0, until: float = 200.0,
+           config: BreakerConfig | None = None) -> tuple[float | None, list[float]]:
+    """One client sending a request every `every` s to a primary that fails until `down_until`, the router's
+    way: the primary when its breaker allows, else the fallback. The first success on the primary, and when
+    the probes that reached it while it was down went."""
+    clock = Clock()
+    b = CircuitBreaker(config or BreakerConfig(), clock, random.Random(seed))
+    probes: list[float] = []
+    t = first
+    while t < until:
+        clock.t = t
+        if b.allow():
+            if t >= down_until:
+                b.record_success()
+                return t, probes
+            if b.state == "half_open":
+                probes.append(t)
+            b.record_failure()
+        t += every
+    return None, probes
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_breaker_defaults_find_the_issue_scenarios_recovered_primary_within_10_s(seed: int) -> None:
+    """The issue's scenario: down 60 s, a request every 4 s. The old breaker opened at 16 s, probed at 48 s,
+    re-opened for 30 s and came back only at 80 s."""
+    back, probes = replay(seed)
+    assert back is not None and back - 60.0 <= 10.0, (back, probes)
+    assert probes[0] == 48.0, "the first probe still waits out the full cooldown (opened at 16 s)"
+    assert len(probes) <= 3, f"probes while down: {probes}"  # 48, 52, 56
+
+
+@pytest.mark.parametrize("down_until, first", [(d, f) for d in (50.0, 61.5, 75.0, 97.3, 180.0, 600.0)
+                                                for f in (0.0, 1.3, 2.9)])
+def test_breaker_defaults_find_a_longer_outage_recovered_within_10_s(down_until: float, first: float) -> None:
+    """Any outage past the first cooldown, any phase of the client's requests, any jitter."""
+    for seed in range(20):
+        back, _ = replay(seed, down_until=down_until, first=first, until=down_until + 60)
+        assert back is not None and back - down_until <= 10.0, (down_until, first, seed, back)
+
+
+def test_breaker_a_primary_that_stays_down_sees_a_trickle_of_probes_however_busy() -> None:
+    """20 requests a second for 10 minutes against a dead primary: after the ramp, one probe every 4-5 s."""
+    _, probes = replay(3, down_until=1e9, every=0.05, until=630.0)
+    assert probes[0] == pytest.approx(30.2, abs=0.06), "the first probe after the 30 s cooldown"
+    per_minute = [sum(1 for p in probes if start <= p < start + 60) for start in range(0, 570, 5)]
+    assert max(per_minute) <= 17, per_minute  # the first minute holds the ramp (1, 2, 4 s)
+    steady = [b - a for a, b in itertools.pairwise(probes[4:])]
+    assert steady and min(steady) >= 4.0 - 0.051 and max(steady) <= 5.0 + 0.051
+    assert len(probes) <= 1 + 3 + (630 - 30) / 4
+
+
+def test_breaker_probe_schedule_starts_over_after_the_breaker_closes() -> None:
+    clock = Clock()
+    b = CircuitBreaker(BreakerConfig(failure_threshold=1, cooldown_s=10), clock, random.Random(1))
+    b.record_failure()
+    for _ in range(5):  # five failed probes: the schedule reaches its 5 s cap
+        clock.t += 10
+        assert b.allow()
+        b.record_failure()
+    assert b.snapshot()["failed_probes"] == 5 and b.next_probe_in() >= 4.0
+    clock.t += 10
+    assert b.allow()
+    b.record_success()
+    b.record_failure()  # a new outage: the full cooldown first, then 1 s again
+    assert b.snapshot()["failed_probes"] == 0 and b.next_probe_in() == 10.0
+    clock.t += 10
+    assert b.allow()
+    b.record_failure()
+    assert b.next_probe_in() <= 1.0
+
+
+def test_breaker_health_recovery_lets_a_probe_through_at_once() -> None:
+    clock = Clock()
+    b = CircuitBreaker(BreakerConfig(failure_threshold=1), clock)
+    b.health_recovered()
+    assert b.state == "closed"
+    b.record_failure()
+    clock.t = 1.0
+    assert not b.allow()
+    b.health_recovered()
+    assert b.allow() and b.state == "half_open" and not b.allow()
+    b.record_failure()
+    assert b.snapshot()["failed_probes"] == 1 and b.next_probe_in() <= 1.0
+
+
+def test_breaker_probe_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="probe_initial_s"):
+        BreakerConfig(probe_initial_s=10, probe_max_s=5)
+    with pytest.raises(ValueError):
+        BreakerConfig(probe_jitter=1.0)
+    with pytest.raises(ValueError):
+        BreakerConfig(probe_initial_s=0)
+    old = BreakerConfig(failure_threshold=5, error_rate=0.5, window=20, min_requests=10, cooldown_s=30)
+    assert (old.probe_initial_s, old.probe_max_s, old.probe_jitter) == (1.0, 5.0, 0.2)
 
 
 class FakeBackend(Backend):
