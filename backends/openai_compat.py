@@ -164,10 +164,11 @@ class OpenAICompatBackend(Backend):
             return UpstreamError(f"The upstream '{self.name}' answered {status}: {text}", status_code=status,
                                  retry_after=retry_after)
         code = err.get("code")
+        message = scrub(str(err.get("message") or f"HTTP {status}"), self._secrets)
         return UpstreamError(
-            scrub(str(err.get("message") or f"HTTP {status}"), self._secrets), status_code=status,
+            message, status_code=status,
             error_type=_openai_type(err.get("type"), status),
-            code=code if isinstance(code, str) else None,
+            code=code if isinstance(code, str) else _context_code(status, message),
             param=err.get("param") if isinstance(err.get("param"), str) else None,
             retry_after=retry_after,
         )
@@ -213,3 +214,9 @@ def _openai_type(upstream_type: Any, status: int) -> str:
     if isinstance(upstream_type, str) and upstream_type.endswith("_error"):
         return upstream_type
     return _type_for(status)
+
+
+def _context_code(status: int, message: str) -> str | None:
+    """vLLM says a prompt is too long only in words ("This model's maximum context length is N tokens. ..."),
+    with an integer code: named here as OpenAI names it, so the router can look for a larger context."""
+    return "context_length_exceeded" if status == 400 and "maximum context length" in message else None

@@ -84,6 +84,8 @@ class RetryPolicy(_Strict):
     backoff_base_s: float = Field(default=0.1, ge=0)
     backoff_max_s: float = Field(default=2.0, ge=0)
     retry_after_cap_s: float = Field(default=5.0, ge=0)
+    # Retries of one deployment on a retryable error (not a timeout) before moving on; 0: move on at once.
+    retry_same: int = Field(default=0, ge=0, le=10)
 
 
 class Timeouts(_Strict):

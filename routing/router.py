@@ -1,8 +1,10 @@
 """Run one request through a plan: retries, breakers, failover, continuation, the last resort.
 
 The client should not notice a failing backend. Before the first byte of an
-answer, any retryable failure moves on to the next deployment (with backoff
-when a deployment is tried again). After a stream has started, a break is
+answer, a retryable failure is retried on the same deployment up to the route's
+`retry_same` times, then moves on to the next deployment (with backoff whenever
+a deployment is tried again); a prompt too long for a deployment's context goes
+on to a larger one (routing/attempt_order.py). After a stream has started, a break is
 continued on the next deployment that can continue a message, or the stream
 ends with an in-band error and `[DONE]`: a truncated stream is never passed
 off as complete.
@@ -24,6 +26,7 @@ from backends.contract.assembler import StreamAssembler, parse_frame
 from backends.contract.errors import AllDeploymentsFailed, GatewayError, UpstreamTimeout, internal_error
 from backends.contract.protocol import ChatCompletionRequest, SamplingFields
 from backends.contract.responses import split_frames
+from routing.attempt_order import AttemptOrder, outgrown, wait_before
 from routing.deployment import Deployment
 from routing.last_resort import degraded_body, degraded_stream
 from routing.plan import Plan
@@ -126,34 +129,31 @@ class _Run:
 
     async def attempts(self, continuation: bool = False, params: dict[str, Any] | None = None,
                        continue_from: str | None = None) -> tuple[Any, Deployment]:
-        """Try deployments in plan order until one answers (its first byte, for streams)."""
+        """Try deployments until one answers (its first byte, for streams), in `AttemptOrder`'s order:
+        the same one up to `retry_same` more times, then the next; a context too small skips ahead."""
         policy = self.route.retry
         outcome = self.outcome
-        candidates = [d for d in self.plan.candidates if d.name not in self.failed
-                      and (not continuation or d.backend.supports_continuation)]
+        order = AttemptOrder([d for d in self.plan.candidates if d.name not in self.failed
+                              and (not continuation or d.backend.supports_continuation)], policy.retry_same)
         tries: dict[str, int] = {}
+        ready_at: dict[str, float] = {}  # when a deployment that failed may be asked again
         last: GatewayError | None = None
-        index = 0
-        while outcome.attempts < policy.max_attempts and candidates:
-            dep = _next(candidates, index)
+        while outcome.attempts < policy.max_attempts:
+            dep = order.next(last)
             if dep is None:
                 break
-            index = candidates.index(dep) + 1
-            n_before = tries.get(dep.name, 0)
-            if n_before:
-                delay = min(policy.backoff_max_s, policy.backoff_base_s * 2 ** (n_before - 1))
-                delay *= 0.5 + self.rng.random() / 2  # jitter
-                if last is not None and last.retry_after:
-                    delay = max(delay, min(last.retry_after, policy.retry_after_cap_s))
-                if time.monotonic() + delay >= self.deadline:
-                    dep.breaker.release()
-                    break
-                await asyncio.sleep(delay)
+            wait = ready_at.get(dep.name, 0.0) - time.monotonic()
+            if wait > 0 and time.monotonic() + wait >= self.deadline:
+                dep.breaker.release()  # its wait does not fit: move on, never to come back
+                order.drop(dep)
+                continue
+            if wait > 0:
+                await asyncio.sleep(wait)
             remaining = self.deadline - time.monotonic()
             if remaining <= 0:
                 dep.breaker.release()
                 break
-            tries[dep.name] = n_before + 1
+            tries[dep.name] = tries.get(dep.name, 0) + 1
             outcome.attempts += 1
             ctx = CallContext(request_id=self.request_id, connect_timeout=min(self.route.timeouts.connect_s, remaining),
                               read_timeout=min(self.route.timeouts.read_s, remaining),
@@ -161,8 +161,13 @@ class _Run:
             try:
                 result = await self.attempt(dep, ctx, remaining)
             except GatewayError as exc:
-                if not exc.retryable:
+                if outgrown(exc):
+                    self.outgrown(dep, exc, order)
+                elif not exc.retryable:
                     raise
+                else:
+                    ready_at[dep.name] = time.monotonic() + wait_before(policy, tries[dep.name], exc.retry_after,
+                                                                        self.rng)
                 last = exc
                 continue
             return result, dep
@@ -170,6 +175,13 @@ class _Run:
             last = AllDeploymentsFailed(f"No deployment of '{self.plan.route.name}' is available right now.",
                                         headers={"Retry-After": "1"})
         raise last
+
+    def outgrown(self, dep: Deployment, exc: GatewayError, order: AttemptOrder) -> None:
+        """The prompt did not fit `dep`'s context: go on to a larger one (its breaker was left alone)."""
+        order.outgrow(dep)
+        self.outcome.errors.append(f"{dep.name}: {exc.status_code} {exc.code}")
+        log.info("request %s: the prompt is too long for %s (context %s); trying %s", self.request_id, dep.name,
+                 dep.context_length, ", ".join(d.name for d in order.left()) or "no larger deployment")
 
     async def attempt(self, dep: Deployment, ctx: CallContext, remaining: float) -> Any:
         """One call to one deployment, with its breaker, counters and hooks kept right whatever happens."""
@@ -315,16 +327,6 @@ class _Run:
             return None
         log.info("continued a broken stream on %s after %d characters", dep.name, len(asm.text))
         return stream, dep
-
-
-def _next(candidates: list[Deployment], start: int) -> Deployment | None:
-    """The next deployment, cycling from `start`, whose breaker lets a request through."""
-    n = len(candidates)
-    for k in range(n):
-        dep = candidates[(start + k) % n]
-        if dep.breaker.allow():
-            return dep
-    return None
 
 
 def _fed(frame: bytes, asm: StreamAssembler) -> bytes:

@@ -35,6 +35,8 @@ class Sims:
             s.clear()
         for v in (self.a, self.b):
             v.healthy, v.waiting, v.kv_cache_usage = True, 0, 0.0
+        for o in (self.a, self.b, self.gpt):
+            o.context_window = None
 
 
 def base_config(s: Sims) -> dict[str, Any]:

@@ -53,6 +53,8 @@ class OpenAISim(SimServer):
         self.model_name = model_name
         self.api_key = api_key
         self.strict_model = strict_model  # 404 when the request names another model
+        # Prompts of more words than this get the protocol's 400 context_length_exceeded (None: any length).
+        self.context_window: int | None = None
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -73,6 +75,16 @@ class OpenAISim(SimServer):
 
     def auth_error(self) -> web.Response:
         return self.error(401, code="invalid_api_key", err_type="invalid_request_error")
+
+    def context_error(self, window: int, used: int) -> web.Response:
+        """OpenAI's answer to a prompt longer than the model's context."""
+        return self.error(400, f"This model's maximum context length is {window} tokens. However, your messages "
+                          f"resulted in {used} tokens. Please reduce the length of the messages.",
+                          code="context_length_exceeded", param="messages")
+
+    def too_long(self, used: int) -> web.Response | None:
+        window = self.context_window
+        return self.context_error(window, used) if window is not None and used > window else None
 
     def in_band_error(self, message: str | None) -> bytes:
         """The SSE event carrying a mid-stream error."""
@@ -132,7 +144,7 @@ class OpenAISim(SimServer):
         if not isinstance(messages, list) or not messages:
             return self.error(400, "Missing required parameter: 'messages'.", param="messages",
                               code="missing_required_parameter")
-        bad = self.validate_chat(body)
+        bad = self.validate_chat(body) or self.too_long(prompt_tokens(messages))
         if bad is not None:
             return bad
         limit = body.get("max_completion_tokens")
@@ -147,6 +159,9 @@ class OpenAISim(SimServer):
         if prompt is None or prompt == "" or prompt == []:
             return self.error(400, "Missing required parameter: 'prompt'.", param="prompt",
                               code="missing_required_parameter")
+        bad = self.too_long(_prompt_count(prompt))
+        if bad is not None:
+            return bad
         plan = plan_reply(canonical_reply(prompt), body.get("max_tokens", 16), body.get("stop"))
         return await self._answer(request, body, fault, plan, _prompt_count(prompt), chat=False)
 

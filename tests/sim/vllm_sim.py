@@ -72,6 +72,11 @@ class VLLMSim(OpenAISim):
     def auth_error(self) -> web.Response:
         return web.json_response({"error": "Unauthorized"}, status=401)
 
+    def context_error(self, window: int, used: int) -> web.Response:
+        """vLLM's wording (its integer code says nothing more than 400)."""
+        return self.error(400, f"This model's maximum context length is {window} tokens. However, your request "
+                          f"has {used} input tokens. Please reduce the length of the input messages.")
+
     def authorized(self, request: web.Request) -> bool:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         return self.api_key is None or (scheme.lower() == "bearer" and token == self.api_key)
