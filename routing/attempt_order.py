@@ -1,9 +1,9 @@
 """Which deployment a request tries next, and how long it waits first.
 
 The order, within one request: the same deployment again on a retryable error, up
-to the route's `retry_same` times (never after a timeout: a silent deployment is
-not asked twice in a row), then the next deployment in plan order, cycling back
-to the first once every one had its turn. A deployment whose context was too
+to the route's `retry_same` times, then the next deployment in plan order, cycling
+back to the first once every one had its turn. A deployment that timed out is not
+asked again in this request (it would cost the same wait). A deployment whose context was too
 small for the prompt is dropped, with every deployment whose known context is no
 larger. Plain code on plain state, so it is tested without processes.
 """
@@ -41,6 +41,8 @@ class AttemptOrder:
     def next(self, last: GatewayError | None) -> Deployment | None:
         """The deployment to try after `last` failed on the current one (None: the first attempt), or None
         when none is left. Claims what it returns from the breaker (`allow`), as every attempt must."""
+        if self.current is not None and silent(last):
+            self.dropped.add(self.candidates[self.current].name)  # silent once: not asked again
         if self.current is not None and self._again(last):
             dep = self.candidates[self.current]
             if dep.breaker.allow():

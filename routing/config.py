@@ -59,6 +59,19 @@ class ProviderConfig(_Strict):
     default_max_tokens: int = Field(default=4096, gt=0)  # Anthropic requires max_tokens
 
 
+class StreamDeadlines(_Strict):
+    """Deadlines of a streamed answer, on top of the socket's `read_s`; unset: only `read_s` applies.
+
+    Both are measured by the router on what the backend relays (keep-alive comments do not count), so a
+    provider that sends headers at once and pings while it queues is still cut."""
+
+    # From sending the request to the first chunk with content (text, tool calls, reasoning or a finish;
+    # not the role chunk). Before it, nothing reached the client, so a miss fails over invisibly.
+    # Streams only: a non-streamed answer's content is the whole answer (read_s and total_s bound it).
+    first_token_s: float | None = Field(default=None, gt=0)
+    idle_s: float | None = Field(default=None, gt=0)  # the longest gap between two chunks of a stream
+
+
 class DeploymentConfig(_Strict):
     """A model at a backend: what a route sends traffic to."""
 
@@ -77,6 +90,9 @@ class DeploymentConfig(_Strict):
     # When Redis cannot be asked, may requests to this deployment skip rate limits (open)
     # or are they refused (closed)? Open by default: an outage of Redis is not an outage of the gateway.
     rate_limit_failure: Literal["open", "closed"] = "open"
+    # This deployment's own stream deadlines (a slow-to-start model, a provider known to pause): each value
+    # set here overrides the route's for attempts on this deployment.
+    timeouts: StreamDeadlines = Field(default_factory=StreamDeadlines)
 
 
 class RetryPolicy(_Strict):
@@ -88,10 +104,11 @@ class RetryPolicy(_Strict):
     retry_same: int = Field(default=0, ge=0, le=10)
 
 
-class Timeouts(_Strict):
+class Timeouts(StreamDeadlines):
     connect_s: float = Field(default=5.0, gt=0)
-    read_s: float = Field(default=60.0, gt=0)  # to the first byte, and between stream chunks
-    total_s: float = Field(default=300.0, gt=0)  # the whole request, all attempts included
+    read_s: float = Field(default=60.0, gt=0)  # any one socket read: to the first byte, and between stream chunks
+    # The whole request, all attempts included, streams to their last chunk (then an in-band timeout + [DONE]).
+    total_s: float = Field(default=300.0, gt=0)
 
 
 class RouteCache(_Strict):

@@ -23,7 +23,14 @@ from backends.aio import within
 from backends.base import Body, CallContext, SSEStream
 from backends.contract import responses as fmt
 from backends.contract.assembler import StreamAssembler, parse_frame
-from backends.contract.errors import AllDeploymentsFailed, GatewayError, UpstreamTimeout, internal_error
+from backends.contract.errors import (
+    AllDeploymentsFailed,
+    FirstTokenTimeout,
+    GatewayError,
+    StreamIdleTimeout,
+    UpstreamTimeout,
+    internal_error,
+)
 from backends.contract.protocol import ChatCompletionRequest, SamplingFields
 from backends.contract.responses import split_frames
 from routing.attempt_order import AttemptOrder, outgrown, wait_before
@@ -189,12 +196,14 @@ class _Run:
         started = time.monotonic()
         token = self.hooks.start(dep.name, self.outcome.attempts) if self.hooks else None
         error: str | None = None
+        first_token_s, idle_s = self.stream_deadlines(dep)
+        limit = remaining if first_token_s is None else min(remaining, first_token_s)
         try:
-            result = await within(dep.backend.answer(self.request, ctx), remaining)  # type: ignore[arg-type]
+            result = await within(self.opened(dep, ctx, first_token_s, idle_s), limit)
         except asyncio.TimeoutError:
-            error = "timeout"
-            exc = UpstreamTimeout(f"The request did not finish within the route's deadline "
-                                  f"({self.route.timeouts.total_s:g}s).")
+            exc = self.overdue() if limit == remaining else FirstTokenTimeout(
+                f"The deployment '{dep.name}' sent no content within {first_token_s:g}s (first_token_s).")
+            error = exc.code
             self.failed_on(dep, exc)
             raise exc from None
         except GatewayError as exc:
@@ -225,6 +234,46 @@ class _Run:
         dep.successes += 1
         dep.observe_ttft(time.monotonic() - started)
         return result
+
+    def stream_deadlines(self, dep: Deployment) -> tuple[float | None, float | None]:
+        """`first_token_s` and `idle_s` for a stream on `dep` (its own values override the route's);
+        None, None for a plain answer, whose content is the whole answer (read_s and total_s bound it)."""
+        if not self.request.stream:
+            return None, None
+        own, route = dep.config.timeouts, self.route.timeouts
+        return _own_or_route(own.first_token_s, route.first_token_s), _own_or_route(own.idle_s, route.idle_s)
+
+    async def opened(self, dep: Deployment, ctx: CallContext, first_token_s: float | None,
+                     idle_s: float | None) -> Any:
+        """The backend's answer. With a stream deadline set, a stream is read up to its first content
+        before it counts as started: a miss until then fails over before any byte reached the client."""
+        result = await dep.backend.answer(self.request, ctx)  # type: ignore[arg-type]
+        if first_token_s is None and idle_s is None:
+            return result
+        return await _to_first_content(result, idle_s)
+
+    def overdue(self, cls: type[UpstreamTimeout] = UpstreamTimeout) -> UpstreamTimeout:
+        return cls(f"The request did not finish within the route's deadline ({self.route.timeouts.total_s:g}s).")
+
+    async def next_chunk(self, stream: SSEStream, idle_s: float | None) -> bytes:
+        """The stream's next chunk within `idle_s` and the route's deadline (`_Overdue` past the latter).
+        At most one timer per chunk and no task: this runs for every chunk of every stream."""
+        remaining = self.deadline - time.monotonic()
+        if idle_s is None or remaining <= idle_s:
+            if remaining <= 0:
+                raise self.overdue(_Overdue)
+            if idle_s is None and remaining > self.route.timeouts.read_s:
+                # No timer while the deadline is further away than the backend's own read timeout, which
+                # cuts a stall first: the usual case, and the hot path (a timer costs ~5 µs a chunk).
+                return await stream.__anext__()
+            try:
+                return await within(stream.__anext__(), remaining)
+            except asyncio.TimeoutError:
+                raise self.overdue(_Overdue) from None
+        try:
+            return await within(stream.__anext__(), idle_s)
+        except asyncio.TimeoutError:
+            raise _idle_timeout(idle_s) from None
 
     def failed_on(self, dep: Deployment, exc: GatewayError) -> None:
         if exc.counts_against_breaker:
@@ -265,8 +314,13 @@ class _Run:
         leg_start = (0, 0)  # (content frames, characters) relayed when the current leg began
         try:
             while True:
+                idle_s = self.stream_deadlines(dep)[1]
                 try:
-                    async for chunk in current:
+                    while True:
+                        try:
+                            chunk = await self.next_chunk(current, idle_s)
+                        except StopAsyncIteration:
+                            break
                         if rewriting:
                             chunk = _rewritten(chunk, asm, self.outcome.legs)
                             if not chunk:
@@ -283,14 +337,20 @@ class _Run:
                         yield _fed(fmt.error_frame(self.outcome.stream_error.body()), asm)
                         yield _fed(fmt.DONE, asm)
                         return
-                    self.failed_on(dep, exc)
+                    overdue = isinstance(exc, _Overdue)  # the route's time is up: no continuation, no verdict
+                    if overdue:
+                        self.outcome.errors.append(f"{dep.name}: {exc.status_code} {exc.code}")
+                        log.warning("request %s: the stream from %s ran past the route's deadline",
+                                    self.request_id, dep.name)
+                    else:
+                        self.failed_on(dep, exc)
                     if asm.all_finished:
                         # The answer was complete (its finish_reason arrived); only the tail broke off.
                         # Like OpenAI's own interrupted streams, the usage chunk may then be missing.
                         log.warning("stream from %s broke after its finish_reason; ending it cleanly", dep.name)
                         yield _fed(fmt.DONE, asm)
                         return
-                    nxt = await self.continuation() if self.can_continue else None
+                    nxt = await self.continuation() if self.can_continue and not overdue else None
                     if nxt is None:
                         self.outcome.stream_error = exc
                         yield _fed(fmt.error_frame(exc.body()), asm)
@@ -327,6 +387,89 @@ class _Run:
             return None
         log.info("continued a broken stream on %s after %d characters", dep.name, len(asm.text))
         return stream, dep
+
+
+def _idle_timeout(idle_s: float | None) -> StreamIdleTimeout:
+    return StreamIdleTimeout(f"The stream went quiet for more than {idle_s:g}s (idle_s).")
+
+
+def _own_or_route(own: float | None, route: float | None) -> float | None:
+    """A deadline of the deployment's own overrides the route's."""
+    return route if own is None else own
+
+
+class _Overdue(UpstreamTimeout):
+    """A started stream ran past the route's `total_s`: ended in-band, never continued, no breaker verdict."""
+
+
+async def _to_first_content(stream: SSEStream, idle_s: float | None) -> SSEStream:
+    """Read a stream up to its first chunk with content (each chunk within `idle_s`); those chunks are
+    replayed before the rest.
+
+    Until then nothing has reached the client, so a deployment that sends headers and a role chunk
+    and then nothing fails over as if it had sent nothing."""
+    held: list[bytes] = []
+    try:
+        while True:
+            try:
+                chunk = await (stream.__anext__() if idle_s is None else within(stream.__anext__(), idle_s))
+            except asyncio.TimeoutError:
+                raise _idle_timeout(idle_s) from None
+            held.append(chunk)
+            if _has_content(chunk):
+                break
+    except StopAsyncIteration:
+        pass  # ended without content: the relay sees the end (and its [DONE], or the lack of it)
+    except BaseException:
+        await _close(stream)
+        raise
+    return _Replay(held, stream)
+
+
+_CONTENT_KEYS = ("content", "tool_calls", "function_call", "reasoning_content", "reasoning", "refusal")
+
+
+def _has_content(chunk: bytes) -> bool:
+    """Does any frame carry the answer (text, tool calls, reasoning, a finish, an error, the end)?"""
+    for frame in split_frames(chunk):
+        parsed = parse_frame(frame)
+        if parsed is None:
+            if b"[DONE]" in frame:
+                return True
+            continue
+        choices = parsed.get("choices")
+        if not choices:  # an error, or usage after the answer
+            return True
+        for choice in choices:
+            if choice.get("text") or choice.get("finish_reason"):
+                return True
+            delta = choice.get("delta") or {}
+            if any(delta.get(k) for k in _CONTENT_KEYS):
+                return True
+    return False
+
+
+class _Replay:
+    """Chunks already read, then the rest of the stream; no generator frame of its own per chunk."""
+
+    def __init__(self, held: list[bytes], rest: SSEStream) -> None:
+        self._held = held
+        self._rest = rest
+
+    def __aiter__(self) -> "_Replay":
+        return self
+
+    def __anext__(self) -> Any:
+        if self._held:
+            return _value(self._held.pop(0))
+        return self._rest.__anext__()
+
+    async def aclose(self) -> None:
+        await _close(self._rest)
+
+
+async def _value(chunk: bytes) -> bytes:
+    return chunk
 
 
 def _fed(frame: bytes, asm: StreamAssembler) -> bytes:

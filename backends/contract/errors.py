@@ -144,6 +144,18 @@ class UpstreamTimeout(GatewayError):
     retryable = True
 
 
+class FirstTokenTimeout(UpstreamTimeout):
+    """A stream's first content did not come within `first_token_s` (headers and a role chunk do not count)."""
+
+    code = "first_token_timeout"
+
+
+class StreamIdleTimeout(UpstreamTimeout):
+    """A stream went quiet for longer than `idle_s` between two chunks."""
+
+    code = "stream_idle_timeout"
+
+
 class UpstreamUnavailable(GatewayError):
     """Could not reach the upstream, or it dropped the connection."""
 

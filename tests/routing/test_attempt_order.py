@@ -209,3 +209,9 @@ def test_a_silent_deployment_is_not_asked_again_in_a_row(retry_same: int) -> Non
     a, b = dep("a", script=[TIMEOUT]), dep("b")
     outcome, _ = run([a, b], retry_same=retry_same)
     assert outcome.deployment == "b" and len(calls(a)) == 1
+
+
+
+def test_a_silent_deployment_is_not_asked_again_in_the_request_even_after_the_others() -> None:
+    order = AttemptOrder([dep("a"), dep("b")], retry_same=0)
+    assert walk(order, [None, TIMEOUT, ERR_500, ERR_500]) == ["a", "b", "b", "b"], "cycling skips the silent a"

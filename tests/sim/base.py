@@ -241,7 +241,7 @@ class SimServer:
             return await drop(request, reset=True)
         if fault.kind == F.IN_BAND_ERROR:
             return self.fault_error(self.server_error_status, fault.message)
-        await asyncio.sleep(fault.seconds * pieces)
+        await asyncio.sleep(fault.seconds if fault.kind == F.STALL else fault.seconds * pieces)
         return None
 
     def fault_error(self, code: int, message: str | None) -> web.Response:

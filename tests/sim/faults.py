@@ -18,6 +18,7 @@ HANG = "hang"
 CUT_STREAM = "cut_stream"
 CHUNK_DELAY = "chunk_delay"
 IN_BAND_ERROR = "in_band_error"
+STALL = "stall"
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,16 @@ class Fault:
         """
         return cls(IN_BAND_ERROR, after_chunks=after_chunks, message=message)
 
+    @classmethod
+    def stall(cls, after_chunks: int, seconds: float) -> Fault:
+        """Stream ``after_chunks`` content events, say nothing for ``seconds``, then go on to the end.
+
+        Counted as for ``cut_stream``: for chat, ``after_chunks=1`` sends the role chunk at once and delays
+        the first token. Non-streamed requests: wait ``seconds``, then answer.
+        """
+        return cls(STALL, after_chunks=after_chunks, seconds=seconds)
+
     @property
     def is_stream_fault(self) -> bool:
         """True for faults that only shape the body of an answer, not whether one starts."""
-        return self.kind in (CUT_STREAM, CHUNK_DELAY, IN_BAND_ERROR)
+        return self.kind in (CUT_STREAM, CHUNK_DELAY, IN_BAND_ERROR, STALL)

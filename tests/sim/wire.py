@@ -80,12 +80,16 @@ async def send_stream(
     """Write ``events`` honouring cut_stream / chunk_delay / in_band_error, then end the body."""
     limit = fault.after_chunks if fault and fault.kind in (F.CUT_STREAM, F.IN_BAND_ERROR) else None
     delay = fault.seconds if fault and fault.kind == F.CHUNK_DELAY else 0.0
+    stall_at = fault.after_chunks if fault and fault.kind == F.STALL else None
     sent = 0
     for i, ev in enumerate(events):
         if limit is not None and ev.counts and sent >= limit:
             break
         if delay and i:
             await asyncio.sleep(delay)
+        if stall_at is not None and sent == stall_at:
+            stall_at = None
+            await asyncio.sleep(fault.seconds)  # type: ignore[union-attr]
         await resp.write(ev.data)
         sent += ev.counts
         if limit is not None and ev.counts and sent >= limit:
