@@ -151,14 +151,15 @@ def test_metrics_follow_a_known_sequence_and_logs_never_hold_keys(sims: Sims) ->
         logs = g.logs()
         for secret in (MASTER, virtual, OPENAI_KEY, ANTHROPIC_KEY, ADMIN_KEY, "sk-gw-wrong"):
             assert secret not in logs, "an API key appeared in the logs"
-        # A request its upstream holds for 3 s is in flight until it is answered.
+        # A request its upstreams hold for 3 s is in flight until it is answered: past the route's read_s
+        # (1 s) each is silent once, neither is asked again in the same request, and the answer is a 504.
         for sim in (sims.a, sims.b):
             sim.add_fault(Fault.latency(3.0))
         with ThreadPoolExecutor(1) as pool:
             slow = pool.submit(post, g, MASTER, model="chat-default")
             eventually(g, lambda m: value(m, "llm_gateway_in_flight_requests") == 1, "one request in flight")
             assert not slow.done()
-            assert slow.result(timeout=30).status_code == 200
+            assert slow.result(timeout=30).status_code == 504
         eventually(g, lambda m: value(m, "llm_gateway_in_flight_requests") == 0, "none in flight once answered")
     sims.reset()
 
