@@ -162,3 +162,10 @@ def test_only_a_client_error_is_a_refusal() -> None:
     assert not refused(UpstreamError("down", status_code=503))
     with pytest.raises(ValueError):
         DeploymentConfig(name="d", provider="p", model="m", continuation="sometimes")
+
+
+def test_through_the_rewriting_done_without_a_finish_before_covering_raises() -> None:
+    asm = first_leg("Reply to: foxes.")
+    with pytest.raises(Diverged, match="ended after 5 of"):
+        _rewritten(frames(piece("Reply"), b"data: [DONE]\n\n"), asm, (), Splice(asm.text))
+    assert not asm.done, "the [DONE] is not relayed: the relay ends the stream with its error first"
