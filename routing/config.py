@@ -93,6 +93,11 @@ class DeploymentConfig(_Strict):
     # This deployment's own stream deadlines (a slow-to-start model, a provider known to pause): each value
     # set here overrides the route's for attempts on this deployment.
     timeouts: StreamDeadlines = Field(default_factory=StreamDeadlines)
+    # How it may go on with a stream another deployment broke off: "prefill" (continue the partial answer:
+    # vLLM, Anthropic, local models), "restart" (answer afresh; only the part past the client's text is
+    # relayed, and only if it begins with exactly that text), "auto" (prefill where the backend can, then
+    # restart if the prefill is refused; restart where it cannot), "none" (never asked to continue).
+    continuation: Literal["auto", "prefill", "restart", "none"] = "auto"
 
 
 class RetryPolicy(_Strict):

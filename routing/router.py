@@ -7,7 +7,9 @@ a deployment is tried again); a prompt too long for a deployment's context goes
 on to a larger one (routing/attempt_order.py). After a stream has started, a break is
 continued on the next deployment that can continue a message, or the stream
 ends with an in-band error and `[DONE]`: a truncated stream is never passed
-off as complete.
+off as complete. Each deployment continues in its own ways (`continuation` in its config): a prefill
+of the text so far, else a restart whose answer is spliced on (routing/splice.py); a refused way
+moves on to the next way, then to the next deployment.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from routing.attempt_order import AttemptOrder, outgrown, wait_before
 from routing.deployment import Deployment
 from routing.last_resort import degraded_body, degraded_stream
 from routing.plan import Plan
+from routing.splice import Diverged, Splice
 
 log = logging.getLogger("llm_gateway.routing")
 
@@ -110,6 +113,7 @@ class _Run:
         self.deadline = time.monotonic() + self.route.timeouts.total_s
         self.outcome = outcome if outcome is not None else Outcome()
         self.failed: set[str] = set()  # deployments whose stream broke (never asked to continue it)
+        self.ways: dict[str, list[str]] = {}  # a continuation's ways left per deployment, the next one first
 
     async def start(self) -> Outcome:
         outcome = self.outcome
@@ -137,16 +141,23 @@ class _Run:
     async def attempts(self, continuation: bool = False, params: dict[str, Any] | None = None,
                        continue_from: str | None = None) -> tuple[Any, Deployment]:
         """Try deployments until one answers (its first byte, for streams), in `AttemptOrder`'s order:
-        the same one up to `retry_same` more times, then the next; a context too small skips ahead."""
+        the same one up to `retry_same` more times, then the next; a context too small skips ahead.
+
+        A continuation tries each deployment's ways (`self.ways`) in turn: `continue_from` and `params`
+        go with a prefill, a restart asks the original request; a way refused (a 4xx) gives the next."""
         policy = self.route.retry
         outcome = self.outcome
+        if continuation:
+            self.ways = {d.name: continuation_ways(d) for d in self.plan.candidates}
         order = AttemptOrder([d for d in self.plan.candidates if d.name not in self.failed
-                              and (not continuation or d.backend.supports_continuation)], policy.retry_same)
+                              and (not continuation or self.ways[d.name])], policy.retry_same)
         tries: dict[str, int] = {}
         ready_at: dict[str, float] = {}  # when a deployment that failed may be asked again
         last: GatewayError | None = None
+        again: Deployment | None = None  # a deployment whose continuation way was refused, to try its next way
         while outcome.attempts < policy.max_attempts:
-            dep = order.next(last)
+            dep = again if again is not None and again.breaker.allow() else order.next(last)
+            again = None
             if dep is None:
                 break
             wait = ready_at.get(dep.name, 0.0) - time.monotonic()
@@ -162,14 +173,18 @@ class _Run:
                 break
             tries[dep.name] = tries.get(dep.name, 0) + 1
             outcome.attempts += 1
+            prefill = continuation and self.ways[dep.name][0] == "prefill"
             ctx = CallContext(request_id=self.request_id, connect_timeout=min(self.route.timeouts.connect_s, remaining),
                               read_timeout=min(self.route.timeouts.read_s, remaining),
-                              params={**dep.config.params, **(params or {})}, continue_from=continue_from)
+                              params={**dep.config.params, **((params or {}) if prefill or not continuation else {})},
+                              continue_from=continue_from if prefill else None)
             try:
                 result = await self.attempt(dep, ctx, remaining)
             except GatewayError as exc:
                 if outgrown(exc):
                     self.outgrown(dep, exc, order)
+                elif continuation and refused(exc):
+                    again = self.refused(dep, exc, order)
                 elif not exc.retryable:
                     raise
                 else:
@@ -182,6 +197,17 @@ class _Run:
             last = AllDeploymentsFailed(f"No deployment of '{self.plan.route.name}' is available right now.",
                                         headers={"Retry-After": "1"})
         raise last
+
+    def refused(self, dep: Deployment, exc: GatewayError, order: AttemptOrder) -> Deployment | None:
+        """`dep` refused a way of continuing (its breaker was left alone): `dep` again for its next way,
+        or None when it has none left (then never again in this request)."""
+        way = self.ways[dep.name].pop(0)
+        self.outcome.errors.append(f"{dep.name}: {exc.status_code} {exc.code or exc.error_type} ({way} refused)")
+        log.info("request %s: %s refused to continue by %s (%s)", self.request_id, dep.name, way, exc.message)
+        if self.ways[dep.name]:
+            return dep
+        order.drop(dep)
+        return None
 
     def outgrown(self, dep: Deployment, exc: GatewayError, order: AttemptOrder) -> None:
         """The prompt did not fit `dep`'s context: go on to a larger one (its breaker was left alone)."""
@@ -311,6 +337,7 @@ class _Run:
         self.failed.add(dep.name)
         current = stream
         rewriting = False
+        splice: Splice | None = None  # set while a restarted answer is spliced on
         leg_start = (0, 0)  # (content frames, characters) relayed when the current leg began
         try:
             while True:
@@ -320,9 +347,11 @@ class _Run:
                         try:
                             chunk = await self.next_chunk(current, idle_s)
                         except StopAsyncIteration:
+                            if splice is not None:
+                                splice.end()
                             break
                         if rewriting:
-                            chunk = _rewritten(chunk, asm, self.outcome.legs)
+                            chunk = _rewritten(chunk, asm, self.outcome.legs, splice)
                             if not chunk:
                                 continue
                         else:
@@ -331,6 +360,13 @@ class _Run:
                         yield chunk
                     return
                 except Exception as exc:
+                    if isinstance(exc, Diverged):  # the restarted answer is another answer: nothing to splice on
+                        log.warning("request %s: %s", self.request_id, exc.message)
+                        self.outcome.errors.append(f"{dep.name}: {exc.status_code} {exc.code} (restart diverged)")
+                        self.outcome.stream_error = exc
+                        yield _fed(fmt.error_frame(exc.body()), asm)
+                        yield _fed(fmt.DONE, asm)
+                        return
                     if not isinstance(exc, GatewayError):  # a bug: this stream's error, not the deployment's
                         log.exception("request %s: the stream from %s raised unexpectedly", self.request_id, dep.name)
                         self.outcome.stream_error = internal_error()
@@ -357,20 +393,24 @@ class _Run:
                         yield _fed(fmt.DONE, asm)
                         return
                     await _close(current)
-                    self.outcome.legs.append(self.leg_of(dep, leg_start))
+                    self.outcome.legs.append(self.leg_of(dep, leg_start, splice))
                     leg_start = (asm.content_frames, len(asm.text))
                     current, dep = nxt
                     self.failed.add(dep.name)
                     rewriting = True
+                    splice = Splice(asm.text) if self.ways[dep.name][0] == "restart" else None
                     self.outcome.deployment, self.outcome.served_by = dep.name, dep
         finally:
             await _close(current)
 
-    def leg_of(self, dep: Deployment, start: tuple[int, int]) -> Leg:
+    def leg_of(self, dep: Deployment, start: tuple[int, int], splice: Splice | None = None) -> Leg:
         """The leg `dep` served, from `start` to now. Its prompt: the request's, plus what was relayed
-        before it began (a continuation's prompt holds that text; about 4 characters a token)."""
+        before it began (a prefill's prompt holds that text; about 4 characters a token). A restarted
+        leg's prompt is the request's alone, and its output includes the repeated text it generated."""
         frames, chars = start
         asm = self.outcome.assembler
+        if splice is not None:
+            return Leg(dep, self.plan.tokens.counted(), asm.content_frames - frames + splice.swallowed)
         return Leg(dep, self.plan.tokens.counted() + chars // 4, asm.content_frames - frames)
 
     async def continuation(self) -> tuple[SSEStream, Deployment] | None:
@@ -385,8 +425,24 @@ class _Run:
             stream, dep = await self.attempts(continuation=True, params=params, continue_from=asm.text)
         except GatewayError:
             return None
-        log.info("continued a broken stream on %s after %d characters", dep.name, len(asm.text))
+        log.info("continued a broken stream on %s (%s) after %d characters", dep.name, self.ways[dep.name][0],
+                 len(asm.text))
         return stream, dep
+
+
+def continuation_ways(dep: Deployment) -> list[str]:
+    """How `dep` may go on with another deployment's broken stream, in the order to try (its `continuation`)."""
+    mode = dep.config.continuation
+    prefill = ["prefill"] if dep.backend.supports_continuation else []
+    if mode == "auto":
+        return [*prefill, "restart"]
+    return {"prefill": prefill, "restart": ["restart"]}.get(mode, [])
+
+
+def refused(exc: GatewayError) -> bool:
+    """Did a deployment refuse the way it was asked to continue (a 400 naming the prefill, say)? Any other 4xx
+    that another attempt would not fix; 429 and auth failures are retryable and handled as usual."""
+    return 400 <= exc.status_code < 500 and not exc.retryable
 
 
 def _idle_timeout(idle_s: float | None) -> StreamIdleTimeout:
@@ -484,17 +540,24 @@ async def _assembled(stream: SSEStream, asm: StreamAssembler) -> AsyncIterator[b
         yield chunk
 
 
-def _rewritten(chunk: bytes, asm: StreamAssembler, legs: Sequence[Leg] = ()) -> bytes:
+def _rewritten(chunk: bytes, asm: StreamAssembler, legs: Sequence[Leg] = (), splice: Splice | None = None) -> bytes:
     """A continuation's frames as the original stream's: its role chunk dropped, the original id,
     created and model on every chunk, and its usage the whole answer's (the earlier legs' added), so
-    the client is told what the answer cost. Each frame is parsed once and fed to the assembler."""
+    the client is told what the answer cost. Each frame is parsed once and fed to the assembler. A
+    restarted answer goes through `splice` first: only what the client does not have is relayed."""
     kept: list[bytes] = []
     for frame in split_frames(chunk):
         parsed = parse_frame(frame)
         if parsed is None:  # [DONE] or a comment
+            if splice is not None and b"[DONE]" in frame:
+                splice.end()
             asm.feed(frame)
             kept.append(frame)
             continue
+        if splice is not None:
+            parsed = splice.take(parsed)
+            if parsed is None:
+                continue
         choices = parsed.get("choices") or []
         drop = False
         for choice in choices:

@@ -34,9 +34,9 @@ class Sims:
             s.clear_faults()
             s.clear()
         for v in (self.a, self.b):
-            v.healthy, v.waiting, v.kv_cache_usage = True, 0, 0.0
+            v.healthy, v.waiting, v.kv_cache_usage, v.refuse_prefill = True, 0, 0.0, False
         for o in (self.a, self.b, self.gpt):
-            o.context_window = None
+            o.context_window, o.reply_override = None, None
 
 
 def base_config(s: Sims) -> dict[str, Any]:

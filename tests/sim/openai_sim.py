@@ -14,9 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from tests.sim.base import SimServer
-from tests.sim.wire import BODY, BODY_OK, StreamEvent, open_stream, send_stream, sse_data
 from tests.sim.faults import Fault
-from tests.sim.text import canonical_reply, count_words, plan_reply, prompt_tokens, Plan
+from tests.sim.text import Plan, canonical_reply, count_words, plan_reply, prompt_tokens
+from tests.sim.wire import BODY, BODY_OK, StreamEvent, open_stream, send_stream, sse_data
 
 # status -> (type, code) as OpenAI sends them.
 _ERRORS: dict[int, tuple[str, str | None]] = {
@@ -55,6 +55,7 @@ class OpenAISim(SimServer):
         self.strict_model = strict_model  # 404 when the request names another model
         # Prompts of more words than this get the protocol's 400 context_length_exceeded (None: any length).
         self.context_window: int | None = None
+        self.reply_override: str | None = None  # answer every chat with this text (a model that answers otherwise)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -94,7 +95,7 @@ class OpenAISim(SimServer):
     # ------------------------------------------------------------- hooks
     def reply_text(self, body: dict[str, Any]) -> str:
         """The full reply for a chat body (VLLMSim adds continuation)."""
-        return canonical_reply(body["messages"])
+        return self.reply_override if self.reply_override is not None else canonical_reply(body["messages"])
 
     def validate_chat(self, body: dict[str, Any]) -> web.Response | None:
         return None

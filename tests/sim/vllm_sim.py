@@ -14,9 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.sim.wire import sse_data
 from tests.sim.openai_sim import OpenAISim
 from tests.sim.text import Plan, canonical_reply, content_text, continuation
+from tests.sim.wire import sse_data
 
 _TYPES = {400: "BadRequestError", 404: "NotFoundError", 500: "InternalServerError",
           501: "NotImplementedError", 503: "ServiceUnavailableError"}
@@ -48,6 +48,7 @@ class VLLMSim(OpenAISim):
         self.waiting = 0
         self.running: int | None = None  # None: report the live number of in-flight model requests
         self.kv_cache_usage = 0.0
+        self.refuse_prefill = False  # answer `continue_final_message` with a 400, as a model whose template cannot
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.requests_finished = 0
@@ -88,6 +89,9 @@ class VLLMSim(OpenAISim):
     def validate_chat(self, body: dict[str, Any]) -> web.Response | None:
         if body.get("continue_final_message") and body.get("add_generation_prompt"):
             return self.error(400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+        if self.refuse_prefill and body.get("continue_final_message"):
+            return self.error(400, "continue_final_message is not supported by this model's chat template "
+                              "(the final assistant message cannot be continued).")
         return None
 
     def reply_text(self, body: dict[str, Any]) -> str:
