@@ -97,7 +97,7 @@ class DeploymentConfig(_Strict):
     # vLLM, Anthropic, local models), "restart" (answer afresh; only the part past the client's text is
     # relayed, and only if it begins with exactly that text), "auto" (prefill where the backend can, then
     # restart if the prefill is refused; restart where it cannot), "none" (never asked to continue).
-    continuation: Literal["auto", "prefill", "restart", "none"] = "auto"
+    continuation: Literal["auto", "prefill", "instruction", "restart", "none"] = "auto"
 
 
 class RetryPolicy(_Strict):

@@ -43,6 +43,10 @@ from routing.splice import Diverged, Splice
 
 log = logging.getLogger("llm_gateway.routing")
 
+# The user turn that asks a model to go on with an answer it is shown as its own (`continuation: instruction`).
+CONTINUE_INSTRUCTION = ("Your previous message was cut off. Continue it exactly where it stops, without repeating "
+                        "anything and without any preamble.")
+
 
 @dataclass(frozen=True)
 class Leg:
@@ -173,13 +177,14 @@ class _Run:
                 break
             tries[dep.name] = tries.get(dep.name, 0) + 1
             outcome.attempts += 1
-            prefill = continuation and self.ways[dep.name][0] == "prefill"
+            way = self.ways[dep.name][0] if continuation else None
+            prefill = way == "prefill"
             ctx = CallContext(request_id=self.request_id, connect_timeout=min(self.route.timeouts.connect_s, remaining),
                               read_timeout=min(self.route.timeouts.read_s, remaining),
-                              params={**dep.config.params, **((params or {}) if prefill or not continuation else {})},
+                              params={**dep.config.params, **((params or {}) if way != "restart" else {})},
                               continue_from=continue_from if prefill else None)
             try:
-                result = await self.attempt(dep, ctx, remaining)
+                result = await self.attempt(dep, ctx, remaining, self.request_for(way, continue_from))
             except GatewayError as exc:
                 if outgrown(exc):
                     self.outgrown(dep, exc, order)
@@ -216,7 +221,17 @@ class _Run:
         log.info("request %s: the prompt is too long for %s (context %s); trying %s", self.request_id, dep.name,
                  dep.context_length, ", ".join(d.name for d in order.left()) or "no larger deployment")
 
-    async def attempt(self, dep: Deployment, ctx: CallContext, remaining: float) -> Any:
+    def request_for(self, way: str | None, continue_from: str | None) -> SamplingFields:
+        """What a continuation asks: the original request (a prefill's text goes in its context; a restart
+        asks for the whole answer again), or, to continue by instruction, the conversation with the text so
+        far as the assistant's turn and a user turn asking it to go on from there."""
+        if way != "instruction" or not continue_from or not isinstance(self.request, ChatCompletionRequest):
+            return self.request
+        return self.request.with_messages_appended([{"role": "assistant", "content": continue_from},
+                                                    {"role": "user", "content": CONTINUE_INSTRUCTION}])
+
+    async def attempt(self, dep: Deployment, ctx: CallContext, remaining: float,
+                      request: SamplingFields | None = None) -> Any:
         """One call to one deployment, with its breaker, counters and hooks kept right whatever happens."""
         dep.in_flight += 1
         started = time.monotonic()
@@ -225,7 +240,7 @@ class _Run:
         first_token_s, idle_s = self.stream_deadlines(dep)
         limit = remaining if first_token_s is None else min(remaining, first_token_s)
         try:
-            result = await within(self.opened(dep, ctx, first_token_s, idle_s), limit)
+            result = await within(self.opened(dep, ctx, first_token_s, idle_s, request or self.request), limit)
         except asyncio.TimeoutError:
             exc = self.overdue() if limit == remaining else FirstTokenTimeout(
                 f"The deployment '{dep.name}' sent no content within {first_token_s:g}s (first_token_s).")
@@ -270,10 +285,10 @@ class _Run:
         return _own_or_route(own.first_token_s, route.first_token_s), _own_or_route(own.idle_s, route.idle_s)
 
     async def opened(self, dep: Deployment, ctx: CallContext, first_token_s: float | None,
-                     idle_s: float | None) -> Any:
+                     idle_s: float | None, request: SamplingFields) -> Any:
         """The backend's answer. With a stream deadline set, a stream is read up to its first content
         before it counts as started: a miss until then fails over before any byte reached the client."""
-        result = await dep.backend.answer(self.request, ctx)  # type: ignore[arg-type]
+        result = await dep.backend.answer(request, ctx)  # type: ignore[arg-type]
         if first_token_s is None and idle_s is None:
             return result
         return await _to_first_content(result, idle_s)
@@ -433,6 +448,8 @@ class _Run:
 def continuation_ways(dep: Deployment) -> list[str]:
     """How `dep` may go on with another deployment's broken stream, in the order to try (its `continuation`)."""
     mode = dep.config.continuation
+    if mode == "instruction":  # for a model that refuses a prefill: ask it to go on, else restart and splice
+        return ["instruction", "restart"]
     prefill = ["prefill"] if dep.backend.supports_continuation else []
     if mode == "auto":
         return [*prefill, "restart"]

@@ -233,6 +233,14 @@ class ChatCompletionRequest(SamplingFields):
                 raise ValueError("a function tool_choice needs 'function': {\"name\": \"...\"}")
         return v
 
+    def with_messages_appended(self, extra: list[dict[str, Any]]) -> "ChatCompletionRequest":
+        """A copy with more messages at the end, the raw body included (for upstreams that take it as is)."""
+        raw = self.wire_body()
+        raw["messages"] = [*(raw.get("messages") or []), *extra]
+        copy = self.model_copy(update={"messages": [*self.messages, *(ChatMessage.model_validate(m) for m in extra)]})
+        copy._raw = raw
+        return copy
+
     @property
     def max_output_tokens(self) -> int | None:
         """`max_completion_tokens` wins over the deprecated `max_tokens`."""

@@ -31,10 +31,12 @@ def gw(sims: Sims) -> Iterator[GatewayProcess]:
         {"name": "gpt-stops-early", "provider": "openai", "model": "sim-model", "params": {"stop": "brown"}},
         {"name": "b-never", "provider": "vllm-b", "model": "vllm-model", "continuation": "none"},
         {"name": "b-restarts", "provider": "vllm-b", "model": "vllm-model", "continuation": "restart"},
+        {"name": "b-told", "provider": "vllm-b", "model": "vllm-model", "continuation": "instruction"},
     ]
     config["routes"] += [{"name": name, "deployments": deps, "timeouts": fast, "retry": retry} for name, deps in [
         ("to-vllm", ["a", "b"]), ("to-gpt", ["a", "gpt"]), ("to-gpt-stopping", ["a", "gpt-stops-early"]),
-        ("to-nobody", ["a", "b-never"]), ("to-b-restarting", ["a", "b-restarts"])]]
+        ("to-nobody", ["a", "b-never"]), ("to-b-restarting", ["a", "b-restarts"]),
+        ("to-b-told", ["a", "b-told"])]]
     with start_gateway(sims, config) as g:
         yield g
     sims.reset()
@@ -118,6 +120,24 @@ def test_a_restart_configured_on_a_prefill_capable_deployment(gw: GatewayProcess
     chunks, done, _ = stream(gw, "to-b-restarting")
     assert_whole(chunks, done)
     assert [c.get("continue_final_message") for c in model_calls(sims.b)] == [None]
+
+
+def test_an_instruction_asks_the_fallback_to_go_on_from_the_text_sent(gw: GatewayProcess, sims: Sims) -> None:
+    """`continuation: instruction` (a model that refuses a prefill): the text so far as the assistant's turn,
+    then a user turn asking it to go on; what it answers is relayed after the text the client has."""
+    from routing.router import CONTINUE_INSTRUCTION
+
+    sims.a.add_fault(Fault.cut_stream(after_chunks=CUT))
+    chunks, done, took = stream(gw, "to-b-told")
+    calls = model_calls(sims.b)
+    sent = "Reply to: Tell me about foxes. The"
+    assert len(calls) == 1 and not calls[0].get("continue_final_message"), "no prefill asked"
+    assert calls[0]["messages"] == [*MSGS, {"role": "assistant", "content": sent},
+                                    {"role": "user", "content": CONTINUE_INSTRUCTION}]
+    rest = canonical_reply(calls[0]["messages"])  # what the simulated model says to that
+    assert text_of(chunks) == sent + rest and finishes(chunks) == ["stop"] and done
+    assert len({c["id"] for c in chunks}) == 1 and not any("error" in c for c in chunks)
+    print(f"instruction: {took:.2f}s")
 
 
 def assert_honest_error(chunks: list[dict[str, Any]], done: bool, sent: str) -> None:

@@ -149,6 +149,7 @@ class _Dep:
 @pytest.mark.parametrize("mode, prefill, ways", [
     ("auto", True, ["prefill", "restart"]), ("auto", False, ["restart"]), ("prefill", True, ["prefill"]),
     ("prefill", False, []), ("restart", True, ["restart"]), ("none", True, []), ("none", False, []),
+    ("instruction", True, ["instruction", "restart"]), ("instruction", False, ["instruction", "restart"]),
 ])
 def test_the_ways_a_deployment_continues(mode: str, prefill: bool, ways: list[str]) -> None:
     assert continuation_ways(_Dep(mode, prefill)) == ways  # type: ignore[arg-type]
