@@ -19,6 +19,11 @@ pytestmark = pytest.mark.process  # gateway processes
 MSGS = [{"role": "user", "content": "Tell me about foxes"}]
 EXPECTED = canonical_reply(MSGS)  # 15 pieces: "Reply", " to:", " Tell", ...
 CUT = 8  # the role chunk and 7 pieces reach the client: "Reply to: Tell me about foxes. The"
+# The two ways a stream breaks after content: cut (the connection drops) and stalled (the upstream goes
+# quiet for 5 s, past the routes' read_s of 1 s, and would go on later: its late rest must never show).
+BREAKS = pytest.mark.parametrize("broken", [Fault.cut_stream(after_chunks=CUT), Fault.stall(after_chunks=CUT,
+                                                                                             seconds=5.0)],
+                                 ids=["cut", "stall"])
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +86,9 @@ def assert_whole(chunks: list[dict[str, Any]], done: bool) -> None:
     assert not any("error" in c for c in chunks)
 
 
-def test_a_prefill_capable_fallback_continues(gw: GatewayProcess, sims: Sims) -> None:
-    sims.a.add_fault(Fault.cut_stream(after_chunks=CUT))
+@BREAKS
+def test_a_prefill_capable_fallback_continues(gw: GatewayProcess, sims: Sims, broken: Fault) -> None:
+    sims.a.add_fault(broken)
     chunks, done, took = stream(gw, "to-vllm")
     assert_whole(chunks, done)
     calls = model_calls(sims.b)
@@ -91,8 +97,9 @@ def test_a_prefill_capable_fallback_continues(gw: GatewayProcess, sims: Sims) ->
     print(f"prefill: {took:.2f}s")
 
 
-def test_a_refused_prefill_restarts_on_the_same_deployment_and_is_spliced_on(gw: GatewayProcess, sims: Sims) -> None:
-    sims.a.add_fault(Fault.cut_stream(after_chunks=CUT))
+@BREAKS
+def test_a_refused_prefill_restarts_on_the_same_deployment_and_is_spliced_on(gw: GatewayProcess, sims: Sims, broken: Fault) -> None:
+    sims.a.add_fault(broken)
     sims.b.refuse_prefill = True
     chunks, done, took = stream(gw, "to-vllm")
     assert_whole(chunks, done)
@@ -102,9 +109,10 @@ def test_a_refused_prefill_restarts_on_the_same_deployment_and_is_spliced_on(gw:
     print(f"refused prefill, restart: {took:.2f}s")
 
 
+@BREAKS
 def test_an_openai_compatible_fallback_restarts_and_the_usage_counts_both_legs(gw: GatewayProcess,
-                                                                               sims: Sims) -> None:
-    sims.a.add_fault(Fault.cut_stream(after_chunks=CUT))
+                                                                               sims: Sims, broken: Fault) -> None:
+    sims.a.add_fault(broken)
     chunks, done, took = stream(gw, "to-gpt")
     assert_whole(chunks, done)
     calls = model_calls(sims.gpt)
