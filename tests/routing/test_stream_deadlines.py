@@ -36,6 +36,8 @@ STALL_S = 6.0
 ROUTES: list[dict[str, Any]] = [
     {"name": "first-token", "deployments": ["a", "b"], "retry": QUICK_RETRY,
      "timeouts": {**SLOW_SOCKET, "first_token_s": 1.5}},
+    {"name": "first-token-5", "deployments": ["a", "b"], "retry": QUICK_RETRY,
+     "timeouts": {**SLOW_SOCKET, "total_s": 40.0, "first_token_s": 5.0}},
     {"name": "first-token-patient", "deployments": ["a-patient", "b"], "retry": QUICK_RETRY,
      "timeouts": {**SLOW_SOCKET, "first_token_s": 1.5}},
     {"name": "idle", "deployments": ["a", "b"], "retry": QUICK_RETRY, "timeouts": {**SLOW_SOCKET, "idle_s": 1.0}},
@@ -128,6 +130,16 @@ def test_a_late_first_token_fails_over_before_the_client_sees_a_byte(gw: Gateway
     assert not model_calls(sims.b)[0].get("continue_final_message"), "a fresh answer, not a continuation"
     a = deployment(gw, "a")
     assert (a["failures"], a["last_error"]) == (1, "504 first_token_timeout"), "counted against a"
+
+
+def test_the_issues_case_a_first_token_after_20_s_under_a_5_s_deadline(gw: GatewayProcess, sims: Sims) -> None:
+    """The case as the issue measured it: headers at once, the first token after 20 s (21 s waited before)."""
+    sims.a.add_fault(Fault.stall(after_chunks=1, seconds=20.0))
+    s = ask(gw, "first-token-5")
+    assert_one_clean_stream(s)
+    assert s.headers["x-gateway-deployment"] == "b"
+    assert 5.0 - 0.1 <= s.arrived[0] <= 5.0 + MARGIN_S and s.elapsed <= 5.0 + MARGIN_S, f"{s.elapsed:.2f}s"
+    print(f"first token after 20 s, first_token_s 5: answered in {s.elapsed:.2f}s")
 
 
 def test_a_deployments_own_first_token_deadline_overrides_the_routes(gw: GatewayProcess, sims: Sims) -> None:
