@@ -16,7 +16,7 @@ from gateway.redis_conn import RedisLink
 from gateway.store_errors import StoreUnavailable
 from gateway.usage import UsageStore
 from routing.deployment import Deployment
-from routing.router import Leg
+from routing.outcome import Leg
 
 log = logging.getLogger("llm_gateway.usage")
 

@@ -23,7 +23,7 @@ from gateway.observe import RequestRecord
 from gateway.observe import finish as finish_record
 from gateway.services import Services
 from gateway.store_errors import StoreUnavailable
-from routing.router import Outcome
+from routing.outcome import Outcome
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

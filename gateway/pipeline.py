@@ -28,7 +28,7 @@ from gateway.keys import MISSING
 from gateway.observe import RequestRecord
 from gateway.services import Services
 from gateway.store_errors import StoreUnavailable
-from routing.router import Outcome
+from routing.outcome import Outcome
 from routing.runtime import Runtime
 
 T = TypeVar("T")

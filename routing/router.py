@@ -18,64 +18,30 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Protocol, Sequence
+from typing import Any, AsyncIterator, Protocol
 
 from backends.aio import within
-from backends.base import Body, CallContext, SSEStream
+from backends.base import CallContext, SSEStream
 from backends.contract import responses as fmt
-from backends.contract.assembler import StreamAssembler, parse_frame
 from backends.contract.errors import (
     AllDeploymentsFailed,
     FirstTokenTimeout,
     GatewayError,
-    StreamIdleTimeout,
     UpstreamTimeout,
     internal_error,
 )
 from backends.contract.protocol import ChatCompletionRequest, SamplingFields
 from backends.contract.responses import split_frames
 from routing.attempt_order import AttemptOrder, outgrown, wait_before
+from routing.continuation import CONTINUE_INSTRUCTION, continuation_ways, refused
 from routing.deployment import Deployment
 from routing.last_resort import degraded_body, degraded_stream
+from routing.outcome import Leg, Outcome
 from routing.plan import Plan
+from routing.relay import assembled, close_stream, fed, idle_timeout, rewritten, to_first_content
 from routing.splice import Diverged, Splice
 
 log = logging.getLogger("llm_gateway.routing")
-
-# The user turn that asks a model to go on with an answer it is shown as its own (`continuation: instruction`).
-CONTINUE_INSTRUCTION = ("Your previous message was cut off. Continue it exactly where it stops, without repeating "
-                        "anything and without any preamble.")
-
-
-@dataclass(frozen=True)
-class Leg:
-    """What one deployment produced of a streamed answer that another deployment went on with: its
-    prompt (the request's, plus the text already relayed when it was itself a continuation) and the
-    content it relayed, counted by frames when the leg broke off before its own usage came."""
-
-    deployment: Deployment
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass
-class Outcome:
-    """What the HTTP layer needs to answer: a body or a stream, and the headers' facts."""
-
-    body: Body | None = None
-    stream: SSEStream | None = None
-    deployment: str = "-"  # the name for headers and logs: a deployment, or "last-resort"
-    served_by: Deployment | None = None  # the deployment that answered (the last one, after a continuation)
-    attempts: int = 0
-    backend_wait_s: float = 0.0  # time spent waiting on backends before the answer started
-    degraded: str | None = None
-    errors: list[str] = field(default_factory=list)
-    # Fed every frame the stream relays (text so far, finish, usage, the full body at the end); the
-    # gateway reads it for the cache and for accounting instead of parsing the frames again.
-    assembler: StreamAssembler = field(default_factory=StreamAssembler)
-    legs: list[Leg] = field(default_factory=list)  # deployments that served part of the stream before `served_by`
-    stream_error: GatewayError | None = None  # why the stream ended with an in-band error, if it did
 
 
 class AttemptHooks(Protocol):
@@ -291,7 +257,7 @@ class _Run:
         result = await dep.backend.answer(request, ctx)  # type: ignore[arg-type]
         if first_token_s is None and idle_s is None:
             return result
-        return await _to_first_content(result, idle_s)
+        return await to_first_content(result, idle_s)
 
     def overdue(self, cls: type[UpstreamTimeout] = UpstreamTimeout) -> UpstreamTimeout:
         return cls(f"The request did not finish within the route's deadline ({self.route.timeouts.total_s:g}s).")
@@ -314,7 +280,7 @@ class _Run:
         try:
             return await within(stream.__anext__(), idle_s)
         except asyncio.TimeoutError:
-            raise _idle_timeout(idle_s) from None
+            raise idle_timeout(idle_s) from None
 
     def failed_on(self, dep: Deployment, exc: GatewayError) -> None:
         if exc.counts_against_breaker:
@@ -336,7 +302,7 @@ class _Run:
         log.error("route %s: every deployment failed (%s); answering with the last resort",
                   self.plan.route.name, "; ".join(outcome.errors) or exc.message)
         if request.stream:
-            outcome.stream = _assembled(degraded_stream(self.plan.route.name, message, request), outcome.assembler)
+            outcome.stream = assembled(degraded_stream(self.plan.route.name, message, request), outcome.assembler)
         else:
             outcome.body = degraded_body(self.plan.route.name, message, request)
         return outcome
@@ -366,7 +332,7 @@ class _Run:
                                 splice.end()
                             break
                         if rewriting:
-                            chunk = _rewritten(chunk, asm, self.outcome.legs, splice)
+                            chunk = rewritten(chunk, asm, self.outcome.legs, splice)
                             if not chunk:
                                 continue
                         else:
@@ -379,14 +345,14 @@ class _Run:
                         log.warning("request %s: %s", self.request_id, exc.message)
                         self.outcome.errors.append(f"{dep.name}: {exc.status_code} {exc.code} (restart diverged)")
                         self.outcome.stream_error = exc
-                        yield _fed(fmt.error_frame(exc.body()), asm)
-                        yield _fed(fmt.DONE, asm)
+                        yield fed(fmt.error_frame(exc.body()), asm)
+                        yield fed(fmt.DONE, asm)
                         return
                     if not isinstance(exc, GatewayError):  # a bug: this stream's error, not the deployment's
                         log.exception("request %s: the stream from %s raised unexpectedly", self.request_id, dep.name)
                         self.outcome.stream_error = internal_error()
-                        yield _fed(fmt.error_frame(self.outcome.stream_error.body()), asm)
-                        yield _fed(fmt.DONE, asm)
+                        yield fed(fmt.error_frame(self.outcome.stream_error.body()), asm)
+                        yield fed(fmt.DONE, asm)
                         return
                     overdue = isinstance(exc, _Overdue)  # the route's time is up: no continuation, no verdict
                     if overdue:
@@ -399,15 +365,15 @@ class _Run:
                         # The answer was complete (its finish_reason arrived); only the tail broke off.
                         # Like OpenAI's own interrupted streams, the usage chunk may then be missing.
                         log.warning("stream from %s broke after its finish_reason; ending it cleanly", dep.name)
-                        yield _fed(fmt.DONE, asm)
+                        yield fed(fmt.DONE, asm)
                         return
                     nxt = await self.continuation() if self.can_continue and not overdue else None
                     if nxt is None:
                         self.outcome.stream_error = exc
-                        yield _fed(fmt.error_frame(exc.body()), asm)
-                        yield _fed(fmt.DONE, asm)
+                        yield fed(fmt.error_frame(exc.body()), asm)
+                        yield fed(fmt.DONE, asm)
                         return
-                    await _close(current)
+                    await close_stream(current)
                     self.outcome.legs.append(self.leg_of(dep, leg_start, splice))
                     leg_start = (asm.content_frames, len(asm.text))
                     current, dep = nxt
@@ -416,7 +382,7 @@ class _Run:
                     splice = Splice(asm.text) if self.ways[dep.name][0] == "restart" else None
                     self.outcome.deployment, self.outcome.served_by = dep.name, dep
         finally:
-            await _close(current)
+            await close_stream(current)
 
     def leg_of(self, dep: Deployment, start: tuple[int, int], splice: Splice | None = None) -> Leg:
         """The leg `dep` served, from `start` to now. Its prompt: the request's, plus what was relayed
@@ -445,27 +411,6 @@ class _Run:
         return stream, dep
 
 
-def continuation_ways(dep: Deployment) -> list[str]:
-    """How `dep` may go on with another deployment's broken stream, in the order to try (its `continuation`)."""
-    mode = dep.config.continuation
-    if mode == "instruction":  # for a model that refuses a prefill: ask it to go on, else restart and splice
-        return ["instruction", "restart"]
-    prefill = ["prefill"] if dep.backend.supports_continuation else []
-    if mode == "auto":
-        return [*prefill, "restart"]
-    return {"prefill": prefill, "restart": ["restart"]}.get(mode, [])
-
-
-def refused(exc: GatewayError) -> bool:
-    """Did a deployment refuse the way it was asked to continue (a 400 naming the prefill, say)? Any other 4xx
-    that another attempt would not fix; 429 and auth failures are retryable and handled as usual."""
-    return 400 <= exc.status_code < 500 and not exc.retryable
-
-
-def _idle_timeout(idle_s: float | None) -> StreamIdleTimeout:
-    return StreamIdleTimeout(f"The stream went quiet for more than {idle_s:g}s (idle_s).")
-
-
 def _own_or_route(own: float | None, route: float | None) -> float | None:
     """A deadline of the deployment's own overrides the route's."""
     return route if own is None else own
@@ -475,135 +420,3 @@ class _Overdue(UpstreamTimeout):
     """A started stream ran past the route's `total_s`: ended in-band, never continued, no breaker verdict."""
 
 
-async def _to_first_content(stream: SSEStream, idle_s: float | None) -> SSEStream:
-    """Read a stream up to its first chunk with content (each chunk within `idle_s`); those chunks are
-    replayed before the rest.
-
-    Until then nothing has reached the client, so a deployment that sends headers and a role chunk
-    and then nothing fails over as if it had sent nothing."""
-    held: list[bytes] = []
-    try:
-        while True:
-            try:
-                chunk = await (stream.__anext__() if idle_s is None else within(stream.__anext__(), idle_s))
-            except asyncio.TimeoutError:
-                raise _idle_timeout(idle_s) from None
-            held.append(chunk)
-            if _has_content(chunk):
-                break
-    except StopAsyncIteration:
-        pass  # ended without content: the relay sees the end (and its [DONE], or the lack of it)
-    except BaseException:
-        await _close(stream)
-        raise
-    return _Replay(held, stream)
-
-
-_CONTENT_KEYS = ("content", "tool_calls", "function_call", "reasoning_content", "reasoning", "refusal")
-
-
-def _has_content(chunk: bytes) -> bool:
-    """Does any frame carry the answer (text, tool calls, reasoning, a finish, an error, the end)?"""
-    for frame in split_frames(chunk):
-        parsed = parse_frame(frame)
-        if parsed is None:
-            if b"[DONE]" in frame:
-                return True
-            continue
-        choices = parsed.get("choices")
-        if not choices:  # an error, or usage after the answer
-            return True
-        for choice in choices:
-            if choice.get("text") or choice.get("finish_reason"):
-                return True
-            delta = choice.get("delta") or {}
-            if any(delta.get(k) for k in _CONTENT_KEYS):
-                return True
-    return False
-
-
-class _Replay:
-    """Chunks already read, then the rest of the stream; no generator frame of its own per chunk."""
-
-    def __init__(self, held: list[bytes], rest: SSEStream) -> None:
-        self._held = held
-        self._rest = rest
-
-    def __aiter__(self) -> "_Replay":
-        return self
-
-    def __anext__(self) -> Any:
-        if self._held:
-            return _value(self._held.pop(0))
-        return self._rest.__anext__()
-
-    async def aclose(self) -> None:
-        await _close(self._rest)
-
-
-async def _value(chunk: bytes) -> bytes:
-    return chunk
-
-
-def _fed(frame: bytes, asm: StreamAssembler) -> bytes:
-    asm.feed(frame)
-    return frame
-
-
-async def _assembled(stream: SSEStream, asm: StreamAssembler) -> AsyncIterator[bytes]:
-    async for chunk in stream:
-        for frame in split_frames(chunk):
-            asm.feed(frame)
-        yield chunk
-
-
-def _rewritten(chunk: bytes, asm: StreamAssembler, legs: Sequence[Leg] = (), splice: Splice | None = None) -> bytes:
-    """A continuation's frames as the original stream's: its role chunk dropped, the original id,
-    created and model on every chunk, and its usage the whole answer's (the earlier legs' added), so
-    the client is told what the answer cost. Each frame is parsed once and fed to the assembler. A
-    restarted answer goes through `splice` first: only what the client does not have is relayed."""
-    kept: list[bytes] = []
-    for frame in split_frames(chunk):
-        parsed = parse_frame(frame)
-        if parsed is None:  # [DONE] or a comment
-            if splice is not None and b"[DONE]" in frame:
-                splice.end()
-            asm.feed(frame)
-            kept.append(frame)
-            continue
-        if splice is not None:
-            parsed = splice.take(parsed)
-            if parsed is None:
-                continue
-        choices = parsed.get("choices") or []
-        drop = False
-        for choice in choices:
-            delta = choice.get("delta") or {}
-            delta.pop("role", None)
-            if (len(choices) == 1 and not delta.get("content") and not delta.get("tool_calls")
-                    and not choice.get("finish_reason")):
-                drop = True
-        if drop:
-            continue
-        parsed.update({k: v for k, v in asm.head.items() if v is not None})
-        if legs and isinstance(parsed.get("usage"), dict):
-            parsed["usage"] = _with_legs(parsed["usage"], legs)
-        asm.observe(parsed)
-        kept.append(fmt.sse(parsed))
-    return b"".join(kept)
-
-
-def _with_legs(usage: dict[str, Any], legs: Sequence[Leg]) -> dict[str, Any]:
-    """A continuation's usage plus the earlier legs': every leg's prompt and output, as each was billed."""
-    prompt = int(usage.get("prompt_tokens") or 0) + sum(leg.prompt_tokens for leg in legs)
-    completion = int(usage.get("completion_tokens") or 0) + sum(leg.completion_tokens for leg in legs)
-    return {**usage, "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-async def _close(stream: Any) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:  # closing a broken upstream must not mask the real outcome
-            pass

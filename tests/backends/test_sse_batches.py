@@ -10,7 +10,7 @@ import pytest
 from backends.contract import responses as fmt
 from backends.contract.assembler import StreamAssembler
 from backends.http import sse_batches
-from routing.router import _rewritten
+from routing.relay import rewritten
 
 
 class _Reads:
@@ -56,7 +56,7 @@ def test_the_assembler_sees_every_frame_of_a_multi_frame_chunk(continuation: boo
     chunk = role + _frame("Hel") + _frame("lo", "stop")
     if continuation:  # the original stream's head is known; the continuation's frames take it over
         asm.feed(_frame(""))
-        out = _rewritten(chunk, asm)
+        out = rewritten(chunk, asm)
     else:  # what the router does with an original stream's chunk: every frame fed, the chunk relayed as is
         for frame in fmt.split_frames(chunk):
             asm.feed(frame)

@@ -133,7 +133,7 @@ def test_a_restart_configured_on_a_prefill_capable_deployment(gw: GatewayProcess
 def test_an_instruction_asks_the_fallback_to_go_on_from_the_text_sent(gw: GatewayProcess, sims: Sims) -> None:
     """`continuation: instruction` (a model that refuses a prefill): the text so far as the assistant's turn,
     then a user turn asking it to go on; what it answers is relayed after the text the client has."""
-    from routing.router import CONTINUE_INSTRUCTION
+    from routing.continuation import CONTINUE_INSTRUCTION
 
     sims.a.add_fault(Fault.cut_stream(after_chunks=CUT))
     chunks, done, took = stream(gw, "to-b-told")

@@ -10,7 +10,8 @@ import pytest
 from backends.contract.assembler import StreamAssembler, parse_frame
 from backends.contract.responses import split_frames
 from routing.config import DeploymentConfig
-from routing.router import _rewritten, continuation_ways, refused
+from routing.continuation import continuation_ways, refused
+from routing.relay import rewritten
 from routing.splice import Diverged, Splice
 
 SENT = "Reply to: foxes. The quick"
@@ -118,20 +119,20 @@ def first_leg(text: str) -> StreamAssembler:
 def test_through_the_rewriting_one_id_no_role_keep_alives_kept_and_done_checked() -> None:
     asm = first_leg("Reply to:")
     s = Splice(asm.text)
-    got = _rewritten(frames(piece(role=True), b": keep-alive\n\n", piece("Reply to: fo"), piece("xes.")), asm, (), s)
+    got = rewritten(frames(piece(role=True), b": keep-alive\n\n", piece("Reply to: fo"), piece("xes.")), asm, (), s)
     parsed = [parse_frame(f) for f in split_frames(got)]
     assert parsed[0] is None, "the keep-alive passes"
     assert [p["choices"][0]["delta"] for p in parsed[1:]] == [{"content": " fo"}, {"content": "xes."}]
     assert {p["id"] for p in parsed[1:]} == {"chatcmpl-orig"}
     assert asm.text == "Reply to: foxes."
-    got = _rewritten(frames(piece(finish="stop"), b"data: [DONE]\n\n"), asm, (), s)
+    got = rewritten(frames(piece(finish="stop"), b"data: [DONE]\n\n"), asm, (), s)
     assert got.endswith(b"data: [DONE]\n\n") and asm.complete
 
 
 def test_through_the_rewriting_done_before_covering_raises_and_relays_nothing() -> None:
     asm = first_leg("Reply to: foxes.")
     with pytest.raises(Diverged):
-        _rewritten(frames(piece("Reply"), piece(finish="stop"), b"data: [DONE]\n\n"), asm, (), Splice(asm.text))
+        rewritten(frames(piece("Reply"), piece(finish="stop"), b"data: [DONE]\n\n"), asm, (), Splice(asm.text))
     assert asm.text == "Reply to: foxes." and not asm.finished and not asm.done
 
 
@@ -168,5 +169,5 @@ def test_only_a_client_error_is_a_refusal() -> None:
 def test_through_the_rewriting_done_without_a_finish_before_covering_raises() -> None:
     asm = first_leg("Reply to: foxes.")
     with pytest.raises(Diverged, match="ended after 5 of"):
-        _rewritten(frames(piece("Reply"), b"data: [DONE]\n\n"), asm, (), Splice(asm.text))
+        rewritten(frames(piece("Reply"), b"data: [DONE]\n\n"), asm, (), Splice(asm.text))
     assert not asm.done, "the [DONE] is not relayed: the relay ends the stream with its error first"

@@ -16,7 +16,8 @@ from routing.config import BreakerConfig, DeploymentConfig, RouteConfig
 from routing.deployment import Deployment
 from routing.plan import Plan
 from routing.prompt_tokens import PromptTokens
-from routing.router import Router, _has_content
+from routing.relay import has_content
+from routing.router import Router
 from routing.runtime import Route
 
 ROLE = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
@@ -45,7 +46,7 @@ def test_stream_deadlines_are_optional_per_route_and_per_deployment() -> None:
     (b'data: {"choices":[{"index":0,"text":"","finish_reason":null}]}\n\n', False),
 ], ids=["role", "comment", "text", "role+text", "finish", "done", "tool", "reasoning", "completion", "empty-text"])
 def test_what_counts_as_the_first_content(chunk: bytes, content: bool) -> None:
-    assert _has_content(chunk) is content
+    assert has_content(chunk) is content
 
 
 class Scripted(Backend):
