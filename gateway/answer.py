@@ -33,16 +33,13 @@ async def answer(svc: Services, admitted: Admission, body: SamplingFields, outco
     """The response for a routed outcome; a stream settles as it ends, a body before it is sent."""
     plan = admitted.plan
     rec.deployment, rec.attempts, rec.retries = outcome.deployment, outcome.attempts, len(outcome.errors)
-    for failed in outcome.errors:
-        metrics.RETRIES.labels(plan.route.name, failed.split(":", 1)[0]).inc()
-    if outcome.errors and not outcome.degraded:
-        metrics.FAILOVERS.labels(plan.route.name).inc()
+    _count_failures(plan.route.name, outcome.errors, failover=bool(outcome.errors) and not outcome.degraded)
     rec.overhead_s = max(0.0, time.monotonic() - rec.started - outcome.backend_wait_s)
     headers = {**admitted.headers, **_gateway_headers(outcome, rec.overhead_s)}
     settlement = Settlement(svc, admitted, outcome, rec)
     if outcome.stream is not None:
         rec.deferred = True
-        stream = _settled_stream(outcome, settlement, not body.include_usage, rec)
+        stream = _settled_stream(outcome, settlement, not body.include_usage, rec, len(outcome.errors))
         return StreamingResponse(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
     rec.ttft_s = time.monotonic() - rec.started
     raw = outcome.body
@@ -81,8 +78,16 @@ class Settlement:
             rec.completion = _text_of(result)
 
 
+def _count_failures(route: str, errors: list[str], failover: bool) -> None:
+    """Every failed attempt by its deployment ("name: status code"), and a failover when there was one."""
+    for failed in errors:
+        metrics.RETRIES.labels(route, failed.split(":", 1)[0]).inc()
+    if failover:
+        metrics.FAILOVERS.labels(route).inc()
+
+
 async def _settled_stream(outcome: Outcome, settlement: Settlement, strip_usage: bool,
-                          rec: RequestRecord) -> AsyncIterator[bytes]:
+                          rec: RequestRecord, counted: int) -> AsyncIterator[bytes]:
     """Relay frames; settle from the router's assembler even if the client leaves."""
     assert outcome.stream is not None
     try:
@@ -99,6 +104,9 @@ async def _settled_stream(outcome: Outcome, settlement: Settlement, strip_usage:
             asm = outcome.assembler
             # The deployment that finished it, and every attempt (a continuation's included).
             rec.deployment, rec.attempts, rec.retries = outcome.deployment, outcome.attempts, len(outcome.errors)
+            # Failures after the stream started (a break, a continuation refused) count as those before it did.
+            later = outcome.errors[counted:]
+            _count_failures(rec.route, later, failover=bool(outcome.legs) and not counted)
             if outcome.stream_error is not None:  # a stream that ended with an in-band error is not a 200
                 rec.status = outcome.stream_error.status_code
                 rec.error_code = outcome.stream_error.code or outcome.stream_error.error_type

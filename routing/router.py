@@ -323,10 +323,16 @@ class _Run:
         try:
             while True:
                 idle_s = self.stream_deadlines(dep)[1]
+                read_s = self.route.timeouts.read_s
                 try:
                     while True:
                         try:
-                            chunk = await self.next_chunk(current, idle_s)
+                            if idle_s is None and self.deadline - time.monotonic() > read_s:
+                                # The usual case, inline: no deadline this chunk could miss before the
+                                # backend's read timeout cuts a stall (see next_chunk).
+                                chunk = await current.__anext__()
+                            else:
+                                chunk = await self.next_chunk(current, idle_s)
                         except StopAsyncIteration:
                             if splice is not None:
                                 splice.end()

@@ -285,6 +285,19 @@ async def test_a_rescued_stream_is_billed_per_leg_and_its_usage_is_the_sum(svc: 
     assert rows["rescuer"]["cost_usd"] == pytest.approx(12)
 
 
+async def test_a_failure_after_the_stream_started_is_counted_like_one_before(svc: Services) -> None:
+    from gateway import metrics
+
+    def count(metric: Any, *labels: str) -> float:
+        return metric.labels(*labels)._value.get()
+
+    retries, failovers = count(metrics.RETRIES, "r", "primary"), count(metrics.FAILOVERS, "r")
+    rt = two_deployment_runtime(Breaking("primary"), Continuing("rescuer"))
+    await body_of(await serve(svc, rt, call(chat(stream=True))))
+    assert count(metrics.RETRIES, "r", "primary") == retries + 1, "the broken leg's deployment, counted"
+    assert count(metrics.FAILOVERS, "r") == failovers + 1, "a rescue is a failover"
+
+
 async def test_a_broken_stream_that_nothing_rescued_is_not_logged_as_a_200(svc: Services) -> None:
     rt = runtime(Breaking(), stream_continuation=False)
     c = call(chat(stream=True))
