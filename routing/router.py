@@ -263,16 +263,12 @@ class _Run:
         return cls(f"The request did not finish within the route's deadline ({self.route.timeouts.total_s:g}s).")
 
     async def next_chunk(self, stream: SSEStream, idle_s: float | None) -> bytes:
-        """The stream's next chunk within `idle_s` and the route's deadline (`_Overdue` past the latter).
-        At most one timer per chunk and no task: this runs for every chunk of every stream."""
+        """The stream's next chunk within `idle_s` and the route's deadline (`_Overdue` past the latter), on
+        one timer and no task. `relay` reads inline instead when no deadline could be missed first."""
         remaining = self.deadline - time.monotonic()
         if idle_s is None or remaining <= idle_s:
             if remaining <= 0:
                 raise self.overdue(_Overdue)
-            if idle_s is None and remaining > self.route.timeouts.read_s:
-                # No timer while the deadline is further away than the backend's own read timeout, which
-                # cuts a stall first: the usual case, and the hot path (a timer costs ~5 µs a chunk).
-                return await stream.__anext__()
             try:
                 return await within(stream.__anext__(), remaining)
             except asyncio.TimeoutError:
@@ -328,8 +324,8 @@ class _Run:
                     while True:
                         try:
                             if idle_s is None and self.deadline - time.monotonic() > read_s:
-                                # The usual case, inline: no deadline this chunk could miss before the
-                                # backend's read timeout cuts a stall (see next_chunk).
+                                # The usual case, inline and without a timer (~5 µs a chunk): the deadline is
+                                # further away than the backend's own read timeout, which cuts a stall first.
                                 chunk = await current.__anext__()
                             else:
                                 chunk = await self.next_chunk(current, idle_s)
