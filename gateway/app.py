@@ -27,13 +27,16 @@ from gateway.flushing import flush_periodically
 from gateway.gc_tuning import tune_for_serving
 from gateway.middleware import RequestContextMiddleware
 from gateway.openapi_doc import openapi_document
-from gateway.routes import admin, admin_cost, admin_keys, health, openai
+from gateway.routes import admin, admin_cost, admin_keys, health, openai, responses
 from gateway.services import Services
 from gateway.settings import Settings
 from routing.config import GatewayConfig, resolve_secret
 from routing.manager import RuntimeManager
 
 log = logging.getLogger("llm_gateway")
+
+# The model endpoints: plain Starlette routes that the fast lane dispatches before FastAPI's stack.
+HOT_ROUTES = [*openai.hot_routes, *responses.hot_routes]
 
 
 def redis_url_for(config: GatewayConfig, settings: Settings, override: str | None = None) -> str | None:
@@ -93,7 +96,7 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     app.state.manager = manager
     app.state.services = services
     app.include_router(health.router)
-    app.router.routes.extend(openai.hot_routes)
+    app.router.routes.extend([*HOT_ROUTES, *responses.routes])
     app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(admin_keys.router)
@@ -117,7 +120,7 @@ class GatewayApp(FastAPI):
 
     def build_middleware_stack(self) -> ASGIApp:
         full = super().build_middleware_stack()
-        lane = FastLane(full, {route.path: route.endpoint for route in openai.hot_routes})
+        lane = FastLane(full, {route.path: route.endpoint for route in HOT_ROUTES})
         server = self.server_config
         exposure = None
         if server is not None and not self.settings.auth_enabled:

@@ -32,6 +32,11 @@ class Principal:
         return "master" if self.master else (self.key.alias if self.key else None)
 
     @property
+    def owner(self) -> str:
+        """Who owns what this caller stores (stored responses): its key, else the master key, else everyone."""
+        return f"key:{self.key.id}" if self.key else ("master" if self.master else "anonymous")
+
+    @property
     def tier(self) -> str | None:
         return self.key.tier if self.key else None
 
@@ -44,9 +49,11 @@ def _unauthorized(message: str) -> GatewayError:
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The caller's API key: `Authorization: Bearer <key>`, else `x-api-key: <key>` (as Anthropic's SDKs send it)."""
     value = headers.get("authorization")
     if not value:
-        return None
+        alt = headers.get("x-api-key")
+        return alt.strip() or None if alt is not None else None
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("Malformed Authorization header; expected 'Bearer <API key>'.")
@@ -78,7 +85,8 @@ class Authenticator:
             return ANONYMOUS, MISSING
         token = bearer_token(headers)
         if token is None:
-            raise _unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer <API key>'.")
+            raise _unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer <API key>' "
+                                "(or as 'x-api-key: <API key>').")
         if hmac.compare_digest(token.encode(), self._master):
             return Principal(master=True), MISSING
         if len(token) > 256 or not token.isascii():

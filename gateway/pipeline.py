@@ -23,6 +23,7 @@ from backends.contract.protocol import SamplingFields
 from gateway.accounting import settle
 from gateway.admission import Admission, admit
 from gateway.answer import answer, cached_response, stale_response
+from gateway.auth import Principal
 from gateway.cache import CacheEntry
 from gateway.keys import MISSING
 from gateway.observe import RequestRecord
@@ -44,11 +45,13 @@ class Call:
     rec: RequestRecord
     # Runs non-streaming work so that it is cancelled if the client goes away (gateway.disconnect).
     until_disconnect: Callable[[Awaitable[Any]], Awaitable[Any]]
+    principal: Principal | None = None  # the caller, once admitted (the owner of what a surface stores)
 
 
 async def serve(svc: Services, runtime: Runtime, call: Call) -> Response:
     """`runtime` is the config this request finishes on, whatever reloads happen meanwhile."""
     admitted = await admit(svc, runtime, call.body, call.headers, call.rec)
+    call.principal = admitted.principal
     if runtime.config.logging.log_prompts:
         call.rec.prompt = call.body.wire_body().get(call.body.prompt_field)
     fresh, stale = await look_up(svc, admitted, call.rec)

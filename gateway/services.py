@@ -1,4 +1,4 @@
-"""The long-lived parts every request uses: the Redis link, the four stores and the router.
+"""The long-lived parts every request uses: the Redis link, the stores and the router.
 
 Built once per worker from the config; each store is picked here, Redis or memory, and the rest of
 the gateway never asks which.
@@ -14,6 +14,7 @@ from gateway.cache import ResponseCache, response_cache
 from gateway.keys import KeyStore, key_store
 from gateway.ratelimit import RateLimiter, rate_limiter
 from gateway.redis_conn import RedisLink
+from gateway.response_store import ResponseStore, response_store
 from gateway.settings import Settings
 from gateway.usage import UsageStore, usage_store
 from routing.config import GatewayConfig
@@ -30,6 +31,7 @@ class Services:
     cache: ResponseCache
     usage: UsageStore
     router: Router
+    responses: ResponseStore
 
     @classmethod
     def build(cls, config: GatewayConfig, redis_url: str | None, settings: Settings | None = None) -> "Services":
@@ -42,4 +44,5 @@ class Services:
         return cls(settings=settings, auth=Authenticator(settings.master_key, keys, link), link=link, keys=keys,
                    limiter=rate_limiter(link.client, p, timeout_s=None),
                    cache=response_cache(link.client, p, max_entries=config.cache.max_entries, timeout_s=None),
-                   usage=usage_store(link.client, p), router=Router(hooks=tracing.AttemptSpans()))
+                   usage=usage_store(link.client, p), router=Router(hooks=tracing.AttemptSpans()),
+                   responses=response_store(link.client, p, config.responses.max_entries))

@@ -247,6 +247,13 @@ class LoggingConfig(_Strict):
     log_prompts: bool = False
 
 
+class ResponsesConfig(_Strict):
+    """The Responses API's stored responses (`store: true`, `previous_response_id`, GET and DELETE)."""
+
+    store_ttl_s: float = Field(default=30 * 86_400, gt=0)  # OpenAI keeps them 30 days
+    max_entries: int = Field(default=10_000, ge=1)  # in-process store only (no Redis)
+
+
 class GatewayConfig(_Strict):
     """With no `models` key, a config that defines no routes serves the embedded default model;
     one that defines routes or deployments serves only what it names."""
@@ -266,6 +273,7 @@ class GatewayConfig(_Strict):
     usage: UsageConfig = Field(default_factory=UsageConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -16,12 +16,13 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
-from backends.contract.errors import GatewayError, ModelNotFound
-from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, parse_request
+from backends.contract.errors import ModelNotFound
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from gateway.auth import Principal
-from gateway.disconnect import ClientDisconnected, unless_disconnected
-from gateway.observe import RequestRecord, finish
+from gateway.disconnect import unless_disconnected
+from gateway.observe import RequestRecord
 from gateway.pipeline import Call, serve
+from gateway.routes.observed import observed, parse_for_caller
 from routing.runtime import Route, Runtime
 
 router = APIRouter(prefix="/v1")  # the cheap GET endpoints; the hot POST ones are plain Starlette routes below
@@ -52,43 +53,13 @@ hot_routes = [
 
 
 async def _observed(request: Request, kind: type[SamplingFields]) -> Response:
-    """Every request ends in exactly one metrics update and one log line, errors included."""
-    rec = RequestRecord(request.state.request_id, kind.endpoint)
-    rec.begin()
-    try:
-        body = await _parse_for_caller(request, kind)
+    async def run(rec: RequestRecord) -> Response:
+        body = await parse_for_caller(request, kind)
         rec.stream = body.stream
-        app = request.app
         call = Call(body, request.headers, request.state.request_id, rec, partial(unless_disconnected, request))
-        response = await serve(app.state.services, app.state.manager.current, call)
-    except BaseException as exc:
-        rec.status, rec.error_code = _failure(exc)
-        finish(rec)
-        raise
-    if not rec.deferred:
-        finish(rec)
-    return response
+        return await serve(request.app.state.services, request.app.state.manager.current, call)
 
-
-async def _parse_for_caller(request: Request, kind: type[SamplingFields]) -> SamplingFields:
-    """The validated body. An invalid one is reported only to a caller who may call: anonymous callers
-    of a gateway with keys get the 401 first, and learn nothing of the API's field names. (A valid body
-    is authenticated in the pipeline, in the same Redis round trip as its cache entry.)"""
-    try:
-        return parse_request(await request.body(), kind, request.app.max_json_depth)
-    except GatewayError:
-        svc = request.app.state.services
-        await svc.auth.authenticate(request.headers)
-        raise
-
-
-def _failure(exc: BaseException) -> tuple[int, str | None]:
-    """(status, error code) of a request that ended in `exc`, for its metrics and log line."""
-    if isinstance(exc, GatewayError):
-        return exc.status_code, exc.code or exc.error_type
-    if isinstance(exc, ClientDisconnected):
-        return 499, "client_disconnected"
-    return 500, "internal_error"
+    return await observed(request, kind.endpoint, run)
 
 
 def model_object(route: Route, created: int) -> dict[str, Any]:

@@ -1,0 +1,132 @@
+"""The Responses API: `POST /v1/responses` and `GET`/`DELETE /v1/responses/{id}`.
+
+A Responses request is translated to a chat request (gateway.surfaces.responses) and served by the one
+pipeline, so auth, limits, budgets, the cache, routing, failover and continuation, usage and cost are
+those of chat completions; the answer is translated back on its way out. With `store` (the default, as
+on OpenAI) the response and its conversation are kept for `previous_response_id`, owned by the key
+that made them.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any, AsyncIterator
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route as HTTPRoute
+
+from backends.contract.errors import GatewayError, InvalidRequest, NotFound
+from backends.contract.protocol import ChatCompletionRequest, parse_request
+from gateway.auth import Principal
+from gateway.disconnect import unless_disconnected
+from gateway.observe import RequestRecord
+from gateway.pipeline import Call, serve
+from gateway.response_store import StoredResponse
+from gateway.routes.observed import observed, parse_for_caller
+from gateway.services import Services
+from gateway.store_errors import StoreUnavailable
+from gateway.surfaces.reshape import reshape
+from gateway.surfaces.responses import stream as response_stream
+from gateway.surfaces.responses import translate
+from gateway.surfaces.responses.protocol import ResponsesRequest
+
+
+async def create_response(request: Request) -> Response:
+    return await observed(request, "responses", partial(_create, request))
+
+
+async def _create(request: Request, rec: RequestRecord) -> Response:
+    svc: Services = request.app.state.services
+    req: ResponsesRequest = await parse_for_caller(request, ResponsesRequest)
+    rec.stream = req.stream
+    history: list[dict[str, Any]] = []
+    if req.previous_response_id:  # read as its owner; a plain request is authenticated in the pipeline
+        principal = await svc.auth.authenticate(request.headers)
+        history = (await _stored(svc, req.previous_response_id, principal, param="previous_response_id")).conversation
+    try:
+        chat_body, conversation = translate.to_chat(req, history)
+        chat = parse_request(orjson.dumps(chat_body), ChatCompletionRequest, request.app.max_json_depth)
+    except GatewayError:
+        await svc.auth.authenticate(request.headers)
+        raise
+    call = Call(chat, request.headers, request.state.request_id, rec, partial(unless_disconnected, request))
+    answer = await serve(svc, request.app.state.manager.current, call)
+    resp_id, created_at = translate.new_id("resp"), int(time.time())
+    ttl_s = request.app.state.manager.current.config.responses.store_ttl_s
+
+    async def keep(response: dict[str, Any]) -> None:
+        if req.store and call.principal is not None:
+            await _keep(svc, response, conversation, call.principal, ttl_s)
+
+    async def body(chat_result: dict[str, Any]) -> dict[str, Any]:
+        response = translate.from_chat(req, resp_id, created_at, chat_result)
+        await keep(response)
+        return response
+
+    def events(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        state = response_stream.ResponseEvents(req, resp_id, created_at)
+        return response_stream.events(frames, state, keep)
+
+    return await reshape(answer, body, events)
+
+
+async def _keep(svc: Services, response: dict[str, Any], conversation: list[dict[str, Any]], principal: Principal,
+                ttl_s: float) -> None:
+    """Store a finished response; a Redis outage loses the record, never the answer."""
+    reply = translate.assistant_message(response["output"])
+    record = StoredResponse(response, [*conversation, *([reply] if reply else [])], principal.owner)
+    try:
+        await svc.responses.put(response["id"], record, ttl_s)
+    except StoreUnavailable as exc:
+        svc.link.record_error(exc)
+
+
+async def _stored(svc: Services, response_id: str, principal: Principal, *, param: str | None = None
+                  ) -> StoredResponse:
+    try:
+        record = await svc.responses.get(response_id, principal.owner)
+    except StoreUnavailable as exc:
+        svc.link.record_error(exc)
+        raise GatewayError("Stored responses cannot be read right now; please retry shortly.", status_code=503,
+                           error_type="service_unavailable_error", code="store_unavailable",
+                           headers={"Retry-After": "1"}) from None
+    if record is None:
+        message = f"Previous response with id '{response_id}' not found." if param else \
+            f"No response found with id '{response_id}'."
+        if param:
+            raise InvalidRequest(message, param=param, code="previous_response_not_found")
+        raise NotFound(message, code="response_not_found")
+    return record
+
+
+async def get_response(request: Request) -> Response:
+    svc: Services = request.app.state.services
+    principal = await svc.auth.authenticate(request.headers)
+    record = await _stored(svc, request.path_params["response_id"], principal)
+    return Response(orjson.dumps(record.response), media_type="application/json")
+
+
+async def delete_response(request: Request) -> Response:
+    svc: Services = request.app.state.services
+    principal = await svc.auth.authenticate(request.headers)
+    response_id = request.path_params["response_id"]
+    await _stored(svc, response_id, principal)
+    try:
+        await svc.responses.delete(response_id, principal.owner)
+    except StoreUnavailable as exc:
+        svc.link.record_error(exc)
+        raise GatewayError("Stored responses cannot be changed right now; please retry shortly.", status_code=503,
+                           error_type="service_unavailable_error", code="store_unavailable",
+                           headers={"Retry-After": "1"}) from None
+    return Response(orjson.dumps({"id": response_id, "object": "response", "deleted": True}),
+                    media_type="application/json")
+
+
+hot_routes = [HTTPRoute("/v1/responses", create_response, methods=["POST"])]  # in the fast lane, as chat is
+routes = [
+    HTTPRoute("/v1/responses/{response_id}", get_response, methods=["GET"]),
+    HTTPRoute("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
+]

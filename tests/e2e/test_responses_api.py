@@ -1,0 +1,154 @@
+"""The Responses API with the official `openai` SDK against a real gateway and the real Gemma GGUF.
+
+Every body and every streamed event is checked against OpenAI's schemas (`Response`, `ResponseStreamEvent`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+from tests.conftest import MODEL
+from tests.server import GatewayProcess
+
+pytestmark = pytest.mark.e2e
+
+
+def _raw_events(text: str) -> list[tuple[str, dict]]:
+    """(event name, data) of each SSE event of a Responses stream, as sent."""
+    out = []
+    for block in text.split("\n\n"):
+        if not block.strip():
+            continue
+        lines = dict(line.split(": ", 1) for line in block.split("\n"))
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+# The specific schema of each event type (ResponseStreamEvent is an anyOf of them, which says little on failure).
+EVENT_SCHEMAS = {
+    "response.created": "ResponseCreatedEvent", "response.in_progress": "ResponseInProgressEvent",
+    "response.output_item.added": "ResponseOutputItemAddedEvent",
+    "response.output_item.done": "ResponseOutputItemDoneEvent",
+    "response.content_part.added": "ResponseContentPartAddedEvent",
+    "response.content_part.done": "ResponseContentPartDoneEvent",
+    "response.output_text.delta": "ResponseTextDeltaEvent", "response.output_text.done": "ResponseTextDoneEvent",
+    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
+    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
+    "response.completed": "ResponseCompletedEvent", "response.incomplete": "ResponseIncompleteEvent",
+    "response.failed": "ResponseFailedEvent", "error": "ResponseErrorEvent",
+}
+
+
+def check_events(events: list[tuple[str, dict]], conforms) -> None:
+    """Each event names itself, conforms to its own schema and to ResponseStreamEvent, in sequence."""
+    for name, data in events:
+        assert data["type"] == name
+        conforms(EVENT_SCHEMAS[name], data)
+        conforms("ResponseStreamEvent", data)
+    assert [d["sequence_number"] for _, d in events] == list(range(len(events)))
+
+
+def test_create_text_then_get_and_delete(client: openai.OpenAI, gateway: GatewayProcess, conforms) -> None:
+    r = client.responses.create(model=MODEL, input="Say hello.", max_output_tokens=12, temperature=0,
+                                instructions="You are terse.", metadata={"team": "e2e"})
+    assert r.object == "response" and r.id.startswith("resp_")
+    assert r.status in ("completed", "incomplete")
+    assert r.model == MODEL
+    assert r.output_text, "the SDK's output_text joins the output_text parts"
+    assert r.usage.output_tokens <= 12
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    assert r.instructions == "You are terse." and r.metadata == {"team": "e2e"}
+    raw = httpx.get(f"{gateway.base_url}/responses/{r.id}", timeout=10)
+    assert raw.status_code == 200
+    conforms("Response", raw.json())
+    assert raw.json()["output"] == [item.model_dump(mode="json", exclude_unset=True) for item in r.output] or \
+        raw.json()["id"] == r.id
+    got = client.responses.retrieve(r.id)
+    assert got.output_text == r.output_text
+    client.responses.delete(r.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(r.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.delete(r.id)
+
+
+def test_create_body_conforms(gateway: GatewayProcess, conforms) -> None:
+    raw = httpx.post(f"{gateway.base_url}/responses", timeout=60, json={
+        "model": MODEL, "input": [{"role": "user", "content": [{"type": "input_text", "text": "Name a colour."}]}],
+        "max_output_tokens": 3, "temperature": 0, "store": False})
+    assert raw.status_code == 200, raw.text
+    body = raw.json()
+    conforms("Response", body)
+    assert body["status"] == "incomplete" and body["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert body["usage"]["output_tokens"] == 3
+    assert httpx.get(f"{gateway.base_url}/responses/{body['id']}", timeout=10).status_code == 404, \
+        "store: false keeps nothing"
+
+
+def test_stream_events_in_order_and_conform(client: openai.OpenAI, gateway: GatewayProcess, conforms) -> None:
+    raw = httpx.post(f"{gateway.base_url}/responses", timeout=60, json={
+        "model": MODEL, "input": "Say hello.", "max_output_tokens": 10, "temperature": 0, "stream": True})
+    assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/event-stream")
+    events = _raw_events(raw.text)
+    check_events(events, conforms)
+    names = [n for n, _ in events]
+    assert names[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert names[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                          names[-1]] and names[-1] in ("response.completed", "response.incomplete")
+    deltas = "".join(d["delta"] for n, d in events if n == "response.output_text.delta")
+    final = events[-1][1]["response"]
+    assert final["output"][0]["content"][0]["text"] == deltas
+    assert final["usage"]["output_tokens"] >= 1
+    # The SDK's own stream helper agrees with the wire.
+    # (Its get_final_response() insists on response.completed; a cut-off answer ends with response.incomplete.)
+    with client.responses.stream(model=MODEL, input="Say hello.", max_output_tokens=10, temperature=0) as stream:
+        seen = list(stream)
+    text = "".join(e.delta for e in seen if e.type == "response.output_text.delta")
+    assert seen[-1].type == names[-1] and seen[-1].response.output_text == text == deltas, \
+        "temperature 0: the same answer twice"
+
+
+def test_json_schema_format(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"colour": {"type": "string"}, "count": {"type": "integer"}},
+              "required": ["colour", "count"], "additionalProperties": False}
+    r = client.responses.create(model=MODEL, input="Give a colour and a count as JSON.", temperature=0,
+                                max_output_tokens=60,
+                                text={"format": {"type": "json_schema", "name": "pick", "schema": schema,
+                                                 "strict": True}})
+    assert r.status == "completed"
+    jsonschema.validate(json.loads(r.output_text), schema)
+    assert r.text.format.type == "json_schema"
+
+
+def test_previous_response_id_carries_the_conversation(client: openai.OpenAI, gateway: GatewayProcess) -> None:
+    first = client.responses.create(model=MODEL, input="My name is Ada. Reply OK.", max_output_tokens=5,
+                                    temperature=0)
+    second = client.responses.create(model=MODEL, input="What is my name?", previous_response_id=first.id,
+                                     max_output_tokens=8, temperature=0)
+    assert second.previous_response_id == first.id
+    alone = client.responses.create(model=MODEL, input="What is my name?", max_output_tokens=8, temperature=0)
+    # The carried conversation is in the prompt: more input tokens than the question alone.
+    assert second.usage.input_tokens > alone.usage.input_tokens + first.usage.output_tokens
+
+
+def test_client_errors_name_the_field(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model=MODEL, input="hi", tools=[{"type": "web_search"}])
+    assert err.value.body["param"] == "tools[0].type" and err.value.body["code"] == "unsupported_tool"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model=MODEL, input="hi", previous_response_id="resp_nope")
+    assert err.value.body["param"] == "previous_response_id"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model=MODEL, input=[{"type": "message", "role": "wizard", "content": "hi"}])
+    assert err.value.body["param"] == "input[0].role"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(model=MODEL, input=[])
+    assert err.value.body["param"] == "input"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="no-such-model", input="hi")
