@@ -27,7 +27,7 @@ from gateway.flushing import flush_periodically
 from gateway.gc_tuning import tune_for_serving
 from gateway.middleware import RequestContextMiddleware
 from gateway.openapi_doc import openapi_document
-from gateway.routes import admin, admin_cost, admin_keys, health, openai, responses
+from gateway.routes import admin, admin_cost, admin_keys, health, messages, openai, responses
 from gateway.services import Services
 from gateway.settings import Settings
 from routing.config import GatewayConfig, resolve_secret
@@ -36,7 +36,7 @@ from routing.manager import RuntimeManager
 log = logging.getLogger("llm_gateway")
 
 # The model endpoints: plain Starlette routes that the fast lane dispatches before FastAPI's stack.
-HOT_ROUTES = [*openai.hot_routes, *responses.hot_routes]
+HOT_ROUTES = [*openai.hot_routes, *responses.hot_routes, *messages.hot_routes]
 
 
 def redis_url_for(config: GatewayConfig, settings: Settings, override: str | None = None) -> str | None:

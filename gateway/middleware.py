@@ -12,11 +12,15 @@ import re
 import time
 import uuid
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends.aio import within
 from backends.contract.errors import GatewayError, PayloadTooLarge, RequestTimeout, internal_error
 from gateway.exposure import Exposure
+from gateway.surfaces.messages.translate import error_body as anthropic_error_body
+
+MESSAGES_PREFIX = "/v1/messages"  # Anthropic's API: its errors in Anthropic's shape
 
 log = logging.getLogger("llm_gateway")
 
@@ -66,11 +70,11 @@ class RequestContextMiddleware:
         if self.exposure is not None:  # set only while the gateway has no keys
             refused = self.exposure.refusal(scope["method"], scope["path"], host, content_type)
             if refused is not None:
-                await _send_error(send_with_id, refused)
+                await _send_error(send_with_id, refused, scope["path"])
                 return
         limit = self.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
-            await _send_error(send_with_id, _too_large(limit))
+            await _send_error(send_with_id, _too_large(limit), scope["path"])
             return
 
         received = 0
@@ -107,11 +111,12 @@ class RequestContextMiddleware:
             log.exception("unhandled error in request %s", rid.decode())
             if started:
                 raise
-            await _send_error(send_with_id, internal_error())
+            await _send_error(send_with_id, internal_error(), scope["path"])
 
 
-async def _send_error(send: Send, exc: GatewayError) -> None:
-    body = exc.to_json()
+async def _send_error(send: Send, exc: GatewayError, path: str) -> None:
+    """The error in the shape of the API the path belongs to (Anthropic's for the Messages API)."""
+    body = orjson.dumps(anthropic_error_body(exc)) if path.startswith(MESSAGES_PREFIX) else exc.to_json()
     await send({
         "type": "http.response.start",
         "status": exc.status_code,

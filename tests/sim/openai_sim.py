@@ -16,6 +16,7 @@ from aiohttp import web
 from tests.sim.base import SimServer
 from tests.sim.faults import Fault
 from tests.sim.text import Plan, canonical_reply, count_words, plan_reply, prompt_tokens
+from tests.sim.tools import argument_pieces, due_call
 from tests.sim.wire import BODY, BODY_OK, StreamEvent, open_stream, send_stream, sse_data
 
 # status -> (type, code) as OpenAI sends them.
@@ -178,6 +179,14 @@ class OpenAISim(SimServer):
         if dropped is not None:
             return dropped
         text = plan.text
+        call = due_call(body) if chat else None
+        if call is not None:
+            message = {"role": "assistant", "content": None, "refusal": None,
+                       "tool_calls": [{"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": call}]}
+            ctoks = len(argument_pieces(call["arguments"]))
+            return web.json_response({**head, "choices": [{"index": 0, "message": message, "logprobs": None,
+                                                           "finish_reason": "tool_calls"}],
+                                      "usage": self._usage(ptoks, ctoks)})
         choices = []
         for i in range(n):
             choice: dict[str, Any] = {"index": i}
@@ -202,10 +211,22 @@ class OpenAISim(SimServer):
             return sse_data({**head, "choices": choices, **({"usage": None} if usage else {})})
 
         events = [StreamEvent(chunk({"role": "assistant", "content": ""}), True)] if chat else []
-        events += [StreamEvent(chunk({"content": p}), True) for p in plan.pieces]
-        events.append(StreamEvent(chunk({}, plan.finish)))
+        call = due_call(body) if chat else None
+        produced = len(plan.pieces) * n
+        if call is not None:  # the id and name first, then the arguments in fragments
+            pieces = argument_pieces(call["arguments"])
+            produced = len(pieces)
+            start = {"index": 0, "id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+                     "function": {"name": call["name"], "arguments": ""}}
+            events.append(StreamEvent(chunk({"tool_calls": [start]}), True))
+            events += [StreamEvent(chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}), True)
+                       for p in pieces]
+            events.append(StreamEvent(chunk({}, "tool_calls")))
+        else:
+            events += [StreamEvent(chunk({"content": p}), True) for p in plan.pieces]
+            events.append(StreamEvent(chunk({}, plan.finish)))
         if usage:
-            events.append(StreamEvent(sse_data({**head, "choices": [], "usage": self._usage(ptoks, len(plan.pieces) * n)})))
+            events.append(StreamEvent(sse_data({**head, "choices": [], "usage": self._usage(ptoks, produced)})))
         events.append(StreamEvent(b"data: [DONE]\n\n"))
         resp = await open_stream(request)
         msg = fault.message if fault else None

@@ -34,10 +34,10 @@ class ResponseEvents:
         self.usage: dict[str, Any] | None = None
         self.final: dict[str, Any] | None = None  # the finished response object, once the stream completed
 
-    def _event(self, name: str, **fields: Any) -> bytes:
-        data = {"type": name, **fields, "sequence_number": self.seq}
+    def _event(self, kind: str, /, **fields: Any) -> bytes:
+        data = {"type": kind, **fields, "sequence_number": self.seq}
         self.seq += 1
-        return event(name, data)
+        return event(kind, data)
 
     def _snapshot(self, status: str, **extra: Any) -> dict[str, Any]:
         return translate.response_object(self.req, self.id, self.created_at, model=self.model, status=status,
