@@ -67,5 +67,6 @@ def with_cors(app: ASGIApp, cors: CorsConfig | None) -> ASGIApp:
         return app
     return GatewayCORS(app, allow_origins=cors.allow_origins, allow_origin_regex=cors.allow_origin_regex,
                        allow_credentials=cors.allow_credentials, allow_methods=[m.upper() for m in cors.allow_methods],
-                       allow_headers=[h for h in cors.allow_headers if h.lower() not in _SAFELISTED], expose_headers=cors.expose_headers, max_age=cors.max_age,
+                       allow_headers=[h for h in cors.allow_headers if h.lower() not in _SAFELISTED],
+                       expose_headers=cors.expose_headers, max_age=cors.max_age,
                        allow_private_network=cors.allow_private_network)

@@ -130,7 +130,8 @@ def _operation_id(method: str, path: str) -> str:
 def _apply(endpoint: Endpoint, paths: dict[str, Any], schemas: dict[str, Any]) -> None:
     op = paths.setdefault(endpoint.path, {}).setdefault(endpoint.method, {})
     op["summary"] = endpoint.summary
-    op["operationId"] = endpoint.operation_id or op.get("operationId") or _operation_id(endpoint.method, endpoint.path)
+    op["operationId"] = (endpoint.operation_id or op.get("operationId")
+                         or _operation_id(endpoint.method, endpoint.path))
     op["tags"] = [endpoint.tag]
     known = {p.get("name") for p in op.get("parameters", []) if p.get("in") == "path"}
     for name in re.findall(r"\{([^}:]+)\}", endpoint.path):
@@ -141,8 +142,8 @@ def _apply(endpoint: Endpoint, paths: dict[str, Any], schemas: dict[str, Any]) -
         op["requestBody"] = {"required": endpoint.body_required,
                              "content": {"application/json": {"schema": _schema(endpoint.request, schemas)}}}
     if endpoint.response is not None or endpoint.stream:
-        content: dict[str, Any] = {"application/json": {
-            "schema": {"$ref": f"#/components/schemas/{endpoint.response}"} if endpoint.response else {"type": "object"}}}
+        schema = {"$ref": f"#/components/schemas/{endpoint.response}"} if endpoint.response else {"type": "object"}
+        content: dict[str, Any] = {"application/json": {"schema": schema}}
         description = "the answer"
         if endpoint.stream:
             content["text/event-stream"] = {"schema": {"type": "string"}}
