@@ -19,7 +19,8 @@ from starlette.types import ASGIApp
 
 from backends.llamacpp.control import EngineControl, LocalControl, RemoteControl
 from backends.model_cards import ModelCard, load_cards
-from gateway import __version__, connection_guard, observe, request_log, tracing
+from gateway import __version__, connection_guard, docs_pages, observe, request_log, tracing
+from gateway.cors import with_cors
 from gateway.error_handlers import install_error_handlers
 from gateway.exposure import Exposure
 from gateway.fast_lane import FastLane
@@ -101,13 +102,19 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     app.include_router(admin.router)
     app.include_router(admin_keys.router)
     app.include_router(admin_cost.router)
+    if config.server.docs:
+        app.include_router(docs_pages.router)
+        if settings.auth_enabled and not config.server.public_openapi:
+            log.warning("server.docs is on but /openapi.json needs the admin key: the pages cannot load it "
+                        "(set server.public_openapi: true)")
     install_error_handlers(app)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
 
 
 class GatewayApp(FastAPI):
-    """FastAPI, with the request-context middleware and the fast lane in front of its whole stack."""
+    """FastAPI, with the request-context middleware and the fast lane in front of its whole stack, and CORS
+    in front of those when `server.cors` is set."""
 
     def server_public(self, what: str) -> bool:
         """Is `/metrics` ("metrics") or `/openapi.json` ("openapi") open to callers without the admin key?"""
@@ -127,7 +134,9 @@ class GatewayApp(FastAPI):
             # Without keys the CLI serves loopback only, unless told otherwise: then the Host check is moot.
             exposure = Exposure(server.allowed_hosts,
                                 check_host=not (self.settings.allow_unauthenticated or server.allow_unauthenticated))
-        return RequestContextMiddleware(lane, max_body_bytes=self.max_body_bytes,
-                                        body_timeout_s=server.body_timeout_s if server else 60.0,
-                                        body_idle_timeout_s=server.body_idle_timeout_s if server else 15.0,
-                                        exposure=exposure)
+        context = RequestContextMiddleware(lane, max_body_bytes=self.max_body_bytes,
+                                           body_timeout_s=server.body_timeout_s if server else 60.0,
+                                           body_idle_timeout_s=server.body_idle_timeout_s if server else 15.0,
+                                           exposure=exposure)
+        # Outermost, and only when configured (gateway/cors.py): preflights never reach the key check.
+        return with_cors(context, server.cors if server is not None else None)

@@ -9,7 +9,7 @@ and `/openapi.json` (which lists the admin API) need the admin key unless `serve
 Without keys (the embedded default on 127.0.0.1), any local program may call the gateway, and so may a
 web page the user opens, unless the browser stops it. Two checks make sure it does: a POST must say
 `Content-Type: application/json` (which a page can send cross-origin only after a CORS preflight this
-server never answers), and the `Host` must be a loopback name (so a DNS-rebinding page, whose requests
+server never answers, unless `server.cors` lists the page's origin: gateway/cors.py), and the `Host` must be a loopback name (so a DNS-rebinding page, whose requests
 carry its own host name, is refused). `server.allowed_hosts` adds names; a gateway deliberately serving
 a non-loopback address without keys (`--allow-unauthenticated`) skips the Host check.
 """

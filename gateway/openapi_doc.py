@@ -1,14 +1,20 @@
 """The gateway's OpenAPI document, complete: clients, fuzzers and `/docs` see the real API.
 
-FastAPI documents the routes it dispatches. The two hot endpoints are plain Starlette routes that parse
-their own bodies (`routes/openai.py`), and the admin key endpoints read raw bodies too, so FastAPI knows
-neither their request schemas nor their error shape. They are added here from the same pydantic models
-that validate the requests, and every error response is OpenAI's `{"error": {...}}`, the only shape the
-gateway sends (FastAPI's 422 validation errors never occur here and are taken out).
+FastAPI documents the routes it dispatches. The hot endpoints are plain Starlette routes that parse their
+own bodies (`routes/openai.py`), and the admin key endpoints read raw bodies too, so FastAPI knows neither
+their request schemas nor their error shape. `ENDPOINTS` below says, for each public endpoint, its request
+model (the same pydantic model that validates the request), its answer and its summary; every error
+response is OpenAI's `{"error": {...}}`, the only shape the gateway sends (FastAPI's 422 validation errors
+never occur here and are taken out).
+
+A new endpoint is one line in `ENDPOINTS` (tests/gateway/test_openapi_doc.py fails for a route the
+document misses, or a POST without a request schema).
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -17,6 +23,67 @@ from pydantic import BaseModel
 
 from backends.contract.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.routes.admin_keys import KeyFields
+
+GENERATION = ("400", "401", "403", "404", "408", "413", "415", "429", "500", "502", "503", "504")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One public operation, as the document shows it."""
+
+    method: str  # "post", "get", "delete", "patch"
+    path: str  # as clients write it: "/v1/responses/{response_id}" ({name} parts become path parameters)
+    summary: str
+    request: type[BaseModel] | None = None  # the model that validates the JSON body (POST/PATCH)
+    response: str | None = None  # a schema of RESPONSES (or of the request models' components); None: any object
+    stream: bool = False  # with `"stream": true` the answer is server-sent events
+    operation_id: str | None = None  # default: from method and path
+    errors: tuple[str, ...] = ()  # error statuses beyond 400, 401, 403 and 500 (which every operation has)
+    body_required: bool = True
+    tag: str = "openai"
+
+
+# The table: one line per public endpoint. Routes FastAPI already documents (GET /v1/models, admin) keep what
+# it found, with the line's summary, body and answer on top.
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("post", "/v1/chat/completions", "Create a chat completion", ChatCompletionRequest,
+             "ChatCompletion", stream=True, operation_id="createChatCompletion", errors=GENERATION),
+    Endpoint("post", "/v1/completions", "Create a (legacy) text completion", CompletionRequest,
+             "TextCompletion", stream=True, operation_id="createCompletion", errors=GENERATION),
+    Endpoint("get", "/v1/models", "List the models (routes and aliases) this key may use", response="ModelList",
+             operation_id="listModels"),
+    Endpoint("get", "/v1/models/{model_id}", "Retrieve a model", response="Model", operation_id="retrieveModel",
+             errors=("404",)),
+    Endpoint("post", "/admin/keys", "Create an API key", KeyFields, tag="admin", errors=("409", "503")),
+    Endpoint("patch", "/admin/keys/{key_id}", "Change an API key", KeyFields, tag="admin", body_required=False,
+             errors=("404", "503")),
+)
+
+# Answers, as far as clients rely on them (OpenAI's full schemas are in its own spec; extra fields are allowed).
+_CHOICES = {"type": "array", "items": {"type": "object", "required": ["index", "finish_reason"]}}
+_USAGE = {"type": "object", "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+          "properties": {k: {"type": "integer"} for k in ("prompt_tokens", "completion_tokens", "total_tokens")}}
+RESPONSES: dict[str, dict[str, Any]] = {
+    "ChatCompletion": {
+        "type": "object", "required": ["id", "object", "created", "model", "choices"],
+        "properties": {"id": {"type": "string"}, "object": {"const": "chat.completion"},
+                       "created": {"type": "integer"}, "model": {"type": "string"}, "choices": _CHOICES,
+                       "usage": {"anyOf": [_USAGE, {"type": "null"}]}}},
+    "TextCompletion": {
+        "type": "object", "required": ["id", "object", "created", "model", "choices"],
+        "properties": {"id": {"type": "string"}, "object": {"const": "text_completion"},
+                       "created": {"type": "integer"}, "model": {"type": "string"}, "choices": _CHOICES,
+                       "usage": {"anyOf": [_USAGE, {"type": "null"}]}}},
+    "Model": {
+        "type": "object", "required": ["id", "object", "created", "owned_by"],
+        "properties": {"id": {"type": "string"}, "object": {"const": "model"}, "created": {"type": "integer"},
+                       "owned_by": {"type": "string"}, "context_length": {"type": ["integer", "null"]},
+                       "aliases": {"type": "array", "items": {"type": "string"}}}},
+    "ModelList": {
+        "type": "object", "required": ["object", "data"],
+        "properties": {"object": {"const": "list"},
+                       "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}}},
+}
 
 ERROR = {
     "type": "object", "required": ["error"],
@@ -27,11 +94,19 @@ ERROR = {
 }
 _ERRORS = {
     "400": "invalid request (the message and `param` say what)", "401": "no key, or a key that is not valid",
-    "403": "a key that may not use this", "404": "unknown model", "408": "the request arrived too slowly",
+    "403": "a key that may not use this", "404": "not found (an unknown model, key or object)",
+    "408": "the request arrived too slowly", "409": "it exists already",
     "413": "body too large", "415": "not JSON (while the gateway has no keys)",
     "429": "rate limit or budget", "500": "an error of the gateway's own", "502": "an upstream failed",
     "503": "overloaded, loading, or nothing available (see Retry-After)", "504": "timed out",
 }
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer",
+               "description": "An API key (`/admin/keys`) or the master key; the admin API takes the admin key. "
+                              "A gateway without a master key needs none."},
+}
+# Operations that answer without a key; /ready shows its detail to the admin key only.
+_OPEN = {("get", "/health"): [], ("get", "/ready"): [{}, {"bearer": []}]}
 
 
 def _errors(*codes: str) -> dict[str, Any]:
@@ -47,16 +122,35 @@ def _schema(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def _generation(summary: str, op_id: str, model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:
-    return {"post": {
-        "summary": summary, "operationId": op_id, "tags": ["openai"],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": _schema(model, schemas)}}},
-        "responses": {
-            "200": {"description": "the answer; with `stream: true`, server-sent events ending in `data: [DONE]`",
-                    "content": {"application/json": {"schema": {"type": "object"}},
-                                "text/event-stream": {"schema": {"type": "string"}}}},
-            **_errors("400", "401", "403", "404", "408", "413", "415", "429", "500", "502", "503", "504")},
-    }}
+def _operation_id(method: str, path: str) -> str:
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", path) if w]
+    return method + "".join(w[:1].upper() + w[1:] for w in words)
+
+
+def _apply(endpoint: Endpoint, paths: dict[str, Any], schemas: dict[str, Any]) -> None:
+    op = paths.setdefault(endpoint.path, {}).setdefault(endpoint.method, {})
+    op["summary"] = endpoint.summary
+    op["operationId"] = (endpoint.operation_id or op.get("operationId")
+                         or _operation_id(endpoint.method, endpoint.path))
+    op["tags"] = [endpoint.tag]
+    known = {p.get("name") for p in op.get("parameters", []) if p.get("in") == "path"}
+    for name in re.findall(r"\{([^}:]+)\}", endpoint.path):
+        if name not in known:
+            op.setdefault("parameters", []).append({"name": name, "in": "path", "required": True,
+                                                    "schema": {"type": "string"}})
+    if endpoint.request is not None:
+        op["requestBody"] = {"required": endpoint.body_required,
+                             "content": {"application/json": {"schema": _schema(endpoint.request, schemas)}}}
+    if endpoint.response is not None or endpoint.stream:
+        schema = {"$ref": f"#/components/schemas/{endpoint.response}"} if endpoint.response else {"type": "object"}
+        content: dict[str, Any] = {"application/json": {"schema": schema}}
+        description = "the answer"
+        if endpoint.stream:
+            content["text/event-stream"] = {"schema": {"type": "string"}}
+            description += "; with `stream: true`, server-sent events ending in `data: [DONE]`"
+        ok = "201" if "201" in op.get("responses", {}) else "200"
+        op.setdefault("responses", {})[ok] = {"description": description, "content": content}
+    op.setdefault("responses", {}).update(_errors(*endpoint.errors))
 
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:
@@ -65,25 +159,24 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     doc = get_openapi(title=app.title, version=app.version, routes=app.routes,
                       description="An OpenAI-compatible LLM gateway. Errors are always OpenAI's "
                                   "`{\"error\": {message, type, param, code}}`.")
-    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     schemas["Error"] = ERROR
+    schemas.update(RESPONSES)
+    components["securitySchemes"] = SECURITY_SCHEMES
+    doc["security"] = [{"bearer": []}]
     paths = doc.setdefault("paths", {})
-    paths["/v1/chat/completions"] = _generation("Create a chat completion", "createChatCompletion",
-                                                ChatCompletionRequest, schemas)
-    paths["/v1/completions"] = _generation("Create a (legacy) text completion", "createCompletion",
-                                           CompletionRequest, schemas)
-    keys = _schema(KeyFields, schemas)
-    for path, method in (("/admin/keys", "post"), ("/admin/keys/{key_id}", "patch")):
-        op = paths.get(path, {}).get(method)
-        if op is not None:
-            op["requestBody"] = {"required": method == "post", "content": {"application/json": {"schema": keys}}}
-    for item in paths.values():
-        for op in item.values():
+    for endpoint in ENDPOINTS:
+        _apply(endpoint, paths, schemas)
+    for path, item in paths.items():
+        for method, op in item.items():
             responses = op.setdefault("responses", {})
             responses.pop("422", None)
             for code, entry in _errors("400", "401", "403", "500").items():
                 responses.setdefault(code, entry)
+            if (method, path) in _OPEN:
+                op["security"] = _OPEN[(method, path)]
     app.openapi_schema = doc
     return doc

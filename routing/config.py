@@ -9,15 +9,94 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backends.llamacpp.settings import LlamaCppModelConfig
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#\s]+$")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP method or header name (RFC 9110 token)
+
+
+def _origin(value: str) -> str:
+    """An origin is exactly what a browser sends in `Origin`: scheme://host[:port], no path, no slash."""
+    if value == "*" or _ORIGIN.match(value):
+        return value.lower()
+    raise ValueError(f"{value!r} is not an origin: write scheme://host[:port] with no path or trailing slash "
+                     "(e.g. https://app.example.com), or '*'")
+
+
+def _token(value: str) -> str:
+    if value == "*" or _TOKEN.match(value):
+        return value
+    raise ValueError(f"{value!r} is not an HTTP method or header name")
+
+
+# What the official JS SDKs send from a browser (openai-node and anthropic-sdk-typescript with
+# dangerouslyAllowBrowser: their Stainless platform headers, auth, versions), and the gateway's own request
+# headers. CORS matches header names exactly (no wildcards), so each one is listed.
+SDK_REQUEST_HEADERS = [
+    "authorization", "content-type", "accept", "x-api-key", "anthropic-version", "anthropic-beta",
+    "anthropic-dangerous-direct-browser-access", "openai-organization", "openai-project", "openai-beta",
+    "idempotency-key", "x-stainless-arch", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
+    "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-retry-count", "x-stainless-timeout",
+    "x-stainless-helper-method", "x-stainless-stream-helper", "x-stainless-poll-helper",
+    "x-stainless-custom-poll-interval", "x-request-id", "cache-control", "x-gateway-cache-ttl",
+]
+# The gateway's own response headers a page may read (by default a page sees only the CORS-safelisted ones).
+GATEWAY_RESPONSE_HEADERS = [
+    "x-request-id", "x-gateway-deployment", "x-gateway-attempts", "x-gateway-overhead-ms", "x-gateway-cache",
+    "x-gateway-degraded", "retry-after", "retry-after-ms", "x-should-retry", "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
+]
+
+
+class CorsConfig(_Strict):
+    """Browser clients (gateway/cors.py). Present: on, for the origins listed; absent (the default): off, and no
+    CORS code runs at all. Read at start-up: a change needs a restart."""
+
+    allow_origins: list[Annotated[str, AfterValidator(_origin)]] = Field(default_factory=list)
+    allow_origin_regex: str | None = None  # e.g. ^https://[a-z0-9-]+\.example\.com$, besides allow_origins
+    allow_credentials: bool = False  # cookies / HTTP auth; never with '*'
+    allow_methods: list[Annotated[str, AfterValidator(_token)]] = Field(
+        default_factory=lambda: ["GET", "POST", "DELETE", "OPTIONS"])
+    allow_headers: list[Annotated[str, AfterValidator(_token)]] = Field(
+        default_factory=lambda: list(SDK_REQUEST_HEADERS))
+    expose_headers: list[Annotated[str, AfterValidator(_token)]] = Field(
+        default_factory=lambda: list(GATEWAY_RESPONSE_HEADERS))
+    max_age: int = Field(default=600, ge=0, le=86400)  # seconds a browser may cache a preflight answer
+    # Chrome's Private Network Access: may a page on a public origin call this gateway on a private address?
+    allow_private_network: bool = False
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _star_alone(cls, origins: list[str]) -> list[str]:
+        if "*" in origins and len(origins) > 1:
+            raise ValueError("'*' already allows every origin: list no others beside it")
+        return origins
+
+    @field_validator("allow_origin_regex")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return pattern
+
+    @model_validator(mode="after")
+    def _some_origin(self) -> "CorsConfig":
+        if not self.allow_origins and self.allow_origin_regex is None:
+            raise ValueError("cors needs allow_origins (or allow_origin_regex); to turn CORS off, remove 'cors'")
+        return self
 
 
 class ServerConfig(_Strict):
@@ -38,6 +117,8 @@ class ServerConfig(_Strict):
     public_openapi: bool = False
     allowed_hosts: list[str] = Field(default_factory=list)  # more Host names accepted while keys are off
     allow_unauthenticated: bool = False  # serve a non-loopback address without a master key (or the flag)
+    cors: CorsConfig | None = None  # browser clients; off unless given (read at start-up: restart to change)
+    docs: bool = False  # /docs (Swagger UI) and /redoc, served from bundled assets (read at start-up)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     model_cards_dir: str | None = None
     watch_config: bool = True  # reload the config file when it changes

@@ -30,7 +30,16 @@ def missing_secrets(config: GatewayConfig) -> list[str]:
 
 def semantic_problems(config: GatewayConfig, known_cards: set[str] | None) -> list[Problem]:
     return [*_models(config, known_cards), *_providers(config), *_deployments(config, known_cards),
-            *_routes(config), *_redis(config)]
+            *_routes(config), *_redis(config), *_server(config)]
+
+
+def _server(config: GatewayConfig) -> Iterator[Problem]:
+    cors = config.server.cors
+    if cors is not None and cors.allow_credentials and "*" in cors.allow_origins:
+        # Browsers refuse credentials with `Access-Control-Allow-Origin: *`; echoing every origin instead
+        # would let any page on the web call the gateway as its user.
+        yield ("server", "cors", "allow_credentials"), ("allow_credentials: true cannot go with allow_origins "
+                                                        "['*']: list the origins, or set it false")
 
 
 def _redis(config: GatewayConfig) -> Iterator[Problem]:

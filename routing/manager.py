@@ -19,12 +19,18 @@ import yaml
 
 from backends.llamacpp.control import EngineControl, LocalControl
 from backends.model_cards import ModelCard
-from routing.config import ConfigError, GatewayConfig
+from routing.config import ConfigError, GatewayConfig, ServerConfig
 from routing.config_checks import missing_secrets
 from routing.config_file import parse_config, read_config_text
 from routing.runtime import Runtime, build_runtime, retire, start_backends
 
 log = logging.getLogger("llm_gateway.routing")
+
+
+def server_changes(serving: ServerConfig, new: ServerConfig) -> list[str]:
+    """The `server` settings a reload asked for but cannot apply (their dotted names)."""
+    a, b = serving.model_dump(), new.model_dump()
+    return [f"server.{name}" for name in a if a[name] != b[name]]
 
 
 class RuntimeManager:
@@ -37,6 +43,7 @@ class RuntimeManager:
         self.control = control or LocalControl()
         self._health_task: asyncio.Task | None = None
         self.current: Runtime = build_runtime(config, cards, version=1, control=self.control)
+        self.serving_server = config.server  # read once at start-up (limits, CORS, docs): a reload cannot change it
         self._follow_engines(self.current)
         self.last_reload: dict[str, Any] = {"ok": True, "version": 1, "at": time.time(), "problems": []}
         self._stamp = self._file_stamp()
@@ -92,6 +99,11 @@ class RuntimeManager:
             self._tasks = [t for t in self._tasks if not t.done()]
             self.last_reload = {"ok": True, "version": new.version, "at": time.time(), "problems": []}
             log.info("config reloaded: version %d, %d routes", new.version, len(new.route_list))
+            pending = server_changes(self.serving_server, config.server)
+            if pending:
+                self.last_reload["restart_needed"] = pending
+                log.warning("config: %s changed; the server section is read at start-up, so the running values "
+                            "stay until the gateway restarts", ", ".join(pending))
             return self.last_reload
 
     def _refused(self, problems: list[str]) -> dict[str, Any]:
