@@ -23,6 +23,8 @@ from pydantic import BaseModel
 
 from backends.contract.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.routes.admin_keys import KeyFields
+from gateway.surfaces.messages.protocol import CountTokensRequest, MessagesRequest
+from gateway.surfaces.responses.protocol import ResponsesRequest
 
 GENERATION = ("400", "401", "403", "404", "408", "413", "415", "429", "500", "502", "503", "504")
 
@@ -54,6 +56,18 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              operation_id="listModels"),
     Endpoint("get", "/v1/models/{model_id}", "Retrieve a model", response="Model", operation_id="retrieveModel",
              errors=("404",)),
+    Endpoint("post", "/v1/responses", "Create a response (the Responses API)", ResponsesRequest, "Response",
+             stream=True, operation_id="createResponse", errors=GENERATION),
+    Endpoint("get", "/v1/responses/{response_id}", "Retrieve a stored response", response="Response",
+             operation_id="getResponse", errors=("404", "503")),
+    Endpoint("delete", "/v1/responses/{response_id}", "Delete a stored response", response="ResponseDeleted",
+             operation_id="deleteResponse", errors=("404", "503")),
+    Endpoint("post", "/v1/messages", "Create a message (Anthropic's Messages API; errors in Anthropic's shape)",
+             MessagesRequest, "Message", stream=True, operation_id="createMessage", errors=GENERATION,
+             tag="anthropic"),
+    Endpoint("post", "/v1/messages/count_tokens", "Count a message's input tokens (Anthropic's Messages API)",
+             CountTokensRequest, "MessageTokensCount", operation_id="countMessageTokens", errors=("404",),
+             tag="anthropic"),
     Endpoint("post", "/admin/keys", "Create an API key", KeyFields, tag="admin", errors=("409", "503")),
     Endpoint("patch", "/admin/keys/{key_id}", "Change an API key", KeyFields, tag="admin", body_required=False,
              errors=("404", "503")),
@@ -79,6 +93,21 @@ RESPONSES: dict[str, dict[str, Any]] = {
         "properties": {"id": {"type": "string"}, "object": {"const": "model"}, "created": {"type": "integer"},
                        "owned_by": {"type": "string"}, "context_length": {"type": ["integer", "null"]},
                        "aliases": {"type": "array", "items": {"type": "string"}}}},
+    "Response": {
+        "type": "object", "required": ["id", "object", "created_at", "status", "model", "output"],
+        "properties": {"id": {"type": "string"}, "object": {"const": "response"}, "created_at": {"type": "integer"},
+                       "status": {"type": "string"}, "model": {"type": "string"},
+                       "output": {"type": "array", "items": {"type": "object"}}}},
+    "ResponseDeleted": {
+        "type": "object", "required": ["id", "object", "deleted"],
+        "properties": {"id": {"type": "string"}, "object": {"const": "response"}, "deleted": {"const": True}}},
+    "Message": {
+        "type": "object", "required": ["id", "type", "role", "model", "content", "stop_reason", "usage"],
+        "properties": {"id": {"type": "string"}, "type": {"const": "message"}, "role": {"const": "assistant"},
+                       "model": {"type": "string"}, "content": {"type": "array", "items": {"type": "object"}},
+                       "stop_reason": {"type": ["string", "null"]}, "usage": {"type": "object"}}},
+    "MessageTokensCount": {
+        "type": "object", "required": ["input_tokens"], "properties": {"input_tokens": {"type": "integer"}}},
     "ModelList": {
         "type": "object", "required": ["object", "data"],
         "properties": {"object": {"const": "list"},
@@ -104,6 +133,8 @@ SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer",
                "description": "An API key (`/admin/keys`) or the master key; the admin API takes the admin key. "
                               "A gateway without a master key needs none."},
+    "x-api-key": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                  "description": "The same key in Anthropic's header, as Anthropic's SDKs send it."},
 }
 # Operations that answer without a key; /ready shows its detail to the admin key only.
 _OPEN = {("get", "/health"): [], ("get", "/ready"): [{}, {"bearer": []}]}
@@ -147,7 +178,7 @@ def _apply(endpoint: Endpoint, paths: dict[str, Any], schemas: dict[str, Any]) -
         description = "the answer"
         if endpoint.stream:
             content["text/event-stream"] = {"schema": {"type": "string"}}
-            description += "; with `stream: true`, server-sent events ending in `data: [DONE]`"
+            description += "; with `stream: true`, server-sent events (the API's own)"
         ok = "201" if "201" in op.get("responses", {}) else "200"
         op.setdefault("responses", {})[ok] = {"description": description, "content": content}
     op.setdefault("responses", {}).update(_errors(*endpoint.errors))
@@ -166,7 +197,7 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     schemas["Error"] = ERROR
     schemas.update(RESPONSES)
     components["securitySchemes"] = SECURITY_SCHEMES
-    doc["security"] = [{"bearer": []}]
+    doc["security"] = [{"bearer": []}, {"x-api-key": []}]
     paths = doc.setdefault("paths", {})
     for endpoint in ENDPOINTS:
         _apply(endpoint, paths, schemas)

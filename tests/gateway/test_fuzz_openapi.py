@@ -100,7 +100,11 @@ def fuzz(op: Any, http: httpx.Client, g: GatewayProcess, failures: list[str]) ->
         if r.status_code >= 500:
             failures.append(f"{label} -> {r.status_code}: {r.text[:200]} (body {str(body)[:200]})")
         if r.headers.get("content-type", "").startswith("application/json") and r.status_code >= 400:
-            err = r.json().get("error")
-            assert isinstance(err, dict) and set(err) == {"message", "type", "param", "code"}, r.text
+            doc = r.json()
+            err = doc.get("error")
+            if kwargs["url"].replace(g.root_url, "").startswith("/v1/messages"):  # Anthropic's API, Anthropic's shape
+                assert doc.get("type") == "error" and isinstance(err, dict) and set(err) == {"type", "message"}, r.text
+            else:
+                assert isinstance(err, dict) and set(err) == {"message", "type", "param", "code"}, r.text
 
     run()

@@ -118,19 +118,20 @@ async def test_the_security_scheme_is_bearer_and_probes_need_no_key() -> None:
     doc = make_app().openapi()
     assert doc["components"]["securitySchemes"]["bearer"] == {**doc["components"]["securitySchemes"]["bearer"],
                                                               "type": "http", "scheme": "bearer"}
-    assert doc["security"] == [{"bearer": []}]
+    assert doc["security"] == [{"bearer": []}, {"x-api-key": []}], "either header carries the key"
+    assert doc["components"]["securitySchemes"]["x-api-key"]["in"] == "header"
     assert doc["paths"]["/health"]["get"]["security"] == []
     assert {} in doc["paths"]["/ready"]["get"]["security"]
     assert "security" not in doc["paths"]["/v1/chat/completions"]["post"], "the document's default: bearer"
 
 
 def test_a_new_endpoint_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a developer adding GET /v1/responses/{response_id} writes: one `Endpoint`."""
-    line = openapi_doc.Endpoint("get", "/v1/responses/{response_id}", "Retrieve a response", errors=("404",))
+    """What a developer adding a GET /v1/widgets/{widget_id} writes: one `Endpoint`."""
+    line = openapi_doc.Endpoint("get", "/v1/widgets/{widget_id}", "Retrieve a widget", errors=("404",))
     monkeypatch.setattr(openapi_doc, "ENDPOINTS", (*openapi_doc.ENDPOINTS, line))
-    op = make_app().openapi()["paths"]["/v1/responses/{response_id}"]["get"]
-    assert op["summary"] == "Retrieve a response" and op["operationId"] == "getV1ResponsesResponseId"
-    assert op["parameters"] == [{"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    op = make_app().openapi()["paths"]["/v1/widgets/{widget_id}"]["get"]
+    assert op["summary"] == "Retrieve a widget" and op["operationId"] == "getV1WidgetsWidgetId"
+    assert op["parameters"] == [{"name": "widget_id", "in": "path", "required": True, "schema": {"type": "string"}}]
     assert set(op["responses"]) >= {"400", "401", "403", "404", "500"}
 
 
