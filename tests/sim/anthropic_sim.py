@@ -21,8 +21,8 @@ from typing import Any
 from aiohttp import web
 
 from tests.sim.base import SimServer
-from tests.sim.text import canonical_reply, content_text, continuation, last_user_text, plan_reply, prompt_tokens, words
 from tests.sim.wire import BODY, BODY_OK, StreamEvent, open_stream, send_stream, sse_event
+from tests.sim.text import content_text, continuation, canonical_reply, last_user_text, plan_reply, prompt_tokens, words
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
           404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
