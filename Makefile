@@ -10,6 +10,7 @@ serve:
 	@$(VENV)/bin/python -m pip install -q --upgrade pip
 	@bash deploy/install-llama-cpp.sh $(VENV)/bin/python
 	@$(VENV)/bin/python -m pip install -q -e .
+	@bash deploy/install-embedding-model.sh $(VENV)/bin/python
 	$(VENV)/bin/llm-gateway serve
 
 test:

@@ -19,7 +19,8 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Literal
 
-from backends.contract.protocol import ChatCompletionRequest, CompletionRequest
+from backends.contract.errors import InvalidRequest
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from backends.model_cards import ModelCard
 
 BackendState = Literal["loading", "ready", "restarting", "failed", "stopped"]
@@ -120,9 +121,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def completion_stream(self, request: CompletionRequest, ctx: CallContext) -> SSEStream: ...
 
-    def answer(self, request: ChatCompletionRequest | CompletionRequest, ctx: CallContext) -> Awaitable[Any]:
+    async def embeddings(self, request: EmbeddingRequest, ctx: CallContext) -> Body:
+        """`POST /v1/embeddings`; a backend whose model embeds overrides it. Not retryable elsewhere: a
+        client mistake (asking a chat model for vectors), not an outage."""
+        raise InvalidRequest(f"The model '{request.model}' does not support embeddings.", param="model",
+                             code="unsupported_model")
+
+    def answer(self, request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+               ctx: CallContext) -> Awaitable[Any]:
         """The one entry routing calls: the request says which endpoint it is for and whether it
         streams, and this picks the method (`Body` for a plain answer, `SSEStream` for a stream)."""
+        if request.endpoint == "embeddings":
+            return self.embeddings(request, ctx)  # type: ignore[arg-type]
         if request.is_chat:
             return self.chat_stream(request, ctx) if request.stream else self.chat(request, ctx)  # type: ignore[arg-type]
         return (self.completion_stream(request, ctx) if request.stream  # type: ignore[arg-type]

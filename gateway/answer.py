@@ -44,7 +44,7 @@ async def answer(svc: Services, admitted: Admission, body: SamplingFields, outco
     rec.ttft_s = time.monotonic() - rec.started
     raw = outcome.body
     result = orjson.loads(raw) if isinstance(raw, (bytes, bytearray)) else raw
-    await settlement.run(result if isinstance(result, dict) and result.get("choices") else None)
+    await settlement.run(result if isinstance(result, dict) and result.get(body.result_field) else None)
     return Response(raw if isinstance(raw, (bytes, bytearray)) else orjson.dumps(raw), media_type="application/json",
                     headers=headers)
 

@@ -67,7 +67,7 @@ class CacheLookup:
         if not (runtime.config.cache.enabled and route_cache.enabled and not directives.no_store):
             return cls(directives, None)
         wire = body.wire_body()
-        if not (route_cache.sampled or is_deterministic(wire)):
+        if not (route_cache.sampled or body.deterministic or is_deterministic(wire)):
             return cls(directives, None)
         space = namespace(plan.route)
         if route_cache.scope == "key":

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from backends.contract.protocol import ChatCompletionRequest, CompletionRequest
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.routes.admin_keys import KeyFields
 from gateway.surfaces.messages.protocol import CountTokensRequest, MessagesRequest
 from gateway.surfaces.responses.protocol import ResponsesRequest
@@ -52,6 +52,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "ChatCompletion", stream=True, operation_id="createChatCompletion", errors=GENERATION),
     Endpoint("post", "/v1/completions", "Create a (legacy) text completion", CompletionRequest,
              "TextCompletion", stream=True, operation_id="createCompletion", errors=GENERATION),
+    Endpoint("post", "/v1/embeddings", "Create embeddings", EmbeddingRequest, "EmbeddingList",
+             operation_id="createEmbedding", errors=GENERATION),
     Endpoint("get", "/v1/models", "List the models (routes and aliases) this key may use", response="ModelList",
              operation_id="listModels"),
     Endpoint("get", "/v1/models/{model_id}", "Retrieve a model", response="Model", operation_id="retrieveModel",
@@ -108,6 +110,12 @@ RESPONSES: dict[str, dict[str, Any]] = {
                        "stop_reason": {"type": ["string", "null"]}, "usage": {"type": "object"}}},
     "MessageTokensCount": {
         "type": "object", "required": ["input_tokens"], "properties": {"input_tokens": {"type": "integer"}}},
+    "EmbeddingList": {
+        "type": "object", "required": ["object", "data", "model", "usage"],
+        "properties": {"object": {"const": "list"}, "model": {"type": "string"},
+                       "data": {"type": "array", "items": {"type": "object", "required": ["object", "index",
+                                                                                          "embedding"]}},
+                       "usage": {"type": "object", "required": ["prompt_tokens", "total_tokens"]}}},
     "ModelList": {
         "type": "object", "required": ["object", "data"],
         "properties": {"object": {"const": "list"},

@@ -11,6 +11,7 @@ from backends.base import Backend
 from backends.http import PoolSettings, UpstreamPool
 from backends.llamacpp.backend import LlamaCppBackend
 from backends.llamacpp.control import EngineControl
+from backends.llamacpp.embeddings import LlamaEmbeddingBackend
 from backends.llamacpp.settings import LlamaCppModelConfig
 from backends.model_cards import ModelCard
 from backends.openai_compat import OpenAICompatBackend
@@ -19,7 +20,10 @@ from routing.config import DeploymentConfig, ProviderConfig, resolve_secret
 
 
 def local_backend(model: LlamaCppModelConfig, card: ModelCard, control: EngineControl | None) -> Backend:
-    """A llama.cpp model; `control` runs its engine processes (None: the backend supervises its own)."""
+    """A llama.cpp model; `control` runs its engine processes (None: the backend supervises its own).
+    An embedding model (its card says so) is served by the embedding backend instead."""
+    if card.capabilities == ["embeddings"]:
+        return LlamaEmbeddingBackend(model.card, card, model)
     return LlamaCppBackend(model.card, card, model, control=control)
 
 

@@ -341,7 +341,9 @@ class GatewayConfig(_Strict):
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     models: list[LlamaCppModelConfig] = Field(
-        default_factory=lambda: [LlamaCppModelConfig(card="gemma-3-270m")]
+        default_factory=lambda: [LlamaCppModelConfig(card="gemma-3-270m"),
+                                 # /v1/embeddings out of the box; not needed for /ready (chat is the point)
+                                 LlamaCppModelConfig(card="all-minilm-l6-v2", required=False)]
     )
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     deployments: list[DeploymentConfig] = Field(default_factory=list)

@@ -47,7 +47,8 @@ def make_plan(runtime: Runtime, request: SamplingFields, headers: Mapping[str, s
               key_tier: str | None = None) -> Plan:
     route = runtime.resolve(request.model)
     tokens = PromptTokens(request, runtime.config.usage.o200k_path)
-    max_tokens = request.max_output_tokens or 256
+    asked = request.max_output_tokens
+    max_tokens = 256 if asked is None else asked
     metadata = getattr(request, "metadata", None) or {}
     if not isinstance(metadata, dict):
         metadata = {}

@@ -9,7 +9,7 @@ name. Counting costs time, so it runs only when first asked for, and then once.
 
 from __future__ import annotations
 
-from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, SamplingFields
 from routing import tokens
 from routing.deployment import Deployment
 
@@ -25,9 +25,9 @@ def rough_estimate(request: SamplingFields) -> int:
             elif m.content:
                 chars += sum(len(getattr(p, "text", "") or "") for p in m.content)
         return chars // CHARS_PER_TOKEN + 4 * len(request.messages)
-    if isinstance(request, CompletionRequest):
-        return sum(len(p) if isinstance(p, str) else len(p) * CHARS_PER_TOKEN
-                   for p in request.prompts()) // CHARS_PER_TOKEN
+    if isinstance(request, (CompletionRequest, EmbeddingRequest)):
+        items = request.prompts() if isinstance(request, CompletionRequest) else request.inputs()
+        return sum(len(p) if isinstance(p, str) else len(p) * CHARS_PER_TOKEN for p in items) // CHARS_PER_TOKEN
     return 0
 
 
@@ -62,4 +62,4 @@ class PromptTokens:
         body = request.wire_body()
         if isinstance(request, ChatCompletionRequest):
             return tokens.estimate_chat(body.get("messages") or [], model, self._o200k_path)
-        return tokens.estimate_prompt(body.get("prompt") or "", model, self._o200k_path)
+        return tokens.estimate_prompt(body.get(request.prompt_field) or "", model, self._o200k_path)

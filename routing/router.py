@@ -90,7 +90,7 @@ class _Run:
         try:
             result, dep = await self.attempts()
         except GatewayError as exc:
-            if not exc.retryable or self.route.last_resort is None:
+            if not exc.retryable or self.route.last_resort is None or self.request.endpoint == "embeddings":
                 raise
             return self.degraded(exc)
         outcome.deployment, outcome.served_by = dep.name, dep

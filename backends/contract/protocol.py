@@ -111,20 +111,37 @@ class StreamOptions(OpenAIModel):
     include_usage: bool | None = None
 
 
-class SamplingFields(OpenAIModel):
-    """Fields shared by chat and legacy completions.
+class APIRequest(OpenAIModel):
+    """What every request the pipeline carries has: the endpoint it is for, its model, its body as sent.
 
     A request knows what it asks for: `endpoint` (which backend method answers it) and `stream`, so
     nothing downstream passes those facts beside it.
     """
 
-    endpoint: ClassVar[str] = ""  # "chat" or "completions"
+    endpoint: ClassVar[str] = ""  # "chat", "completions" or "embeddings"
     prompt_field: ClassVar[str] = ""  # the field an error about the prompt names
+    result_field: ClassVar[str] = "choices"  # the field a complete answer has (what may be cached)
+    deterministic: ClassVar[bool] = False  # the same body always gets the same answer (cacheable by default)
 
     # The body exactly as the client sent it, for upstreams that take it (nearly) verbatim.
     _raw: dict[str, Any] | None = PrivateAttr(default=None)
 
     model: str = Field(min_length=1)
+
+    @property
+    def is_chat(self) -> bool:
+        return self.endpoint == "chat"
+
+    def wire_body(self) -> dict[str, Any]:
+        """A fresh dict of the request as sent (or as built, for requests made in code)."""
+        if self._raw is not None:
+            return dict(self._raw)
+        return self.model_dump(exclude_unset=True, by_alias=True)
+
+
+class SamplingFields(APIRequest):
+    """Fields shared by chat and legacy completions."""
+
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
@@ -165,10 +182,6 @@ class SamplingFields(OpenAIModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
     @property
-    def is_chat(self) -> bool:
-        return self.endpoint == "chat"
-
-    @property
     def max_output_tokens(self) -> int | None:
         """The most tokens the answer may have, as the client asked (None: the backend's default)."""
         return self.max_tokens
@@ -180,12 +193,6 @@ class SamplingFields(OpenAIModel):
         raw["stream_options"] = {**(raw.get("stream_options") or {}), "include_usage": True}
         copy._raw = raw
         return copy
-
-    def wire_body(self) -> dict[str, Any]:
-        """A fresh dict of the request as sent (or as built, for requests made in code)."""
-        if self._raw is not None:
-            return dict(self._raw)
-        return self.model_dump(exclude_unset=True, by_alias=True)
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -278,6 +285,65 @@ class CompletionRequest(SamplingFields):
         return list(p)  # type: ignore[arg-type]
 
 
+EmbeddingInput = Union[str, list[str], list[int], list[list[int]]]
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit on inputs in one request
+
+
+class EmbeddingRequest(APIRequest):
+    """`POST /v1/embeddings`. It never streams and generates nothing: `stream`, `n` and the output
+    budget are constants, so the pipeline's limits and accounting read it like any other request."""
+
+    endpoint: ClassVar[str] = "embeddings"
+    prompt_field: ClassVar[str] = "input"
+    result_field: ClassVar[str] = "data"
+    deterministic: ClassVar[bool] = True
+    stream: ClassVar[bool] = False
+    include_usage: ClassVar[bool] = False
+    n: ClassVar[int] = 1
+    max_output_tokens: ClassVar[int] = 0
+
+    input: EmbeddingInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _input_shape(cls, v: EmbeddingInput) -> EmbeddingInput:
+        """OpenAI's rules: nothing empty, at most 2048 inputs, token ids are non-negative."""
+        if isinstance(v, str):
+            if not v:
+                raise InvalidRequest("'input' must not be an empty string.", param="input", code="invalid_value")
+            return v
+        if not v:
+            raise InvalidRequest("'input' must not be an empty list.", param="input", code="invalid_value")
+        if len(v) > MAX_EMBEDDING_INPUTS:
+            raise InvalidRequest(f"'input' has {len(v)} items; at most {MAX_EMBEDDING_INPUTS} inputs are allowed in "
+                                 "one request.", param="input", code="invalid_value")
+        for i, item in enumerate(v):
+            if isinstance(item, int):
+                if item < 0:
+                    raise InvalidRequest(f"Invalid token id {item} at 'input[{i}]': ids are non-negative.",
+                                         param=f"input[{i}]", code="invalid_value")
+            elif not item:
+                what = "string" if isinstance(item, str) else "token array"
+                raise InvalidRequest(f"'input[{i}]' must not be an empty {what}.", param=f"input[{i}]",
+                                     code="invalid_value")
+            elif isinstance(item, list) and any(t < 0 for t in item):
+                raise InvalidRequest(f"'input[{i}]' holds a negative token id.", param=f"input[{i}]",
+                                     code="invalid_value")
+        return v
+
+    def inputs(self) -> list[str | list[int]]:
+        """The four input shapes as a list of single inputs (a text, or one token array)."""
+        v = self.input
+        if isinstance(v, str):
+            return [v]
+        if all(isinstance(x, int) for x in v):
+            return [list(v)]  # type: ignore[arg-type]
+        return list(v)  # type: ignore[arg-type]
+
+
 _TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
@@ -320,7 +386,7 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def parse_request(raw: bytes, model_cls: type[SamplingFields], max_depth: int = MAX_JSON_DEPTH) -> Any:
+def parse_request(raw: bytes, model_cls: type[APIRequest], max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Bytes -> validated request, or an `InvalidRequest` naming the bad field."""
     try:
         data = orjson.loads(raw)

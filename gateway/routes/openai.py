@@ -1,4 +1,4 @@
-"""The OpenAI-compatible surface: chat, legacy completions and models.
+"""The OpenAI-compatible surface: chat, legacy completions, embeddings and models.
 
 Handlers read raw bytes and validate them with pydantic directly (not via
 FastAPI's body injection) so a bad body always yields OpenAI's 400 shape with
@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
 from backends.contract.errors import ModelNotFound
-from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from backends.contract.protocol import APIRequest, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.auth import Principal
 from gateway.disconnect import unless_disconnected
 from gateway.observe import RequestRecord
@@ -44,15 +44,20 @@ async def completions(request: Request) -> Response:
     return await _observed(request, CompletionRequest)
 
 
+async def embeddings(request: Request) -> Response:
+    return await _observed(request, EmbeddingRequest)
+
+
 # Plain Starlette routes: FastAPI's per-request dependency and response machinery buys nothing here
 # (the body is parsed by hand), and it measurably costs on the hot path.
 hot_routes = [
     HTTPRoute("/v1/chat/completions", chat_completions, methods=["POST"]),
     HTTPRoute("/v1/completions", completions, methods=["POST"]),
+    HTTPRoute("/v1/embeddings", embeddings, methods=["POST"]),
 ]
 
 
-async def _observed(request: Request, kind: type[SamplingFields]) -> Response:
+async def _observed(request: Request, kind: type[APIRequest]) -> Response:
     async def run(rec: RequestRecord) -> Response:
         body = await parse_for_caller(request, kind)
         rec.stream = body.stream
@@ -81,7 +86,9 @@ def model_object(route: Route, created: int) -> dict[str, Any]:
     }
     if card is not None:
         obj.update(format=card.format, quantization=card.quantization, family=card.family,
-                   parameters=card.parameters, license=card.license)
+                   parameters=card.parameters, license=card.license, capabilities=card.capabilities)
+        if card.embedding is not None:
+            obj["dimensions"] = card.embedding.dimensions
     return obj
 
 

@@ -28,7 +28,7 @@ def test_good_config() -> None:
 
 def test_default_config_serves_gemma() -> None:
     cfg = parse_config("")
-    assert [m.card for m in cfg.models] == ["gemma-3-270m"]
+    assert [m.card for m in cfg.models] == ["gemma-3-270m", "all-minilm-l6-v2"]  # chat, and /v1/embeddings
     assert cfg.server.host == "127.0.0.1" and cfg.server.port == 8000
 
 

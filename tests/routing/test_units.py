@@ -246,7 +246,8 @@ def test_config_reference_errors_are_line_numbered() -> None:
 def test_routes_without_models_key_load_no_local_model() -> None:
     cfg = parse_config(ROUTED.replace("[missing]", "[big]"))
     assert cfg.models == []
-    assert [m.card for m in GatewayConfig().models] == ["gemma-3-270m"]
+    defaults = GatewayConfig().models  # chat, and embeddings (not needed for /ready)
+    assert [(m.card, m.required) for m in defaults] == [("gemma-3-270m", True), ("all-minilm-l6-v2", False)]
 
 
 def test_literal_api_key_is_refused() -> None:

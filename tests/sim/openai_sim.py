@@ -1,4 +1,4 @@
-"""Simulated OpenAI API (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``).
+"""Simulated OpenAI API (``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, ``/v1/models``).
 
 Faithful to the wire format the official SDK parses (protocols.md section 1):
 error envelope with a string ``code``, SSE ``data:`` chunks sharing id/created,
@@ -7,6 +7,10 @@ the ``choices: []`` usage chunk, ``data: [DONE]`` and in-band ``{"error": ...}``
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import math
+import struct
 import time
 import uuid
 from typing import Any
@@ -44,7 +48,8 @@ _MESSAGES: dict[int, str] = {
 class OpenAISim(SimServer):
     """OpenAI-compatible upstream; a trailing assistant message is plain history here."""
 
-    model_paths = frozenset({"/v1/chat/completions", "/v1/completions"})
+    model_paths = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+    embedding_dimensions = 64  # the native size of the simulated model's vectors
 
     def __init__(
         self, name: str = "openai", port: int = 0, *, model_name: str = "sim-model",
@@ -61,6 +66,7 @@ class OpenAISim(SimServer):
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
 
     # ------------------------------------------------------------ errors
@@ -232,6 +238,36 @@ class OpenAISim(SimServer):
         msg = fault.message if fault else None
         return await send_stream(request, resp, events, fault, self.in_band_error(msg))
 
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        """Deterministic unit vectors (a hash of each input seeds them); `dimensions` truncates and
+        re-normalises, as OpenAI's text-embedding-3 models do; base64 is little-endian float32."""
+        body, fault, early = await self._prologue(request)
+        if early is not None:
+            return early
+        inputs = _embedding_inputs(body.get("input"))
+        if inputs is None:
+            return self.error(400, "'$.input' is invalid. Please check the API reference: "
+                              "https://platform.openai.com/docs/api-reference.", param="input")
+        fmt = body.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            return self.error(400, f"{fmt!r} is not one of ['float', 'base64'] - 'encoding_format'",
+                              param="encoding_format")
+        dims = body.get("dimensions")
+        if dims is not None and (not isinstance(dims, int) or not 1 <= dims <= self.embedding_dimensions):
+            return self.error(400, f"{dims!r} is not a valid 'dimensions'", param="dimensions")
+        ptoks = sum(count_words(x) if isinstance(x, str) else len(x) for x in inputs)
+        bad = self.too_long(max(count_words(x) if isinstance(x, str) else len(x) for x in inputs))
+        if bad is not None:
+            return bad
+        dropped = await self.nonstream_fault(request, fault, 1)
+        if dropped is not None:
+            return dropped
+        data = [{"object": "embedding", "index": i,
+                 "embedding": _encode(sim_vector(x, self.embedding_dimensions, dims), fmt)}
+                for i, x in enumerate(inputs)]
+        return web.json_response({"object": "list", "data": data, "model": self.model_name,
+                                  "usage": {"prompt_tokens": ptoks, "total_tokens": ptoks}})
+
     async def _models(self, request: web.Request) -> web.Response:
         if not self.authorized(request):
             return self.auth_error()
@@ -245,3 +281,33 @@ def _prompt_count(prompt: Any) -> int:
     if isinstance(prompt, list):
         return sum(_prompt_count(p) if not isinstance(p, int) else 1 for p in prompt)
     return 0
+
+
+def _embedding_inputs(value: Any) -> list[str | list[int]] | None:
+    """The four shapes of `input` as a list of single inputs; None for anything OpenAI refuses."""
+    if isinstance(value, str):
+        return [value] if value else None
+    if not isinstance(value, list) or not value or len(value) > 2048:
+        return None
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        return [list(value)]
+    if all(isinstance(x, str) and x for x in value):
+        return list(value)
+    if all(isinstance(x, list) and x and all(isinstance(t, int) for t in x) for x in value):
+        return list(value)
+    return None
+
+
+def sim_vector(item: str | list[int], native: int, dimensions: int | None = None) -> list[float]:
+    """A deterministic unit vector for one input (tests compare with it)."""
+    seed = hashlib.sha256(repr(item).encode()).digest()
+    raw = [(b - 127.5) / 127.5 for b in (seed * (native // len(seed) + 1))[:native]]
+    raw = raw[:dimensions] if dimensions else raw
+    norm = math.sqrt(sum(x * x for x in raw)) or 1.0
+    return [x / norm for x in raw]
+
+
+def _encode(vector: list[float], fmt: str) -> list[float] | str:
+    if fmt == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
