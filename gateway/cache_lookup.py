@@ -72,6 +72,9 @@ class CacheLookup:
         space = namespace(plan.route)
         if route_cache.scope == "key":
             space += ":" + tenant(headers, keyed)
+        native = getattr(body, "_native", None)
+        if native is not None:  # the same chat translation of two different native requests is two answers
+            wire = {**wire, "__native__": {"api": native[0], "body": native[1]}}
         return cls(directives, cache_key(space, body.endpoint, wire))
 
     def redis_key(self, cache: ResponseCache) -> str | None:

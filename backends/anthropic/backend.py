@@ -1,7 +1,8 @@
 """Anthropic's Messages API behind the OpenAI chat interface.
 
 The wire translation lives in `translate` (requests, responses,
-errors) and `stream` (SSE events); this module only does HTTP.
+errors) and `stream` (SSE events), the pass-through of requests that came
+in as Messages requests in `native`; this module only does HTTP.
 The API key goes into the `x-api-key` header and nowhere else: it is never
 logged and is scrubbed from any upstream error message.
 
@@ -22,6 +23,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 import orjson
 
+from backends.anthropic.native import EventCarrier, native_body, with_message
 from backends.anthropic.stream import StreamTranslator
 from backends.anthropic.translate import (
     apply_params,
@@ -91,7 +93,8 @@ class AnthropicBackend(Backend):
     # -- OpenAI endpoints ------------------------------------------------------
 
     async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> dict[str, Any]:
-        body, skip = self._body(request, ctx, stream=False)
+        native = self._native(request, ctx, stream=False)
+        body, skip = (native, "") if native is not None else self._body(request, ctx, stream=False)
         resp = await self._post(body, ctx)
         try:
             raw = await resp.read()
@@ -108,13 +111,16 @@ class AnthropicBackend(Backend):
                                 status_code=502)
         if msg.get("type") == "error":  # an error envelope with a 200 status: use the error type's status
             raise error_from(msg.get("error") or {}, secret=self._api_key)
-        return to_chat_completion(msg, created=int(time.time()), skip=skip)
+        chat = to_chat_completion(msg, created=int(time.time()), skip=skip)
+        return with_message(chat, msg) if native is not None else chat
 
     async def chat_stream(self, request: ChatCompletionRequest, ctx: CallContext) -> SSEStream:
-        body, skip = self._body(request, ctx, stream=True)
+        native = self._native(request, ctx, stream=True)
+        body, skip = (native, "") if native is not None else self._body(request, ctx, stream=True)
         resp = await self._post(body, ctx)
         translator = StreamTranslator(created=int(time.time()), include_usage=request.include_usage,
-                                      fallback_id=uuid.uuid4().hex, fallback_model=self.model, skip=skip)
+                                      fallback_id=uuid.uuid4().hex, fallback_model=self.model, skip=skip,
+                                      carrier=EventCarrier() if native is not None else None)
         frames = self._frames(resp, translator)
         try:
             first = await frames.__anext__()  # errors before the first token stay HTTP errors
@@ -134,6 +140,13 @@ class AnthropicBackend(Backend):
     def _no_completions(self) -> InvalidRequest:
         return InvalidRequest(f"The model '{self.name}' does not support /v1/completions; use /v1/chat/completions.",
                               param="model", code="unsupported_endpoint")
+
+    def _native(self, request: ChatCompletionRequest, ctx: CallContext, *, stream: bool) -> dict[str, Any] | None:
+        """The client's own Messages body, when it sent one and this is not a continuation: a continuation
+        answers the chat request (its frames join a stream another deployment began)."""
+        if ctx.continue_from:
+            return None
+        return native_body(request, model=self.model, params=ctx.params, stream=stream)
 
     def _body(self, request: ChatCompletionRequest, ctx: CallContext, *, stream: bool) -> tuple[dict[str, Any], str]:
         """The upstream body, and the whitespace stripped from a continuation prefill."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from backends.anthropic.native import EventCarrier
 from backends.anthropic.translate import FINGERPRINT, error_from, finish_reason, trim_repeat, usage
 from backends.contract.responses import DONE, ChatChunks
 
 
 class StreamTranslator:
     def __init__(self, *, created: int, include_usage: bool, fallback_id: str = "anthropic",
-                 fallback_model: str = "", skip: str = "") -> None:
+                 fallback_model: str = "", skip: str = "", carrier: EventCarrier | None = None) -> None:
         self._created = created
         self._include_usage = include_usage
         self._id = f"chatcmpl-{fallback_id}"
@@ -26,10 +27,15 @@ class StreamTranslator:
         self._usage: dict[str, Any] = {}
         self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool_call index
         self._stop_reason: str | None = None
+        self._carrier = carrier  # a passed-through Messages request: the events ride along their frames
         self.done = False
 
     def feed(self, name: str | None, data: dict[str, Any]) -> list[bytes]:
         """Frames for one event; raises UpstreamError on `event: error`."""
+        frames = self._feed(name, data)
+        return frames if self._carrier is None else self._carrier.carry(data, frames, self._chunks)
+
+    def _feed(self, name: str | None, data: dict[str, Any]) -> list[bytes]:
         kind = data.get("type") or name
         if kind == "message_start":
             msg = data.get("message") or {}

@@ -271,8 +271,9 @@ def usage(u: Mapping[str, Any] | None) -> dict[str, Any]:
     completion = u.get("output_tokens") or 0
     out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
                            "total_tokens": prompt + completion}
-    if cached:
-        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    written = u.get("cache_creation_input_tokens") or 0
+    if cached or written:
+        out["prompt_tokens_details"] = {"cached_tokens": cached, **({"cache_write_tokens": written} if written else {})}
     return out
 
 

@@ -240,6 +240,20 @@ class ChatCompletionRequest(SamplingFields):
                 raise ValueError("a function tool_choice needs 'function': {\"name\": \"...\"}")
         return v
 
+    # The request as another API's client sent it ((api, body), e.g. ("anthropic.messages", {...})), when it
+    # arrived on that API's surface: a deployment that speaks that API natively takes it as it is, and says
+    # so in its answer (see backends.anthropic.native); every other deployment answers the chat request.
+    _native: tuple[str, dict[str, Any]] | None = PrivateAttr(default=None)
+
+    def native_body(self, api: str) -> dict[str, Any] | None:
+        """The original body, if this request came in as `api` (a fresh copy of its top level)."""
+        native = self._native
+        return dict(native[1]) if native is not None and native[0] == api else None
+
+    def with_native(self, api: str, body: dict[str, Any]) -> "ChatCompletionRequest":
+        self._native = (api, body)
+        return self
+
     def with_messages_appended(self, extra: list[dict[str, Any]]) -> "ChatCompletionRequest":
         """A copy with more messages at the end, the raw body included (for upstreams that take it as is)."""
         raw = self.wire_body()

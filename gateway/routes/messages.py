@@ -3,7 +3,8 @@
 A Messages request is translated to a chat request (gateway.surfaces.messages) and served by the one
 pipeline, whatever the route's backends are (local, vLLM, OpenAI, Anthropic), so auth (`x-api-key` or
 `Authorization`), limits, budgets, the cache, failover and continuation, usage and cost are those of
-chat completions. Every error, before or during a stream, is in Anthropic's shape, so the `anthropic`
+chat completions. An Anthropic deployment gets the request exactly as the client sent it, and its own
+message or events come back unchanged (backends.contract.native). Every error, before or during a stream, is in Anthropic's shape, so the `anthropic`
 SDK raises its own error types.
 """
 
@@ -19,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
 from backends.contract.errors import GatewayError
+from backends.contract.native import ANTHROPIC_MESSAGES
 from backends.contract.protocol import ChatCompletionRequest, parse_request
 from gateway.auth import authorize_model
 from gateway.disconnect import unless_disconnected
@@ -64,6 +66,7 @@ async def _chat_request(request: Request, kind: type[CountTokensRequest]) -> tup
 async def _create(request: Request, rec: RequestRecord) -> Response:
     svc: Services = request.app.state.services
     req, chat = await _chat_request(request, MessagesRequest)
+    chat.with_native(ANTHROPIC_MESSAGES, req._raw)  # an Anthropic deployment takes the request as it came
     rec.stream = req.stream
     call = Call(chat, request.headers, request.state.request_id, rec, partial(unless_disconnected, request))
     answer = await serve(svc, request.app.state.manager.current, call)

@@ -220,7 +220,8 @@ def test_stop_reason_mapping(stop: str | None, finish: str) -> None:
 def test_usage_mapping() -> None:
     assert usage({"input_tokens": 10, "output_tokens": 5, "cache_creation_input_tokens": 3,
                   "cache_read_input_tokens": 2}) == {
-        "prompt_tokens": 15, "completion_tokens": 5, "total_tokens": 20, "prompt_tokens_details": {"cached_tokens": 2}}
+        "prompt_tokens": 15, "completion_tokens": 5, "total_tokens": 20,
+        "prompt_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 3}}  # writes are kept apart too
     assert usage({"input_tokens": 4, "output_tokens": 1, "cache_creation_input_tokens": None,
                   "cache_read_input_tokens": None}) == {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}
 

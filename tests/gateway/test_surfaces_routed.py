@@ -309,3 +309,84 @@ def test_event_schema_table_covers_what_the_gateway_sends() -> None:
 
     sent = set(__import__("re").findall(r'"(response\.[a-z_.]+|error)"', inspect.getsource(stream)))
     assert sent <= set(EVENT_SCHEMAS), sent - set(EVENT_SCHEMAS)
+
+
+# -- Anthropic deployments: the Messages request passed through ------------------------------------------
+
+
+def test_messages_pass_through_to_anthropic_with_thinking_and_cache_usage(gw: GatewayProcess, sims: Sims) -> None:
+    """Fields chat has no word for (thinking, cache_control) reach Anthropic as written, and its own
+    message comes back: the thinking block with its signature, cache reads, the stop sequence."""
+    from tests.sim.anthropic_sim import CACHED_TOKENS, THINKING
+
+    body = {"model": "claude", "max_tokens": 300, "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": ASK}]}
+    raw = httpx.post(f"{gw.base_url}/messages", json=body, timeout=30)
+    assert raw.status_code == 200, raw.text
+    m = Message.model_validate(raw.json())
+    sent = [r for r in sims.claude.requests if r.path == "/v1/messages"][-1].body
+    assert sent["thinking"] == body["thinking"] and sent["system"] == body["system"], "passed through as written"
+    assert sent["messages"] == body["messages"] and sent["model"] == "claude-haiku-4-5"
+    assert [b.type for b in m.content] == ["thinking", "text"]
+    assert m.content[0].thinking == THINKING and m.content[0].signature.startswith("sig_")
+    assert m.usage.cache_read_input_tokens == CACHED_TOKENS
+    # The signed thinking block goes back in the next turn unchanged, as tool use with thinking requires.
+    follow = {**body, "messages": [*body["messages"], {"role": "assistant", "content": raw.json()["content"]},
+                                   {"role": "user", "content": "And wolves?"}]}
+    assert httpx.post(f"{gw.base_url}/messages", json=follow, timeout=30).status_code == 200
+    resent = [r for r in sims.claude.requests if r.path == "/v1/messages"][-1].body
+    assert resent["messages"][1]["content"][0]["signature"] == m.content[0].signature
+    stopped = claude(gw).messages.create(model="claude", max_tokens=300, stop_sequences=["brown"],
+                                         messages=[{"role": "user", "content": ASK}])
+    assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence == "brown"
+
+
+def test_messages_stream_passes_anthropic_events_through(gw: GatewayProcess, sims: Sims) -> None:
+    from tests.sim.anthropic_sim import CACHED_TOKENS, THINKING
+
+    body = {"model": "claude", "max_tokens": 300, "stream": True, "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "messages": [{"role": "user", "content": [{"type": "text", "text": ASK,
+                                                       "cache_control": {"type": "ephemeral"}}]}]}
+    events = raw_events(httpx.post(f"{gw.base_url}/messages", json=body, timeout=30).text)
+    for name, data in events:
+        assert data["type"] == name
+        if name != "ping":
+            EVENTS.validate_python(data)
+    names = [n for n, _ in events]
+    assert names.count("message_start") == 1 and names[-1] == "message_stop" and names.count("message_stop") == 1
+    deltas = [d["delta"] for n, d in events if n == "content_block_delta"]
+    assert deltas[0] == {"type": "thinking_delta", "thinking": THINKING}
+    assert deltas[1]["type"] == "signature_delta" and deltas[1]["signature"].startswith("sig_")
+    assert events[0][1]["message"]["usage"]["cache_read_input_tokens"] == CACHED_TOKENS
+    with claude(gw).messages.stream(**{k: v for k, v in body.items() if k != "stream"}) as stream:
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"] and final.content[1].text == EXPECTED
+    assert final.content[0].signature == deltas[1]["signature"]
+
+
+def test_a_broken_anthropic_stream_is_continued_by_another_deployment(sims: Sims) -> None:
+    """Primary Anthropic (passed through), fallback vLLM (translated): one message, no second message_start."""
+    from tests.routing_env import base_config, start_gateway
+
+    config = base_config(sims)
+    config["routes"].append({"name": "claude-then-vllm", "deployments": ["claude", "b"],
+                             "timeouts": config["routes"][0]["timeouts"], "retry": config["routes"][0]["retry"]})
+    sims.reset()
+    sims.claude.add_fault(Fault.cut_stream(after_chunks=3))
+    with start_gateway(sims, config) as g:
+        r = httpx.post(f"{g.base_url}/messages", timeout=30, json={
+            "model": "claude-then-vllm", "max_tokens": 300, "stream": True,
+            "messages": [{"role": "user", "content": ASK}]})
+        events = raw_events(r.text)
+    for name, data in events:
+        if name != "ping":
+            EVENTS.validate_python(data)
+    names = [n for n, _ in events]
+    assert names.count("message_start") == 1 and names[-2:] == ["message_delta", "message_stop"]
+    text = "".join(d["delta"].get("text", "") for n, d in events if n == "content_block_delta")
+    assert text == EXPECTED, "the fallback continued the text block the primary began"
+    starts = [d["index"] for n, d in events if n == "content_block_start"]
+    assert starts == [0], "one text block"
+    assert sims.b.count("/v1/chat/completions") == 1
+    sims.reset()

@@ -14,6 +14,8 @@ forced one); ``output_tokens`` = text pieces + JSON fragments.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import uuid
 from typing import Any
@@ -31,6 +33,8 @@ _MESSAGES = {401: "invalid x-api-key", 403: "Your API key does not have permissi
              404: "Not found", 429: "Number of request tokens has exceeded your per-minute rate limit",
              500: "Internal server error", 529: "Overloaded"}
 TOOL_INPUT = {"city": "Paris"}
+THINKING = "The user asks something; answer plainly."  # what a request with thinking enabled thinks
+CACHED_TOKENS = 7  # the prompt tokens a request with a cache_control breakpoint reads from the cache
 _WEATHER = re.compile(r"\bweather\b", re.IGNORECASE)
 
 
@@ -136,20 +140,30 @@ class AnthropicSim(SimServer):
             stop_reason = "max_tokens" if plan.finish == "length" else "stop_sequence" if stop_seq else "end_turn"
         otoks = len(pieces) + len(fragments)
         tool_block = {"type": "tool_use", "id": _rid("toolu_"), "name": tool, "input": TOOL_INPUT}
+        # Extended thinking, as Anthropic streams it: a thinking block, its text, then its signature.
+        thinking = isinstance(body.get("thinking"), dict) and body["thinking"].get("type") == "enabled"
+        signature = "sig_" + hashlib.sha256(repr(messages).encode()).hexdigest()[:32]
+        # Prompt caching: a cache_control breakpoint anywhere makes the prompt a cache read.
+        cached = CACHED_TOKENS if "cache_control" in json.dumps(body) else 0
         msg = {"id": _rid("msg_"), "type": "message", "role": "assistant", "model": model, "content": [],
                "stop_reason": None, "stop_sequence": None,
                "usage": {"input_tokens": ptoks, "output_tokens": 1, "cache_creation_input_tokens": 0,
-                         "cache_read_input_tokens": 0}}
+                         "cache_read_input_tokens": cached}}
         if not body.get("stream"):
             dropped = await self.nonstream_fault(request, fault, otoks)
             if dropped is not None:
                 return dropped
-            content = ([{"type": "text", "text": "".join(pieces)}] if pieces else []) + ([tool_block] if tool else [])
+            content = ([{"type": "thinking", "thinking": THINKING, "signature": signature}] if thinking else []) + \
+                ([{"type": "text", "text": "".join(pieces)}] if pieces else []) + ([tool_block] if tool else [])
             usage = {**msg["usage"], "output_tokens": otoks}
             return web.json_response({**msg, "content": content, "stop_reason": stop_reason,
                                       "stop_sequence": stop_seq, "usage": usage})
         events = [StreamEvent(sse_event("message_start", {"type": "message_start", "message": msg}))]
         blocks: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        if thinking:
+            blocks.append(({"type": "thinking", "thinking": "", "signature": ""},
+                           [{"type": "thinking_delta", "thinking": THINKING},
+                            {"type": "signature_delta", "signature": signature}]))
         if pieces:
             blocks.append(({"type": "text", "text": ""}, [{"type": "text_delta", "text": p} for p in pieces]))
         if tool:

@@ -5,7 +5,7 @@ each later one is a `text_delta`; each tool call opens a `tool_use` block whose 
 as `input_json_delta`s, never dropped and never re-cut; a block is stopped when the next one opens. The
 end of the chat stream stops the open block and sends `message_delta` (the `stop_reason` and the usage,
 input tokens included) and `message_stop`. An in-band chat error becomes an `error` event. One parse per
-chat frame.
+chat frame. An Anthropic deployment's own events (backends.contract.native) are sent as they came.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, AsyncIterator
 
 from backends.contract.assembler import parse_frame
+from backends.contract.native import ANTHROPIC_FIELD
 from backends.contract.responses import split_frames
 from gateway.surfaces.messages import translate
 from gateway.surfaces.messages.protocol import MessagesRequest
@@ -32,6 +33,7 @@ class MessageEvents:
         self.finish: str | None = None
         self.usage: dict[str, Any] | None = None
         self.failed = False
+        self.native_done = False  # an Anthropic deployment's own stream ended it (message_stop sent)
 
     def start(self, model: str | None = None) -> bytes:
         self.model = model or self.model
@@ -41,6 +43,9 @@ class MessageEvents:
         return event("message_start", {"type": "message_start", "message": message}) + event("ping", {"type": "ping"})
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
+        native = chunk.get(ANTHROPIC_FIELD)
+        if native is not None:  # an Anthropic deployment's own events: sent as they came
+            return self._native(native)
         if "error" in chunk:
             self.failed = True
             return event("error", translate.in_band_error(chunk["error"]))
@@ -57,6 +62,23 @@ class MessageEvents:
                 out.append(self._call(call))
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
+        return b"".join(out)
+
+    def _native(self, events: list[dict[str, Any]]) -> bytes:
+        """Relay upstream events unchanged, keeping the block count and the open block, so that frames a
+        fallback sends after a break continue the same message."""
+        out = []
+        for ev in events:
+            kind = ev.get("type")
+            if kind == "content_block_start":
+                self.blocks = int(ev.get("index", self.blocks)) + 1
+                block = ev.get("content_block") or {}
+                self._open = "text" if block.get("type") == "text" else f"native:{self.blocks - 1}"
+            elif kind == "content_block_stop":
+                self._open = None
+            elif kind == "message_stop":
+                self.native_done = True
+            out.append(event(str(kind), ev))
         return b"".join(out)
 
     def _begin(self, block: dict[str, Any], key: str) -> bytes:
@@ -95,6 +117,8 @@ class MessageEvents:
         return out
 
     def end(self) -> bytes:
+        if self.native_done:
+            return b""
         usage = translate.usage(self.usage)
         return (self._stop()
                 + event("message_delta", {"type": "message_delta",
@@ -118,7 +142,8 @@ async def events(frames: AsyncIterator[bytes], state: MessageEvents) -> AsyncIte
                     continue
                 if not started:
                     started = True
-                    out.append(state.start(parsed.get("model")))
+                    if ANTHROPIC_FIELD not in parsed:  # an Anthropic deployment sends its own message_start
+                        out.append(state.start(parsed.get("model")))
                 out.append(state.feed(parsed))
             if out:
                 yield b"".join(out)

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from backends.contract.errors import GatewayError, InvalidRequest
+from backends.contract.native import ANTHROPIC_FIELD
 from gateway.surfaces.messages.protocol import CountTokensRequest, MessagesRequest
 
 MAX_STOP_SEQUENCES = 4  # what chat completions (and so every backend) can take
@@ -223,7 +224,10 @@ def usage(chat_usage: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def from_chat(req: MessagesRequest, chat: dict[str, Any]) -> dict[str, Any]:
-    """A finished chat completion -> Anthropic's `message`."""
+    """A finished chat completion -> Anthropic's `message`; an Anthropic deployment's own message as it came."""
+    native = chat.get(ANTHROPIC_FIELD)
+    if isinstance(native, dict):
+        return native
     choice = (chat.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
