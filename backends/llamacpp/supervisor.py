@@ -36,8 +36,8 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from backends.llamacpp.wire import LOAD_FAILED
 from backends.llamacpp.jobs import EngineSettings
+from backends.llamacpp.wire import LOAD_FAILED
 
 log = logging.getLogger("llm_gateway.engines")
 
