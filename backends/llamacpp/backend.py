@@ -255,7 +255,7 @@ class LlamaCppBackend(Backend):
     def _chat_prompt(self, request: ChatCompletionRequest) -> tuple[str, ToolPlan | None]:
         """The rendered prompt, and the tool plan when tools play a part (see `tools`)."""
         assert self._template is not None
-        plan = plan_tools(request.tools, request.tool_choice, request.parallel_tool_calls)
+        plan = plan_tools(request.tools, request.tool_choice, (request.model_extra or {}).get("parallel_tool_calls"))
         if plan is None:
             return self._template.render(request.messages), None
         prompt = self._template.render(request.messages, tools=plan.tools, tool_choice=request.tool_choice,

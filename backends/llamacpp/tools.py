@@ -75,6 +75,9 @@ def plan_tools(tools: list[dict[str, Any]] | None, tool_choice: Any, parallel: b
     """The request's tools, checked; None when they play no part (none given, or tool_choice "none")."""
     if not tools or tool_choice == "none":
         return None
+    if parallel is not None and not isinstance(parallel, bool):
+        raise InvalidRequest("Invalid value for 'parallel_tool_calls': must be a boolean.", param="parallel_tool_calls",
+                             code="invalid_value")
     for i, tool in enumerate(tools):
         if tool.get("type", "function") != "function":
             raise InvalidRequest(f"Tools of type '{tool.get('type')}' are not supported by local models; "

@@ -87,6 +87,12 @@ def test_bad_tools_are_the_clients_400(tools, choice, param) -> None:
     assert err.value.param == param
 
 
+def test_parallel_tool_calls_must_be_a_boolean() -> None:
+    with pytest.raises(InvalidRequest) as err:
+        plan_tools([WEATHER], "auto", "yes")  # type: ignore[arg-type]
+    assert err.value.param == "parallel_tool_calls"
+
+
 # -- reading the answer ---------------------------------------------------------------------------------
 
 CALLS = ('{ "tool_calls" : [ {"name": "get_weather", "arguments": {"city": "Pa\\"ris \\u00e9\\ud83d\\ude00", '
