@@ -2,7 +2,8 @@
 
 This module maps OpenAI requests onto engine jobs and engine events back onto
 OpenAI bodies and SSE frames; it is the one place where what an engine says
-becomes a gateway error. The engines (threads, queue, token loop) run in
+becomes a gateway error. Tool calling (prompt, grammar, parsing) is in `tools`,
+logprobs (computed in the engine) in `logprobs`. The engines (threads, queue, token loop) run in
 their own processes (`host`), started and restarted by a supervisor; this
 worker reaches them through `instances.EngineSet`. Tokenizing and the chat
 template stay here, with a vocab-only copy of the model, so routing can count
@@ -42,6 +43,7 @@ from backends.contract.protocol import (
     ResponseFormatJSONSchema,
     SamplingFields,
 )
+from backends.llamacpp import logprobs as lp_fmt
 from backends.llamacpp import wire
 from backends.llamacpp.chat_template import ChatTemplate
 from backends.llamacpp.client import LOST, JobHandle
@@ -49,6 +51,7 @@ from backends.llamacpp.control import EngineControl, LocalControl
 from backends.llamacpp.instances import AllFull, EngineSet, NoEngine
 from backends.llamacpp.jobs import EngineSettings
 from backends.llamacpp.settings import LlamaCppModelConfig
+from backends.llamacpp.tools import ToolPlan, ToolStream, plan_tools
 from backends.model_cards import ModelCard
 from backends.weights import Progress, resolve_weights
 
@@ -173,7 +176,7 @@ class LlamaCppBackend(Backend):
             if isinstance(request, ChatCompletionRequest):
                 if self._template is None:
                     return None
-                text = self._template.render(request.messages)
+                text, _ = self._chat_prompt(request)
                 return len(self.tokenizer.tokenize(text.encode(), add_bos=False, special=True))
             return sum(len(self.tokenizer.tokenize(p.encode(), add_bos=True, special=True))
                        if isinstance(p, str) else len(p) for p in request.prompts())
@@ -182,38 +185,49 @@ class LlamaCppBackend(Backend):
 
     async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> dict[str, Any]:
         request = _with_params(request, ctx)
-        events, prompt_len = await self._chat_events(request, ctx.continue_from)
-        texts, finishes, produced = await _collect(events, request.n)
-        return fmt.chat_response(
-            id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.model_id, fingerprint=self._fingerprint,
-            choices=list(zip(texts, finishes)), prompt_tokens=prompt_len, completion_tokens=produced,
-        )
+        events, prompt_len, plan = await self._chat_events(request, ctx.continue_from)
+        texts, finishes, entries, produced = await _collect(events, request.n)
+        choices = []
+        for i, (text, finish) in enumerate(zip(texts, finishes)):
+            content, calls = text, None
+            if plan is not None:
+                answer = ToolStream()
+                answer.feed(text)
+                content, calls = answer.message()
+                finish = "tool_calls" if calls and finish == "stop" else finish
+            logprobs = lp_fmt.chat_logprobs(entries[i]) if entries is not None else None
+            choices.append(fmt.chat_choice(i, content, finish, tool_calls=calls, logprobs=logprobs))
+        return fmt.chat_completion(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.model_id,
+                                   fingerprint=self._fingerprint, choices=choices,
+                                   usage=fmt.usage(prompt_len, produced))
 
     async def chat_stream(self, request: ChatCompletionRequest, ctx: CallContext) -> SSEStream:
         request = _with_params(request, ctx)
-        events, prompt_len = await self._chat_events(request, ctx.continue_from)
+        events, prompt_len, plan = await self._chat_events(request, ctx.continue_from)
         first = await _first(events)
         chunks = fmt.ChatChunks(id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.model_id,
                                 fingerprint=self._fingerprint, include_usage=request.include_usage)
-        return self._chat_frames(first, events, chunks, prompt_len, request.include_usage)
+        return self._chat_frames(first, events, chunks, prompt_len, request.include_usage, plan)
 
     async def completion(self, request: CompletionRequest, ctx: CallContext) -> dict[str, Any]:
         request = _with_params(request, ctx)
         self._check_completion_params(request)
-        choices: list[tuple[str, str]] = []
+        choices: list[dict[str, Any]] = []
         prompt_total = produced_total = 0
         for prompt in request.prompts():
             tokens, echo = await self._completion_prompt(prompt)
-            events = await self._open(self._spec(request, tokens, self._max_tokens(request, len(tokens), "prompt")))
-            texts, finishes, produced = await _collect(events, request.n)
+            events = await self._open(self._spec(request, tokens, self._max_tokens(request, len(tokens), "prompt"),
+                                                 logprobs=request.logprobs))
+            texts, finishes, entries, produced = await _collect(events, request.n)
             prefix = echo if request.echo else ""
-            choices += [(prefix + t, f) for t, f in zip(texts, finishes)]
+            for i, (t, f) in enumerate(zip(texts, finishes)):
+                logprobs = lp_fmt.completion_logprobs(entries[i], 0)[0] if entries is not None else None
+                choices.append(fmt.completion_choice(len(choices), prefix + t, f, logprobs))
             prompt_total += len(tokens)
             produced_total += produced
-        return fmt.completion_response(
-            id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.model_id, fingerprint=self._fingerprint,
-            choices=choices, prompt_tokens=prompt_total, completion_tokens=produced_total,
-        )
+        return fmt.text_completion(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.model_id,
+                                   fingerprint=self._fingerprint, choices=choices,
+                                   usage=fmt.usage(prompt_total, produced_total))
 
     async def completion_stream(self, request: CompletionRequest, ctx: CallContext) -> SSEStream:
         request = _with_params(request, ctx)
@@ -223,7 +237,8 @@ class LlamaCppBackend(Backend):
         for tokens, _ in prepared:
             self._max_tokens(request, len(tokens), "prompt")  # refuse overflow before streaming
         tokens, _ = prepared[0]
-        events = await self._open(self._spec(request, tokens, self._max_tokens(request, len(tokens), "prompt")))
+        events = await self._open(self._spec(request, tokens, self._max_tokens(request, len(tokens), "prompt"),
+                                             logprobs=request.logprobs))
         first = await _first(events)
         chunks = fmt.CompletionChunks(id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=self.model_id,
                                       fingerprint=self._fingerprint)
@@ -237,34 +252,53 @@ class LlamaCppBackend(Backend):
             retry = self.engines.retry_after() if self.engines is not None else 2.0
             raise NotReady(f"The model '{self.name}' is {state}; try again shortly.", retry_after=retry)
 
-    async def _chat_events(self, request: ChatCompletionRequest,
-                           continue_from: str | None = None) -> tuple[AsyncIterator[list[Any]], int]:
+    def _chat_prompt(self, request: ChatCompletionRequest) -> tuple[str, ToolPlan | None]:
+        """The rendered prompt, and the tool plan when tools play a part (see `tools`)."""
+        assert self._template is not None
+        plan = plan_tools(request.tools, request.tool_choice, (request.model_extra or {}).get("parallel_tool_calls"))
+        if plan is None:
+            return self._template.render(request.messages), None
+        prompt = self._template.render(request.messages, tools=plan.tools, tool_choice=request.tool_choice,
+                                       system=plan.instruction(describe=not self._template.knows_tools))
+        return prompt, plan
+
+    async def _chat_events(self, request: ChatCompletionRequest, continue_from: str | None = None
+                           ) -> tuple[AsyncIterator[list[Any]], int, ToolPlan | None]:
         self._require_ready()
-        if request.logprobs or request.top_logprobs:
-            raise InvalidRequest("logprobs are not supported by the llama.cpp backend.", param="logprobs",
-                                 code="unsupported_parameter")
-        if request.tools and request.tool_choice != "none":  # OpenAI defaults to "auto" when tools are given
-            raise InvalidRequest(f"The model '{self.name}' does not support tool calling.", param="tools",
-                                 code="unsupported_parameter")
+        if request.top_logprobs and not request.logprobs:
+            raise InvalidRequest("'top_logprobs' needs 'logprobs': true.", param="top_logprobs", code="invalid_value")
         if self._template is None:
             raise InvalidRequest(f"The model '{self.name}' has no chat template; use /v1/completions.",
                                  param="model", code="unsupported_model")
-        prompt = self._template.render(request.messages)
+        prompt, plan = self._chat_prompt(request)
+        grammar = _grammar(request)
+        if plan is not None:
+            if grammar is not None:
+                raise InvalidRequest("'response_format' together with tools is not supported by local models.",
+                                     param="response_format", code="unsupported_parameter")
+            if request.logprobs:
+                raise InvalidRequest("logprobs together with tools are not supported by local models.",
+                                     param="logprobs", code="unsupported_parameter")
+            if continue_from:  # the relayed text is decoded content, not the JSON the model wrote
+                raise InvalidRequest("A tool-calling stream cannot be continued on a local model.", param="tools",
+                                     code="unsupported_parameter")
+            grammar = plan.grammar
         if continue_from:
             prompt += continue_from  # the answer picks up where a failed deployment's stream stopped
         tokens = await self._tokenize(prompt, add_bos=False)
         max_tokens = self._max_tokens(request, len(tokens), "messages")
-        events = await self._open(self._spec(request, tokens, max_tokens, _grammar(request)))
-        return events, len(tokens)
+        logprobs = (request.top_logprobs or 0) if request.logprobs else None
+        events = await self._open(self._spec(request, tokens, max_tokens, grammar, logprobs))
+        return events, len(tokens), plan
 
     def _check_completion_params(self, request: CompletionRequest) -> None:
         self._require_ready()
         if request.suffix:
             raise InvalidRequest("'suffix' is not supported by the llama.cpp backend.", param="suffix",
                                  code="unsupported_parameter")
-        if request.logprobs:
-            raise InvalidRequest("logprobs are not supported by the llama.cpp backend.", param="logprobs",
-                                 code="unsupported_parameter")
+        if request.logprobs is not None and request.echo:
+            raise InvalidRequest("logprobs with 'echo' (the prompt's logprobs) are not supported by the llama.cpp "
+                                 "backend.", param="echo", code="unsupported_parameter")
         if request.best_of is not None and request.best_of != request.n:
             raise InvalidRequest("'best_of' other than 'n' is not supported by the llama.cpp backend.",
                                  param="best_of", code="unsupported_parameter")
@@ -305,7 +339,8 @@ class LlamaCppBackend(Backend):
         )
 
     @staticmethod
-    def _spec(request: SamplingFields, tokens: list[int], max_tokens: int, grammar: str | None = None) -> dict[str, Any]:
+    def _spec(request: SamplingFields, tokens: list[int], max_tokens: int, grammar: str | None = None,
+              logprobs: int | None = None) -> dict[str, Any]:
         sampling = {
             "temperature": 1.0 if request.temperature is None else request.temperature,
             "top_p": 1.0 if request.top_p is None else request.top_p,
@@ -317,7 +352,7 @@ class LlamaCppBackend(Backend):
             "seed": None if request.seed is None else request.seed & _SEED_MASK,
         }
         return wire.job_spec(prompt=tokens, max_tokens=max_tokens, sampling=sampling, stop=request.stop or [],
-                             n=request.n, grammar=grammar, ignore_eos=request.ignore_eos)
+                             n=request.n, grammar=grammar, ignore_eos=request.ignore_eos, logprobs=logprobs)
 
     # -- engine events -> OpenAI ---------------------------------------------
 
@@ -368,8 +403,9 @@ class LlamaCppBackend(Backend):
         return UpstreamTimeout(f"The model '{self.name}' did not finish within {self.config.request_timeout_s:g}s.")
 
     async def _chat_frames(self, first: list[Any] | None, events: AsyncIterator[list[Any]], chunks: fmt.ChatChunks,
-                           prompt_len: int, include_usage: bool) -> AsyncIterator[bytes]:
+                           prompt_len: int, include_usage: bool, plan: ToolPlan | None) -> AsyncIterator[bytes]:
         started: set[int] = set()
+        answers: dict[int, ToolStream] = {}  # with tools: each choice's answer, read as it comes
         produced = 0
         try:
             async for ev in _prepend(first, events):
@@ -378,10 +414,21 @@ class LlamaCppBackend(Backend):
                     started.add(index)
                     yield chunks.role(index)
                 if ev[0] == wire.TEXT:
-                    yield chunks.content(index, ev[3])
+                    if plan is None:
+                        yield chunks.content(index, ev[3], lp_fmt.chat_logprobs(ev[4]) if ev[4] is not None else None)
+                        continue
+                    for out in answers.setdefault(index, ToolStream()).feed(ev[3]):
+                        if out[0] == "text":
+                            yield chunks.content(index, out[1])
+                        elif out[0] == "call":
+                            yield chunks.tool_call_start(index, out[1], out[2], out[3])
+                        else:
+                            yield chunks.tool_call_arguments(index, out[1], out[2])
                 elif ev[0] == wire.DONE:
                     produced += ev[4]
-                    yield chunks.finish(index, ev[3])
+                    answer = answers.get(index)
+                    called = answer is not None and answer.kind == "calls" and answer.calls
+                    yield chunks.finish(index, "tool_calls" if called and ev[3] == "stop" else ev[3])
         finally:
             await events.aclose()  # type: ignore[attr-defined]
         if include_usage:
@@ -393,10 +440,12 @@ class LlamaCppBackend(Backend):
                                  chunks: fmt.CompletionChunks) -> AsyncIterator[bytes]:
         n = request.n
         prompt_total = produced = 0
+        offsets: dict[int, int] = {}  # with logprobs: each choice's text offset so far
         # Failures propagate: the router ends the stream with an in-band error.
         for p, (tokens, echo) in enumerate(prepared):
             if p > 0:
-                events = await self._open(self._spec(request, tokens, self._max_tokens(request, len(tokens), "prompt")))
+                events = await self._open(self._spec(request, tokens, self._max_tokens(request, len(tokens), "prompt"),
+                                                     logprobs=request.logprobs))
                 first = await _first(events)
             prompt_total += len(tokens)
             echoed: set[int] = set()
@@ -407,7 +456,10 @@ class LlamaCppBackend(Backend):
                         echoed.add(index)
                         yield chunks.text(index, echo)
                     if ev[0] == wire.TEXT:
-                        yield chunks.text(index, ev[3])
+                        logprobs = None
+                        if ev[4] is not None:
+                            logprobs, offsets[index] = lp_fmt.completion_logprobs(ev[4], offsets.get(index, 0))
+                        yield chunks.text(index, ev[3], logprobs=logprobs)
                     elif ev[0] == wire.DONE:
                         produced += ev[4]
                         yield chunks.text(index, "", ev[3])
@@ -418,17 +470,24 @@ class LlamaCppBackend(Backend):
         yield fmt.DONE
 
 
-async def _collect(events: AsyncIterator[list[Any]], n: int) -> tuple[list[str], list[str], int]:
+async def _collect(events: AsyncIterator[list[Any]], n: int
+                   ) -> tuple[list[str], list[str], list[list[Any]] | None, int]:
+    """Each choice's text and finish reason, its logprob entries (None when not asked for), the tokens made."""
     texts: list[list[str]] = [[] for _ in range(n)]
+    entries: list[list[Any]] | None = None
     finishes = ["length"] * n
     produced = 0
     async for ev in events:
         if ev[0] == wire.TEXT:
             texts[ev[2]].append(ev[3])
+            if ev[4] is not None:
+                if entries is None:
+                    entries = [[] for _ in range(n)]
+                entries[ev[2]].extend(ev[4])
         elif ev[0] == wire.DONE:
             finishes[ev[2]] = ev[3]
             produced += ev[4]
-    return ["".join(t) for t in texts], finishes, produced
+    return ["".join(t) for t in texts], finishes, entries, produced
 
 
 def _with_params(request: Any, ctx: CallContext) -> Any:

@@ -22,6 +22,7 @@ from typing import Any
 
 from backends.llamacpp.engine_thread import EngineThread
 from backends.llamacpp.jobs import DONE, END, ERROR, TEXT, EngineSettings, Job, Sampling, default_threads
+from backends.llamacpp.logprobs import Pending, entry
 from backends.llamacpp.sampler import SamplerChain, choice_seed
 from backends.llamacpp.seqs import Run, Seq, Slot, reusable
 from backends.llamacpp.sysinfo import model_params
@@ -208,7 +209,7 @@ class BatchEngine(EngineThread):
             chain = SamplerChain(self.llm._model, self.llm.n_vocab(), job.sampling, choice_seed(job.sampling, choice),
                                  job.grammar)
             seq = Seq(run, choice, list(job.prompt_tokens), len(job.prompt_tokens), budget, chain,
-                      StopTextStream(job.stop))
+                      StopTextStream(job.stop), logprobs=None if job.logprobs is None else Pending())
             if budget <= 0:
                 self._finish(seq, "length")
             else:
@@ -340,13 +341,28 @@ class BatchEngine(EngineThread):
         seq.produced += 1
         self.tokens_generated += 1
         seq.tokens.append(token)
-        text = seq.stream.feed(self.llm.detokenize([token]))
-        if text:
+        piece = self.llm.detokenize([token])
+        start = seq.stream.decoded
+        text = seq.stream.feed(piece)
+        if seq.logprobs is not None:
+            import llama_cpp
+
+            logits = llama_cpp.llama_get_logits_ith(self._ctx, row)
+            seq.logprobs.add(start, seq.stream.decoded, entry(logits, self.llm.n_vocab(), token, seq.job.logprobs or 0,
+                                                              piece, self._piece))
+            entries = seq.logprobs.take(seq.stream, final=seq.stream.stopped)
+            if text or entries:
+                seq.job.post((TEXT, seq.choice, text, entries))
+        elif text:
             seq.job.post((TEXT, seq.choice, text))
         if seq.stream.stopped:
             self._finish(seq, "stop")
         elif seq.produced >= seq.budget:
             self._finish(seq, "length")
+
+    def _piece(self, token: int) -> bytes:
+        """An alternative's text, special tokens spelled out (the sampled token's is its output text)."""
+        return self.llm.detokenize([token], special=True)
 
     # -- KV pressure -----------------------------------------------------------------
 
@@ -402,10 +418,10 @@ class BatchEngine(EngineThread):
         self._release(seq, keep_cache=keep)
         seq.chain.close()
         if reason != "cancelled" and not seq.run.failed:
-            if not seq.stream.stopped:
-                tail = seq.stream.flush()
-                if tail:
-                    job.post((TEXT, seq.choice, tail))
+            tail = "" if seq.stream.stopped else seq.stream.flush()
+            entries = seq.logprobs.take(seq.stream, final=True) if seq.logprobs is not None else None
+            if tail or entries:
+                job.post((TEXT, seq.choice, tail, entries))
             job.post((DONE, seq.choice, reason, seq.produced))
         seq.run.remaining -= 1
         if seq.run.remaining == 0 and not seq.run.failed:

@@ -78,7 +78,7 @@ class Connection:
         def post(ev: tuple) -> None:  # on the engine thread
             kind = ev[0]
             if kind == TEXT:
-                data = wire.pack(wire.TEXT, job_id, ev[1], ev[2])
+                data = wire.pack(wire.TEXT, job_id, ev[1], ev[2], ev[3] if len(ev) > 3 else None)
             elif kind == DONE:
                 data = wire.pack(wire.DONE, job_id, ev[1], ev[2], ev[3])
             elif kind == END:
@@ -208,7 +208,8 @@ def _job(spec: dict[str, Any]) -> Job:
 
         grammar = LlamaGrammar.from_string(spec["grammar"], verbose=False)
     return Job(prompt_tokens=spec["prompt"], max_tokens=spec["max_tokens"], sampling=Sampling(**spec["sampling"]),
-               stop=spec["stop"], n=spec["n"], grammar=grammar, ignore_eos=spec["ignore_eos"])
+               stop=spec["stop"], n=spec["n"], grammar=grammar, ignore_eos=spec["ignore_eos"],
+               logprobs=spec.get("logprobs"))
 
 
 def _safe_message(exc: BaseException) -> str:

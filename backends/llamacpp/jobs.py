@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 # Events an engine posts for a job, in this order: TEXT and DONE per choice, then END (or ERROR).
-TEXT = "text"  # (TEXT, choice, text)
+TEXT = "text"  # (TEXT, choice, text, logprob entries or None): see `logprobs`
 DONE = "done"  # (DONE, choice, finish_reason, completion_tokens)
 END = "end"  # (END,)
 ERROR = "error"  # (ERROR, exception)
@@ -44,6 +44,7 @@ class Job:
     n: int = 1
     grammar: Any = None  # llama_cpp.LlamaGrammar
     ignore_eos: bool = False
+    logprobs: int | None = None  # alternatives per token when the client asked for logprobs (see `logprobs`)
     post: Callable[[tuple], None] = lambda ev: None  # called on the engine thread, once per event
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.monotonic)

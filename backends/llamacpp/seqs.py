@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from backends.llamacpp.jobs import Job
+from backends.llamacpp.logprobs import Pending
 from backends.llamacpp.sampler import SamplerChain
 from backends.llamacpp.text_stream import StopTextStream
 
@@ -40,6 +41,7 @@ class Seq:
     n_past: int = 0  # tokens[:n_past] are in the KV cache
     produced: int = 0
     leader: Seq | None = None  # a sibling choice whose prompt KV this one will copy instead of prefilling
+    logprobs: Pending | None = None  # when the job asked for logprobs: entries whose text is not out yet
 
     @property
     def job(self) -> Job:

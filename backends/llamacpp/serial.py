@@ -14,6 +14,7 @@ import time
 
 from backends.llamacpp.engine_thread import EngineThread
 from backends.llamacpp.jobs import DONE, END, ERROR, TEXT, EngineSettings, Job, Sampling, default_threads
+from backends.llamacpp.logprobs import Pending, entry
 from backends.llamacpp.sysinfo import extra_bufts
 from backends.llamacpp.text_stream import StopTextStream
 
@@ -108,6 +109,10 @@ class LlamaEngine(EngineThread):
         self._generate(job)
         self.llm.reset()
 
+    def _piece(self, token: int) -> bytes:
+        """An alternative's text, special tokens spelled out (the sampled token's is its output text)."""
+        return self.llm.detokenize([token], special=True)
+
     def _generate(self, job: Job) -> bool:
         """Run every choice of the job; False if it was cancelled part-way."""
         for choice in range(job.n):
@@ -119,9 +124,10 @@ class LlamaEngine(EngineThread):
         return finished
 
     def _generate_one(self, job: Job, choice: int) -> None:
-        from llama_cpp import llama_vocab_is_eog
+        from llama_cpp import llama_get_logits_ith, llama_vocab_is_eog
 
         llm = self.llm
+        pending = None if job.logprobs is None else Pending()
         sp = job.sampling
         seed = (sp.seed + choice) if sp.seed is not None else random.getrandbits(31)
         llm.set_seed(seed & 0x7FFFFFFF)
@@ -159,8 +165,18 @@ class LlamaEngine(EngineThread):
                         break
                     produced += 1
                     self.tokens_generated += 1
-                    text = stream.feed(llm.detokenize([token]))
-                    if text:
+                    piece = llm.detokenize([token])
+                    start = stream.decoded
+                    text = stream.feed(piece)
+                    if pending is not None:
+                        logits = llama_get_logits_ith(llm.ctx, -1)  # this step's row: `generate` decodes later
+                        pending.add(start, stream.decoded, entry(logits, llm.n_vocab(), token, job.logprobs or 0,
+                                                                 piece, self._piece))
+                        entries = pending.take(stream, final=stream.stopped)
+                        if text or entries:
+                            job.post((TEXT, choice, text, entries))
+                            self.after_step()
+                    elif text:
                         job.post((TEXT, choice, text))
                         self.after_step()
                     if stream.stopped:
@@ -170,9 +186,9 @@ class LlamaEngine(EngineThread):
                         break
             finally:
                 gen.close()
-        if not stream.stopped:
-            tail = stream.flush()
-            if tail:
-                job.post((TEXT, choice, tail))
+        tail = "" if stream.stopped else stream.flush()
+        entries = pending.take(stream, final=True) if pending is not None else None
+        if (tail or entries) and finish != "cancelled":
+            job.post((TEXT, choice, tail, entries))
         if finish != "cancelled":
             job.post((DONE, choice, finish, produced))

@@ -45,6 +45,16 @@ class StopTextStream:
         return self._take(len(self._text))
 
     @property
+    def decoded(self) -> int:
+        """Characters decoded so far, emitted or held back (where the next token's text begins)."""
+        return len(self._text)
+
+    @property
+    def emitted(self) -> int:
+        """Characters let out so far."""
+        return self._emitted
+
+    @property
     def text(self) -> str:
         return self._text[: self._emitted]
 

@@ -14,7 +14,7 @@ are the worker's own, scoped to its connection.
 | `HELLO` | engine → worker | info | sent once on connect: pid, n_ctx, n_vocab, safe_mode, system info |
 | `SUBMIT` | worker → engine | job_id, spec | a job (`spec`: see `job_spec`) |
 | `CANCEL` | worker → engine | job_id | stop the job within one token; it ends with `END` |
-| `TEXT` | engine → worker | job_id, choice, text | a piece of a choice's text |
+| `TEXT` | engine → worker | job_id, choice, text, logprobs | a piece of a choice's text; its tokens' logprob entries when asked for (else nil) |
 | `DONE` | engine → worker | job_id, choice, finish_reason, tokens | a choice finished |
 | `END` | engine → worker | job_id | the job is over (after every `DONE`, or after a cancel) |
 | `ERROR` | engine → worker | job_id, message | the job failed; the engine serves on |
@@ -83,8 +83,9 @@ class Reader:
 
 
 def job_spec(*, prompt: list[int], max_tokens: int, sampling: dict[str, Any], stop: list[str], n: int,
-             grammar: str | None, ignore_eos: bool) -> dict[str, Any]:
+             grammar: str | None, ignore_eos: bool, logprobs: int | None = None) -> dict[str, Any]:
     """`SUBMIT`'s spec: prompt token ids, the sampling values (`jobs.Sampling` fields), stop strings,
-    choices, a GBNF grammar (text) or None, and whether to run past end-of-generation tokens."""
+    choices, a GBNF grammar (text) or None, whether to run past end-of-generation tokens, and how many
+    alternatives each token's logprob entry lists (None: no logprobs)."""
     return {"prompt": prompt, "max_tokens": max_tokens, "sampling": sampling, "stop": stop, "n": n,
-            "grammar": grammar, "ignore_eos": ignore_eos}
+            "grammar": grammar, "ignore_eos": ignore_eos, "logprobs": logprobs}
