@@ -62,6 +62,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              stream=True, operation_id="createResponse", errors=GENERATION),
     Endpoint("get", "/v1/responses/{response_id}", "Retrieve a stored response", response="Response",
              operation_id="getResponse", errors=("404", "503")),
+    Endpoint("get", "/v1/responses/{response_id}/input_items", "List a stored response's input items",
+             response="ResponseItemList", operation_id="listInputItems", errors=("404", "503")),
     Endpoint("delete", "/v1/responses/{response_id}", "Delete a stored response", response="ResponseDeleted",
              operation_id="deleteResponse", errors=("404", "503")),
     Endpoint("post", "/v1/messages", "Create a message (Anthropic's Messages API; errors in Anthropic's shape)",
@@ -100,6 +102,11 @@ RESPONSES: dict[str, dict[str, Any]] = {
         "properties": {"id": {"type": "string"}, "object": {"const": "response"}, "created_at": {"type": "integer"},
                        "status": {"type": "string"}, "model": {"type": "string"},
                        "output": {"type": "array", "items": {"type": "object"}}}},
+    "ResponseItemList": {
+        "type": "object", "required": ["object", "data", "has_more", "first_id", "last_id"],
+        "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {"type": "object"}},
+                       "has_more": {"type": "boolean"}, "first_id": {"type": ["string", "null"]},
+                       "last_id": {"type": ["string", "null"]}}},
     "ResponseDeleted": {
         "type": "object", "required": ["id", "object", "deleted"],
         "properties": {"id": {"type": "string"}, "object": {"const": "response"}, "deleted": {"const": True}}},

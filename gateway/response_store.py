@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -28,9 +28,11 @@ class StoredResponse:
     response: dict[str, Any]
     conversation: list[dict[str, Any]]  # chat messages: the inputs so far and this response's output
     owner: str
+    input_items: list[dict[str, Any]] = field(default_factory=list)  # this request's input, as items
 
     def encode(self) -> bytes:
-        return orjson.dumps({"response": self.response, "conversation": self.conversation, "owner": self.owner})
+        return orjson.dumps({"response": self.response, "conversation": self.conversation, "owner": self.owner,
+                             "input_items": self.input_items})
 
     @classmethod
     def decode(cls, raw: bytes | str | None) -> "StoredResponse | None":
@@ -38,7 +40,7 @@ class StoredResponse:
             return None
         try:
             doc = orjson.loads(raw)
-            return cls(doc["response"], doc["conversation"], doc["owner"])
+            return cls(doc["response"], doc["conversation"], doc["owner"], doc.get("input_items") or [])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return None  # a foreign or corrupt value is no response
 

@@ -59,7 +59,7 @@ async def _create(request: Request, rec: RequestRecord) -> Response:
 
     async def keep(response: dict[str, Any]) -> None:
         if req.store and call.principal is not None:
-            await _keep(svc, response, conversation, call.principal, ttl_s)
+            await _keep(svc, response, conversation, call.principal, ttl_s, translate.input_items(req.input))
 
     async def body(chat_result: dict[str, Any]) -> dict[str, Any]:
         response = translate.from_chat(req, resp_id, created_at, chat_result)
@@ -74,10 +74,10 @@ async def _create(request: Request, rec: RequestRecord) -> Response:
 
 
 async def _keep(svc: Services, response: dict[str, Any], conversation: list[dict[str, Any]], principal: Principal,
-                ttl_s: float) -> None:
+                ttl_s: float, items: list[dict[str, Any]]) -> None:
     """Store a finished response; a Redis outage loses the record, never the answer."""
     reply = translate.assistant_message(response["output"])
-    record = StoredResponse(response, [*conversation, *([reply] if reply else [])], principal.owner)
+    record = StoredResponse(response, [*conversation, *([reply] if reply else [])], principal.owner, items)
     try:
         await svc.responses.put(response["id"], record, ttl_s)
     except StoreUnavailable as exc:
@@ -109,6 +109,34 @@ async def get_response(request: Request) -> Response:
     return Response(orjson.dumps(record.response), media_type="application/json")
 
 
+async def list_input_items(request: Request) -> Response:
+    """The stored response's input items, newest first unless `order=asc`, `limit` (1-100) after `after`."""
+    svc: Services = request.app.state.services
+    principal = await svc.auth.authenticate(request.headers)
+    record = await _stored(svc, request.path_params["response_id"], principal)
+    query = request.query_params
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("Invalid value for 'order': must be 'asc' or 'desc'.", param="order")
+    try:
+        limit = int(query.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        raise InvalidRequest("Invalid value for 'limit': must be an integer from 1 to 100.", param="limit")
+    items = record.input_items if order == "asc" else record.input_items[::-1]
+    after = query.get("after")
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise InvalidRequest(f"No input item with id '{after}' in this response.", param="after")
+        items = items[ids.index(after) + 1:]
+    page = items[:limit]
+    return Response(orjson.dumps({"object": "list", "data": page, "has_more": len(items) > limit,
+                                  "first_id": page[0]["id"] if page else None,
+                                  "last_id": page[-1]["id"] if page else None}), media_type="application/json")
+
+
 async def delete_response(request: Request) -> Response:
     svc: Services = request.app.state.services
     principal = await svc.auth.authenticate(request.headers)
@@ -127,6 +155,7 @@ async def delete_response(request: Request) -> Response:
 
 hot_routes = [HTTPRoute("/v1/responses", create_response, methods=["POST"])]  # in the fast lane, as chat is
 routes = [
+    HTTPRoute("/v1/responses/{response_id}/input_items", list_input_items, methods=["GET"]),
     HTTPRoute("/v1/responses/{response_id}", get_response, methods=["GET"]),
     HTTPRoute("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
 ]

@@ -126,6 +126,22 @@ def test_json_schema_format(client: openai.OpenAI) -> None:
     assert r.text.format.type == "json_schema"
 
 
+def test_input_items_of_a_stored_response(client: openai.OpenAI, gateway: GatewayProcess, conforms) -> None:
+    r = client.responses.create(model=MODEL, max_output_tokens=2, temperature=0, input=[
+        {"role": "developer", "content": "Be brief."},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]}])
+    raw = httpx.get(f"{gateway.base_url}/responses/{r.id}/input_items", timeout=10)
+    assert raw.status_code == 200
+    conforms("ResponseItemList", raw.json())
+    items = client.responses.input_items.list(r.id, order="asc")
+    assert [i.role for i in items.data] == ["developer", "user"] and items.data[1].content[0].text == "Hi"
+    newest = client.responses.input_items.list(r.id, limit=1)
+    assert newest.data[0].role == "user" and newest.has_more
+    assert client.responses.input_items.list(r.id, after=newest.data[0].id).data[0].role == "developer"
+    with pytest.raises(openai.BadRequestError):
+        client.responses.input_items.list(r.id, limit=0)
+
+
 def test_previous_response_id_carries_the_conversation(client: openai.OpenAI, gateway: GatewayProcess) -> None:
     first = client.responses.create(model=MODEL, input="My name is Ada. Reply OK.", max_output_tokens=5,
                                     temperature=0)

@@ -223,6 +223,25 @@ def response_format(req: ResponsesRequest) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": schema}
 
 
+def input_items(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The input as the items `GET /v1/responses/{id}/input_items` lists: each with an id and a status,
+    message text as `input_text` parts (already validated by `input_messages`)."""
+    items = [{"type": "message", "role": "user", "content": value}] if isinstance(value, str) else value
+    out = []
+    for item in items:
+        kind = item.get("type", "message")
+        if kind == "message":
+            content = item["content"]
+            parts = [{"type": "input_text", "text": content}] if isinstance(content, str) else content
+            out.append({"id": item.get("id") or new_id("msg"), "type": "message", "role": item["role"],
+                        "status": "completed", "content": parts})
+        elif kind in ("function_call", "function_call_output"):
+            prefix = "fc" if kind == "function_call" else "fco"
+            out.append({**item, "type": kind, "id": item.get("id") or new_id(prefix),
+                        "status": item.get("status") or "completed"})
+    return out
+
+
 # -- response: chat -> Responses ------------------------------------------------------------------------
 
 
