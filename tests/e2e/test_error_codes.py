@@ -254,8 +254,19 @@ def _context_length_exceeded(req: pytest.FixtureRequest) -> list[Reply]:
 
 
 def _unsupported_parameter(req: pytest.FixtureRequest) -> list[Reply]:
-    r = chat(req.getfixturevalue("local_gw"), model=MODEL, logprobs=True)
-    assert r.json()["error"]["param"] == "logprobs", r.text
+    g = req.getfixturevalue("local_gw")
+    r = httpx.post(f"{g.base_url}/completions", headers=NO_CACHE, timeout=30,
+                   json={"model": MODEL, "prompt": "Once", "suffix": "the end", "max_tokens": 2})
+    assert r.json()["error"]["param"] == "suffix", r.text
+    return [Reply.of(r)]
+
+
+def _invalid_json_schema(req: pytest.FixtureRequest) -> list[Reply]:
+    """A tool whose parameters llama.cpp cannot turn into a grammar (a remote $ref)."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"$ref": "https://example.com/x.json"}}}}}]
+    r = chat(req.getfixturevalue("local_gw"), model=MODEL, tools=tools, tool_choice="required", max_tokens=2)
+    assert r.json()["error"]["param"] == "tools[0].function.parameters", r.text
     return [Reply.of(r)]
 
 
@@ -431,6 +442,7 @@ PROVOKE: dict[str, Provoke] = {
     "missing_required_parameter": _missing_required_parameter,
     "context_length_exceeded": _context_length_exceeded,
     "unsupported_parameter": _unsupported_parameter,
+    "invalid_json_schema": _invalid_json_schema,
     "unsupported_content": _unsupported_content,
     "model_not_found": _model_not_found,
     "request_timeout": _request_timeout,
