@@ -411,6 +411,12 @@ def parse_request(raw: bytes, model_cls: type[APIRequest], max_depth: int = MAX_
     if json_depth_exceeds(data, max_depth):
         raise InvalidRequest(f"The JSON body is nested too deeply: at most {max_depth} levels of arrays and "
                              "objects are accepted.", code="invalid_json")
+    return validate_request(data, model_cls)
+
+
+def validate_request(data: dict[str, Any], model_cls: type[APIRequest]) -> Any:
+    """A parsed body -> validated request (its `_raw`), or an `InvalidRequest` naming the bad field. For
+    bodies built in code (a surface's translation to chat), which need no second parse."""
     try:
         request = model_cls.model_validate(data)
         request._raw = data

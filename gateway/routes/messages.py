@@ -21,7 +21,7 @@ from starlette.routing import Route as HTTPRoute
 
 from backends.contract.errors import GatewayError
 from backends.contract.native import ANTHROPIC_MESSAGES
-from backends.contract.protocol import ChatCompletionRequest, parse_request
+from backends.contract.protocol import ChatCompletionRequest, validate_request
 from gateway.auth import authorize_model
 from gateway.disconnect import unless_disconnected
 from gateway.observe import RequestRecord
@@ -56,7 +56,7 @@ async def _chat_request(request: Request, kind: type[CountTokensRequest]) -> tup
     """(the Messages request, its chat translation); a bad body is shown only to a caller who may call."""
     req = await parse_for_caller(request, kind)
     try:
-        chat = parse_request(orjson.dumps(translate.to_chat(req)), ChatCompletionRequest, request.app.max_json_depth)
+        chat = validate_request(translate.to_chat(req), ChatCompletionRequest)
     except GatewayError:
         await request.app.state.services.auth.authenticate(request.headers)
         raise

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route as HTTPRoute
 
 from backends.contract.errors import GatewayError, InvalidRequest, NotFound
-from backends.contract.protocol import ChatCompletionRequest, parse_request
+from backends.contract.protocol import ChatCompletionRequest, validate_request
 from gateway.auth import Principal
 from gateway.disconnect import unless_disconnected
 from gateway.observe import RequestRecord
@@ -48,7 +48,7 @@ async def _create(request: Request, rec: RequestRecord) -> Response:
         history = (await _stored(svc, req.previous_response_id, principal, param="previous_response_id")).conversation
     try:
         chat_body, conversation = translate.to_chat(req, history)
-        chat = parse_request(orjson.dumps(chat_body), ChatCompletionRequest, request.app.max_json_depth)
+        chat = validate_request(chat_body, ChatCompletionRequest)
     except GatewayError:
         await svc.auth.authenticate(request.headers)
         raise
