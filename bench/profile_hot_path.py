@@ -72,6 +72,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=["json", "sse"], default="json")
     ap.add_argument("--conns", type=int, default=32)
+    ap.add_argument("--surface", choices=["chat", "responses", "messages"], default="chat",
+                    help="the API the load speaks (bench/wrk_surfaces.lua for responses and messages)")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--top", type=int, default=20)
@@ -105,20 +107,22 @@ def main() -> None:
                 raise SystemExit(f"the gateway did not start; see {tmp}/gateway.log")
             time.sleep(0.2)
         wrk_env = dict(os.environ, BENCH_MODEL="fake-model-stream" if args.mode == "sse" else "fake-model",
-                       BENCH_STREAM="1" if args.mode == "sse" else "0")
+                       BENCH_STREAM="1" if args.mode == "sse" else "0", BENCH_SURFACE=args.surface)
+        path = {"chat": "/v1/chat/completions", "responses": "/v1/responses", "messages": "/v1/messages"}[args.surface]
+        script = lua if args.surface == "chat" else ROOT / "bench" / "wrk_surfaces.lua"
         wrk = subprocess.Popen(["taskset", "-c", "1", "wrk", "-t1", f"-c{args.conns}", f"-d{args.seconds + 3}s",
-                                "-s", str(lua), f"{url}/v1/chat/completions"],
+                                "-s", str(script), f"{url}{path}"],
                                env=wrk_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(2)  # past the warm-up
-        raw = out_dir / f"{args.mode}-c{args.conns}.raw.txt"
+        raw = out_dir / f"{args.surface}-{args.mode}-c{args.conns}.raw.txt"
         subprocess.run([str(venv_bin / "py-spy"), "record", "-p", str(gw.pid), "-d", str(args.seconds), "-r",
                         str(args.rate), "-f", "raw", "-o", str(raw), "--nonblocking"],
                        check=True, capture_output=True)
         wrk_out = wrk.communicate()[0]
-        result = re.search(r"BENCH_RESULT (\{.*\})", wrk_out)
+        result = re.search(r"(?:BENCH_RESULT )?(\{\"requests.*\})", wrk_out)
         report = (f"# Hot-path profile: {args.mode}, {args.conns} connections, {args.seconds} s\n\n"
                   f"wrk: {result.group(1) if result else wrk_out[-300:]}\n\n{summarise(raw, args.top)}\n")
-        (out_dir / f"{args.mode}-c{args.conns}.md").write_text(report)
+        (out_dir / f"{args.surface}-{args.mode}-c{args.conns}.md").write_text(report)
         print(report)
         print(f"raw profile: {raw}", file=sys.stderr)
     finally:

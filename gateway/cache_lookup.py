@@ -16,7 +16,7 @@ import orjson
 
 from backends.contract.errors import InvalidRequest
 from backends.contract.protocol import SamplingFields
-from gateway.cache import CacheDirectives, ResponseCache, cache_control, cache_key, is_deterministic
+from gateway.cache import CacheDirectives, ResponseCache, cache_control, cache_key, canonical_request, is_deterministic
 from routing.plan import Plan
 from routing.runtime import Route, Runtime
 
@@ -74,7 +74,7 @@ class CacheLookup:
             space += ":" + tenant(headers, keyed)
         native = getattr(body, "_native", None)
         if native is not None:  # the same chat translation of two different native requests is two answers
-            wire = {**wire, "__native__": {"api": native[0], "body": native[1]}}
+            wire = {**wire, "__native__": {"api": native[0], "body": canonical_request(native[1])}}
         return cls(directives, cache_key(space, body.endpoint, wire))
 
     def redis_key(self, cache: ResponseCache) -> str | None:

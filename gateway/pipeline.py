@@ -46,6 +46,8 @@ class Call:
     # Runs non-streaming work so that it is cancelled if the client goes away (gateway.disconnect).
     until_disconnect: Callable[[Awaitable[Any]], Awaitable[Any]]
     principal: Principal | None = None  # the caller, once admitted (the owner of what a surface stores)
+    keep_chunks: bool = False  # a surface translates the stream: the assembler keeps its parsed chunks
+    outcome: Outcome | None = None  # the router's, once routed
 
 
 async def serve(svc: Services, runtime: Runtime, call: Call) -> Response:
@@ -97,7 +99,8 @@ async def route(svc: Services, admitted: Admission, call: Call) -> Outcome:
     still has its attempts counted in its record."""
     body = call.body
     upstream = body.with_usage_reported() if body.stream and not body.include_usage else body
-    outcome = Outcome()
+    outcome = call.outcome = Outcome()
+    outcome.assembler.keep = call.keep_chunks
     work = svc.router.run(admitted.plan, upstream, call.request_id, outcome)
     try:
         return await (work if body.stream else call.until_disconnect(work))

@@ -77,6 +77,14 @@ class StreamAssembler:
         self.finished = False
         self.done = False
         self.errored = False
+        # Kept for a reader that translates the stream (an API surface), so it need not parse frames again.
+        self.keep = False
+        self._kept: list[dict[str, Any]] = []
+
+    def taken(self) -> list[dict[str, Any]]:
+        """The chunks parsed since the last call (with `keep` on): those of the frames just relayed."""
+        kept, self._kept = self._kept, []
+        return kept
 
     def feed(self, frame: bytes) -> dict[str, Any] | None:
         """Take one frame; return its parsed chunk (None for [DONE] and non-JSON frames)."""
@@ -91,6 +99,8 @@ class StreamAssembler:
 
     def observe(self, chunk: dict[str, Any]) -> None:
         """Take a chunk parsed already (one that was rewritten before it was relayed)."""
+        if self.keep:
+            self._kept.append(chunk)
         if self.done or self.errored:
             return
         if "error" in chunk:

@@ -31,7 +31,7 @@ from gateway.services import Services
 from gateway.surfaces.messages import stream as message_stream
 from gateway.surfaces.messages import translate
 from gateway.surfaces.messages.protocol import CountTokensRequest, MessagesRequest
-from gateway.surfaces.reshape import reshape
+from gateway.surfaces.reshape import chunk_reader, reshape
 from routing.plan import make_plan
 
 _LONG_PROMPT = 4_000  # rough tokens; counting more than this runs off the event loop
@@ -68,14 +68,15 @@ async def _create(request: Request, rec: RequestRecord) -> Response:
     req, chat = await _chat_request(request, MessagesRequest)
     chat.with_native(ANTHROPIC_MESSAGES, req._raw)  # an Anthropic deployment takes the request as it came
     rec.stream = req.stream
-    call = Call(chat, request.headers, request.state.request_id, rec, partial(unless_disconnected, request))
+    call = Call(chat, request.headers, request.state.request_id, rec, partial(unless_disconnected, request),
+                keep_chunks=req.stream)
     answer = await serve(svc, request.app.state.manager.current, call)
 
     async def body(chat_result: dict[str, Any]) -> dict[str, Any]:
         return translate.from_chat(req, chat_result)
 
     def events(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        return message_stream.events(frames, message_stream.MessageEvents(req))
+        return message_stream.events(frames, message_stream.MessageEvents(req), chunk_reader(call.outcome, rec.deferred))
 
     return await reshape(answer, body, events)
 

@@ -28,7 +28,7 @@ from gateway.response_store import StoredResponse
 from gateway.routes.observed import observed, parse_for_caller
 from gateway.services import Services
 from gateway.store_errors import StoreUnavailable
-from gateway.surfaces.reshape import reshape
+from gateway.surfaces.reshape import chunk_reader, reshape
 from gateway.surfaces.responses import stream as response_stream
 from gateway.surfaces.responses import translate
 from gateway.surfaces.responses.protocol import ResponsesRequest
@@ -52,7 +52,8 @@ async def _create(request: Request, rec: RequestRecord) -> Response:
     except GatewayError:
         await svc.auth.authenticate(request.headers)
         raise
-    call = Call(chat, request.headers, request.state.request_id, rec, partial(unless_disconnected, request))
+    call = Call(chat, request.headers, request.state.request_id, rec, partial(unless_disconnected, request),
+                keep_chunks=req.stream)
     answer = await serve(svc, request.app.state.manager.current, call)
     resp_id, created_at = translate.new_id("resp"), int(time.time())
     ttl_s = request.app.state.manager.current.config.responses.store_ttl_s
@@ -68,7 +69,7 @@ async def _create(request: Request, rec: RequestRecord) -> Response:
 
     def events(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         state = response_stream.ResponseEvents(req, resp_id, created_at)
-        return response_stream.events(frames, state, keep)
+        return response_stream.events(frames, state, chunk_reader(call.outcome, rec.deferred), keep)
 
     return await reshape(answer, body, events)
 

@@ -11,6 +11,12 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import orjson
 from starlette.responses import Response, StreamingResponse
 
+from backends.contract.assembler import parse_frame
+from backends.contract.responses import split_frames
+from routing.outcome import Outcome
+
+ChunkReader = Callable[[bytes], list[dict[str, Any]]]
+
 _BODY_HEADERS = ("content-length", "content-type")
 
 
@@ -27,3 +33,18 @@ async def reshape(response: Response, body: Callable[[dict[str, Any]], Awaitable
     out = await body(orjson.loads(response.body))
     return Response(out if isinstance(out, bytes) else orjson.dumps(out), status_code=response.status_code,
                     media_type="application/json", headers=headers_of(response))
+
+
+def parse_chunks(chunk: bytes) -> list[dict[str, Any]]:
+    """The JSON chunks of a piece of an SSE stream ([DONE] and comments left out)."""
+    return [parsed for frame in split_frames(chunk) if (parsed := parse_frame(frame)) is not None]
+
+
+def chunk_reader(outcome: Outcome | None, relayed: bool) -> ChunkReader:
+    """How a surface reads each piece of the chat stream it translates: a relayed stream's chunks were
+    parsed already by the router's assembler (`Call.keep_chunks`: one parse per frame); a cache replay's
+    (`relayed` false: the answer is not the router's stream) are parsed here."""
+    if relayed and outcome is not None and outcome.assembler.keep:
+        asm = outcome.assembler
+        return lambda _chunk: asm.taken()
+    return parse_chunks

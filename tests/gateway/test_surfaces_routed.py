@@ -390,3 +390,23 @@ def test_a_broken_anthropic_stream_is_continued_by_another_deployment(sims: Sims
     assert starts == [0], "one text block"
     assert sims.b.count("/v1/chat/completions") == 1
     sims.reset()
+
+
+def test_a_cached_answer_replays_on_both_surfaces(gw: GatewayProcess, sims: Sims, conforms) -> None:
+    """The second identical greedy request is a cache hit (not relayed by the router), translated the same."""
+    for path, body, text_of in [
+        ("/responses", {"model": "chat-default", "input": ASK, "temperature": 0, "store": False},
+         lambda evs: "".join(d["delta"] for n, d in evs if n == "response.output_text.delta")),
+        ("/messages", {"model": "chat-default", "max_tokens": 200, "temperature": 0,
+                       "messages": [{"role": "user", "content": ASK}]},
+         lambda evs: "".join(d["delta"].get("text", "") for n, d in evs if n == "content_block_delta")),
+    ]:
+        first, second = stream_raw(gw, path, body), stream_raw(gw, path, body)
+        assert (first.headers["x-gateway-cache"], second.headers["x-gateway-cache"]) == ("miss", "hit")
+        a, b = raw_events(first.text), raw_events(second.text)
+        assert text_of(a) == text_of(b) == EXPECTED
+        assert [n for n, _ in a][-1] == [n for n, _ in b][-1]
+        if path == "/responses":
+            check_events(b, conforms)
+        plain = httpx.post(f"{gw.base_url}{path}", json=body, timeout=30)
+        assert plain.headers["x-gateway-cache"] == "hit", "one entry serves streamed and plain answers"

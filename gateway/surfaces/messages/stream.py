@@ -4,19 +4,18 @@
 each later one is a `text_delta`; each tool call opens a `tool_use` block whose argument deltas follow
 as `input_json_delta`s, never dropped and never re-cut; a block is stopped when the next one opens. The
 end of the chat stream stops the open block and sends `message_delta` (the `stop_reason` and the usage,
-input tokens included) and `message_stop`. An in-band chat error becomes an `error` event. One parse per
-chat frame. An Anthropic deployment's own events (backends.contract.native) are sent as they came.
+input tokens included) and `message_stop`. An in-band chat error becomes an `error` event. The chat
+chunks come parsed by the router's assembler (one parse per frame), or are parsed here for a cache replay. An Anthropic deployment's own events (backends.contract.native) are sent as they came.
 """
 
 from __future__ import annotations
 
 from typing import Any, AsyncIterator
 
-from backends.contract.assembler import parse_frame
 from backends.contract.native import ANTHROPIC_FIELD
-from backends.contract.responses import split_frames
 from gateway.surfaces.messages import translate
 from gateway.surfaces.messages.protocol import MessagesRequest
+from gateway.surfaces.reshape import ChunkReader, parse_chunks
 from gateway.surfaces.sse import event
 
 
@@ -128,7 +127,8 @@ class MessageEvents:
                 + event("message_stop", {"type": "message_stop"}))
 
 
-async def events(frames: AsyncIterator[bytes], state: MessageEvents) -> AsyncIterator[bytes]:
+async def events(frames: AsyncIterator[bytes], state: MessageEvents,
+                 chunks_of: ChunkReader = parse_chunks) -> AsyncIterator[bytes]:
     """Relay a chat SSE stream as Messages events; the chat stream is always read to its end or closed."""
     try:
         started = False
@@ -136,10 +136,7 @@ async def events(frames: AsyncIterator[bytes], state: MessageEvents) -> AsyncIte
             if state.failed:
                 continue  # after the error event nothing more is said; the chat stream still settles
             out = []
-            for frame in split_frames(chunk):
-                parsed = parse_frame(frame)
-                if parsed is None:
-                    continue
+            for parsed in chunks_of(chunk):
                 if not started:
                     started = True
                     if ANTHROPIC_FIELD not in parsed:  # an Anthropic deployment sends its own message_start

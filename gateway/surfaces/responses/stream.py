@@ -5,15 +5,15 @@ and its `output_text` part, each later one is an `output_text.delta`; each tool 
 `function_call` item whose argument deltas follow as `function_call_arguments.delta`. The end of the
 chat stream closes whatever is open (`...done` events, in order) and sends `response.completed` (or
 `response.incomplete`) with the usage. An in-band chat error becomes an `error` event and
-`response.failed`. Every event carries the next `sequence_number`. One parse per chat frame.
+`response.failed`. Every event carries the next `sequence_number`. The chat chunks come parsed (the
+router's assembler parsed each frame once), or are parsed here for a cache replay.
 """
 
 from __future__ import annotations
 
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from backends.contract.assembler import parse_frame
-from backends.contract.responses import split_frames
+from gateway.surfaces.reshape import ChunkReader, parse_chunks
 from gateway.surfaces.responses import translate
 from gateway.surfaces.responses.protocol import ResponsesRequest
 from gateway.surfaces.sse import event
@@ -165,7 +165,7 @@ class ResponseEvents:
     failed = False
 
 
-async def events(frames: AsyncIterator[bytes], state: ResponseEvents,
+async def events(frames: AsyncIterator[bytes], state: ResponseEvents, chunks_of: ChunkReader = parse_chunks,
                  on_complete: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> AsyncIterator[bytes]:
     """Relay a chat SSE stream as Responses events; `on_complete` gets the final response (to store it).
     The chat stream is always read to its end or closed, so the gateway settles it either way."""
@@ -174,7 +174,7 @@ async def events(frames: AsyncIterator[bytes], state: ResponseEvents,
         async for chunk in frames:
             if state.failed:
                 continue  # after response.failed nothing more is said; the chat stream still settles
-            out = [state.feed(parsed) for frame in split_frames(chunk) if (parsed := parse_frame(frame)) is not None]
+            out = [state.feed(parsed) for parsed in chunks_of(chunk)]
             if out:
                 yield b"".join(out)
         if state.failed:
