@@ -35,6 +35,7 @@ from backends.anthropic.translate import (
 )
 from backends.base import Backend, BackendState, BackendStatus, CallContext, SSEStream
 from backends.contract.errors import GatewayError, InvalidRequest, UpstreamError
+from backends.contract.native import ANTHROPIC_MESSAGES
 from backends.contract.protocol import ChatCompletionRequest, CompletionRequest
 from backends.http import UpstreamPool, event_data, event_name, prepend, sse_events, transport_error
 from backends.model_cards import ModelCard
@@ -95,7 +96,7 @@ class AnthropicBackend(Backend):
     async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> dict[str, Any]:
         native = self._native(request, ctx, stream=False)
         body, skip = (native, "") if native is not None else self._body(request, ctx, stream=False)
-        resp = await self._post(body, ctx)
+        resp = await self._post(body, ctx, request.native_headers(ANTHROPIC_MESSAGES) if native is not None else None)
         try:
             raw = await resp.read()
         except _NET_ERRORS as exc:
@@ -117,7 +118,7 @@ class AnthropicBackend(Backend):
     async def chat_stream(self, request: ChatCompletionRequest, ctx: CallContext) -> SSEStream:
         native = self._native(request, ctx, stream=True)
         body, skip = (native, "") if native is not None else self._body(request, ctx, stream=True)
-        resp = await self._post(body, ctx)
+        resp = await self._post(body, ctx, request.native_headers(ANTHROPIC_MESSAGES) if native is not None else None)
         translator = StreamTranslator(created=int(time.time()), include_usage=request.include_usage,
                                       fallback_id=uuid.uuid4().hex, fallback_model=self.model, skip=skip,
                                       carrier=EventCarrier() if native is not None else None)
@@ -156,10 +157,13 @@ class AnthropicBackend(Backend):
                           prefill=prefill or None, stream=stream)
         return body, skip
 
-    async def _post(self, body: dict[str, Any], ctx: CallContext) -> aiohttp.ClientResponse:
-        """POST, returning only a 200 response; anything else is raised as a GatewayError."""
+    async def _post(self, body: dict[str, Any], ctx: CallContext,
+                    extra_headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+        """POST, returning only a 200 response; anything else is raised as a GatewayError. `extra_headers`
+        (a passed-through request's `anthropic-beta`) never replace the deployment's key or version."""
+        headers = {**extra_headers, **self._headers} if extra_headers else self._headers
         try:
-            resp = await self.pool.session.post(self.url, data=orjson.dumps(body), headers=self._headers,
+            resp = await self.pool.session.post(self.url, data=orjson.dumps(body), headers=headers,
                                                 timeout=self.pool.timeout(ctx.connect_timeout, ctx.read_timeout))
         except _NET_ERRORS as exc:
             log.warning("%s: request %s failed to connect: %s", self.name, ctx.request_id, type(exc).__name__)

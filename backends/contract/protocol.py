@@ -244,14 +244,20 @@ class ChatCompletionRequest(SamplingFields):
     # arrived on that API's surface: a deployment that speaks that API natively takes it as it is, and says
     # so in its answer (see backends.anthropic.native); every other deployment answers the chat request.
     _native: tuple[str, dict[str, Any]] | None = PrivateAttr(default=None)
+    _native_headers: dict[str, str] = PrivateAttr(default_factory=dict)  # e.g. anthropic-beta, to send along
 
     def native_body(self, api: str) -> dict[str, Any] | None:
         """The original body, if this request came in as `api` (a fresh copy of its top level)."""
         native = self._native
         return dict(native[1]) if native is not None and native[0] == api else None
 
-    def with_native(self, api: str, body: dict[str, Any]) -> "ChatCompletionRequest":
+    def native_headers(self, api: str) -> dict[str, str]:
+        """The client's headers of that API that go upstream with its body (see `with_native`)."""
+        return dict(self._native_headers) if self._native is not None and self._native[0] == api else {}
+
+    def with_native(self, api: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> "ChatCompletionRequest":
         self._native = (api, body)
+        self._native_headers = dict(headers or {})
         return self
 
     def with_messages_appended(self, extra: list[dict[str, Any]]) -> "ChatCompletionRequest":

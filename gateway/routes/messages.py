@@ -66,7 +66,9 @@ async def _chat_request(request: Request, kind: type[CountTokensRequest]) -> tup
 async def _create(request: Request, rec: RequestRecord) -> Response:
     svc: Services = request.app.state.services
     req, chat = await _chat_request(request, MessagesRequest)
-    chat.with_native(ANTHROPIC_MESSAGES, req._raw)  # an Anthropic deployment takes the request as it came
+    # An Anthropic deployment takes the request as it came, beta features included.
+    beta = request.headers.get("anthropic-beta")
+    chat.with_native(ANTHROPIC_MESSAGES, req._raw, {"anthropic-beta": beta} if beta else None)
     rec.stream = req.stream
     call = Call(chat, request.headers, request.state.request_id, rec, partial(unless_disconnected, request),
                 keep_chunks=req.stream)

@@ -322,10 +322,14 @@ def test_messages_pass_through_to_anthropic_with_thinking_and_cache_usage(gw: Ga
     body = {"model": "claude", "max_tokens": 300, "thinking": {"type": "enabled", "budget_tokens": 1024},
             "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
             "messages": [{"role": "user", "content": ASK}]}
-    raw = httpx.post(f"{gw.base_url}/messages", json=body, timeout=30)
+    raw = httpx.post(f"{gw.base_url}/messages", json=body, timeout=30,
+                     headers={"anthropic-beta": "interleaved-thinking-2025-05-14", "x-api-key": "sk-client-own"})
     assert raw.status_code == 200, raw.text
     m = Message.model_validate(raw.json())
-    sent = [r for r in sims.claude.requests if r.path == "/v1/messages"][-1].body
+    upstream = [r for r in sims.claude.requests if r.path == "/v1/messages"][-1]
+    assert upstream.headers["anthropic-beta"] == "interleaved-thinking-2025-05-14", "beta features pass too"
+    assert upstream.headers["x-api-key"] != "sk-client-own", "the deployment's own key, never the client's"
+    sent = upstream.body
     assert sent["thinking"] == body["thinking"] and sent["system"] == body["system"], "passed through as written"
     assert sent["messages"] == body["messages"] and sent["model"] == "claude-haiku-4-5"
     assert [b.type for b in m.content] == ["thinking", "text"]
