@@ -168,3 +168,21 @@ def test_client_errors_name_the_field(client: openai.OpenAI) -> None:
     assert err.value.body["param"] == "input"
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="no-such-model", input="hi")
+
+
+def test_top_logprobs_on_the_local_model(gateway: GatewayProcess, conforms) -> None:
+    body = {"model": MODEL, "input": "Say hello.", "max_output_tokens": 5, "temperature": 0, "top_logprobs": 2,
+            "store": False}
+    plain = httpx.post(f"{gateway.base_url}/responses", json=body, timeout=60).json()
+    conforms("Response", plain)
+    part = plain["output"][0]["content"][0]
+    assert len(part["logprobs"]) == plain["usage"]["output_tokens"]
+    assert "".join(lp["token"] for lp in part["logprobs"]) == part["text"]
+    assert all(len(lp["top_logprobs"]) == 2 and lp["logprob"] <= 0 for lp in part["logprobs"])
+    events = _raw_events(httpx.post(f"{gateway.base_url}/responses", json={**body, "stream": True}, timeout=60,
+                                    headers={"Cache-Control": "no-cache"}).text)
+    check_events(events, conforms)
+    streamed = [lp for n, d in events if n == "response.output_text.delta" for lp in d["logprobs"]]
+    assert [lp["token"] for lp in streamed] == [lp["token"] for lp in part["logprobs"]]
+    final = events[-1][1]["response"]["output"][0]["content"][0]
+    assert final["logprobs"] == streamed

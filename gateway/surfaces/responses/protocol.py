@@ -56,6 +56,8 @@ class ResponsesRequest(OpenAIModel):
     background: bool | None = None
     conversation: Any = None
     truncation: Literal["auto", "disabled"] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    include: list[str] | None = None
     seed: int | None = None  # not an OpenAI field; kept for deterministic (cacheable) local answers
 
     @field_validator("input")

@@ -29,6 +29,7 @@ class ResponseEvents:
         self.output: list[dict[str, Any]] = []  # every item, open or closed, by output_index
         self._text: dict[str, Any] | None = None  # the open message item
         self._text_parts: list[str] = []
+        self._logprobs: list[dict[str, Any]] = []  # the open text's, when asked for
         self._calls: dict[int, dict[str, Any]] = {}  # open function_call items by the chat tool-call index
         self.finish: str | None = None
         self.usage: dict[str, Any] | None = None
@@ -64,29 +65,30 @@ class ResponseEvents:
             delta = choice.get("delta") or {}
             text = delta.get("content")
             if text:
-                out.append(self._text_delta(text))
+                out.append(self._text_delta(text, (choice.get("logprobs") or {}).get("content") or []))
             for call in delta.get("tool_calls") or ():
                 out.append(self._call_delta(call))
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
         return b"".join(out)
 
-    def _text_delta(self, text: str) -> bytes:
+    def _text_delta(self, text: str, logprobs: list[dict[str, Any]]) -> bytes:
         out = b""
         if self._text is None:
             out = self._close_calls()
             item = {"id": translate.new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress",
                     "content": []}
-            self._text, self._text_parts = item, []
+            self._text, self._text_parts, self._logprobs = item, [], []
             self.output.append(item)
             index = len(self.output) - 1
             out += self._event("response.output_item.added", output_index=index, item={**item, "content": []})
             out += self._event("response.content_part.added", item_id=item["id"], output_index=index,
                                content_index=0, part=translate.output_text(""))
         self._text_parts.append(text)
+        self._logprobs += logprobs
         return out + self._event("response.output_text.delta", item_id=self._text["id"],
                                  output_index=self.output.index(self._text), content_index=0, delta=text,
-                                 logprobs=[])
+                                 logprobs=logprobs)
 
     def _call_delta(self, call: dict[str, Any]) -> bytes:
         index = call.get("index", 0)
@@ -113,12 +115,12 @@ class ResponseEvents:
             return b""
         self._text = None
         text = "".join(self._text_parts)
-        part = translate.output_text(text)
+        part = translate.output_text(text, self._logprobs)
         item["content"] = [part]
         item["status"] = self._item_status()
         index = self.output.index(item)
         return (self._event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                            text=text, logprobs=[])
+                            text=text, logprobs=self._logprobs)
                 + self._event("response.content_part.done", item_id=item["id"], output_index=index,
                               content_index=0, part=part)
                 + self._event("response.output_item.done", output_index=index, item=item))

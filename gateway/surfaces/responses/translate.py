@@ -51,10 +51,21 @@ def to_chat(req: ResponsesRequest, history: list[dict[str, Any]]) -> tuple[dict[
     fmt = response_format(req)
     if fmt is not None:
         body["response_format"] = fmt
+    if wants_logprobs(req):
+        body["logprobs"] = True
+        body["top_logprobs"] = req.top_logprobs or 0
     if req.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}  # a Responses stream always ends with its usage
     return body, conversation
+
+
+LOGPROBS_ITEM = "message.output_text.logprobs"
+
+
+def wants_logprobs(req: ResponsesRequest) -> bool:
+    """`top_logprobs`, or `include: ["message.output_text.logprobs"]`, asks for the output's logprobs."""
+    return req.top_logprobs is not None or LOGPROBS_ITEM in (req.include or ())
 
 
 def _copy(body: dict[str, Any], req: ResponsesRequest, *names: str) -> None:
@@ -245,14 +256,16 @@ def input_items(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- response: chat -> Responses ------------------------------------------------------------------------
 
 
-def output_items(message: dict[str, Any], status: str = "completed") -> list[dict[str, Any]]:
-    """A chat message -> Responses output items: the text (or refusal) first, then each function call."""
+def output_items(message: dict[str, Any], status: str = "completed",
+                 logprobs: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """A chat message -> Responses output items: the text (or refusal) first, then each function call.
+    `logprobs`: the chat choice's `logprobs.content` (the same entries the Responses API lists)."""
     items: list[dict[str, Any]] = []
     content = message.get("content")
     refusal = message.get("refusal")
     if content or refusal or not message.get("tool_calls"):
         part = ({"type": "refusal", "refusal": refusal} if refusal and not content
-                else output_text(content or ""))
+                else output_text(content or "", logprobs))
         items.append({"id": new_id("msg"), "type": "message", "role": "assistant", "status": status,
                       "content": [part]})
     for call in message.get("tool_calls") or []:
@@ -262,8 +275,8 @@ def output_items(message: dict[str, Any], status: str = "completed") -> list[dic
     return items
 
 
-def output_text(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def output_text(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
 
 def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
@@ -316,6 +329,7 @@ def response_object(req: ResponsesRequest, resp_id: str, created_at: int, *, mod
         "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
         "tools": [_tool_echo(t) for t in req.tools or []],
         "top_p": 1.0 if req.top_p is None else req.top_p, "truncation": req.truncation or "disabled",
+        "top_logprobs": req.top_logprobs or 0,
         "metadata": req.metadata or {}, **({"usage": usage} if usage is not None else {}),
         **({"user": req.user} if req.user is not None else {}),
     }
@@ -331,7 +345,8 @@ def from_chat(req: ResponsesRequest, resp_id: str, created_at: int, chat: dict[s
     choice = (chat.get("choices") or [{}])[0]
     status, incomplete = status_of(choice.get("finish_reason"))
     return response_object(req, resp_id, created_at, model=chat.get("model") or req.model, status=status,
-                           output=output_items(choice.get("message") or {}, status),
+                           output=output_items(choice.get("message") or {}, status,
+                                               (choice.get("logprobs") or {}).get("content")),
                            usage=usage(chat.get("usage")), incomplete=incomplete)
 
 
