@@ -9,6 +9,8 @@ name. Counting costs time, so it runs only when first asked for, and then once.
 
 from __future__ import annotations
 
+import orjson
+
 from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, SamplingFields
 from routing import tokens
 from routing.deployment import Deployment
@@ -61,5 +63,8 @@ class PromptTokens:
         model = first.config.model if first else None
         body = request.wire_body()
         if isinstance(request, ChatCompletionRequest):
-            return tokens.estimate_chat(body.get("messages") or [], model, self._o200k_path)
+            counted = tokens.estimate_chat(body.get("messages") or [], model, self._o200k_path)
+            if body.get("tools"):  # the tool definitions are in the prompt too (as JSON, roughly)
+                counted += tokens.count_text(orjson.dumps(body["tools"]).decode(), model, self._o200k_path)
+            return counted
         return tokens.estimate_prompt(body.get(request.prompt_field) or "", model, self._o200k_path)

@@ -156,3 +156,18 @@ def test_the_encoding_is_built_once_and_reused(monkeypatch: pytest.MonkeyPatch) 
         assert tokens._cl100k.cache_info().hits >= 40
     finally:
         tokens._cl100k.cache_clear()
+
+
+def test_tools_count_toward_the_prompt_estimate() -> None:
+    """Without a local tokenizer, the tool definitions are counted with tiktoken too (count_tokens, limits)."""
+    from backends.contract.protocol import ChatCompletionRequest
+    from routing.prompt_tokens import PromptTokens
+
+    messages = [{"role": "user", "content": "What is the weather?"}]
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"}}}}}]
+    plain = PromptTokens(ChatCompletionRequest.model_validate({"model": "m", "messages": messages})).counted()
+    with_tools = PromptTokens(ChatCompletionRequest.model_validate({"model": "m", "messages": messages,
+                                                                    "tools": tools})).counted()
+    assert with_tools > plain + 10
