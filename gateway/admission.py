@@ -40,8 +40,9 @@ class Admission:
 
 
 async def admit(svc: Services, runtime: Runtime, body: SamplingFields, headers: Mapping[str, str],
-                rec: RequestRecord) -> Admission:
-    """The request's admission, or the GatewayError that refuses it (401, 403, 404, 429, 503...)."""
+                rec: RequestRecord, preset: Principal | None = None) -> Admission:
+    """The request's admission, or the GatewayError that refuses it (401, 403, 404, 429, 503...).
+    `preset`: the caller is known already (a batch line, as its batch's key): no key lookup."""
     guessed_tier = svc.auth.remembered_tier(headers)
     early: GatewayError | None = None
     plan = lookup = None
@@ -51,7 +52,10 @@ async def admit(svc: Services, runtime: Runtime, body: SamplingFields, headers: 
     except GatewayError as exc:
         early = exc
     prefetch = lookup.redis_key(svc.cache) if lookup is not None else None
-    principal, fetched = await svc.auth.authenticate_and_fetch(headers, prefetch)
+    if preset is not None:
+        principal, fetched = preset, MISSING
+    else:
+        principal, fetched = await svc.auth.authenticate_and_fetch(headers, prefetch)
     rec.key_alias = principal.alias
     if early is not None:
         raise early

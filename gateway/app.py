@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 from backends.llamacpp.control import EngineControl, LocalControl, RemoteControl
 from backends.model_cards import ModelCard, load_cards
 from gateway import __version__, connection_guard, docs_pages, observe, request_log, tracing
+from gateway.batches.state import BatchesState
 from gateway.cors import with_cors
 from gateway.error_handlers import install_error_handlers
 from gateway.exposure import Exposure
@@ -28,7 +29,8 @@ from gateway.flushing import flush_periodically
 from gateway.gc_tuning import tune_for_serving
 from gateway.middleware import RequestContextMiddleware
 from gateway.openapi_doc import openapi_document
-from gateway.routes import admin, admin_cost, admin_keys, health, messages, openai, responses
+from gateway.routes import admin, admin_cost, admin_keys, files, health, messages, openai, responses
+from gateway.routes import batches as batch_routes
 from gateway.services import Services
 from gateway.settings import Settings
 from routing.config import GatewayConfig, resolve_secret
@@ -64,6 +66,7 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     observe.own_secrets(settings.master_key, settings.admin_key)
     manager = RuntimeManager(config, cards, config_path, control=engine_control(settings))
     services = Services.build(config, redis_url_for(config, settings, redis_url), settings)
+    batches = BatchesState.build(config, services, manager)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,12 +75,19 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
         flusher = asyncio.create_task(
             flush_periodically([services.usage.flush, services.limiter.flush], config.usage.flush_interval_s,
                                services.link.record_error), name="usage-flush")
+        batch_loop = (asyncio.create_task(batches.runner.run_forever(), name="batch-runner")
+                      if config.batches.enabled else None)
         try:
             yield
         finally:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+            if batch_loop is not None:
+                batch_loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await batch_loop
+                await batches.runner.aclose()
             await manager.aclose()
             await services.link.aclose()
             request_log.flush()
@@ -96,8 +106,12 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     app.state.cards = cards
     app.state.manager = manager
     app.state.services = services
+    app.state.batches = batches
+    app.max_upload_bytes = config.batches.max_file_bytes + 1024 * 1024  # the multipart framing around a file
     app.include_router(health.router)
     app.router.routes.extend([*HOT_ROUTES, *responses.routes])
+    if config.batches.enabled:
+        app.router.routes.extend([*files.routes, *batch_routes.routes])
     app.include_router(openai.router)
     app.include_router(admin.router)
     app.include_router(admin_keys.router)
@@ -121,6 +135,7 @@ class GatewayApp(FastAPI):
         return bool(self.server_config is not None and getattr(self.server_config, f"public_{what}"))
 
     max_body_bytes: int = 4 * 1024 * 1024
+    max_upload_bytes: int = 201 * 1024 * 1024  # POST /v1/files only
     max_json_depth: int = 64
     server_config: Any = None  # routing.config.ServerConfig
     settings: Settings = Settings()
@@ -135,6 +150,7 @@ class GatewayApp(FastAPI):
             exposure = Exposure(server.allowed_hosts,
                                 check_host=not (self.settings.allow_unauthenticated or server.allow_unauthenticated))
         context = RequestContextMiddleware(lane, max_body_bytes=self.max_body_bytes,
+                                           upload_limits={"/v1/files": self.max_upload_bytes},
                                            body_timeout_s=server.body_timeout_s if server else 60.0,
                                            body_idle_timeout_s=server.body_idle_timeout_s if server else 15.0,
                                            exposure=exposure)

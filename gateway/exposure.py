@@ -46,7 +46,10 @@ class Exposure:
         self.allowed = {h.lower() for h in allowed_hosts}
         self.check_host = check_host
 
-    def refusal(self, method: str, path: str, host: bytes | None, content_type: bytes | None) -> GatewayError | None:
+    def refusal(self, method: str, path: str, host: bytes | None, content_type: bytes | None,
+                keyed: bool = False) -> GatewayError | None:
+        """`keyed`: the request carries an Authorization or x-api-key header, which a page cannot send
+        cross-origin without a preflight; a file upload (multipart, which a plain form can send) needs one."""
         if self.check_host and host is not None:
             name = host_name(host)
             if not (is_loopback(name) or name in self.allowed):
@@ -55,8 +58,10 @@ class Exposure:
                                     status_code=403, error_type="permission_error", code="host_not_allowed")
         # The API's POSTs run models (and spend upstream credit) for anyone who can reach them; the admin API
         # needs a key in a header, which no page can send cross-origin without a preflight anyway.
-        if method == "POST" and path.startswith("/v1/") and \
-                (content_type or b"").split(b";")[0].strip().lower() != b"application/json":
+        kind = (content_type or b"").split(b";")[0].strip().lower()
+        if method == "POST" and path == "/v1/files" and kind == b"multipart/form-data" and keyed:
+            return None
+        if method == "POST" and path.startswith("/v1/") and kind != b"application/json":
             return GatewayError("Requests must be sent as JSON with 'Content-Type: application/json'.",
                                 status_code=415, error_type="invalid_request_error", code="unsupported_media_type")
         return None

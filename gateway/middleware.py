@@ -33,9 +33,11 @@ def _too_large(limit: int) -> PayloadTooLarge:
 
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout_s: float = 60.0,
-                 body_idle_timeout_s: float = 15.0, exposure: Exposure | None = None) -> None:
+                 body_idle_timeout_s: float = 15.0, exposure: Exposure | None = None,
+                 upload_limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.upload_limits = upload_limits or {}  # paths that take files: their own body limit
         self.body_timeout_s = body_timeout_s
         self.body_idle_timeout_s = body_idle_timeout_s
         self.exposure = exposure  # the checks of requests while the gateway has no keys
@@ -46,6 +48,7 @@ class RequestContextMiddleware:
             return
         rid = None
         length = host = content_type = None
+        keyed = False
         for key, value in scope["headers"]:
             if key == b"x-request-id" and _VALID_ID.match(value):
                 rid = value
@@ -55,6 +58,8 @@ class RequestContextMiddleware:
                 host = value
             elif key == b"content-type":
                 content_type = value
+            elif key == b"authorization" or key == b"x-api-key":
+                keyed = True
         rid = rid or uuid.uuid4().hex.encode()
         scope.setdefault("state", {})["request_id"] = rid.decode()
 
@@ -68,11 +73,11 @@ class RequestContextMiddleware:
             await send(message)
 
         if self.exposure is not None:  # set only while the gateway has no keys
-            refused = self.exposure.refusal(scope["method"], scope["path"], host, content_type)
+            refused = self.exposure.refusal(scope["method"], scope["path"], host, content_type, keyed)
             if refused is not None:
                 await _send_error(send_with_id, refused, scope["path"])
                 return
-        limit = self.max_body_bytes
+        limit = self.upload_limits.get(scope["path"], self.max_body_bytes) if self.upload_limits else self.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
             await _send_error(send_with_id, _too_large(limit), scope["path"])
             return

@@ -48,6 +48,13 @@ def own_secrets(*secrets: str | None) -> None:
     _own = tuple(s for s in secrets if s and len(s) >= 4)
 
 
+_live = [0]  # live (not batch) requests in flight in this process: batches run only on spare capacity
+
+
+def live_in_flight() -> int:
+    return _live[0]
+
+
 @dataclass
 class RequestRecord:
     request_id: str
@@ -71,9 +78,12 @@ class RequestRecord:
     completion: str | None = None
     span: Any = None
     done: bool = False
+    batch: str | None = None  # the batch this request is a line of (None: a live request)
 
     def begin(self) -> None:
         metrics.IN_FLIGHT.inc()
+        if self.batch is None:
+            _live[0] += 1
         tracer = tracing.current()
         if tracer is not None:
             self.span = tracer.start_span("gateway.request", attributes={"gateway.request_id": self.request_id,
@@ -86,6 +96,8 @@ def finish(rec: RequestRecord) -> None:
         return
     rec.done = True
     metrics.IN_FLIGHT.dec()
+    if rec.batch is None:
+        _live[0] -= 1
     total = time.monotonic() - rec.started
     route, dep = rec.route, rec.deployment
     child = metrics.child
@@ -111,6 +123,8 @@ def finish(rec: RequestRecord) -> None:
         "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens, "cache": rec.cache,
         "stream": rec.stream, "key_alias": rec.key_alias,
     }
+    if rec.batch is not None:
+        line["batch_id"] = rec.batch
     if rec.prompt is not None:
         line["prompt"] = redact(orjson.dumps(rec.prompt).decode())
         line["completion"] = redact(rec.completion or "")

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.routes.admin_keys import KeyFields
+from gateway.routes.batches import BatchCreate, FileUpload
 from gateway.surfaces.messages.protocol import CountTokensRequest, MessagesRequest
 from gateway.surfaces.responses.protocol import ResponsesRequest
 
@@ -43,6 +44,7 @@ class Endpoint:
     errors: tuple[str, ...] = ()  # error statuses beyond 400, 401, 403 and 500 (which every operation has)
     body_required: bool = True
     tag: str = "openai"
+    media: str = "application/json"  # the request body's type (multipart/form-data for a file upload)
 
 
 # The table: one line per public endpoint. Routes FastAPI already documents (GET /v1/models, admin) keep what
@@ -72,6 +74,22 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("post", "/v1/messages/count_tokens", "Count a message's input tokens (Anthropic's Messages API)",
              CountTokensRequest, "MessageTokensCount", operation_id="countMessageTokens", errors=("404",),
              tag="anthropic"),
+    Endpoint("post", "/v1/files", "Upload a file (purpose `batch`: JSONL, checked line by line)", FileUpload,
+             "File", operation_id="createFile", media="multipart/form-data", errors=("413", "415", "503")),
+    Endpoint("get", "/v1/files", "List this key's files", response="FileList", operation_id="listFiles"),
+    Endpoint("get", "/v1/files/{file_id}", "Retrieve a file", response="File", operation_id="retrieveFile",
+             errors=("404",)),
+    Endpoint("delete", "/v1/files/{file_id}", "Delete a file", response="FileDeleted", operation_id="deleteFile",
+             errors=("404",)),
+    Endpoint("get", "/v1/files/{file_id}/content", "A file's content", operation_id="downloadFile",
+             errors=("404",)),
+    Endpoint("post", "/v1/batches", "Create a batch (its lines run through the gateway's routes)", BatchCreate,
+             "Batch", operation_id="createBatch", errors=("404", "503")),
+    Endpoint("get", "/v1/batches", "List this key's batches", response="BatchList", operation_id="listBatches"),
+    Endpoint("get", "/v1/batches/{batch_id}", "Retrieve a batch", response="Batch", operation_id="retrieveBatch",
+             errors=("404",)),
+    Endpoint("post", "/v1/batches/{batch_id}/cancel", "Cancel a batch", response="Batch", operation_id="cancelBatch",
+             errors=("404",), body_required=False),
     Endpoint("post", "/admin/keys", "Create an API key", KeyFields, tag="admin", errors=("409", "503")),
     Endpoint("patch", "/admin/keys/{key_id}", "Change an API key", KeyFields, tag="admin", body_required=False,
              errors=("404", "503")),
@@ -123,6 +141,24 @@ RESPONSES: dict[str, dict[str, Any]] = {
                        "data": {"type": "array", "items": {"type": "object", "required": ["object", "index",
                                                                                           "embedding"]}},
                        "usage": {"type": "object", "required": ["prompt_tokens", "total_tokens"]}}},
+    "File": {
+        "type": "object", "required": ["id", "object", "bytes", "created_at", "filename", "purpose"],
+        "properties": {"id": {"type": "string"}, "object": {"const": "file"}, "bytes": {"type": "integer"},
+                       "created_at": {"type": "integer"}, "filename": {"type": "string"},
+                       "purpose": {"type": "string"}}},
+    "FileList": {"type": "object", "required": ["object", "data"],
+                 "properties": {"object": {"const": "list"},
+                                "data": {"type": "array", "items": {"$ref": "#/components/schemas/File"}}}},
+    "FileDeleted": {"type": "object", "required": ["id", "object", "deleted"],
+                    "properties": {"id": {"type": "string"}, "object": {"const": "file"}, "deleted": {"const": True}}},
+    "Batch": {
+        "type": "object", "required": ["id", "object", "endpoint", "input_file_id", "status", "created_at"],
+        "properties": {"id": {"type": "string"}, "object": {"const": "batch"}, "endpoint": {"type": "string"},
+                       "input_file_id": {"type": "string"}, "status": {"type": "string"},
+                       "created_at": {"type": "integer"}, "request_counts": {"type": "object"}}},
+    "BatchList": {"type": "object", "required": ["object", "data", "has_more"],
+                  "properties": {"object": {"const": "list"}, "has_more": {"type": "boolean"},
+                                 "data": {"type": "array", "items": {"$ref": "#/components/schemas/Batch"}}}},
     "ModelList": {
         "type": "object", "required": ["object", "data"],
         "properties": {"object": {"const": "list"},
@@ -186,7 +222,7 @@ def _apply(endpoint: Endpoint, paths: dict[str, Any], schemas: dict[str, Any]) -
                                                     "schema": {"type": "string"}})
     if endpoint.request is not None:
         op["requestBody"] = {"required": endpoint.body_required,
-                             "content": {"application/json": {"schema": _schema(endpoint.request, schemas)}}}
+                             "content": {endpoint.media: {"schema": _schema(endpoint.request, schemas)}}}
     if endpoint.response is not None or endpoint.stream:
         schema = {"$ref": f"#/components/schemas/{endpoint.response}"} if endpoint.response else {"type": "object"}
         content: dict[str, Any] = {"application/json": {"schema": schema}}

@@ -46,13 +46,14 @@ class Call:
     # Runs non-streaming work so that it is cancelled if the client goes away (gateway.disconnect).
     until_disconnect: Callable[[Awaitable[Any]], Awaitable[Any]]
     principal: Principal | None = None  # the caller, once admitted (the owner of what a surface stores)
+    preset: Principal | None = None  # the caller, known already (a batch line runs as its batch's key)
     keep_chunks: bool = False  # a surface translates the stream: the assembler keeps its parsed chunks
     outcome: Outcome | None = None  # the router's, once routed
 
 
 async def serve(svc: Services, runtime: Runtime, call: Call) -> Response:
     """`runtime` is the config this request finishes on, whatever reloads happen meanwhile."""
-    admitted = await admit(svc, runtime, call.body, call.headers, call.rec)
+    admitted = await admit(svc, runtime, call.body, call.headers, call.rec, call.preset)
     call.principal = admitted.principal
     if runtime.config.logging.log_prompts:
         call.rec.prompt = call.body.wire_body().get(call.body.prompt_field)

@@ -335,6 +335,21 @@ class ResponsesConfig(_Strict):
     max_entries: int = Field(default=10_000, ge=1)  # in-process store only (no Redis)
 
 
+class BatchesConfig(_Strict):
+    """The Files and Batch APIs (gateway/batches): limits as OpenAI's, and how batch lines are run."""
+
+    enabled: bool = True
+    files_dir: str | None = None  # file contents (a shared volume for several replicas); default: the data dir
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, gt=0)  # OpenAI: 200 MB a batch input file
+    max_lines: int = Field(default=50_000, ge=1)  # OpenAI: 50,000 requests a batch
+    concurrency: int = Field(default=2, ge=1, le=256)  # lines in flight per replica
+    # Batch lines run only while fewer interactive requests than this are in flight on the replica.
+    yield_to_interactive: int = Field(default=1, ge=1)
+    lease_s: float = Field(default=15.0, gt=1)  # a replica's hold on a batch; a dead one's runs out
+    line_retries: int = Field(default=3, ge=0)  # retryable failures (overloaded, unavailable) before a line fails
+    retention_s: float = Field(default=30 * 86_400, gt=0)  # files and batches are kept this long
+
+
 class GatewayConfig(_Strict):
     """With no `models` key, a config that defines no routes serves the embedded default model;
     one that defines routes or deployments serves only what it names."""
@@ -357,6 +372,7 @@ class GatewayConfig(_Strict):
     cost: CostConfig = Field(default_factory=CostConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
+    batches: BatchesConfig = Field(default_factory=BatchesConfig)
 
     @model_validator(mode="before")
     @classmethod

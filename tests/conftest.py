@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import tempfile
 from typing import Any, Iterator
 
 import openai
@@ -20,6 +21,7 @@ MODEL = "gemma-3-270m"
 E2E_CONFIG: dict[str, Any] = {
     "server": {"host": "127.0.0.1", "max_body_bytes": 256 * 1024},
     "models": [{"card": MODEL, "n_ctx": 2048, "max_queue": 8, "default_max_tokens": 64, "request_timeout_s": 120}],
+    "batches": {"files_dir": tempfile.mkdtemp(prefix="gw-e2e-files-")},  # batch files, not in the home directory
 }
 
 

@@ -1,0 +1,200 @@
+"""The Files and Batch APIs with the official `openai` SDK: batches that run through the gateway's routes,
+refusals with line numbers, ownership, cancel, and a replica killed mid-batch (two gateways, one Redis)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.redis_env import require_redis, unique_prefix
+from tests.routing_env import OPENAI_KEY, Sims, sims  # noqa: F401  (fixtures)
+from tests.server import GatewayProcess
+from tests.sim import Fault, canonical_reply
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.process  # gateway processes and simulated upstreams
+
+MASTER = "sk-master-batches-0123456789"
+
+
+def config(s: Sims, prefix: str, files_dir: Path, **batches: Any) -> dict[str, Any]:
+    return {
+        "redis": {"url": require_redis(), "prefix": prefix},
+        "providers": {"vllm-a": {"kind": "vllm", "base_url": f"{s.a.url}/v1"}},
+        "deployments": [{"name": "a", "provider": "vllm-a", "model": "vllm-model"}],
+        "routes": [{"name": "chat", "deployments": ["a"]}],
+        "health_checks": {"interval_s": 5},
+        "usage": {"flush_interval_s": 0.2},
+        "batches": {"files_dir": str(files_dir), "concurrency": 4, "lease_s": 2, **batches},
+    }
+
+
+@pytest.fixture
+def setup(sims: Sims, tmp_path: Path) -> Iterator[tuple[GatewayProcess, dict[str, Any]]]:
+    sims.reset()
+    cfg = config(sims, unique_prefix(), tmp_path / "files", max_lines=300)
+    with GatewayProcess(cfg, env={"LLM_GATEWAY_MASTER_KEY": MASTER}) as g:
+        yield g, cfg
+    sims.reset()
+
+
+def key(g: GatewayProcess) -> str:
+    r = httpx.post(f"{g.root_url}/admin/keys", headers={"Authorization": f"Bearer {MASTER}"}, json={"alias": "b"})
+    assert r.status_code == 201, r.text
+    return r.json()["key"]
+
+
+def sdk(g: GatewayProcess, api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=g.base_url, api_key=api_key, max_retries=0, timeout=30)
+
+
+def jsonl(n: int, url: str = "/v1/chat/completions", model: str = "chat", **extra: Any) -> bytes:
+    return b"".join(json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": url,
+                                "body": {"model": model, "messages": [{"role": "user", "content": f"Line {i}"}],
+                                         **extra}}).encode() + b"\n" for i in range(n))
+
+
+def finished(client: openai.OpenAI, batch_id: str, timeout: float = 60, states=("completed",)) -> Any:
+    def done() -> Any:
+        b = client.batches.retrieve(batch_id)
+        return b if b.status in (*states, "failed", "expired", "cancelled", "completed") else None
+    return wait_until(done, timeout=timeout, what=f"batch {batch_id} to finish")
+
+
+def output_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines() if line]
+
+
+def test_a_200_line_batch_runs_every_line_once(setup, sims: Sims) -> None:
+    g, _ = setup
+    client = sdk(g, key(g))
+    upload = client.files.create(file=("lines.jsonl", jsonl(200)), purpose="batch")
+    assert upload.purpose == "batch" and upload.bytes > 0
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                  metadata={"job": "nightly"})
+    assert batch.status in ("validating", "in_progress") and batch.request_counts.total == 200
+    done = finished(client, batch.id)
+    assert done.status == "completed", done
+    assert (done.request_counts.completed, done.request_counts.failed) == (200, 0)
+    assert done.completed_at and done.in_progress_at and done.finalizing_at and done.error_file_id is None
+    lines = output_lines(client, done.output_file_id)
+    assert [line["custom_id"] for line in lines] == [f"req-{i}" for i in range(200)], "each once, in input order"
+    for i, line in enumerate(lines):
+        assert line["response"]["status_code"] == 200 and line["error"] is None
+        assert line["response"]["body"]["object"] == "chat.completion"  # the upstream's body, passed through
+        reply = line["response"]["body"]["choices"][0]["message"]["content"]
+        assert reply == canonical_reply([{"role": "user", "content": f"Line {i}"}])
+    assert sims.a.count("/v1/chat/completions") == 200, "every line reached the upstream exactly once"
+    assert [b.id for b in client.batches.list().data] == [batch.id]
+    usage = httpx.get(f"{g.root_url}/admin/usage", headers={"Authorization": f"Bearer {MASTER}"}).json()
+    assert sum(r["requests"] for r in usage["rows"] if r["route"] == "chat") >= 200, "lines count as requests"
+
+
+@pytest.mark.parametrize("content, code, line", [
+    (b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}\nnot json\n',
+     "invalid_json_line", 2),
+    (jsonl(2) + jsonl(1), "duplicate_custom_id", 3),
+    (b'{"custom_id": "a", "method": "GET", "url": "/v1/chat/completions", "body": {}}\n', "invalid_method", 1),
+    (b'{"custom_id": "a", "method": "POST", "url": "/v1/images", "body": {}}\n', "invalid_url", 1),
+    (b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions"}\n', "missing_body", 1),
+    (jsonl(301), "too_many_requests", 301),
+])
+def test_bad_files_are_refused_at_upload_with_their_line(setup, content: bytes, code: str, line: int) -> None:
+    g, _ = setup
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk(g, key(g)).files.create(file=("bad.jsonl", content), purpose="batch")
+    assert err.value.code == code and f"Line {line}:" in err.value.message
+    assert err.value.body["param"] == "file"
+
+
+def test_a_batch_refuses_a_file_of_another_endpoint_and_other_keys_see_nothing(setup) -> None:
+    g, _ = setup
+    alice, bob = sdk(g, key(g)), sdk(g, key(g))
+    upload = alice.files.create(file=("lines.jsonl", jsonl(3)), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as err:
+        alice.batches.create(input_file_id=upload.id, endpoint="/v1/completions", completion_window="24h")
+    assert err.value.code == "mismatched_endpoint" and "Line 1:" in err.value.message
+    with pytest.raises(openai.BadRequestError):
+        alice.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="1h")
+    with pytest.raises(openai.NotFoundError):
+        bob.files.retrieve(upload.id)
+    with pytest.raises(openai.NotFoundError):
+        bob.files.content(upload.id)
+    with pytest.raises(openai.NotFoundError):
+        bob.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    batch = alice.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        bob.batches.retrieve(batch.id)
+    with pytest.raises(openai.NotFoundError):
+        bob.batches.cancel(batch.id)
+    assert bob.files.list().data == [] and bob.batches.list().data == []
+    assert finished(alice, batch.id).status == "completed"
+    assert alice.files.delete(upload.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        alice.files.retrieve(upload.id)
+
+
+def test_cancel_mid_batch_keeps_the_finished_lines(setup, sims: Sims) -> None:
+    g, _ = setup
+    client = sdk(g, key(g))
+    sims.a.set_fault(Fault.latency(0.3))
+    upload = client.files.create(file=("lines.jsonl", jsonl(60)), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 4, timeout=30,
+               what="a few lines done")
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "cancelled")
+    done = finished(client, batch.id, states=("cancelled",))
+    sims.a.set_fault(None)
+    assert done.status == "cancelled" and done.cancelled_at and done.cancelling_at
+    lines = output_lines(client, done.output_file_id)
+    assert 4 <= len(lines) < 60 and done.request_counts.completed == len(lines)
+    assert len({line["custom_id"] for line in lines}) == len(lines)
+    assert sims.a.count("/v1/chat/completions") == len(lines), "nothing started after the cancel went unrecorded"
+
+
+def test_a_replica_killed_mid_batch_leaves_it_to_the_other(sims: Sims, tmp_path: Path) -> None:
+    """Two gateways share Redis and the files volume; the one holding the batch's lease is SIGKILLed; the
+    other takes the batch over when the lease lapses, and every line is in the output exactly once."""
+    import redis
+
+    sims.reset()
+    prefix = unique_prefix()
+    cfg = config(sims, prefix, tmp_path / "files")
+    env = {"LLM_GATEWAY_MASTER_KEY": MASTER}
+    sims.a.set_fault(Fault.latency(0.15))
+    with GatewayProcess(cfg, env=env) as a, GatewayProcess(cfg, env=env) as b:
+        secret = key(a)
+        client = sdk(a, secret)
+        upload = client.files.create(file=("lines.jsonl", jsonl(80)), purpose="batch")
+        batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 10, timeout=30,
+                   what="the batch under way")
+        holder = redis.Redis.from_url(require_redis()).get(f"{prefix}batch:{batch.id}:lease")
+        assert holder is not None, "a replica holds the batch"
+        pid = int(holder.decode().split("-")[-2])
+        running, other = (a, b) if a.proc is not None and a.proc.pid == pid else (b, a)
+        assert running.proc is not None and running.proc.pid == pid
+        os.kill(pid, signal.SIGKILL)
+        running.proc.wait(10)
+        survivor = sdk(other, secret)
+        done = finished(survivor, batch.id, timeout=90)
+        assert done.status == "completed", done
+        lines = output_lines(survivor, done.output_file_id)
+    sims.a.set_fault(None)
+    assert sorted(line["custom_id"] for line in lines) == sorted(f"req-{i}" for i in range(80)), \
+        "no line lost, none twice"
+    assert (done.request_counts.completed, done.request_counts.failed) == (80, 0)
+    sent = sims.a.count("/v1/chat/completions")
+    assert 80 <= sent <= 80 + cfg["batches"]["concurrency"], "only lines in flight at the kill ran again"
+    sims.reset()
