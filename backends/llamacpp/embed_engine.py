@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import queue
 import time
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ from backends.llamacpp.jobs import END, ERROR, VECTORS, EmbedJob, EngineSettings
 from backends.llamacpp.sysinfo import extra_bufts
 
 log = logging.getLogger("llm_gateway.llamacpp")
+
+# For tests: a file whose presence holds the engine after it took a job and before it fills a decode, so
+# a test can have requests queued together, or a request in the engine when it kills it.
+STALL_ENV = "LLM_GATEWAY_EMBED_STALL"
 
 
 @dataclass(slots=True)
@@ -52,16 +57,18 @@ class EmbedEngine(EngineThread):
         self.decodes = 0  # llama_decode calls
         self.shared_decodes = 0  # ... that carried inputs of more than one job
         self.max_jobs_per_decode = 0
+        self._stall = os.environ.get(STALL_ENV)
 
     # -- counters ------------------------------------------------------------------
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        """Jobs not answered yet: queued, or taken and waiting for (the rest of) their decodes."""
+        return self._queue.qsize() + len(self._taken)
 
     @property
     def load(self) -> int:
-        return self.depth + len(self._taken)
+        return self.depth
 
     @property
     def n_ctx(self) -> int:
@@ -112,12 +119,14 @@ class EmbedEngine(EngineThread):
                 if job is None:
                     return
                 self._taken.append(_Work(job, []))
+            while self._stall and os.path.exists(self._stall) and not self._stopping:
+                time.sleep(0.01)
             batch = self._fill()
+            if batch:
+                self._embed_batch(batch)
             if self._stopping:
                 self._end_all()
                 return
-            if batch:
-                self._embed_batch(batch)
 
     def _fill(self) -> list[tuple[_Work, list[int]]]:
         """The next decode's inputs: the taken jobs' first, then more jobs from the queue, in order."""
