@@ -3,7 +3,8 @@
 Same model file, same inputs, batch sizes 1 and 16; each figure is the median of `--reps` runs of
 `--requests` requests, interleaved (direct, gateway, direct, ...) so machine noise hits both alike. The
 gateway runs with its cache off (every request reaches the model) and no keys; requests are sent one at
-a time over one kept-alive connection, so the ratio is the gateway's overhead per request.
+a time over one kept-alive connection, so the ratio is the gateway's overhead per request (HTTP, routing,
+tokenizing in the worker, and the hop to the embedding engine process and back).
 
     python bench/embeddings.py --reps 5 --requests 40
 """

@@ -23,7 +23,7 @@ def local_backend(model: LlamaCppModelConfig, card: ModelCard, control: EngineCo
     """A llama.cpp model; `control` runs its engine processes (None: the backend supervises its own).
     An embedding model (its card says so) is served by the embedding backend instead."""
     if card.capabilities == ["embeddings"]:
-        return LlamaEmbeddingBackend(model.card, card, model)
+        return LlamaEmbeddingBackend(model.card, card, model, control=control)
     return LlamaCppBackend(model.card, card, model, control=control)
 
 

@@ -1,29 +1,48 @@
 """A local embedding model (a model card with `capabilities: [embeddings]`) served by llama.cpp.
 
-The model is loaded once, at start, into one dedicated thread: every llama.cpp call runs there, so the
-event loop never waits on it and one context is never used by two threads. Several inputs share one
-`llama_decode` (a sequence each, up to the batch's token budget), pooled as the GGUF says (its
-`pooling_type`, mean for sentence-transformers models).
+Like a chat model, the model runs in an engine process of its own (`host` hosting an `embed_engine.
+EmbedEngine`), started, watched and restarted by the same supervisor (`supervisor`), shared by every
+worker of `--workers N` the same way (`control`). A native crash in the encoder then costs one backend
+for the second or two of a restart, never the gateway: the requests in it fail with EngineUnavailable
+(retryable: the router fails over, the client retries) and `/ready` shows `restarting`, then `ready`.
 
-Why a thread and not an engine process like chat: an encoder of a few tens of MB answers in
-milliseconds and holds no state between requests, so the process, socket and supervisor would cost
-more than the work (see bench/embeddings.py). The trade: a native crash in it costs the gateway
-process, not just this backend.
+This side does what needs no model: it tokenizes with a vocab-only copy (so routing can count tokens
+even while the engine restarts), checks the inputs (ids in the vocabulary, lengths) so a client's
+mistake is its 400 here, and shortens vectors for `dimensions`. The engine pools each input as the GGUF
+says (`pooling_type`, mean for sentence-transformers models), scales it to unit length when the card
+says so, and decodes the inputs of every queued request together, up to BATCH_TOKENS per `llama_decode`
+(see `embed_engine` for the order). The socket hop costs little next to the decode (bench/embeddings.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import orjson
+
+from backends.aio import within
 from backends.base import Backend, BackendStatus, CallContext, SSEStream
-from backends.contract.embeddings import embedding_response, normalised, shortened
-from backends.contract.errors import ContextLengthExceeded, InvalidRequest, NotReady, UpstreamTimeout
+from backends.contract.embeddings import embedding_response, shortened
+from backends.contract.errors import (
+    ContextLengthExceeded,
+    EngineError,
+    EngineUnavailable,
+    InvalidRequest,
+    NotReady,
+    Overloaded,
+    UpstreamTimeout,
+)
 from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from backends.llamacpp import wire
+from backends.llamacpp.client import LOST
+from backends.llamacpp.control import EngineControl, LocalControl
+from backends.llamacpp.instances import AllFull, EngineSet, NoEngine
+from backends.llamacpp.jobs import EMBED, EngineSettings
 from backends.llamacpp.settings import LlamaCppModelConfig
 from backends.model_cards import ModelCard
 from backends.weights import Progress, resolve_weights
@@ -31,27 +50,33 @@ from backends.weights import Progress, resolve_weights
 log = logging.getLogger("llm_gateway.llamacpp")
 
 BATCH_TOKENS = 2048  # tokens decoded together in one llama_decode (all of one input must fit in it)
+_LONG_TEXT = 16_000  # characters in a request; more are tokenized off the event loop
 
 
 class LlamaEmbeddingBackend(Backend):
     kind = "llamacpp"
 
     def __init__(self, name: str, card: ModelCard, config: LlamaCppModelConfig,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, control: EngineControl | None = None) -> None:
         super().__init__(name, card, required=config.required)
         self.config = config
         self._progress = progress
-        self._llm: Any = None
+        self._control = control  # None: this backend supervises its own engine (tests, benchmarks)
+        self._own_control = control is None
+        self.engines: EngineSet | None = None
+        self.tokenizer: Any = None  # a vocab-only `Llama`: tokenizer and metadata, no weights
+        self.listeners: list[Callable[[], None]] = []  # told when an engine starts or stops serving
         self._failed: str | None = None
         self._n_ctx = min(config.n_ctx, card.context_length)  # the longest input, in tokens
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"embed-{name}")
+        self._n_vocab = 0
         self.model_path: Path | None = None
         facts = card.embedding
         self._dimensions = facts.dimensions if facts else None
         self._matryoshka = bool(facts and facts.matryoshka)
         self._normalize = facts.normalize if facts else True
-        self.completed = 0
-        self.inputs = 0
+        # Every worker computes the same key for the same model config, so they share its engine.
+        raw = orjson.dumps(config.model_dump(), option=orjson.OPT_SORT_KEYS)
+        self.key = f"{name}-embed-{hashlib.sha256(raw).hexdigest()[:16]}"
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -59,45 +84,64 @@ class LlamaEmbeddingBackend(Backend):
         try:
             path = await asyncio.to_thread(resolve_weights, self.card, self.config.model_path, self._progress)
             self.model_path = path
-            self._llm = await self._run(self._load, path)
+            self.tokenizer = await asyncio.to_thread(_vocab_only, path)
+            self._n_vocab = self.tokenizer.n_vocab()
+            self._check_dimensions(_gguf_dimensions(self.tokenizer.metadata))
+            control = self._control or LocalControl()
+            self._control = control
+            self.engines = EngineSet(self.name, self.key, control, self._engine_settings(path), self.config.instances,
+                                     listeners=self.listeners)
+            await self.engines.start()
+            info = next((c.info for c in self.engines.clients if c.info.get("n_embd")), None)
+            if info is not None:
+                self._check_dimensions(int(info["n_embd"]))
         except Exception as exc:
             self._failed = str(exc)
             log.error("model %s failed to start: %s", self.name, exc)
             return
-        log.info("embedding model %s ready (%d dimensions, inputs up to %d tokens)", self.name,
-                 self._dimensions, self._n_ctx)
+        if self.engines.ready:
+            log.info("embedding model %s ready (%s dimensions, inputs up to %d tokens, instances=%d)", self.name,
+                     self._dimensions, self._n_ctx, len(self.engines.clients))
+        else:
+            log.error("model %s failed to start: %s", self.name, self.engines.detail())
 
-    def _load(self, path: Path) -> Any:
-        from llama_cpp import Llama
-
-        budget = max(BATCH_TOKENS, self._n_ctx)
-        llm = Llama(str(path), embedding=True, n_ctx=budget, n_batch=budget, n_ubatch=budget,
-                    n_threads=self.config.n_threads, verbose=False)
-        native = llm.n_embd()
+    def _check_dimensions(self, native: int | None) -> None:
+        if not native:
+            return
         if self._dimensions is not None and self._dimensions != native:
             raise ValueError(f"the card says {self._dimensions} dimensions, the GGUF has {native}")
         self._dimensions = native
-        if self.config.warmup:
-            _embed(llm, [llm.tokenize(b"warm up")])
-        return llm
+
+    def _engine_settings(self, path: Path) -> EngineSettings:
+        c = self.config
+        return EngineSettings(model_path=str(path), kind=EMBED, n_ctx=self._n_ctx, n_threads=c.n_threads,
+                              n_batch=max(BATCH_TOKENS, self._n_ctx), max_queue=c.max_queue, warmup=c.warmup)
 
     async def aclose(self) -> None:
-        llm, self._llm = self._llm, None
-        if llm is not None:
-            await self._run(llm.close)
-        self._executor.shutdown(wait=False)
+        if self.engines is not None:
+            await self.engines.aclose()
+        if self._own_control and self._control is not None:
+            await self._control.aclose()
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    def _state(self) -> str:
+        if self._failed is not None:
+            return "failed"
+        return self.engines.state if self.engines is not None else "loading"
 
     def status(self) -> BackendStatus:
-        state = "failed" if self._failed else "ready" if self._llm is not None else "loading"
-        return BackendStatus(self.name, self.kind, state, self.required, self._failed,  # type: ignore[arg-type]
-                             {"completed": self.completed, "inputs": self.inputs} if self._llm is not None else {})
+        engines = self.engines
+        if self._failed is not None or engines is None:
+            return BackendStatus(self.name, self.kind, self._state(), self.required, self._failed)  # type: ignore[arg-type]
+        stats: dict[str, Any] = {"instances": len(engines.clients), "queue_depth": 0, "busy": 0, "completed": 0,
+                                 "inputs": 0, "decodes": 0}
+        stats.update(engines.stats())
+        stats.pop("max_jobs_per_decode", None)  # a maximum, not a sum over engines
+        return BackendStatus(self.name, self.kind, engines.state, self.required, engines.detail(),  # type: ignore[arg-type]
+                             stats, engines.supervision())
 
     @property
     def available(self) -> bool:
-        return self._llm is not None
+        return self._failed is None and self.engines is not None and self.engines.ready
 
     @property
     def context_length(self) -> int:
@@ -107,11 +151,14 @@ class LlamaEmbeddingBackend(Backend):
     def model_id(self) -> str:
         return self.card.id if self.card else self.name
 
+    def load_score(self) -> float:
+        return self.engines.load() if self.engines is not None else 0.0
+
     def estimate_tokens(self, request: Any) -> int | None:
-        if self._llm is None or not isinstance(request, EmbeddingRequest):
+        if self.tokenizer is None or not isinstance(request, EmbeddingRequest):
             return None
         try:
-            return sum(len(self._llm.tokenize(x.encode())) if isinstance(x, str) else len(x)
+            return sum(len(self.tokenizer.tokenize(x.encode())) if isinstance(x, str) else len(x)
                        for x in request.inputs())
         except Exception:
             return None
@@ -119,29 +166,29 @@ class LlamaEmbeddingBackend(Backend):
     # -- the endpoint ----------------------------------------------------------
 
     async def embeddings(self, request: EmbeddingRequest, ctx: CallContext) -> dict[str, Any]:
-        if self._llm is None:
-            raise NotReady(f"The model '{self.name}' is {self.status().state}; please retry shortly.")
-        assert self._dimensions is not None
+        state = self._state()
+        if state != "ready":
+            retry = self.engines.retry_after() if self.engines is not None else 2.0
+            raise NotReady(f"The model '{self.name}' is {state}; please retry shortly.", retry_after=retry)
+        assert self._dimensions is not None and self.engines is not None
         dims = ctx.params.get("dimensions", request.dimensions)
         shortened([], dims, self._dimensions, self._matryoshka, request.model)  # a bad `dimensions` fails first
-        work = self._run(self._compute, request.inputs())
+        inputs = request.inputs()
+        if sum(len(x) for x in inputs if isinstance(x, str)) > _LONG_TEXT:
+            seqs = await asyncio.to_thread(self._tokens, inputs)
+        else:
+            seqs = self._tokens(inputs)
         timeout = ctx.read_timeout or self.config.request_timeout_s
-        try:
-            vectors, n_tokens = await asyncio.wait_for(asyncio.shield(work), timeout)
-        except asyncio.TimeoutError:
-            raise UpstreamTimeout(f"The model '{self.name}' did not answer within {timeout:g}s.") from None
+        vectors = await self._embed(seqs, time.monotonic() + timeout, timeout)
         vectors = shortened(vectors, dims, self._dimensions, self._matryoshka, request.model)
-        self.completed += 1
-        self.inputs += len(vectors)
-        return embedding_response(self.model_id, vectors, n_tokens, request.encoding_format)
+        return embedding_response(self.model_id, vectors, sum(len(s) for s in seqs), request.encoding_format)
 
-    def _compute(self, inputs: list[str | list[int]]) -> tuple[list[list[float]], int]:
-        """On the model's thread: tokenize, check, embed in as few decodes as the budget allows."""
-        llm = self._llm
-        n_vocab = llm.n_vocab()
+    def _tokens(self, inputs: list[str | list[int]]) -> list[list[int]]:
+        """Each input's token ids, checked against the vocabulary and the longest input."""
+        n_vocab = self._n_vocab
         seqs: list[list[int]] = []
         for i, item in enumerate(inputs):
-            tokens = llm.tokenize(item.encode()) if isinstance(item, str) else item
+            tokens = self.tokenizer.tokenize(item.encode()) if isinstance(item, str) else item
             where = "input" if len(inputs) == 1 else f"input[{i}]"
             bad = next((t for t in tokens if t >= n_vocab), None)
             if bad is not None:
@@ -152,10 +199,47 @@ class LlamaEmbeddingBackend(Backend):
                     f"This model's maximum context length is {self._n_ctx} tokens, however you requested "
                     f"{len(tokens)} tokens in '{where}'. Please reduce the length of the input.", param=where)
             seqs.append(tokens)
-        vectors = _embed(llm, seqs)
-        if self._normalize:
-            vectors = [normalised(v) for v in vectors]
-        return vectors, sum(len(s) for s in seqs)
+        return seqs
+
+    async def _embed(self, seqs: list[list[int]], deadline: float, timeout: float) -> list[list[float]]:
+        """One job on the least loaded engine: its vectors. Every engine error becomes a gateway error here."""
+        assert self.engines is not None
+        try:
+            handle, ev = await self.engines.open(wire.embed_spec(inputs=seqs, normalize=self._normalize), deadline)
+        except NoEngine as exc:
+            raise NotReady(f"The model '{self.name}' is {exc.state}; please retry shortly.",
+                           retry_after=exc.retry_after) from None
+        except AllFull as exc:
+            raise Overloaded(f"The model '{self.name}' is overloaded; retry after {exc.retry_after:.0f}s.",
+                             retry_after=exc.retry_after) from None
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(f"The model '{self.name}' did not answer within {timeout:g}s.") from None
+        vectors: list[list[float]] | None = None
+        try:
+            while True:
+                op = ev[0]
+                if op == wire.VECTORS:
+                    vectors = ev[2]
+                elif op == wire.END:
+                    break
+                elif op == wire.ERROR:
+                    log.error("embedding failed on %s: %s", self.name, ev[2])
+                    raise EngineError(f"The model '{self.name}' failed while embedding.")
+                elif op == LOST:
+                    log.error("model %s lost a request: %s", self.name, ev[2])
+                    raise EngineUnavailable(f"The model '{self.name}' stopped while embedding (its engine process "
+                                            "died and is being restarted); try again.",
+                                            retry_after=self.engines.retry_after())
+                try:
+                    ev = await within(handle.events.get(), max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    raise UpstreamTimeout(f"The model '{self.name}' did not answer within {timeout:g}s.") from None
+        finally:
+            handle.cancel()
+        if vectors is None:  # ended without an answer: the engine was stopping
+            raise EngineUnavailable(f"The model '{self.name}' stopped while embedding; try again.",
+                                    retry_after=self.engines.retry_after())
+        return vectors
 
     # -- not a chat model --------------------------------------------------------
 
@@ -176,34 +260,16 @@ class LlamaEmbeddingBackend(Backend):
         raise self._no_text()
 
 
-def _embed(llm: Any, seqs: list[list[int]]) -> list[list[float]]:
-    """Pooled vectors of token sequences, as many per `llama_decode` as fit the batch (one sequence each)."""
-    import llama_cpp
+def _vocab_only(path: Path) -> Any:
+    from llama_cpp import Llama
 
-    n_embd, budget = llm.n_embd(), llm.n_batch
-    n_seq_max = llm.context_params.n_seq_max
-    batch, ctx = llm._batch, llm._ctx
-    out: list[list[float]] = []
+    return Llama(model_path=str(path), vocab_only=True, verbose=False)
 
-    def decode(count: int) -> None:
-        ctx.kv_cache_clear()
-        ctx.decode(batch)
-        batch.reset()
-        for s in range(count):
-            out.append(llama_cpp.llama_get_embeddings_seq(ctx.ctx, s)[:n_embd])
 
-    batch.reset()
-    used = in_batch = 0
-    started = time.monotonic()
-    for tokens in seqs:
-        if in_batch and (used + len(tokens) > budget or in_batch >= n_seq_max):
-            decode(in_batch)
-            used = in_batch = 0
-        batch.add_sequence(tokens, in_batch, True)
-        used += len(tokens)
-        in_batch += 1
-    if in_batch:
-        decode(in_batch)
-    ctx.kv_cache_clear()
-    log.debug("embedded %d inputs in %.1f ms", len(seqs), (time.monotonic() - started) * 1000)
-    return out
+def _gguf_dimensions(metadata: dict[str, str]) -> int | None:
+    """The vector size the GGUF declares (`<arch>.embedding_length`); a vocab-only model has no n_embd()."""
+    raw = metadata.get(f"{metadata.get('general.architecture', '')}.embedding_length")
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None

@@ -72,6 +72,10 @@ class EngineThread:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def extra_info(self) -> dict[str, Any]:
+        """Facts for the engine's HELLO beyond the common ones (read once it is loaded)."""
+        return {}
+
     def stats(self) -> dict[str, int]:
         """Engine-specific counters beyond the common ones."""
         return {}

@@ -1,5 +1,8 @@
 """The engine process: one llama.cpp model instance, served to the gateway's workers over a Unix socket.
 
+It hosts a generation engine (`LlamaEngine`, or `BatchEngine` with `parallel` above 1) or, for an
+embedding model (settings `kind: embed`), an `EmbedEngine`; the supervision is the same for all.
+
 The gateway never runs llama.cpp in its own process: a native crash (a
 segfault in a CPU kernel, an abort, the OOM killer) then costs this process
 and the requests in it, never the gateway or its other routes. The
@@ -34,7 +37,8 @@ from typing import Any, Callable
 
 from backends.llamacpp import wire
 from backends.llamacpp.batch import BatchEngine
-from backends.llamacpp.jobs import DONE, END, ERROR, TEXT, EngineSettings, Job, Sampling
+from backends.llamacpp.embed_engine import EmbedEngine
+from backends.llamacpp.jobs import DONE, EMBED, END, ERROR, TEXT, VECTORS, EmbedJob, EngineSettings, Job, Sampling
 from backends.llamacpp.serial import LlamaEngine
 from backends.llamacpp.sysinfo import LoadLog, system_info
 
@@ -45,7 +49,7 @@ MAX_UNREAD_BYTES = 64 * 1024 * 1024  # answers a worker has not read yet, before
 FAULT_ENV = "LLM_GATEWAY_ENGINE_FAULT"  # fault injection for tests: see `_inject_faults`
 HOLD_ENV = "LLM_GATEWAY_ENGINE_HOLD"  # for tests: a file whose appearance lets the load begin
 
-Engine = LlamaEngine | BatchEngine
+Engine = LlamaEngine | BatchEngine | EmbedEngine
 
 
 def emit(event: dict[str, Any]) -> None:
@@ -83,6 +87,8 @@ class Connection:
                 data = wire.pack(wire.DONE, job_id, ev[1], ev[2], ev[3])
             elif kind == END:
                 data = wire.pack(wire.END, job_id)
+            elif kind == VECTORS:
+                data = wire.pack(wire.VECTORS, job_id, ev[1])
             else:
                 data = wire.pack(wire.ERROR, job_id, _safe_message(ev[1]))
             self._queue(data)
@@ -170,7 +176,7 @@ class EngineServer:
 
     def _submit(self, conn: Connection, job_id: int, spec: dict[str, Any]) -> None:
         try:
-            job = _job(spec)
+            job = _embed_job(spec) if isinstance(self.engine, EmbedEngine) else _job(spec)
         except Exception as exc:  # a grammar llama.cpp refuses, say
             conn.send(wire.pack(wire.ERROR, job_id, _safe_message(exc)))
             return
@@ -210,6 +216,10 @@ def _job(spec: dict[str, Any]) -> Job:
     return Job(prompt_tokens=spec["prompt"], max_tokens=spec["max_tokens"], sampling=Sampling(**spec["sampling"]),
                stop=spec["stop"], n=spec["n"], grammar=grammar, ignore_eos=spec["ignore_eos"],
                logprobs=spec.get("logprobs"))
+
+
+def _embed_job(spec: dict[str, Any]) -> EmbedJob:
+    return EmbedJob(inputs=spec["inputs"], normalize=spec["normalize"])
 
 
 def _safe_message(exc: BaseException) -> str:
@@ -257,7 +267,11 @@ async def serve(socket_path: str, name: str, settings: EngineSettings) -> int:
         await asyncio.sleep(0.05)
     started = time.monotonic()
     load_log = LoadLog()
-    engine: Engine = (BatchEngine if settings.parallel > 1 else LlamaEngine)(settings, name=name)
+    engine: Engine
+    if settings.kind == EMBED:
+        engine = EmbedEngine(settings, name=name)
+    else:
+        engine = (BatchEngine if settings.parallel > 1 else LlamaEngine)(settings, name=name)
     _inject_faults(engine, settings)
     engine.start()
     try:
@@ -267,7 +281,7 @@ async def serve(socket_path: str, name: str, settings: EngineSettings) -> int:
         return wire.LOAD_FAILED
     info = {"pid": os.getpid(), "name": name, "n_ctx": engine.n_ctx, "n_vocab": engine.llm.n_vocab(),
             "safe_mode": not settings.use_extra_bufts, "load_s": round(time.monotonic() - started, 2),
-            "weights": load_log.weight_buffers(), **system_info()}
+            "weights": load_log.weight_buffers(), **system_info(), **engine.extra_info()}
     server = EngineServer(engine, info)
     if os.path.exists(socket_path):
         os.unlink(socket_path)

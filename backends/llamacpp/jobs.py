@@ -19,6 +19,10 @@ TEXT = "text"  # (TEXT, choice, text, logprob entries or None): see `logprobs`
 DONE = "done"  # (DONE, choice, finish_reason, completion_tokens)
 END = "end"  # (END,)
 ERROR = "error"  # (ERROR, exception)
+VECTORS = "vectors"  # (VECTORS, [vector per input]): an embedding job's answer, before its END
+
+GENERATE = "generate"  # an engine's kind: a chat/completion model (`LlamaEngine`, `BatchEngine`)
+EMBED = "embed"  # an embedding model (`embed_engine.EmbedEngine`)
 
 
 @dataclass(slots=True)
@@ -51,8 +55,20 @@ class Job:
 
 
 @dataclass(slots=True)
+class EmbedJob:
+    """Token sequences to embed, one vector each (pooled as the GGUF says; unit length if `normalize`)."""
+
+    inputs: list[list[int]]
+    normalize: bool = True
+    post: Callable[[tuple], None] = lambda ev: None  # called on the engine thread, once per event
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
 class EngineSettings:
     model_path: str
+    kind: str = GENERATE  # GENERATE or EMBED: which engine the process hosts
     n_ctx: int = 8192
     n_threads: int | None = None
     n_batch: int = 512
@@ -60,7 +76,9 @@ class EngineSettings:
     max_queue: int = 16
     warmup: bool = True
     reuse_prompt_prefix: bool = False
-    parallel: int = 1  # sequences decoded together; above 1 `BatchEngine` serves the model
+    # GENERATE: sequences decoded together; above 1 `BatchEngine` serves the model. EMBED: n_batch is the
+    # token budget of one llama_decode, shared by every queued job's inputs; n_ctx the longest input.
+    parallel: int = 1
     prefill_chunk: int = 128  # prompt tokens per decode step while other sequences are decoding
     # Extra buffer types (repacked weights, AMX): fast, and the part of llama.cpp most tied to the CPU.
     # Safe mode turns them off after a crash while loading.

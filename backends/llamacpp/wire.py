@@ -20,6 +20,10 @@ are the worker's own, scoped to its connection.
 | `ERROR` | engine → worker | job_id, message | the job failed; the engine serves on |
 | `FULL` | engine → worker | job_id, retry_after_s | the engine's queue is full: the job was not taken |
 | `STATS` | engine → worker | stats | counters, pushed at most every 0.1 s while they change |
+| `VECTORS` | engine → worker | job_id, vectors | an embedding job's vectors, one per input (then `END`) |
+
+An embedding engine (settings `kind: embed`) takes jobs whose spec is
+`embed_spec` and answers each with `VECTORS` and `END` (or `ERROR`, `FULL`).
 
 A closed connection means the other side is gone: the engine cancels that
 worker's jobs; the worker fails them at once (the engine died) and waits for
@@ -61,6 +65,7 @@ END = 6
 ERROR = 7
 FULL = 8
 STATS = 9
+VECTORS = 10
 # control channel
 ENSURE = 20
 RELEASE = 21
@@ -89,3 +94,9 @@ def job_spec(*, prompt: list[int], max_tokens: int, sampling: dict[str, Any], st
     alternatives each token's logprob entry lists (None: no logprobs)."""
     return {"prompt": prompt, "max_tokens": max_tokens, "sampling": sampling, "stop": stop, "n": n,
             "grammar": grammar, "ignore_eos": ignore_eos, "logprobs": logprobs}
+
+
+def embed_spec(*, inputs: list[list[int]], normalize: bool) -> dict[str, Any]:
+    """`SUBMIT`'s spec for an embedding engine: the inputs' token ids (checked by the gateway: in the
+    vocabulary, none longer than the engine's n_ctx), and whether to scale the vectors to unit length."""
+    return {"inputs": inputs, "normalize": normalize}

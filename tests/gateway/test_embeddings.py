@@ -1,14 +1,19 @@
 """`POST /v1/embeddings` end to end: the official SDK against a real gateway on loopback, with the real local
 embedding model (all-MiniLM-L6-v2, converted to GGUF at first use) and simulated vLLM upstreams.
 
-One gateway for the module (the model loads once): keys on, Redis for budgets and the cache.
+One gateway for the module (the models load once): keys on, Redis for budgets and the cache, and a chat
+model beside the embedding one, which must serve on while the embedding engine process is killed (last).
 """
 
 from __future__ import annotations
 
 import base64
 import math
+import os
+import signal
+import threading
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -16,25 +21,42 @@ import numpy as np
 import openai
 import pytest
 
+from backends.llamacpp.embed_engine import STALL_ENV
+from backends.llamacpp.host import HOLD_ENV
+from tests.conftest import MODEL
 from tests.redis_env import require_redis, unique_prefix
 from tests.routing_env import Sims, sims  # noqa: F401
 from tests.server import GatewayProcess
 from tests.sim.faults import Fault
 from tests.sim.openai_sim import sim_vector
 
-pytestmark = pytest.mark.process  # a gateway process, with a model loaded in it
+pytestmark = pytest.mark.process  # a gateway process, with its engine processes
 
 MASTER = "sk-master-embeddings-000"
 LOCAL = "all-minilm-l6-v2"
 
 
 @pytest.fixture(scope="module")
-def gw(sims: Sims) -> Iterator[GatewayProcess]:
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """While this file is missing, a starting engine process waits before it loads (HOLD_ENV)."""
+    path = tmp_path_factory.mktemp("hold") / "go"
+    path.touch()
+    return path
+
+
+@pytest.fixture(scope="module")
+def stall(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """While this file exists, the embedding engine holds the job it took before it decodes (STALL_ENV)."""
+    return tmp_path_factory.mktemp("stall") / "stall"
+
+
+@pytest.fixture(scope="module")
+def gw(sims: Sims, gate: Path, stall: Path) -> Iterator[GatewayProcess]:
     sims.reset()
     cfg = {
         "redis": {"url": require_redis(), "prefix": unique_prefix()},
         "usage": {"flush_interval_s": 0.1},
-        "models": [{"card": LOCAL}],
+        "models": [{"card": LOCAL}, {"card": MODEL, "n_ctx": 512, "parallel": 1}],
         "providers": {"vllm-a": {"kind": "vllm", "base_url": f"{sims.a.url}/v1"},
                       "vllm-b": {"kind": "vllm", "base_url": f"{sims.b.url}/v1"}},
         "deployments": [
@@ -44,7 +66,7 @@ def gw(sims: Sims) -> Iterator[GatewayProcess]:
         "routes": [{"name": "sim-embed", "deployments": ["ea", "eb"], "retry": {"backoff_base_s": 0.01}}],
         "health_checks": {"interval_s": 30},
     }
-    with GatewayProcess(cfg, env={"LLM_GATEWAY_MASTER_KEY": MASTER}) as g:
+    with GatewayProcess(cfg, env={"LLM_GATEWAY_MASTER_KEY": MASTER, HOLD_ENV: str(gate), STALL_ENV: str(stall)}) as g:
         yield g
     sims.reset()
 
@@ -179,3 +201,109 @@ def test_models_lists_the_embedding_model_with_its_facts(gw: GatewayProcess) -> 
     r = httpx.get(f"{gw.base_url}/models/{LOCAL}", headers={"Authorization": f"Bearer {MASTER}"})
     assert r.status_code == 200
     assert r.json()["capabilities"] == ["embeddings"] and r.json()["dimensions"] == 384
+
+
+# -- the engine process: batching across requests, and its death (last: the gateway and chat serve on) -------
+
+ADMIN = {"Authorization": f"Bearer {MASTER}"}
+NO_CACHE = {**ADMIN, "Cache-Control": "no-store"}
+
+
+def _ready(gw: GatewayProcess) -> dict[str, Any]:
+    return httpx.get(f"{gw.root_url}/ready", headers=ADMIN, timeout=5).json()
+
+
+def _embedder(gw: GatewayProcess) -> dict[str, Any]:
+    return _ready(gw)["backends"][LOCAL]
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+        time.sleep(0.02)
+
+
+def _post(gw: GatewayProcess, inputs: Any, out: dict[str, Any], key: str) -> threading.Thread:
+    def run() -> None:
+        out[key] = httpx.post(f"{gw.base_url}/embeddings", headers=NO_CACHE, timeout=60,
+                              json={"model": LOCAL, "input": inputs, "encoding_format": "float"})
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_concurrent_requests_share_one_decode(gw: GatewayProcess, stall: Path) -> None:
+    """The engine holds its first job (STALL_ENV) until the second is queued behind it: both are then
+    embedded in one llama_decode, into the vectors each gets alone."""
+    a, b = ["Rivers run to the sea.", "The sea is salty."], "Mountains are tall."
+    alone = {k: httpx.post(f"{gw.base_url}/embeddings", headers=NO_CACHE, timeout=30,
+                           json={"model": LOCAL, "input": v, "encoding_format": "float"}).json()
+             for k, v in (("a", a), ("b", b))}
+    before = _embedder(gw)["stats"]
+    stall.touch()
+    out: dict[str, Any] = {}
+    try:
+        first = _post(gw, a, out, "a")
+        _wait(lambda: _embedder(gw)["stats"]["queue_depth"] == 1, 10, "the first request taken")
+        second = _post(gw, b, out, "b")
+        _wait(lambda: _embedder(gw)["stats"]["queue_depth"] == 2, 10, "the second request queued")
+    finally:
+        stall.unlink()
+    first.join(30), second.join(30)
+    assert out["a"].status_code == out["b"].status_code == 200, (out["a"].text, out["b"].text)
+    after = _embedder(gw)["stats"]
+    assert after["decodes"] - before["decodes"] == 1, (before, after)
+    assert after["shared_decodes"] - before["shared_decodes"] == 1 and after["inputs"] - before["inputs"] == 3
+    for k in ("a", "b"):
+        got, solo = out[k].json(), alone[k]
+        assert got["usage"] == solo["usage"]
+        # (another batch shape sums in another order: the same vectors to ~1e-5, as in the first test)
+        assert np.allclose([d["embedding"] for d in got["data"]], [d["embedding"] for d in solo["data"]], atol=1e-4)
+
+
+def test_a_killed_embedding_engine_costs_its_requests_not_the_gateway(gw: GatewayProcess, gate: Path, stall: Path,
+                                                                      client: openai.OpenAI) -> None:
+    texts = ["The cat sits on the mat.", "Stocks fell sharply today."]
+    embed = {"model": LOCAL, "input": texts, "encoding_format": "float"}
+    before = httpx.post(f"{gw.base_url}/embeddings", headers=NO_CACHE, json=embed, timeout=30).json()["data"]
+    e = _embedder(gw)
+    assert e["state"] == "ready" and e["stats"]["decodes"] >= 1, e
+    pid, restarts = e["engines"][0]["pid"], e["restarts"]
+    assert gw.proc is not None and pid != gw.proc.pid  # an engine process of its own
+
+    # Killed with a request in it: that request is a retryable 503 at once, not a hang or a 500.
+    gate.unlink()  # the restarted engine waits before it loads: the gateway stays `restarting` meanwhile
+    stall.touch()
+    out: dict[str, Any] = {}
+    try:
+        request = _post(gw, f"in the engine {time.time()}", out, "r")
+        _wait(lambda: _embedder(gw)["stats"]["queue_depth"] == 1, 10, "the request in the engine")
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        request.join(30)
+        r = out["r"]
+        assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable", r.text
+        assert int(r.headers["retry-after"]) >= 1 and time.monotonic() - killed_at < 5
+        _wait(lambda: _embedder(gw)["state"] == "restarting", 5, "restarting")
+        e = _embedder(gw)
+        assert (e["restarts"], e["last_exit"]) == (restarts + 1, "SIGKILL"), e
+        # Meanwhile: the gateway answers, embeddings say not ready at once, chat and upstream routes serve on.
+        with pytest.raises(openai.InternalServerError) as err:
+            client.embeddings.create(model=LOCAL, input=f"while restarting {time.time()}")
+        assert err.value.status_code == 503 and err.value.code == "model_not_ready"
+        chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+        assert chat.choices[0].finish_reason in ("stop", "length")
+        assert client.embeddings.create(model="sim-embed", input=f"upstream {time.time()}").data
+        assert _ready(gw)["backends"][MODEL]["state"] == "ready"
+    finally:
+        stall.unlink(missing_ok=True)
+        gate.touch()
+    _wait(lambda: _embedder(gw)["state"] == "ready", 30, "ready again")
+    e = _embedder(gw)
+    assert e["engines"][0]["pid"] not in (pid, None) and e["restarts"] == restarts + 1
+    assert gw.proc.poll() is None  # the gateway process never went down
+    after = httpx.post(f"{gw.base_url}/embeddings", headers=NO_CACHE, json=embed, timeout=30).json()["data"]
+    assert [d["embedding"] for d in after] == [d["embedding"] for d in before]  # the same model, the same vectors
+    metrics = httpx.get(f"{gw.root_url}/metrics", headers=ADMIN, timeout=5).text.splitlines()
+    assert f'llm_gateway_engine_restarts_total{{model="{LOCAL}",reason="SIGKILL"}} {restarts + 1:.1f}' in metrics
