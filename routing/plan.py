@@ -71,7 +71,7 @@ def make_plan(runtime: Runtime, request: SamplingFields, headers: Mapping[str, s
 
 def _finish(route: Route, deployments: list[Deployment], tokens: PromptTokens, max_tokens: int, param: str,
             tier_sensitive: bool) -> Plan:
-    prompt_tokens = tokens.rough
+    prompt_tokens = tokens.longest
     # Long prompts only go where they fit (when a deployment's context is known).
     fitting = [d for d in deployments if d.context_length is None or prompt_tokens + 1 <= d.context_length]
     if not fitting and deployments:
@@ -79,7 +79,7 @@ def _finish(route: Route, deployments: list[Deployment], tokens: PromptTokens, m
         raise ContextLengthExceeded(
             f"The prompt (about {prompt_tokens} tokens) is longer than any deployment of '{route.name}' "
             f"can take (largest context: {biggest} tokens).", param=param)
-    ordered = STRATEGIES[route.config.strategy](fitting, prompt_tokens, max_tokens)
+    ordered = STRATEGIES[route.config.strategy](fitting, tokens.rough, max_tokens)  # cost: the whole prompt
     # Deployments that failed their health check, or cannot serve right now (a local engine restarting),
     # go last: tried only when nothing else is left.
     usable = [d.healthy and d.backend.available for d in ordered]

@@ -28,18 +28,33 @@ def rough_estimate(request: SamplingFields) -> int:
                 chars += sum(len(getattr(p, "text", "") or "") for p in m.content)
         return chars // CHARS_PER_TOKEN + 4 * len(request.messages)
     if isinstance(request, (CompletionRequest, EmbeddingRequest)):
-        items = request.prompts() if isinstance(request, CompletionRequest) else request.inputs()
-        return sum(len(p) if isinstance(p, str) else len(p) * CHARS_PER_TOKEN for p in items) // CHARS_PER_TOKEN
+        return sum(_item_sizes(request)) // CHARS_PER_TOKEN
     return 0
+
+
+def _item_sizes(request: CompletionRequest | EmbeddingRequest) -> list[int]:
+    """Characters (token ids count 4) of each prompt or input, which the deployment takes one at a time."""
+    items = request.prompts() if isinstance(request, CompletionRequest) else request.inputs()
+    return [len(p) if isinstance(p, str) else len(p) * CHARS_PER_TOKEN for p in items]
+
+
+def rough_longest(request: SamplingFields, rough: int) -> int:
+    """What must fit a deployment's context: the longest single prompt (or input) of a request that holds
+    several, each of which the deployment takes on its own; the whole prompt of a chat."""
+    if isinstance(request, (CompletionRequest, EmbeddingRequest)):
+        sizes = _item_sizes(request)
+        return max(sizes) // CHARS_PER_TOKEN if sizes else 0
+    return rough
 
 
 class PromptTokens:
     """The prompt of one request, measured roughly now and exactly on demand."""
 
-    __slots__ = ("rough", "_request", "_first", "_o200k_path", "_counted")
+    __slots__ = ("rough", "longest", "_request", "_first", "_o200k_path", "_counted")
 
     def __init__(self, request: SamplingFields, o200k_path: str | None = None) -> None:
         self.rough = rough_estimate(request)
+        self.longest = rough_longest(request, self.rough)  # what must fit one deployment's context
         self._request = request
         self._first: Deployment | None = None
         self._o200k_path = o200k_path

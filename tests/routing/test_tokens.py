@@ -171,3 +171,13 @@ def test_tools_count_toward_the_prompt_estimate() -> None:
     with_tools = PromptTokens(ChatCompletionRequest.model_validate({"model": "m", "messages": messages,
                                                                     "tools": tools})).counted()
     assert with_tools > plain + 10
+
+
+def test_what_must_fit_a_context_is_the_longest_input_not_their_sum() -> None:
+    """16 inputs of ~130 tokens each fit a 512-token embedding model: each is embedded on its own."""
+    from backends.contract.protocol import EmbeddingRequest
+    from routing.prompt_tokens import PromptTokens
+
+    sentence = "word " * 104  # 520 characters: about 130 tokens by the rough measure
+    tokens_ = PromptTokens(EmbeddingRequest.model_validate({"model": "m", "input": [sentence] * 16}))
+    assert tokens_.rough >= 16 * 120 and 120 <= tokens_.longest <= 140
