@@ -20,22 +20,12 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
-
-import orjson
+from typing import Any, AsyncIterator
 
 from backends.aio import within
-from backends.base import Backend, BackendStatus, CallContext, SSEStream
+from backends.base import BackendStatus, CallContext, SSEStream
 from backends.contract import responses as fmt
-from backends.contract.errors import (
-    ContextLengthExceeded,
-    EngineError,
-    EngineUnavailable,
-    InvalidRequest,
-    NotReady,
-    Overloaded,
-    UpstreamTimeout,
-)
+from backends.contract.errors import ContextLengthExceeded, EngineError, InvalidRequest, UpstreamTimeout
 from backends.contract.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -48,7 +38,8 @@ from backends.llamacpp import wire
 from backends.llamacpp.chat_template import ChatTemplate
 from backends.llamacpp.client import LOST, JobHandle
 from backends.llamacpp.control import EngineControl, LocalControl
-from backends.llamacpp.instances import AllFull, EngineSet, NoEngine
+from backends.llamacpp.engine_backend import EngineBackend, vocab_only
+from backends.llamacpp.instances import EngineSet
 from backends.llamacpp.jobs import EngineSettings
 from backends.llamacpp.settings import LlamaCppModelConfig
 from backends.llamacpp.tools import ToolPlan, ToolStream, plan_tools
@@ -61,28 +52,14 @@ _LONG_TEXT = 16_000  # characters; longer prompts are tokenized off the event lo
 _SEED_MASK = 0x7FFFFFFF  # llama.cpp seeds are 31-bit; (seed + i) & mask is unchanged by masking first
 
 
-class LlamaCppBackend(Backend):
-    kind = "llamacpp"
+class LlamaCppBackend(EngineBackend):
     supports_continuation = True
 
     def __init__(self, name: str, card: ModelCard, config: LlamaCppModelConfig, progress: Progress | None = None,
                  control: EngineControl | None = None) -> None:
-        super().__init__(name, card, required=config.required)
-        self.config = config
-        self._progress = progress
-        self._control = control  # None: this backend supervises its own engines (tests, benchmarks)
-        self._own_control = control is None
-        self.engines: EngineSet | None = None
-        self.tokenizer: Any = None  # a vocab-only `Llama`: tokenizer and metadata, no weights
-        self.listeners: list[Callable[[], None]] = []  # told when an engine starts or stops serving
-        self._failed: str | None = None
+        super().__init__(name, card, config, progress, control)
         self._template: ChatTemplate | None = None
         self._fingerprint: str | None = None
-        self._n_ctx = min(config.n_ctx, card.context_length)
-        self.model_path: Path | None = None
-        # Every worker computes the same key for the same model config, so they share its engines.
-        raw = orjson.dumps(config.model_dump(), option=orjson.OPT_SORT_KEYS)
-        self.key = f"{name}-{hashlib.sha256(raw).hexdigest()[:16]}"
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -90,7 +67,7 @@ class LlamaCppBackend(Backend):
         try:
             path = await asyncio.to_thread(resolve_weights, self.card, self.config.model_path, self._progress)
             self.model_path = path
-            self.tokenizer = await asyncio.to_thread(_vocab_only, path)
+            self.tokenizer = await asyncio.to_thread(vocab_only, path)
             self._template = self._chat_template(self.tokenizer)
             self._fingerprint = _fingerprint(path)
             control = self._control or LocalControl()
@@ -110,12 +87,6 @@ class LlamaCppBackend(Backend):
         else:
             log.error("model %s failed to start: %s", self.name, self.engines.detail())
 
-    async def aclose(self) -> None:
-        if self.engines is not None:
-            await self.engines.aclose()
-        if self._own_control and self._control is not None:
-            await self._control.aclose()
-
     def _engine_settings(self, path: Path) -> EngineSettings:
         c = self.config
         return EngineSettings(
@@ -133,11 +104,6 @@ class LlamaCppBackend(Backend):
         return ChatTemplate(source, bos_token=model.token_get_text(model.token_bos()),
                             eos_token=model.token_get_text(model.token_eos()))
 
-    def _state(self) -> str:
-        if self._failed is not None:
-            return "failed"
-        return self.engines.state if self.engines is not None else "loading"
-
     def status(self) -> BackendStatus:
         engines = self.engines
         if self._failed is not None or engines is None:
@@ -150,23 +116,7 @@ class LlamaCppBackend(Backend):
         return BackendStatus(self.name, self.kind, engines.state, self.required, engines.detail(),  # type: ignore[arg-type]
                              stats, engines.supervision())
 
-    @property
-    def available(self) -> bool:
-        return self.engines is not None and self.engines.ready
-
-    @property
-    def context_length(self) -> int:
-        return self._n_ctx
-
-    @property
-    def model_id(self) -> str:
-        """What responses call the model: the card's id, whatever the deployment is named."""
-        return self.card.id if self.card else self.name
-
     # -- OpenAI endpoints ------------------------------------------------------
-
-    def load_score(self) -> float:
-        return self.engines.load() if self.engines is not None else 0.0
 
     def estimate_tokens(self, request: Any) -> int | None:
         """Exact prompt tokens with the model's own template and tokenizer (thread-safe in llama.cpp)."""
@@ -245,12 +195,6 @@ class LlamaCppBackend(Backend):
         return self._completion_frames(request, prepared, first, events, chunks)
 
     # -- request preparation ---------------------------------------------------
-
-    def _require_ready(self) -> None:
-        state = self._state()
-        if state != "ready":
-            retry = self.engines.retry_after() if self.engines is not None else 2.0
-            raise NotReady(f"The model '{self.name}' is {state}; try again shortly.", retry_after=retry)
 
     def _chat_prompt(self, request: ChatCompletionRequest) -> tuple[str, ToolPlan | None]:
         """The rendered prompt, and the tool plan when tools play a part (see `tools`)."""
@@ -359,18 +303,8 @@ class LlamaCppBackend(Backend):
     async def _open(self, spec: dict[str, Any]) -> AsyncIterator[list[Any]]:
         """Submit a job; its events, within the request timeout. Every engine error becomes a gateway
         error here, and only here."""
-        assert self.engines is not None
         deadline = time.monotonic() + self.config.request_timeout_s
-        try:
-            handle, first = await self.engines.open(spec, deadline)
-        except NoEngine as exc:
-            raise NotReady(f"The model '{self.name}' is {exc.state}; try again shortly.",
-                           retry_after=exc.retry_after) from None
-        except AllFull as exc:
-            raise Overloaded(f"The model '{self.name}' is overloaded; retry after {exc.retry_after:.0f}s.",
-                             retry_after=exc.retry_after) from None
-        except asyncio.TimeoutError:
-            raise self._timeout() from None
+        handle, first = await self._submit(spec, deadline, self._timeout())
         return self._events(handle, first, deadline)
 
     async def _events(self, handle: JobHandle, ev: list[Any], deadline: float) -> AsyncIterator[list[Any]]:
@@ -385,9 +319,7 @@ class LlamaCppBackend(Backend):
                     raise EngineError(f"The model '{self.name}' failed while generating.")
                 if op == LOST:
                     log.error("model %s lost a request: %s", self.name, ev[2])
-                    raise EngineUnavailable(f"The model '{self.name}' stopped while generating (its engine "
-                                            "process died and is being restarted); try again.",
-                                            retry_after=self.engines.retry_after() if self.engines else 2.0)
+                    raise self._lost("generating")
                 yield ev
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -537,12 +469,6 @@ def _grammar(request: ChatCompletionRequest) -> str | None:
         raise InvalidRequest(f"This JSON schema cannot be enforced: {exc}", param="response_format.json_schema.schema",
                              code="invalid_json_schema") from None
     return gbnf
-
-
-def _vocab_only(path: Path) -> Any:
-    from llama_cpp import Llama
-
-    return Llama(model_path=str(path), vocab_only=True, verbose=False)
 
 
 def _fingerprint(path: Path) -> str:

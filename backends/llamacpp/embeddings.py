@@ -17,31 +17,27 @@ says so, and decodes the inputs of every queued request together, up to BATCH_TO
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
-
-import orjson
+from typing import Any
 
 from backends.aio import within
-from backends.base import Backend, BackendStatus, CallContext, SSEStream
+from backends.base import BackendStatus, CallContext, SSEStream
 from backends.contract.embeddings import embedding_response, shortened
 from backends.contract.errors import (
     ContextLengthExceeded,
     EngineError,
     EngineUnavailable,
     InvalidRequest,
-    NotReady,
-    Overloaded,
     UpstreamTimeout,
 )
 from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from backends.llamacpp import wire
 from backends.llamacpp.client import LOST
 from backends.llamacpp.control import EngineControl, LocalControl
-from backends.llamacpp.instances import AllFull, EngineSet, NoEngine
+from backends.llamacpp.engine_backend import EngineBackend, vocab_only
+from backends.llamacpp.instances import EngineSet
 from backends.llamacpp.jobs import EMBED, EngineSettings
 from backends.llamacpp.settings import LlamaCppModelConfig
 from backends.model_cards import ModelCard
@@ -53,30 +49,17 @@ BATCH_TOKENS = 2048  # tokens decoded together in one llama_decode (all of one i
 _LONG_TEXT = 16_000  # characters in a request; more are tokenized off the event loop
 
 
-class LlamaEmbeddingBackend(Backend):
-    kind = "llamacpp"
+class LlamaEmbeddingBackend(EngineBackend):
+    key_tag = "embed-"
 
     def __init__(self, name: str, card: ModelCard, config: LlamaCppModelConfig,
                  progress: Progress | None = None, control: EngineControl | None = None) -> None:
-        super().__init__(name, card, required=config.required)
-        self.config = config
-        self._progress = progress
-        self._control = control  # None: this backend supervises its own engine (tests, benchmarks)
-        self._own_control = control is None
-        self.engines: EngineSet | None = None
-        self.tokenizer: Any = None  # a vocab-only `Llama`: tokenizer and metadata, no weights
-        self.listeners: list[Callable[[], None]] = []  # told when an engine starts or stops serving
-        self._failed: str | None = None
-        self._n_ctx = min(config.n_ctx, card.context_length)  # the longest input, in tokens
+        super().__init__(name, card, config, progress, control)  # its n_ctx: the longest input, in tokens
         self._n_vocab = 0
-        self.model_path: Path | None = None
         facts = card.embedding
         self._dimensions = facts.dimensions if facts else None
         self._matryoshka = bool(facts and facts.matryoshka)
         self._normalize = facts.normalize if facts else True
-        # Every worker computes the same key for the same model config, so they share its engine.
-        raw = orjson.dumps(config.model_dump(), option=orjson.OPT_SORT_KEYS)
-        self.key = f"{name}-embed-{hashlib.sha256(raw).hexdigest()[:16]}"
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -84,7 +67,7 @@ class LlamaEmbeddingBackend(Backend):
         try:
             path = await asyncio.to_thread(resolve_weights, self.card, self.config.model_path, self._progress)
             self.model_path = path
-            self.tokenizer = await asyncio.to_thread(_vocab_only, path)
+            self.tokenizer = await asyncio.to_thread(vocab_only, path)
             self._n_vocab = self.tokenizer.n_vocab()
             self._check_dimensions(_gguf_dimensions(self.tokenizer.metadata))
             control = self._control or LocalControl()
@@ -117,17 +100,6 @@ class LlamaEmbeddingBackend(Backend):
         return EngineSettings(model_path=str(path), kind=EMBED, n_ctx=self._n_ctx, n_threads=c.n_threads,
                               n_batch=max(BATCH_TOKENS, self._n_ctx), max_queue=c.max_queue, warmup=c.warmup)
 
-    async def aclose(self) -> None:
-        if self.engines is not None:
-            await self.engines.aclose()
-        if self._own_control and self._control is not None:
-            await self._control.aclose()
-
-    def _state(self) -> str:
-        if self._failed is not None:
-            return "failed"
-        return self.engines.state if self.engines is not None else "loading"
-
     def status(self) -> BackendStatus:
         engines = self.engines
         if self._failed is not None or engines is None:
@@ -138,21 +110,6 @@ class LlamaEmbeddingBackend(Backend):
         stats.pop("max_jobs_per_decode", None)  # a maximum, not a sum over engines
         return BackendStatus(self.name, self.kind, engines.state, self.required, engines.detail(),  # type: ignore[arg-type]
                              stats, engines.supervision())
-
-    @property
-    def available(self) -> bool:
-        return self._failed is None and self.engines is not None and self.engines.ready
-
-    @property
-    def context_length(self) -> int:
-        return self._n_ctx
-
-    @property
-    def model_id(self) -> str:
-        return self.card.id if self.card else self.name
-
-    def load_score(self) -> float:
-        return self.engines.load() if self.engines is not None else 0.0
 
     def estimate_tokens(self, request: Any) -> int | None:
         if self.tokenizer is None or not isinstance(request, EmbeddingRequest):
@@ -166,10 +123,7 @@ class LlamaEmbeddingBackend(Backend):
     # -- the endpoint ----------------------------------------------------------
 
     async def embeddings(self, request: EmbeddingRequest, ctx: CallContext) -> dict[str, Any]:
-        state = self._state()
-        if state != "ready":
-            retry = self.engines.retry_after() if self.engines is not None else 2.0
-            raise NotReady(f"The model '{self.name}' is {state}; please retry shortly.", retry_after=retry)
+        self._require_ready()
         assert self._dimensions is not None and self.engines is not None
         dims = ctx.params.get("dimensions", request.dimensions)
         shortened([], dims, self._dimensions, self._matryoshka, request.model)  # a bad `dimensions` fails first
@@ -203,17 +157,9 @@ class LlamaEmbeddingBackend(Backend):
 
     async def _embed(self, seqs: list[list[int]], deadline: float, timeout: float) -> list[list[float]]:
         """One job on the least loaded engine: its vectors. Every engine error becomes a gateway error here."""
+        timed_out = UpstreamTimeout(f"The model '{self.name}' did not answer within {timeout:g}s.")
+        handle, ev = await self._submit(wire.embed_spec(inputs=seqs, normalize=self._normalize), deadline, timed_out)
         assert self.engines is not None
-        try:
-            handle, ev = await self.engines.open(wire.embed_spec(inputs=seqs, normalize=self._normalize), deadline)
-        except NoEngine as exc:
-            raise NotReady(f"The model '{self.name}' is {exc.state}; please retry shortly.",
-                           retry_after=exc.retry_after) from None
-        except AllFull as exc:
-            raise Overloaded(f"The model '{self.name}' is overloaded; retry after {exc.retry_after:.0f}s.",
-                             retry_after=exc.retry_after) from None
-        except asyncio.TimeoutError:
-            raise UpstreamTimeout(f"The model '{self.name}' did not answer within {timeout:g}s.") from None
         vectors: list[list[float]] | None = None
         try:
             while True:
@@ -227,13 +173,11 @@ class LlamaEmbeddingBackend(Backend):
                     raise EngineError(f"The model '{self.name}' failed while embedding.")
                 elif op == LOST:
                     log.error("model %s lost a request: %s", self.name, ev[2])
-                    raise EngineUnavailable(f"The model '{self.name}' stopped while embedding (its engine process "
-                                            "died and is being restarted); try again.",
-                                            retry_after=self.engines.retry_after())
+                    raise self._lost("embedding")
                 try:
                     ev = await within(handle.events.get(), max(0.0, deadline - time.monotonic()))
                 except asyncio.TimeoutError:
-                    raise UpstreamTimeout(f"The model '{self.name}' did not answer within {timeout:g}s.") from None
+                    raise timed_out from None
         finally:
             handle.cancel()
         if vectors is None:  # ended without an answer: the engine was stopping
@@ -258,12 +202,6 @@ class LlamaEmbeddingBackend(Backend):
 
     async def completion_stream(self, request: CompletionRequest, ctx: CallContext) -> SSEStream:
         raise self._no_text()
-
-
-def _vocab_only(path: Path) -> Any:
-    from llama_cpp import Llama
-
-    return Llama(model_path=str(path), vocab_only=True, verbose=False)
 
 
 def _gguf_dimensions(metadata: dict[str, str]) -> int | None:
