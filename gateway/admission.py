@@ -22,7 +22,7 @@ from gateway.keys import MISSING
 from gateway.observe import RequestRecord
 from gateway.ratelimit import LimitResult, LimitSpec
 from gateway.services import Services
-from gateway.store_errors import StoreUnavailable
+from gateway.store_errors import StoreUnavailable, unavailable
 from routing.plan import Plan, make_plan
 from routing.runtime import Runtime
 
@@ -130,9 +130,7 @@ def _fail_closed_deployments(plan: Plan) -> None:
     """Redis is down: deployments whose limits fail closed are off the plan; none left is a 503."""
     keep = [d for d in plan.candidates if d.config.rate_limit_failure == "open"]
     if not keep:
-        raise GatewayError("Rate limits cannot be checked right now; please retry shortly.", status_code=503,
-                           error_type="service_unavailable_error", code="rate_limiter_unavailable",
-                           headers={"Retry-After": "1"})
+        raise unavailable("Rate limits cannot be checked", "rate_limiter_unavailable")
     plan.candidates[:] = keep
 
 

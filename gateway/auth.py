@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from backends.contract.errors import GatewayError
 from gateway.keys import MISSING, KeyRecord, KeyStore
 from gateway.redis_conn import RedisLink
-from gateway.store_errors import StoreUnavailable
+from gateway.store_errors import StoreUnavailable, unavailable
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,7 @@ class Authenticator:
             record, fetched = await self.keys.lookup_with(token, prefetch)
         except StoreUnavailable as exc:
             self.link.record_error(exc)
-            raise GatewayError("API keys cannot be checked right now; please retry shortly.", status_code=503,
-                               error_type="service_unavailable_error", code="auth_unavailable",
-                               headers={"Retry-After": "1"}) from None
+            raise unavailable("API keys cannot be checked", "auth_unavailable") from None
         if record is None:
             raise _unauthorized("Incorrect API key provided.")
         if record.revoked:

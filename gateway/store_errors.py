@@ -13,6 +13,7 @@ from typing import Awaitable, TypeVar
 import redis.exceptions
 
 from backends.aio import within
+from backends.contract.errors import GatewayError
 
 T = TypeVar("T")
 
@@ -58,3 +59,9 @@ async def guard(awaitable: Awaitable[T], timeout: float | None = None) -> T:
         timeouts = (TimeoutError, asyncio.TimeoutError, redis.exceptions.TimeoutError)
         what = "timed out" if isinstance(exc, timeouts) else "failed"
         raise StoreUnavailable(f"store {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def unavailable(what: str, code: str = "store_unavailable") -> GatewayError:
+    """The 503 of a request that cannot go on without the store ("<what> right now"): retry in a second."""
+    return GatewayError(f"{what} right now; please retry shortly.", status_code=503,
+                        error_type="service_unavailable_error", code=code, headers={"Retry-After": "1"})

@@ -17,14 +17,14 @@ from backends.contract.errors import GatewayError, InvalidRequest, NotFound
 from gateway.auth import Principal
 from gateway.batches.jsonl import parse_lines
 from gateway.store_errors import StoreUnavailable
+from gateway.store_errors import unavailable as store_unavailable
 
 PURPOSES = ("batch",)  # what this gateway keeps files for
 
 
 def unavailable(exc: StoreUnavailable, request: Request) -> GatewayError:
     request.app.state.services.link.record_error(exc)
-    return GatewayError("Files and batches cannot be reached right now; please retry shortly.", status_code=503,
-                        error_type="service_unavailable_error", code="store_unavailable", headers={"Retry-After": "1"})
+    return store_unavailable("Files and batches cannot be reached")
 
 
 def json(obj: Any, status: int = 200) -> Response:

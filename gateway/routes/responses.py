@@ -27,7 +27,7 @@ from gateway.pipeline import Call, serve
 from gateway.response_store import StoredResponse
 from gateway.routes.observed import observed, parse_for_caller
 from gateway.services import Services
-from gateway.store_errors import StoreUnavailable
+from gateway.store_errors import StoreUnavailable, unavailable
 from gateway.surfaces.reshape import chunk_reader, reshape
 from gateway.surfaces.responses import stream as response_stream
 from gateway.surfaces.responses import translate
@@ -91,9 +91,7 @@ async def _stored(svc: Services, response_id: str, principal: Principal, *, para
         record = await svc.responses.get(response_id, principal.owner)
     except StoreUnavailable as exc:
         svc.link.record_error(exc)
-        raise GatewayError("Stored responses cannot be read right now; please retry shortly.", status_code=503,
-                           error_type="service_unavailable_error", code="store_unavailable",
-                           headers={"Retry-After": "1"}) from None
+        raise unavailable("Stored responses cannot be read") from None
     if record is None:
         message = f"Previous response with id '{response_id}' not found." if param else \
             f"No response found with id '{response_id}'."
@@ -147,9 +145,7 @@ async def delete_response(request: Request) -> Response:
         await svc.responses.delete(response_id, principal.owner)
     except StoreUnavailable as exc:
         svc.link.record_error(exc)
-        raise GatewayError("Stored responses cannot be changed right now; please retry shortly.", status_code=503,
-                           error_type="service_unavailable_error", code="store_unavailable",
-                           headers={"Retry-After": "1"}) from None
+        raise unavailable("Stored responses cannot be changed") from None
     return Response(orjson.dumps({"id": response_id, "object": "response", "deleted": True}),
                     media_type="application/json")
 
