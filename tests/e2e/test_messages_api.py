@@ -5,8 +5,6 @@ Bodies and events are validated against the SDK's own types (`Message`, `RawMess
 
 from __future__ import annotations
 
-import json
-
 import anthropic
 import httpx
 import pytest
@@ -15,6 +13,7 @@ from pydantic import TypeAdapter
 
 from tests.conftest import MODEL
 from tests.server import GatewayProcess
+from tests.sse import named_events
 
 pytestmark = pytest.mark.e2e
 
@@ -37,15 +36,6 @@ def strict_message(body: dict) -> Message:
     return Message.model_validate(body)
 
 
-def raw_events(text: str) -> list[tuple[str, dict]]:
-    out = []
-    for block in text.split("\n\n"):
-        if block.strip():
-            lines = dict(line.split(": ", 1) for line in block.split("\n"))
-            out.append((lines["event"], json.loads(lines["data"])))
-    return out
-
-
 def test_create_text(claude: anthropic.Anthropic, gateway: GatewayProcess) -> None:
     m = claude.messages.create(model=MODEL, max_tokens=12, messages=HELLO, system="You are terse.", extra_body=GREEDY)
     assert m.type == "message" and m.role == "assistant" and m.model == MODEL
@@ -66,7 +56,7 @@ def test_stream_events_and_final_message(claude: anthropic.Anthropic, gateway: G
     raw = httpx.post(f"{gateway.base_url}/messages", timeout=60,
                      json={"model": MODEL, "max_tokens": 10, "messages": HELLO, "temperature": 0, "stream": True})
     assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/event-stream")
-    events = raw_events(raw.text)
+    events = named_events(raw.text)
     for name, data in events:
         assert data["type"] == name
         if name != "ping":  # the SDK's stream reads pings itself; they are not a RawMessageStreamEvent

@@ -14,19 +14,9 @@ import pytest
 
 from tests.conftest import MODEL
 from tests.server import GatewayProcess
+from tests.sse import named_events
 
 pytestmark = pytest.mark.e2e
-
-
-def _raw_events(text: str) -> list[tuple[str, dict]]:
-    """(event name, data) of each SSE event of a Responses stream, as sent."""
-    out = []
-    for block in text.split("\n\n"):
-        if not block.strip():
-            continue
-        lines = dict(line.split(": ", 1) for line in block.split("\n"))
-        out.append((lines["event"], json.loads(lines["data"])))
-    return out
 
 
 # The specific schema of each event type (ResponseStreamEvent is an anyOf of them, which says little on failure).
@@ -94,7 +84,7 @@ def test_stream_events_in_order_and_conform(client: openai.OpenAI, gateway: Gate
     raw = httpx.post(f"{gateway.base_url}/responses", timeout=60, json={
         "model": MODEL, "input": "Say hello.", "max_output_tokens": 10, "temperature": 0, "stream": True})
     assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/event-stream")
-    events = _raw_events(raw.text)
+    events = named_events(raw.text)
     check_events(events, conforms)
     names = [n for n, _ in events]
     assert names[:4] == ["response.created", "response.in_progress", "response.output_item.added",
@@ -179,7 +169,7 @@ def test_top_logprobs_on_the_local_model(gateway: GatewayProcess, conforms) -> N
     assert len(part["logprobs"]) == plain["usage"]["output_tokens"]
     assert "".join(lp["token"] for lp in part["logprobs"]) == part["text"]
     assert all(len(lp["top_logprobs"]) == 2 and lp["logprob"] <= 0 for lp in part["logprobs"])
-    events = _raw_events(httpx.post(f"{gateway.base_url}/responses", json={**body, "stream": True}, timeout=60,
+    events = named_events(httpx.post(f"{gateway.base_url}/responses", json={**body, "stream": True}, timeout=60,
                                     headers={"Cache-Control": "no-cache"}).text)
     check_events(events, conforms)
     streamed = [lp for n, d in events if n == "response.output_text.delta" for lp in d["logprobs"]]

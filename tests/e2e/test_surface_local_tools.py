@@ -13,8 +13,9 @@ from anthropic.types import Message
 
 from tests.conftest import MODEL
 from tests.e2e.test_local_tools import WEATHER_PARAMS
-from tests.e2e.test_responses_api import _raw_events, check_events
+from tests.e2e.test_responses_api import check_events
 from tests.server import GatewayProcess
+from tests.sse import named_events
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +50,7 @@ def test_responses_stream_function_call_arguments(gateway: GatewayProcess, confo
     r = httpx.post(f"{gateway.base_url}/responses", timeout=120, headers=FRESH, json={
         "model": MODEL, "input": ASK, "tools": tools, "tool_choice": {"type": "function", "name": "get_weather"},
         "parallel_tool_calls": False, "max_output_tokens": 60, "temperature": 0, "stream": True})
-    events = _raw_events(r.text)
+    events = named_events(r.text)
     check_events(events, conforms)
     deltas = [d["delta"] for n, d in events if n == "response.function_call_arguments.delta"]
     done = next(d for n, d in events if n == "response.function_call_arguments.done")

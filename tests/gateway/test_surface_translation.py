@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import orjson
 import pytest
 
@@ -17,17 +15,9 @@ from gateway.surfaces.messages.stream import MessageEvents
 from gateway.surfaces.responses import translate as rt
 from gateway.surfaces.responses.protocol import ResponsesRequest
 from gateway.surfaces.responses.stream import ResponseEvents
+from tests.sse import named_events
 
 pytestmark = pytest.mark.unit
-
-
-def events_of(raw: bytes) -> list[tuple[str, dict]]:
-    out = []
-    for block in raw.decode().split("\n\n"):
-        if block.strip():
-            lines = dict(line.split(": ", 1) for line in block.split("\n"))
-            out.append((lines["event"], json.loads(lines["data"])))
-    return out
 
 
 def chunk(delta: dict | None = None, finish: str | None = None, **extra) -> dict:
@@ -98,7 +88,7 @@ def test_responses_stream_text_then_call_then_completed() -> None:
                                                            "total_tokens": 12,
                                                            "prompt_tokens_details": {"cached_tokens": 3}}})
     raw += state.end()
-    events = events_of(raw)
+    events = named_events(raw)
     assert [d["sequence_number"] for _, d in events] == list(range(len(events)))
     assert [n for n, _ in events] == [
         "response.created", "response.in_progress",
@@ -122,9 +112,9 @@ def test_responses_stream_error_fails_the_response() -> None:
     state = ResponseEvents(ResponsesRequest.model_validate({"model": "m", "input": "hi"}), "resp_1", 1)
     raw = state.start() + state.feed(chunk({"content": "par"}))
     raw += state.feed({"error": {"message": "upstream broke", "type": "server_error", "code": "stream_broken"}})
-    names = [n for n, _ in events_of(raw)]
+    names = [n for n, _ in named_events(raw)]
     assert names[-2:] == ["error", "response.failed"] and state.failed and state.final is None
-    failed = events_of(raw)[-1][1]["response"]
+    failed = named_events(raw)[-1][1]["response"]
     assert failed["status"] == "failed" and failed["output"][0]["status"] == "incomplete"
     assert failed["output"][0]["content"][0]["text"] == "par"
 
@@ -191,7 +181,7 @@ def test_messages_stream_tool_arguments_are_never_dropped() -> None:
     raw += state.feed(chunk({"tool_calls": [{"index": 1, "id": "u", "function": {"name": "v", "arguments": "{}"}}]}))
     raw += state.feed(chunk(finish="tool_calls"))
     raw += state.end()
-    events = events_of(raw)
+    events = named_events(raw)
     json_parts = {}
     for name, data in events:
         if name == "content_block_delta" and data["delta"]["type"] == "input_json_delta":
@@ -226,7 +216,7 @@ def test_anthropic_events_ride_their_chat_frames_and_a_fallback_continues_the_bl
     # The Anthropic stream breaks; a fallback continues with plain chat frames.
     raw += state.feed(chunk({"content": "lo"})) + state.feed(chunk(finish="stop"))
     raw += state.end()
-    events = events_of(raw)
+    events = named_events(raw)
     assert [n for n, _ in events] == ["message_start", "ping", "content_block_start", "content_block_delta",
                                       "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
     assert events[4][1] == {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "lo"}}

@@ -20,6 +20,7 @@ from tests.redis_env import require_redis, unique_prefix
 from tests.routing_env import OPENAI_KEY, Sims, gw, sims  # noqa: F401  (fixtures)
 from tests.server import GatewayProcess
 from tests.sim import Fault, canonical_reply
+from tests.sse import named_events
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.process  # gateway processes and simulated upstreams
@@ -39,15 +40,6 @@ def claude(g: GatewayProcess, key: str = "unused") -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=g.root_url, api_key=key, max_retries=0, timeout=30)
 
 
-def raw_events(text: str) -> list[tuple[str, dict]]:
-    out = []
-    for block in text.split("\n\n"):
-        if block.strip():
-            lines = dict(line.split(": ", 1) for line in block.split("\n"))
-            out.append((lines["event"], json.loads(lines["data"])))
-    return out
-
-
 def stream_raw(g: GatewayProcess, path: str, body: dict[str, Any]) -> httpx.Response:
     return httpx.post(f"{g.base_url}{path}", json={**body, "stream": True}, timeout=30)
 
@@ -60,7 +52,7 @@ def test_responses_stream_broken_midway_is_continued_by_the_fallback(gw: Gateway
     sims.a.add_fault(Fault.cut_stream(after_chunks=3))
     r = stream_raw(gw, "/responses", {"model": "chat-default", "input": ASK})
     assert r.status_code == 200
-    events = raw_events(r.text)
+    events = named_events(r.text)
     check_events(events, conforms)
     names = [n for n, _ in events]
     assert names.count("response.output_item.added") == 1, "one answer, not two"
@@ -100,7 +92,7 @@ def test_plain_answers_fail_over_on_5xx(gw: GatewayProcess, sims: Sims) -> None:
 def test_a_break_that_cannot_be_continued_fails_the_stream_in_the_surface_shape(gw: GatewayProcess,
                                                                                 sims: Sims, conforms) -> None:
     sims.a.add_fault(Fault.cut_stream(after_chunks=3))
-    events = raw_events(stream_raw(gw, "/responses", {"model": "no-continue", "input": ASK}).text)
+    events = named_events(stream_raw(gw, "/responses", {"model": "no-continue", "input": ASK}).text)
     check_events(events, conforms)
     names = [n for n, _ in events]
     assert names[-2:] == ["error", "response.failed"] and "response.completed" not in names
@@ -141,7 +133,7 @@ def test_responses_streams_function_call_arguments(gw: GatewayProcess, conforms)
     tools = [{"type": "function", "name": "weather", "parameters": WEATHER}]
     r = stream_raw(gw, "/responses", {"model": "gpt-first", "input": "Weather?", "tools": tools,
                                       "tool_choice": {"type": "function", "name": "weather"}})
-    events = raw_events(r.text)
+    events = named_events(r.text)
     check_events(events, conforms)
     deltas = [d["delta"] for n, d in events if n == "response.function_call_arguments.delta"]
     assert len(deltas) > 1, "the arguments arrive as deltas"
@@ -188,7 +180,7 @@ def test_raw_messages_stream_events_validate(gw: GatewayProcess) -> None:
     r = httpx.post(f"{gw.base_url}/messages", timeout=30, json={
         "model": "gpt-first", "max_tokens": 100, "stream": True, "tools": tools,
         "messages": [{"role": "user", "content": "Weather?"}]})
-    events = raw_events(r.text)
+    events = named_events(r.text)
     for name, data in events:
         if name != "ping":
             EVENTS.validate_python(data)
@@ -352,7 +344,7 @@ def test_messages_stream_passes_anthropic_events_through(gw: GatewayProcess, sim
     body = {"model": "claude", "max_tokens": 300, "stream": True, "thinking": {"type": "enabled", "budget_tokens": 1024},
             "messages": [{"role": "user", "content": [{"type": "text", "text": ASK,
                                                        "cache_control": {"type": "ephemeral"}}]}]}
-    events = raw_events(httpx.post(f"{gw.base_url}/messages", json=body, timeout=30).text)
+    events = named_events(httpx.post(f"{gw.base_url}/messages", json=body, timeout=30).text)
     for name, data in events:
         assert data["type"] == name
         if name != "ping":
@@ -382,7 +374,7 @@ def test_a_broken_anthropic_stream_is_continued_by_another_deployment(sims: Sims
         r = httpx.post(f"{g.base_url}/messages", timeout=30, json={
             "model": "claude-then-vllm", "max_tokens": 300, "stream": True,
             "messages": [{"role": "user", "content": ASK}]})
-        events = raw_events(r.text)
+        events = named_events(r.text)
     for name, data in events:
         if name != "ping":
             EVENTS.validate_python(data)
@@ -407,7 +399,7 @@ def test_a_cached_answer_replays_on_both_surfaces(gw: GatewayProcess, sims: Sims
     ]:
         first, second = stream_raw(gw, path, body), stream_raw(gw, path, body)
         assert (first.headers["x-gateway-cache"], second.headers["x-gateway-cache"]) == ("miss", "hit")
-        a, b = raw_events(first.text), raw_events(second.text)
+        a, b = named_events(first.text), named_events(second.text)
         assert text_of(a) == text_of(b) == EXPECTED
         assert [n for n, _ in a][-1] == [n for n, _ in b][-1]
         if path == "/responses":
