@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import orjson
+from starlette.responses import Response
 
 from backends.contract.errors import GatewayError
 from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, validate_request
@@ -30,7 +31,7 @@ from gateway.batches.jsonl import parse_lines
 from gateway.batches.stores import BatchStore
 from gateway.observe import RequestRecord
 from gateway.pipeline import Call, serve
-from gateway.routes.observed import failure
+from gateway.routes.observed import observed
 from gateway.services import Services
 from gateway.store_errors import StoreUnavailable
 from routing.config import BatchesConfig
@@ -210,30 +211,24 @@ class BatchRunner:
                       batch_id: str) -> tuple[int, dict[str, Any], bool]:
         """(status, body, retryable) of one line run through the pipeline as its key."""
         kind = KINDS[line["url"]]
-        rec = RequestRecord(request_id, kind.endpoint, batch=batch_id)
-        rec.begin()
+
+        async def run(rec: RequestRecord) -> Response:
+            body = validate_request(dict(line["body"]), kind)
+            return await serve(self.svc, self.manager.current, Call(body, {}, request_id, rec, _identity,
+                                                                    preset=principal))
+
         self.in_flight += 1
         try:
-            body = validate_request(dict(line["body"]), kind)
-            call = Call(body, {}, request_id, rec, _identity, preset=principal)
-            response = await serve(self.svc, self.manager.current, call)
-            result = orjson.loads(response.body)
-            status = response.status_code
-            retryable = False
+            response = await observed(request_id, kind.endpoint, run, batch=batch_id)
+            return response.status_code, orjson.loads(response.body), False
         except GatewayError as exc:
-            rec.status, rec.error_code = failure(exc)
-            status, result, retryable = exc.status_code, exc.body(), exc.retryable or exc.status_code in (429, 503)
-        except Exception as exc:  # a bug: this line's error, never the runner's
+            return exc.status_code, exc.body(), exc.retryable or exc.status_code in (429, 503)
+        except Exception:  # a bug: this line's error, never the runner's
             log.exception("batch %s line %s failed", batch_id, line["custom_id"])
-            rec.status, rec.error_code = failure(exc)
-            status, result, retryable = 500, {"error": {"message": "The gateway failed on this request.",
-                                                        "type": "server_error", "param": None,
-                                                        "code": "internal_error"}}, False
+            return 500, {"error": {"message": "The gateway failed on this request.", "type": "server_error",
+                                   "param": None, "code": "internal_error"}}, False
         finally:
             self.in_flight -= 1
-        if not rec.deferred:
-            observe.finish(rec)
-        return status, result, retryable
 
     async def _expire_rest(self, batch: dict[str, Any], lines: list[dict[str, Any]]) -> None:
         done = set(await self.store.lines(batch["id"]))

@@ -14,9 +14,11 @@ from gateway.disconnect import ClientDisconnected
 from gateway.observe import RequestRecord, finish
 
 
-async def observed(request: Request, endpoint: str, run: Callable[[RequestRecord], Awaitable[Response]]) -> Response:
-    """`run(rec)` under a request record that is finished exactly once: now, or when its stream ends."""
-    rec = RequestRecord(request.state.request_id, endpoint)
+async def observed(request: Request | str, endpoint: str, run: Callable[[RequestRecord], Awaitable[Response]],
+                   batch: str | None = None) -> Response:
+    """`run(rec)` under a request record that is finished exactly once: now, or when its stream ends.
+    `request`: the HTTP request, or the id of one that has none (a batch line, with its `batch`)."""
+    rec = RequestRecord(request if isinstance(request, str) else request.state.request_id, endpoint, batch=batch)
     rec.begin()
     try:
         response = await run(rec)
