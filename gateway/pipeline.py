@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable, Mapping, TypeVar
 from starlette.responses import Response
 
 from backends.contract.errors import GatewayError
+from backends.contract.priority import Priority
 from backends.contract.protocol import SamplingFields
 from gateway.accounting import settle
 from gateway.admission import Admission, admit
@@ -47,6 +48,7 @@ class Call:
     until_disconnect: Callable[[Awaitable[Any]], Awaitable[Any]]
     principal: Principal | None = None  # the caller, once admitted (the owner of what a surface stores)
     preset: Principal | None = None  # the caller, known already (a batch line runs as its batch's key)
+    priority: Priority | None = None  # set by the caller (a batch line: BATCH); else decided at admission
     keep_chunks: bool = False  # a surface translates the stream: the assembler keeps its parsed chunks
     outcome: Outcome | None = None  # the router's, once routed
 

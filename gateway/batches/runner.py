@@ -23,6 +23,7 @@ import orjson
 from starlette.responses import Response
 
 from backends.contract.errors import GatewayError
+from backends.contract.priority import Priority
 from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, validate_request
 from gateway import observe
 from gateway.auth import ANONYMOUS, Principal
@@ -215,7 +216,7 @@ class BatchRunner:
         async def run(rec: RequestRecord) -> Response:
             body = validate_request(dict(line["body"]), kind)
             return await serve(self.svc, self.manager.current, Call(body, {}, request_id, rec, _identity,
-                                                                    preset=principal))
+                                                                    preset=principal, priority=Priority.BATCH))
 
         self.in_flight += 1
         try:
