@@ -14,7 +14,7 @@ from gateway.auth import Principal
 from gateway.ratelimit import LimitSpec, RateLimiter
 from gateway.redis_conn import RedisLink
 from gateway.store_errors import StoreUnavailable
-from gateway.usage import UsageStore
+from gateway.usage import INTERACTIVE, UsageStore
 from routing.deployment import Deployment
 from routing.outcome import Leg
 
@@ -36,12 +36,14 @@ _unfinished: set[asyncio.Task] = set()  # settlements that outlived a cancelled 
 async def settle(*, usage: dict[str, Any] | None, fallback_completion: int, prompt_estimate: int,
                  reservation: Reservation | None, principal: Principal, route: str, deployment: Deployment | None,
                  limiter: RateLimiter, store: UsageStore, link: RedisLink,
-                 served_by: str | None = None, earlier: Sequence[Leg] = ()) -> tuple[int, int]:
+                 served_by: str | None = None, earlier: Sequence[Leg] = (), tier: str = INTERACTIVE
+                 ) -> tuple[int, int]:
     """Record usage and spend, and give back (or take more of) the reserved tokens. Never raises.
 
     `usage` is the whole answer's; `earlier` the legs that other deployments served before `deployment`
     finished it (a continued stream): each leg is billed to its own deployment, the last one gets the
-    rest. Returns the (prompt, completion) tokens counted, for the request's log line and metrics. A
+    rest. `tier` (the request record's) splits the usage rows; the spend against the key's budget is the
+    same whatever the tier. Returns the (prompt, completion) tokens counted, for the request's log line and metrics. A
     request cancelled meanwhile (a client that left a stream) does not cut the settlement short: it runs
     on to the end in its own task, so the spend is counted and the TPM reservation is corrected all the
     same."""
@@ -49,7 +51,7 @@ async def settle(*, usage: dict[str, Any] | None, fallback_completion: int, prom
     completion = int((usage or {}).get("completion_tokens") or (fallback_completion if deployment else 0))
     legs = _legs(prompt, completion, deployment, earlier)
     work = asyncio.ensure_future(_settle(prompt, completion, legs, reservation, principal, route,
-                                         limiter, store, link, served_by))
+                                         limiter, store, link, served_by, tier))
     try:
         await asyncio.shield(work)
     except asyncio.CancelledError:
@@ -71,7 +73,7 @@ def _legs(prompt: int, completion: int, last: Deployment | None,
 
 async def _settle(prompt: int, completion: int, legs: list[tuple[Deployment | None, int, int]],
                   reservation: Reservation | None, principal: Principal, route: str, limiter: RateLimiter,
-                  store: UsageStore, link: RedisLink, served_by: str | None) -> None:
+                  store: UsageStore, link: RedisLink, served_by: str | None, tier: str) -> None:
     # The TPM correction first, and on its own: a failed spend write must not skip it.
     if reservation is not None:
         delta = (prompt + completion) - reservation.tokens
@@ -91,7 +93,7 @@ async def _settle(prompt: int, completion: int, legs: list[tuple[Deployment | No
                                completion_tokens=leg_completion,
                                cost_usd=dep.cost_usd(leg_prompt, leg_completion) if dep is not None else 0.0,
                                budget_period=budget_period, deployment=dep.name if dep is not None else served_by,
-                               requests=1 if n == len(legs) - 1 else 0)
+                               requests=1 if n == len(legs) - 1 else 0, tier=tier)
     except StoreUnavailable as exc:
         link.record_error(exc)
     except Exception:  # accounting must never break an answer that was already given

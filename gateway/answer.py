@@ -73,7 +73,8 @@ class Settlement:
             prompt_estimate=plan.tokens.counted() if counted else 0, reservation=admitted.reservation,
             principal=admitted.principal, route=plan.route.name,
             deployment=None if outcome.degraded else outcome.served_by, limiter=svc.limiter, store=svc.usage,
-            link=svc.link, served_by="last-resort" if outcome.degraded else None, earlier=outcome.legs)
+            link=svc.link, served_by="last-resort" if outcome.degraded else None, earlier=outcome.legs,
+            tier=rec.tier)
         if rec.prompt is not None and result:
             rec.completion = _text_of(result)
 

@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from backends.contract.priority import PRIORITY_LABELS
+
 URL_ENV = "LLM_GATEWAY_URL"
 
 
@@ -123,6 +125,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_usage(args: argparse.Namespace) -> int:
     query = f"?days={args.days}" + (f"&key_id={args.key_id}" if args.key_id else "")
+    query += (f"&tier={args.tier}" if args.tier else "") + ("&group_by=tier" if args.by_tier else "")
     _print(call(args, "GET", "/admin/usage" + query), args.json)
     return 0
 
@@ -162,9 +165,11 @@ def add_parsers(sub: Any) -> None:
         common(p)
     keys.set_defaults(func=cmd_keys)
 
-    usage = sub.add_parser("usage", help="requests, tokens and spend per key, route and day")
+    usage = sub.add_parser("usage", help="requests, tokens and spend per key, route and day (and tier)")
     usage.add_argument("--days", type=int, default=1)
     usage.add_argument("--key-id", dest="key_id")
+    usage.add_argument("--tier", choices=PRIORITY_LABELS, help="only this tier's usage (batch: a batch's lines)")
+    usage.add_argument("--by-tier", dest="by_tier", action="store_true", help="a row per tier")
     usage.add_argument("--json", action="store_true")
     common(usage)
     usage.set_defaults(func=cmd_usage)

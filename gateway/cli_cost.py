@@ -37,8 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=os.environ.get(URL_ENV, "http://127.0.0.1:8000"),
                    help=f"the gateway (env {URL_ENV})")
     p.add_argument("--usage-file", dest="usage_file",
-                   help="offline: a JSON list of usage rows {day, route, deployment, requests, prompt_tokens, "
-                        "completion_tokens, cost_usd} (or an object with 'rows')")
+                   help="offline: a JSON list of usage rows {day, route, deployment, tier, requests, prompt_tokens, "
+                        "completion_tokens, cost_usd} (or an object with 'rows'; a row without a tier is "
+                        "interactive)")
     p.add_argument("--config", help=f"offline: the gateway config with the `cost:` section (env {ENV_CONFIG})")
 
 

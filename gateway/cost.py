@@ -6,17 +6,24 @@ API costs per request, self-hosting a fixed amount per month (instances plus
 people), so above some volume self-hosting wins. Answers from the cache
 (deployment "cache") cost nothing under any option, so the alternatives price
 only the traffic that reached a model.
+
+Rows carry their tier (interactive, batch; a row without one is interactive,
+as all usage kept before tiers is): the report shows each tier's volume and
+spend on its own, besides the routes and the total.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable
 
+from backends.contract.priority import Priority
 from backends.model_cards import ModelCard
 from routing.config import GatewayConfig
 
 CACHE = "cache"
+INTERACTIVE = "interactive"
 _COUNTS = ("requests", "prompt_tokens", "completion_tokens")
+_TIER_ORDER = {p.label: int(p) for p in Priority}  # interactive first, batch last; an unknown tier after them
 
 
 def _money(x: float) -> str:
@@ -146,7 +153,7 @@ def _recommend(g: dict[str, Any], hosting: list[dict[str, Any]], days: int) -> s
 
 def build_report(rows: list[dict[str, Any]], config: GatewayConfig, cards: dict[str, ModelCard],
                  days: int) -> dict[str, Any]:
-    """The report over `days` days of usage rows {day, route, deployment, requests, tokens, cost_usd}."""
+    """The report over `days` days of usage rows {day, route, deployment, tier, requests, tokens, cost_usd}."""
     if days < 1:
         raise ValueError("days must be at least 1")
     dpm = config.cost.days_per_month
@@ -163,6 +170,11 @@ def build_report(rows: list[dict[str, Any]], config: GatewayConfig, cards: dict[
         group["deployments"] = [{"deployment": d, **_group(deps[d], days, dpm, apis, hosting)} for d in sorted(deps)]
         out_routes.append({"route": route, **group})
     total = _group(rows, days, dpm, apis, hosting)
+    tiers: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        tiers.setdefault(str(r.get("tier") or INTERACTIVE), []).append(r)
+    out_tiers = [{"tier": t, **_group(tiers[t], days, dpm, apis, hosting)}
+                 for t in sorted(tiers, key=lambda t: (_TIER_ORDER.get(t, len(_TIER_ORDER)), t))]
     if seen_days and len(seen_days) < days:
         notes.append(f"traffic on {len(seen_days)} of {days} days; per-day figures average over all {days}")
     tokens_per_s = (total["prompt_tokens"] + total["completion_tokens"]) / days / 86400
@@ -172,7 +184,7 @@ def build_report(rows: list[dict[str, Any]], config: GatewayConfig, cards: dict[
                          f"{h['instances']} instance(s) serve ({h['capacity_tokens_per_s']:,.0f} tokens/s)")
     return {"days": days, "days_per_month": dpm, "days_with_traffic": len(seen_days),
             "first_day": seen_days[0] if seen_days else None, "last_day": seen_days[-1] if seen_days else None,
-            "compare_with": apis, "self_hosting": hosting, "total": total, "routes": out_routes,
+            "compare_with": apis, "self_hosting": hosting, "total": total, "routes": out_routes, "tiers": out_tiers,
             "notes": notes, "recommendation": total["recommendation"]}
 
 
@@ -199,6 +211,7 @@ def render_table(report: dict[str, Any]) -> str:
     for route in report["routes"]:
         vol.append(_volume_row(route["route"], route))
         vol += [_volume_row("  " + d["deployment"], d) for d in route["deployments"]]
+    vol += [_volume_row(f"tier {t['tier']}", t) for t in report.get("tiers", ())]
     vol.append(_volume_row("TOTAL", total))
     lines += _align(vol)
     alt = [["ALTERNATIVE FOR THE SAME TRAFFIC", "PER MONTH", "HOW"],

@@ -23,6 +23,9 @@ UNKNOWN = "_unknown"  # a model name no route claims: never echoed into a label
 
 REQUESTS = Counter("llm_gateway_requests", "Requests answered, by route, deployment, HTTP status and cache result.",
                    ["route", "deployment", "status", "cache"])
+# Apart from REQUESTS, whose labels dashboards already match exactly: a few tiers times routes and statuses.
+TIER_REQUESTS = Counter("llm_gateway_requests_by_tier", "Requests answered, by tier (interactive, near-real-time, "
+                        "batch: a batch's lines), route and HTTP status.", ["tier", "route", "status"])
 PROMPT_TOKENS = Counter("llm_gateway_prompt_tokens", "Prompt tokens, by route and deployment.",
                         ["route", "deployment"])
 COMPLETION_TOKENS = Counter("llm_gateway_completion_tokens", "Completion tokens, by route and deployment.",

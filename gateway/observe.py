@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from backends.contract.priority import Priority
 from gateway import metrics, request_log, tracing
 
 _SECRETS = re.compile("|".join((
@@ -48,6 +49,9 @@ def own_secrets(*secrets: str | None) -> None:
     _own = tuple(s for s in secrets if s and len(s) >= 4)
 
 
+_LABELS = {p: p.label for p in Priority}
+_BATCH, _INTERACTIVE = Priority.BATCH.label, Priority.INTERACTIVE.label
+
 _live = [0]  # live (not batch) requests in flight in this process: batches run only on spare capacity
 
 
@@ -79,6 +83,16 @@ class RequestRecord:
     span: Any = None
     done: bool = False
     batch: str | None = None  # the batch this request is a line of (None: a live request)
+    priority: Priority | None = None  # its class, once decided (gateway.pipeline.serve); None: interactive
+
+    @property
+    def tier(self) -> str:
+        """What usage, spend, metrics and the log line split requests by: the request's class, by its label.
+        The one place it is read from: a batch line is batch whatever else is set, any other request is
+        the class it was given (interactive when none was)."""
+        if self.batch is not None:
+            return _BATCH
+        return _LABELS[self.priority] if self.priority is not None else _INTERACTIVE
 
     def begin(self) -> None:
         metrics.IN_FLIGHT.inc()
@@ -101,7 +115,9 @@ def finish(rec: RequestRecord) -> None:
     total = time.monotonic() - rec.started
     route, dep = rec.route, rec.deployment
     child = metrics.child
-    child(metrics.REQUESTS, route, dep, str(rec.status), rec.cache).inc()
+    status, tier = str(rec.status), rec.tier
+    child(metrics.REQUESTS, route, dep, status, rec.cache).inc()
+    child(metrics.TIER_REQUESTS, tier, route, status).inc()
     if rec.error_code == "internal_error":
         child(metrics.INTERNAL_ERRORS, route).inc()
     if rec.status < 400:
@@ -121,7 +137,7 @@ def finish(rec: RequestRecord) -> None:
         "ttft_ms": round(rec.ttft_s * 1000, 2) if rec.ttft_s is not None else None,
         "overhead_ms": round(rec.overhead_s * 1000, 3) if rec.overhead_s is not None else None,
         "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens, "cache": rec.cache,
-        "stream": rec.stream, "key_alias": rec.key_alias,
+        "stream": rec.stream, "key_alias": rec.key_alias, "tier": tier,
     }
     if rec.batch is not None:
         line["batch_id"] = rec.batch
@@ -131,7 +147,8 @@ def finish(rec: RequestRecord) -> None:
     request_log.write(orjson.dumps(line))
     if rec.span is not None:
         rec.span.set_attributes({"gateway.route": route, "gateway.deployment": dep, "gateway.attempts": rec.attempts,
-                                 "http.status_code": rec.status, "gateway.cache": rec.cache})
+                                 "http.status_code": rec.status, "gateway.cache": rec.cache,
+                                 "gateway.tier": tier})
         if rec.status >= 500:
             from opentelemetry.trace import Status, StatusCode
 

@@ -57,13 +57,14 @@ async def serve(svc: Services, runtime: Runtime, call: Call) -> Response:
     """`runtime` is the config this request finishes on, whatever reloads happen meanwhile."""
     admitted = await admit(svc, runtime, call.body, call.headers, call.rec, call.preset)
     call.principal = admitted.principal
+    call.rec.priority = call.priority  # the class, once decided: the record's tier (usage, metrics, log) follows it
     if runtime.config.logging.log_prompts:
         call.rec.prompt = call.body.wire_body().get(call.body.prompt_field)
     fresh, stale = await look_up(svc, admitted, call.rec)
     if fresh is not None:
         await settle(usage=None, fallback_completion=0, prompt_estimate=0, reservation=admitted.reservation,
                      principal=admitted.principal, route=admitted.plan.route.name, deployment=None,
-                     limiter=svc.limiter, store=svc.usage, link=svc.link)
+                     limiter=svc.limiter, store=svc.usage, link=svc.link, tier=call.rec.tier)
         return cached_response(fresh.body, call.body, admitted.headers, call.rec)
     try:
         outcome = await route(svc, admitted, call)

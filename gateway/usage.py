@@ -3,8 +3,14 @@
 Counters are batched per replica and flushed every second; other replicas see
 them after that flush.
 
+Each row is also split by tier (the request's class: interactive, batch). A row
+keeps its totals as it always did, and each tier other than interactive counts
+again in fields of its own (`batch:requests`, ...); interactive is the rest. So
+the key layout is unchanged, a row written before tiers existed reads as all
+interactive, and a reader that knows nothing of tiers still sees the totals.
+
 Spend is also kept per budget period (day, month, or all time) so a budget
-check is one GET, whichever replica asks.
+check is one GET, whichever replica asks: one spend per key, whatever the tier.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ if TYPE_CHECKING:
 
 RETENTION_S = 400 * 86400
 ANONYMOUS = "-"
+INTERACTIVE = "interactive"  # the tier of what a row does not count under another (all usage kept before tiers)
+FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_usd")
 
 
 def period_id(period: str, now: dt.datetime | None = None) -> str:
@@ -40,15 +48,33 @@ def _counters() -> Counters:
 
 
 def _tally(rows: Counters, dep_rows: Counters, key_id: str | None, route: str, deployment: str | None,
-           prompt_tokens: int, completion_tokens: int, cost_usd: float, requests: int = 1) -> None:
+           prompt_tokens: int, completion_tokens: int, cost_usd: float, requests: int = 1,
+           tier: str = INTERACTIVE) -> None:
     """Count one answer (or one more leg of it: `requests` 0) under (day, key, route) and (day, route,
-    deployment)."""
+    deployment): in the totals, and again in the tier's own fields unless it is interactive."""
     day = period_id("daily")
+    prefixes = ("",) if tier == INTERACTIVE else ("", f"{tier}:")
     for row in (rows[(day, key_id or ANONYMOUS, route)], dep_rows[(day, route, deployment or "cache")]):
-        row["requests"] += requests
-        row["prompt_tokens"] += prompt_tokens
-        row["completion_tokens"] += completion_tokens
-        row["cost_usd"] += cost_usd
+        for prefix in prefixes:
+            row[prefix + "requests"] += requests
+            row[prefix + "prompt_tokens"] += prompt_tokens
+            row[prefix + "completion_tokens"] += completion_tokens
+            row[prefix + "cost_usd"] += cost_usd
+
+
+def split_tiers(v: dict[str, float]) -> dict[str, dict[str, float]]:
+    """A row's counters per tier: each tier's own fields, interactive what the others leave of the totals
+    (all of them, for a row written before tiers). Interactive comes first, and only when it counted
+    something or is all there is."""
+    tiers: dict[str, dict[str, float]] = {}
+    for name, n in v.items():
+        tier, sep, field_name = name.partition(":")
+        if sep:
+            tiers.setdefault(tier, {})[field_name] = n
+    rest = {f: max(0.0, v.get(f, 0.0) - sum(t.get(f, 0.0) for t in tiers.values())) for f in FIELDS}
+    if tiers and not any(round(n, 8) for n in rest.values()):
+        return tiers
+    return {INTERACTIVE: rest, **tiers}
 
 
 class UsageStore(abc.ABC):
@@ -63,11 +89,11 @@ class UsageStore(abc.ABC):
     @abc.abstractmethod
     async def record(self, *, key_id: str | None, route: str, prompt_tokens: int, completion_tokens: int,
                      cost_usd: float, budget_period: str | None = None, deployment: str | None = None,
-                     requests: int = 1) -> None:
-        """Count one answer under (day, key, route) and, for the cost report, (day, route, deployment);
-        with `key_id` and `budget_period`, also against the key's budget. An answer rescued by another
-        deployment is recorded once per leg, each under its own deployment, the later legs with
-        `requests` 0 (one request, whatever it took)."""
+                     requests: int = 1, tier: str = INTERACTIVE) -> None:
+        """Count one answer under (day, key, route) and, for the cost report, (day, route, deployment),
+        in its `tier`; with `key_id` and `budget_period`, also against the key's budget (one budget,
+        whatever the tier). An answer rescued by another deployment is recorded once per leg, each under
+        its own deployment, the later legs with `requests` 0 (one request, whatever it took)."""
 
     @abc.abstractmethod
     async def flush(self) -> None:
@@ -77,18 +103,23 @@ class UsageStore(abc.ABC):
     async def spend(self, key_id: str, period: str) -> float:
         """What the key spent in the current `period` (daily, monthly or total)."""
 
-    async def report(self, days: list[str], key_id: str | None = None) -> list[dict[str, Any]]:
-        """Rows per (day, key, route)."""
+    async def report(self, days: list[str], key_id: str | None = None, by_tier: bool = False) -> list[dict[str, Any]]:
+        """Rows per (day, key, route), every tier together; `by_tier`: per (day, key, route, tier), each
+        with its `tier`."""
         rows = []
         for day, who, route, v in await self._collect(days, "usage"):
             if key_id is None or who == key_id:
-                rows.append({"day": day, "key_id": None if who == ANONYMOUS else who, "route": route, **_counts(v)})
+                row = {"day": day, "key_id": None if who == ANONYMOUS else who, "route": route}
+                if by_tier:
+                    rows += [{**row, "tier": tier, **_counts(t)} for tier, t in split_tiers(v).items()]
+                else:
+                    rows.append({**row, **_counts(v)})
         return rows
 
     async def report_deployments(self, days: list[str]) -> list[dict[str, Any]]:
-        """Rows per (day, route, deployment); deployment "cache" counts answers served from the cache."""
-        return [{"day": day, "route": route, "deployment": dep, **_counts(v)}
-                for day, route, dep, v in await self._collect(days, "usage-dep")]
+        """Rows per (day, route, deployment, tier); deployment "cache" counts answers served from the cache."""
+        return [{"day": day, "route": route, "deployment": dep, "tier": tier, **_counts(t)}
+                for day, route, dep, v in await self._collect(days, "usage-dep") for tier, t in split_tiers(v).items()]
 
     @abc.abstractmethod
     async def _collect(self, days: list[str], family: str) -> list[tuple[str, str, str, dict]]:
@@ -112,9 +143,9 @@ class RedisUsageStore(UsageStore):
 
     async def record(self, *, key_id: str | None, route: str, prompt_tokens: int, completion_tokens: int,
                      cost_usd: float, budget_period: str | None = None, deployment: str | None = None,
-                     requests: int = 1) -> None:
+                     requests: int = 1, tier: str = INTERACTIVE) -> None:
         _tally(self._pending, self._pending_dep, key_id, route, deployment, prompt_tokens, completion_tokens,
-               cost_usd, requests)
+               cost_usd, requests, tier)
         if not (key_id and budget_period):
             return
         spend_key = self._spend_key(key_id, budget_period)
@@ -160,10 +191,12 @@ class RedisUsageStore(UsageStore):
 
     @staticmethod
     def _write(pipe: Any, key: str, v: dict[str, float]) -> None:
-        pipe.hincrby(key, "requests", int(v["requests"]))
-        pipe.hincrby(key, "prompt_tokens", int(v["prompt_tokens"]))
-        pipe.hincrby(key, "completion_tokens", int(v["completion_tokens"]))
-        pipe.hincrbyfloat(key, "cost_usd", v["cost_usd"])
+        """The totals and any tier's own fields (`batch:cost_usd`): counts as integers, cost as a float."""
+        for field_name, n in v.items():
+            if field_name.endswith("cost_usd"):
+                pipe.hincrbyfloat(key, field_name, n)
+            else:
+                pipe.hincrby(key, field_name, int(n))
         pipe.expire(key, RETENTION_S)
 
     async def spend(self, key_id: str, period: str) -> float:
@@ -192,9 +225,9 @@ class MemoryUsageStore(UsageStore):
 
     async def record(self, *, key_id: str | None, route: str, prompt_tokens: int, completion_tokens: int,
                      cost_usd: float, budget_period: str | None = None, deployment: str | None = None,
-                     requests: int = 1) -> None:
+                     requests: int = 1, tier: str = INTERACTIVE) -> None:
         _tally(self._rows, self._dep_rows, key_id, route, deployment, prompt_tokens, completion_tokens, cost_usd,
-               requests)
+               requests, tier)
         if key_id and budget_period:
             self._spend[(key_id, period_id(budget_period))] += cost_usd
 
@@ -215,6 +248,19 @@ class MemoryUsageStore(UsageStore):
 def usage_store(redis: redis.asyncio.Redis | None, prefix: str = "gw:") -> UsageStore:
     """The Redis store when there is a client, else the in-process one."""
     return MemoryUsageStore() if redis is None else RedisUsageStore(redis, prefix)
+
+
+def without_tiers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of `report(by_tier=True)` added up per (day, key, route), as `report` gives them without it."""
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        row = out.setdefault((r["day"], r["key_id"], r["route"]), {"day": r["day"], "key_id": r["key_id"],
+                                                                   "route": r["route"], **dict.fromkeys(FIELDS, 0)})
+        for f in FIELDS:
+            row[f] += r[f]
+    for row in out.values():
+        row["cost_usd"] = round(row["cost_usd"], 8)
+    return list(out.values())
 
 
 def _counts(v: dict[str, float]) -> dict[str, Any]:

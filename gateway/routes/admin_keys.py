@@ -16,9 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
 from backends.contract.errors import GatewayError, InvalidRequest, NotFound
+from backends.contract.priority import Priority
 from gateway.keys import KeyExists
 from gateway.routes.admin import require_admin
 from gateway.store_errors import StoreUnavailable
+from gateway.usage import FIELDS, without_tiers
 
 router = APIRouter(prefix="/admin")
 
@@ -131,17 +133,46 @@ async def _or_404(aw: Any, key_id: str) -> Any:
 
 @router.get("/usage")
 async def usage(request: Request) -> Response:
-    """Usage per key, route and day. ?days=N (default 1, today UTC) &key_id=..."""
+    """Usage per key, route and day. ?days=N (default 1, today UTC) &key_id=... &tier=interactive|batch (only
+    that tier's rows) &group_by=tier (a row per tier). `tiers` holds the totals of each tier shown."""
     require_admin(request)
+    query = request.query_params
     try:
-        n = max(1, min(400, int(request.query_params.get("days", "1"))))
+        n = max(1, min(400, int(query.get("days", "1"))))
     except ValueError:
         raise InvalidRequest("'days' must be a whole number.", param="days") from None
+    tier = _tier_param(query.get("tier"))
+    group_by = query.get("group_by")
+    if group_by not in (None, "tier"):
+        raise InvalidRequest("'group_by' must be 'tier' (rows are per day, key and route otherwise).",
+                             param="group_by")
     today = dt.datetime.now(dt.timezone.utc).date()
     days = [(today - dt.timedelta(days=i)).isoformat() for i in range(n)]
     try:
-        rows = await request.app.state.services.usage.report(days, request.query_params.get("key_id"))
+        tier_rows = await request.app.state.services.usage.report(days, query.get("key_id"), by_tier=True)
     except StoreUnavailable:
         raise _store_down() from None
-    totals = {k: sum(r[k] for r in rows) for k in ("requests", "prompt_tokens", "completion_tokens", "cost_usd")}
-    return _json({"days": days, "rows": rows, "totals": totals})
+    if tier is not None:
+        tier_rows = [r for r in tier_rows if r["tier"] == tier]
+    rows = tier_rows if group_by or tier else without_tiers(tier_rows)
+    per_tier: dict[str, list[dict[str, Any]]] = {}
+    for r in tier_rows:
+        per_tier.setdefault(r["tier"], []).append(r)
+    return _json({"days": days, "rows": rows, "totals": _totals(rows),
+                  "tiers": {t: _totals(tier_of) for t, tier_of in per_tier.items()}})
+
+
+def _tier_param(value: str | None) -> str | None:
+    """The tier asked for, by its label (as usage rows, logs and metrics name it)."""
+    if value is None:
+        return None
+    try:
+        return Priority.parse(value).label
+    except ValueError as exc:
+        raise InvalidRequest(f"Invalid value for 'tier': {exc}.", param="tier") from None
+
+
+def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    totals = {k: sum(r[k] for r in rows) for k in FIELDS}
+    totals["cost_usd"] = round(totals["cost_usd"], 8)
+    return totals

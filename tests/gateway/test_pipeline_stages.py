@@ -15,12 +15,14 @@ import pytest
 from backends.base import Backend, BackendStatus
 from backends.contract import responses as fmt
 from backends.contract.errors import GatewayError, UpstreamError
+from backends.contract.priority import Priority
 from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from gateway.admission import admit
 from gateway.observe import RequestRecord
 from gateway.pipeline import Call, look_up, serve
 from gateway.services import Services
 from gateway.settings import Settings
+from gateway.usage import period_id
 from routing.breaker import CircuitBreaker
 from routing.config import DeploymentConfig, GatewayConfig, RouteConfig
 from routing.deployment import Deployment
@@ -160,6 +162,22 @@ async def test_an_answer_without_usage_is_billed_on_the_plans_one_prompt_count(s
     c = call(chat(stream=True))
     await body_of(await serve(svc, rt, c))
     assert c.rec.prompt_tokens > 0 and c.rec.completion_tokens == 2  # two content frames
+
+
+@pytest.mark.parametrize("priority", [Priority.NEAR_REAL_TIME, Priority.BATCH])
+async def test_usage_is_counted_in_the_class_the_call_was_given(svc: Services, priority: Priority) -> None:
+    """The class a call carries is its record's tier, and every settlement (a body, a stream, a cache hit)
+    counts its usage in that tier."""
+    rt = runtime(Scripted())
+    for body in (chat(), chat(stream=True), chat(temperature=0), chat(temperature=0)):  # the last: a cache hit
+        c = call(body)
+        c.priority = priority
+        await body_of(await serve(svc, rt, c))
+        assert c.rec.tier == priority.label
+    await body_of(await serve(svc, rt, call(chat())))  # no class given: interactive
+    rows = {(r["deployment"], r["tier"]): r["requests"]
+            for r in await svc.usage.report_deployments([period_id("daily")])}
+    assert rows == {("fake", priority.label): 3, ("cache", priority.label): 1, ("fake", "interactive"): 1}
 
 
 async def test_look_up_says_bypass_miss_and_hit(svc: Services) -> None:

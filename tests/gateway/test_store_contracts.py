@@ -23,7 +23,7 @@ from gateway.cache import MemoryResponseCache, RedisResponseCache, ResponseCache
 from gateway.keys import KEY_PREFIX, MISSING, KeyExists, KeyStore, MemoryKeyStore, RedisKeyStore, key_store
 from gateway.ratelimit import LimitResult, LimitSpec, MemoryRateLimiter, RateLimiter, RedisRateLimiter, rate_limiter
 from gateway.store_errors import StoreUnavailable
-from gateway.usage import MemoryUsageStore, RedisUsageStore, UsageStore, period_id, usage_store
+from gateway.usage import MemoryUsageStore, RedisUsageStore, UsageStore, period_id, split_tiers, usage_store
 from tests.redis_env import require_redis, unique_prefix
 
 Backend = tuple["aioredis.Redis | None", str]  # what every factory takes: a client (None: in-process), a prefix
@@ -336,6 +336,42 @@ async def test_usage_reports(usage: UsageStore) -> None:
     assert all(r["day"] == today for r in deployments)
 
 
+async def test_usage_is_split_by_tier_and_one_budget_counts_every_tier(usage: UsageStore) -> None:
+    today = period_id("daily")
+    await usage.record(key_id="k1", route="r", prompt_tokens=10, completion_tokens=5, cost_usd=0.1,
+                       budget_period="daily", deployment="d")
+    for _ in range(3):  # a batch's lines, on the same key and route
+        await usage.record(key_id="k1", route="r", prompt_tokens=4, completion_tokens=2, cost_usd=0.25,
+                           budget_period="daily", deployment="d", tier="batch")
+    await usage.record(key_id="k1", route="r", prompt_tokens=1, completion_tokens=1, cost_usd=0.5,
+                       budget_period="daily", deployment="d2", tier="near-real-time")
+    await usage.record(key_id="k1", route="r", prompt_tokens=2, completion_tokens=0, cost_usd=0.0, tier="batch")
+    assert await usage.spend("k1", "daily") == pytest.approx(0.1 + 0.75 + 0.5), "one budget, whatever the tier"
+    for _ in range(2):  # reading flushes (Redis): a second report counts nothing twice
+        assert await usage.report([today]) == [  # without tiers: the totals, as before
+            {"day": today, "key_id": "k1", "route": "r", "requests": 6, "prompt_tokens": 25, "completion_tokens": 12,
+             "cost_usd": 1.35}]
+        by_tier = {r["tier"]: r for r in await usage.report([today], by_tier=True)}
+        assert next(iter(by_tier)) == "interactive"
+        assert {t: (r["requests"], r["prompt_tokens"], r["completion_tokens"], r["cost_usd"])
+                for t, r in by_tier.items()} == {"interactive": (1, 10, 5, 0.1), "batch": (4, 14, 6, 0.75),
+                                                 "near-real-time": (1, 1, 1, 0.5)}
+        assert all((r["day"], r["key_id"], r["route"]) == (today, "k1", "r") for r in by_tier.values())
+    deps = {(r["deployment"], r["tier"]): (r["requests"], r["cost_usd"])
+            for r in await usage.report_deployments([today])}
+    assert deps == {("d", "interactive"): (1, 0.1), ("d", "batch"): (3, 0.75), ("d2", "near-real-time"): (1, 0.5),
+                    ("cache", "batch"): (1, 0.0)}, "a deployment that only one tier used has no row of the other"
+
+
+def test_a_row_without_tier_fields_is_all_interactive() -> None:
+    assert split_tiers({"requests": 2, "prompt_tokens": 3, "completion_tokens": 1, "cost_usd": 0.5}) == {
+        "interactive": {"requests": 2, "prompt_tokens": 3, "completion_tokens": 1, "cost_usd": 0.5}}
+    assert split_tiers({"requests": 2, "prompt_tokens": 3, "completion_tokens": 1, "cost_usd": 0.3,
+                        "batch:requests": 2, "batch:prompt_tokens": 3, "batch:completion_tokens": 1,
+                        "batch:cost_usd": 0.3}) == {
+        "batch": {"requests": 2, "prompt_tokens": 3, "completion_tokens": 1, "cost_usd": 0.3}}, "nothing left over"
+
+
 # ---------------------------------------------------------------- what only Redis has
 
 async def test_redis_key_lookup_reads_an_extra_key_along(redis_only: Backend) -> None:
@@ -365,6 +401,27 @@ async def test_redis_key_outage_answers_from_the_last_record_seen(redis_only: Ba
             await keys.lookup_with(unseen, None)
         with pytest.raises(StoreUnavailable):
             await keys.list()
+
+
+async def test_redis_usage_kept_before_tiers_reads_as_interactive(redis_only: Backend) -> None:
+    """Rows an older version wrote (no tier fields) are interactive; new counts add to them."""
+    client, prefix = redis_only
+    assert client is not None
+    today = period_id("daily")
+    await client.hset(f"{prefix}usage:{today}:k1:r", mapping={"requests": 5, "prompt_tokens": 50,
+                                                              "completion_tokens": 20, "cost_usd": "0.5"})
+    await client.sadd(f"{prefix}usage:index:{today}", "k1|r")
+    await client.hset(f"{prefix}usage-dep:{today}:r:d", mapping={"requests": 5, "prompt_tokens": 50,
+                                                                 "completion_tokens": 20, "cost_usd": "0.5"})
+    await client.sadd(f"{prefix}usage-dep:index:{today}", "r|d")
+    usage = usage_store(client, prefix)
+    await usage.record(key_id="k1", route="r", prompt_tokens=4, completion_tokens=1, cost_usd=0.25, deployment="d",
+                       tier="batch")
+    assert [(r["tier"], r["requests"], r["prompt_tokens"], r["cost_usd"])
+            for r in await usage.report([today], by_tier=True)] == [("interactive", 5, 50, 0.5), ("batch", 1, 4, 0.25)]
+    assert [(r["requests"], r["cost_usd"]) for r in await usage.report([today])] == [(6, 0.75)]
+    assert [(r["tier"], r["requests"]) for r in await usage.report_deployments([today])] == [
+        ("interactive", 5), ("batch", 1)]
 
 
 async def test_redis_stores_raise_store_unavailable() -> None:
