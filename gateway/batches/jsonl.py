@@ -9,7 +9,7 @@ import orjson
 
 from backends.contract.errors import InvalidRequest
 
-ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")  # what a batch line may call
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")  # what a line may call
 
 
 def _bad(line_no: int, message: str, code: str) -> InvalidRequest:

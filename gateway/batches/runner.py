@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from functools import partial
 from typing import Any
 
 import orjson
@@ -32,16 +33,18 @@ from gateway.batches.jsonl import parse_lines
 from gateway.batches.stores import BatchStore
 from gateway.observe import RequestRecord
 from gateway.pipeline import Call, serve
+from gateway.routes import responses
 from gateway.routes.observed import observed
 from gateway.services import Services
 from gateway.store_errors import StoreUnavailable
+from gateway.surfaces.responses.protocol import ResponsesRequest
 from routing.config import BatchesConfig
 from routing.manager import RuntimeManager
 
 log = logging.getLogger("llm_gateway.batches")
 
 KINDS = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
-         "/v1/embeddings": EmbeddingRequest}
+         "/v1/embeddings": EmbeddingRequest, "/v1/responses": ResponsesRequest}
 POLL_S = 0.5
 FINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -52,6 +55,10 @@ def new_id(prefix: str, n: int = 12) -> str:
 
 async def _identity(aw: Any) -> Any:
     return await aw
+
+
+async def _principal_of(principal: Principal) -> Principal:
+    return principal
 
 
 class BatchRunner:
@@ -214,13 +221,18 @@ class BatchRunner:
         kind = KINDS[line["url"]]
 
         async def run(rec: RequestRecord) -> Response:
-            body = validate_request(dict(line["body"]), kind)
-            return await serve(self.svc, self.manager.current, Call(body, {}, request_id, rec, _identity,
-                                                                    preset=principal, priority=Priority.BATCH))
+            body, runtime = validate_request(dict(line["body"]), kind), self.manager.current
+            make_call = partial(Call, headers={}, request_id=request_id, rec=rec, until_disconnect=_identity,
+                                preset=principal, priority=Priority.BATCH)
+            if isinstance(body, ResponsesRequest):  # a surface: translated to chat and back, as its route does
+                return await responses.respond(self.svc, runtime, body, rec, make_call,
+                                               partial(_principal_of, principal))
+            return await serve(self.svc, runtime, make_call(body))
 
         self.in_flight += 1
         try:
-            response = await observed(request_id, kind.endpoint, run, batch=batch_id)
+            endpoint = "responses" if kind is ResponsesRequest else kind.endpoint  # as the live routes log it
+            response = await observed(request_id, endpoint, run, batch=batch_id)
             return response.status_code, orjson.loads(response.body), False
         except GatewayError as exc:
             return exc.status_code, exc.body(), exc.retryable or exc.status_code in (429, 503)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
 from starlette.requests import Request
@@ -32,6 +32,7 @@ from gateway.surfaces.reshape import chunk_reader, reshape
 from gateway.surfaces.responses import stream as response_stream
 from gateway.surfaces.responses import translate
 from gateway.surfaces.responses.protocol import ResponsesRequest
+from routing.runtime import Runtime
 
 
 async def create_response(request: Request) -> Response:
@@ -39,24 +40,40 @@ async def create_response(request: Request) -> Response:
 
 
 async def _create(request: Request, rec: RequestRecord) -> Response:
-    svc: Services = request.app.state.services
     req: ResponsesRequest = await parse_for_caller(request, ResponsesRequest)
+    make_call = partial(_http_call, request, rec, req.stream)
+    return await respond(request.app.state.services, request.app.state.manager.current, req, rec, make_call,
+                         partial(request.app.state.services.auth.authenticate, request.headers))
+
+
+def _http_call(request: Request, rec: RequestRecord, stream: bool, chat: ChatCompletionRequest) -> Call:
+    return Call(chat, request.headers, request.state.request_id, rec, partial(unless_disconnected, request),
+                keep_chunks=stream)
+
+
+async def respond(svc: Services, runtime: Runtime, req: ResponsesRequest, rec: RequestRecord,
+                  make_call: Callable[[ChatCompletionRequest], Call],
+                  caller: Callable[[], Awaitable[Principal]]) -> Response:
+    """A validated Responses request served as chat and answered as a Response (or its events): the
+    route's work, and a batch line's (gateway.batches.runner), which differ only in how the `Call` is
+    made (`make_call(chat)`: headers, disconnects, the preset key and class) and in who the caller is
+    (`caller()`: the request's key, or the batch's). Errors a translation finds are shown only to a
+    caller who may call, as an invalid body is."""
     rec.stream = req.stream
     history: list[dict[str, Any]] = []
     if req.previous_response_id:  # read as its owner; a plain request is authenticated in the pipeline
-        principal = await svc.auth.authenticate(request.headers)
-        history = (await _stored(svc, req.previous_response_id, principal, param="previous_response_id")).conversation
+        history = (await _stored(svc, req.previous_response_id, await caller(),
+                                 param="previous_response_id")).conversation
     try:
         chat_body, conversation = translate.to_chat(req, history)
         chat = validate_request(chat_body, ChatCompletionRequest)
     except GatewayError:
-        await svc.auth.authenticate(request.headers)
+        await caller()
         raise
-    call = Call(chat, request.headers, request.state.request_id, rec, partial(unless_disconnected, request),
-                keep_chunks=req.stream)
-    answer = await serve(svc, request.app.state.manager.current, call)
+    call = make_call(chat)
+    answer = await serve(svc, runtime, call)
     resp_id, created_at = translate.new_id("resp"), int(time.time())
-    ttl_s = request.app.state.manager.current.config.responses.store_ttl_s
+    ttl_s = runtime.config.responses.store_ttl_s
 
     async def keep(response: dict[str, Any]) -> None:
         if req.store and call.principal is not None:

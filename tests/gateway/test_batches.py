@@ -107,6 +107,8 @@ def test_a_200_line_batch_runs_every_line_once(setup, sims: Sims) -> None:
     (b'{"custom_id": "a", "method": "POST", "url": "/v1/images", "body": {}}\n', "invalid_url", 1),
     (b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions"}\n', "missing_body", 1),
     (jsonl(301), "too_many_requests", 301),
+    (jsonl(1) + b'{"custom_id": "s", "method": "POST", "url": "/v1/responses", "body": {"model": "chat", '
+     b'"input": "hi", "stream": true}}\n', "invalid_stream", 2),  # no streaming in a batch, on any endpoint
 ])
 def test_bad_files_are_refused_at_upload_with_their_line(setup, content: bytes, code: str, line: int) -> None:
     g, _ = setup
@@ -198,3 +200,64 @@ def test_a_replica_killed_mid_batch_leaves_it_to_the_other(sims: Sims, tmp_path:
     sent = sims.a.count("/v1/chat/completions")
     assert 80 <= sent <= 80 + cfg["batches"]["concurrency"], "only lines in flight at the kill ran again"
     sims.reset()
+
+
+# -- /v1/responses lines -----------------------------------------------------------------------------------
+
+def responses_jsonl(inputs: list[Any], **extra: Any) -> bytes:
+    return b"".join(json.dumps({"custom_id": f"resp-{i}", "method": "POST", "url": "/v1/responses",
+                                "body": {"model": "chat", "input": item, **extra}}).encode() + b"\n"
+                    for i, item in enumerate(inputs))
+
+
+def test_a_responses_batch_answers_each_line_with_a_response(setup, sims: Sims, conforms) -> None:
+    """Lines of `/v1/responses` are translated to chat and back as the live route does: each output body
+    is a Response object (OpenAI's schema), stored for the batch's key, `previous_response_id` read as that
+    key, and a line the translation refuses is that line's 400 in the error file."""
+    g, _ = setup
+    secret = key(g)
+    client, other = sdk(g, secret), sdk(g, key(g))
+    earlier = client.responses.create(model="chat", input="Remember me")  # live, stored by the same key
+    inputs: list[Any] = [f"Line {i}" for i in range(5)]
+    data = responses_jsonl(inputs) + json.dumps({
+        "custom_id": "follow-up", "method": "POST", "url": "/v1/responses",
+        "body": {"model": "chat", "input": "And now?", "previous_response_id": earlier.id,
+                 "instructions": "Be brief."}}).encode() + b"\n" + json.dumps({
+        "custom_id": "hosted-tool", "method": "POST", "url": "/v1/responses",
+        "body": {"model": "chat", "input": "Search", "tools": [{"type": "web_search"}]}}).encode() + b"\n"
+    upload = client.files.create(file=("responses.jsonl", data), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert err.value.code == "mismatched_endpoint"
+    sent_before = sims.a.count("/v1/chat/completions")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/responses", completion_window="24h")
+    assert batch.endpoint == "/v1/responses" and batch.request_counts.total == 7
+    done = finished(client, batch.id)
+    assert done.status == "completed", done
+    assert (done.request_counts.completed, done.request_counts.failed) == (6, 1)
+    lines = output_lines(client, done.output_file_id)
+    assert [line["custom_id"] for line in lines] == [f"resp-{i}" for i in range(5)] + ["follow-up"]
+    for i, line in enumerate(lines):
+        body = line["response"]["body"]
+        assert line["response"]["status_code"] == 200 and line["error"] is None
+        conforms("Response", body)
+        assert body["object"] == "response" and body["status"] == "completed" and body["id"].startswith("resp")
+        text = body["output"][0]["content"][0]["text"]
+        if i < 5:
+            assert text == canonical_reply([{"role": "user", "content": f"Line {i}"}])
+            assert body["usage"]["input_tokens"] > 0 and body["usage"]["output_tokens"] > 0
+    follow_up = lines[-1]["response"]["body"]
+    assert follow_up["previous_response_id"] == earlier.id and follow_up["instructions"] == "Be brief."
+    sent = [r.body["messages"] for r in sims.a.requests if r.path == "/v1/chat/completions"][sent_before:]
+    assert sims.a.count("/v1/chat/completions") - sent_before == 6, "the refused line reached no upstream"
+    history = next(m for m in sent if m[-1]["content"] == "And now?")
+    assert [m["role"] for m in history] == ["system", "user", "assistant", "user"]
+    assert history[1]["content"] == "Remember me", "the stored conversation, read as the batch's key"
+    stored = client.responses.retrieve(lines[0]["response"]["body"]["id"])  # store: true by default
+    assert stored.output_text == canonical_reply([{"role": "user", "content": "Line 0"}])
+    with pytest.raises(openai.NotFoundError):
+        other.responses.retrieve(lines[0]["response"]["body"]["id"])
+    (refused,) = output_lines(client, done.error_file_id)
+    assert refused["custom_id"] == "hosted-tool" and refused["response"]["status_code"] == 400
+    assert refused["response"]["body"]["error"]["param"].startswith("tools")
+
