@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from tests.paths import ROOT
 from tests.redis_env import require_redis, unique_prefix
 from tests.routing_env import OPENAI_KEY, Sims, sims  # noqa: F401  (fixtures)
 from tests.server import GatewayProcess
@@ -261,3 +265,108 @@ def test_a_responses_batch_answers_each_line_with_a_response(setup, sims: Sims, 
     assert refused["custom_id"] == "hosted-tool" and refused["response"]["status_code"] == 400
     assert refused["response"]["body"]["error"]["param"].startswith("tools")
 
+
+# -- tiers: usage, spend, budgets, metrics and logs of batch lines --------------------------------------------
+
+def tier_config(s: Sims, files_dir: Path, with_redis: bool) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "providers": {"vllm-a": {"kind": "vllm", "base_url": f"{s.a.url}/v1"}},
+        "deployments": [{"name": "a", "provider": "vllm-a", "model": "vllm-model", "cost_per_mtok": 1000.0}],
+        "routes": [{"name": "chat", "deployments": ["a"]}],
+        "health_checks": {"interval_s": 5},
+        "usage": {"flush_interval_s": 0.2},
+        "batches": {"files_dir": str(files_dir), "concurrency": 1, "line_retries": 0},
+    }
+    if with_redis:
+        cfg["redis"] = {"url": require_redis(), "prefix": unique_prefix()}
+    return cfg
+
+
+def admin(g: GatewayProcess, path: str, **params: Any) -> Any:
+    r = httpx.get(f"{g.root_url}{path}", params=params, headers={"Authorization": f"Bearer {MASTER}"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def cli(g: GatewayProcess, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "gateway", *args, "--url", g.root_url],
+                          cwd=ROOT, env={**os.environ, "LLM_GATEWAY_ADMIN_KEY": MASTER}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("with_redis", [True, False], ids=["redis", "in-process"])
+def test_batch_lines_are_their_own_tier_and_spend_the_key_s_budget(sims: Sims, tmp_path: Path,
+                                                                   with_redis: bool) -> None:
+    sims.reset()
+    with GatewayProcess(tier_config(sims, tmp_path / "files", with_redis), env={"LLM_GATEWAY_MASTER_KEY": MASTER}) as g:
+        made = httpx.post(f"{g.root_url}/admin/keys", headers={"Authorization": f"Bearer {MASTER}"},
+                          json={"alias": "tiers"}).json()
+        client = sdk(g, made["key"])
+        live = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Live"}])
+        upload = client.files.create(file=("lines.jsonl", jsonl(3)), purpose="batch")
+        done = finished(client, client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                                      completion_window="24h").id)
+        assert (done.request_counts.completed, done.request_counts.failed) == (3, 0)
+        bodies = [line["response"]["body"] for line in output_lines(client, done.output_file_id)]
+        batch_tokens = sum(b["usage"]["prompt_tokens"] + b["usage"]["completion_tokens"] for b in bodies)
+        live_tokens = live.usage.prompt_tokens + live.usage.completion_tokens
+
+        def counted() -> Any:
+            u = admin(g, "/admin/usage", group_by="tier", key_id=made["id"])
+            return u if sum(r["requests"] for r in u["rows"]) == 4 else None
+
+        usage = wait_until(counted, timeout=30, what="the batch's usage counted")
+        rows = {r["tier"]: r for r in usage["rows"]}
+        assert set(rows) == {"interactive", "batch"} and all(r["route"] == "chat" for r in rows.values())
+        assert rows["batch"]["requests"] == 3 and rows["interactive"]["requests"] == 1
+        assert rows["batch"]["prompt_tokens"] + rows["batch"]["completion_tokens"] == batch_tokens
+        assert rows["batch"]["cost_usd"] == pytest.approx(batch_tokens * 1000 / 1e6)
+        assert rows["interactive"]["cost_usd"] == pytest.approx(live_tokens * 1000 / 1e6)
+        only_batch = admin(g, "/admin/usage", tier="batch")
+        assert [(r["tier"], r["requests"]) for r in only_batch["rows"]] == [("batch", 3)]
+        plain = admin(g, "/admin/usage", key_id=made["id"])
+        assert [(r["requests"], "tier" in r) for r in plain["rows"]] == [(4, False)], "the old shape, every tier"
+        assert plain["tiers"]["batch"]["requests"] == 3
+
+        shown = json.loads(cli(g, "usage", "--by-tier", "--tier", "batch", "--key-id", made["id"], "--json"))
+        assert [(r["tier"], r["requests"]) for r in shown["rows"]] == [("batch", 3)]
+        assert "batch" in cli(g, "usage", "--by-tier")
+
+        report = json.loads(cli(g, "cost", "--days", "1", "--json"))
+        tiers = {t["tier"]: t for t in report["tiers"]}
+        assert (tiers["batch"]["requests"], tiers["interactive"]["requests"]) == (3, 1)
+        assert tiers["batch"]["spend_usd"] == pytest.approx(batch_tokens * 1000 / 1e6)
+        assert tiers["batch"]["prompt_tokens"] == rows["batch"]["prompt_tokens"]
+        table = cli(g, "cost", "--days", "1")
+        assert any(line.startswith("tier batch") for line in table.splitlines()), table
+
+        scraped = httpx.get(f"{g.root_url}/metrics", headers={"Authorization": f"Bearer {MASTER}"}).text
+        by_tier = {(s.labels["tier"], s.labels["route"], s.labels["status"]): s.value
+                   for family in text_string_to_metric_families(scraped) for s in family.samples
+                   if s.name == "llm_gateway_requests_by_tier_total"}
+        assert by_tier[("batch", "chat", "200")] == 3 and by_tier[("interactive", "chat", "200")] >= 1
+        logged = wait_until(lambda: (r := [json.loads(x) for x in g.logs().splitlines()
+                                           if x.startswith('{"ts"') and '"event":"request"' in x]) and len(r) >= 4
+                            and r, timeout=10, what="the request log lines")
+        assert sorted((x["tier"], "batch_id" in x) for x in logged if x["route"] == "chat") == [
+            ("batch", True)] * 3 + [("interactive", False)]
+
+        # A budget: batch lines spend it as any request does, and are refused once it is gone.
+        line_cost = rows["batch"]["cost_usd"] / 3
+        poor = httpx.post(f"{g.root_url}/admin/keys", headers={"Authorization": f"Bearer {MASTER}"},
+                          json={"alias": "poor", "budget_usd": line_cost * 1.5, "budget_period": "daily"}).json()
+        poor_client = sdk(g, poor["key"])
+        upload = poor_client.files.create(file=("lines.jsonl", jsonl(4)), purpose="batch")
+        spent = finished(poor_client, poor_client.batches.create(input_file_id=upload.id,
+                                                                 endpoint="/v1/chat/completions",
+                                                                 completion_window="24h").id)
+        refused = output_lines(poor_client, spent.error_file_id)
+        assert (spent.request_counts.completed, spent.request_counts.failed) == (2, 2), "lines run one at a time"
+        assert {line["response"]["body"]["error"]["code"] for line in refused} == {"insufficient_quota"}
+        assert all(line["response"]["status_code"] == 429 for line in refused)
+        with pytest.raises(openai.RateLimitError) as err:
+            poor_client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Live"}])
+        assert err.value.code == "insufficient_quota", "the batch spent the key's budget"
+    sims.reset()
