@@ -273,6 +273,3 @@ class MemoryBatchStore(BatchStore):
         return None
 
 
-
-def batch_store(redis: redis.asyncio.Redis | None, prefix: str = "gw:") -> BatchStore:
-    return MemoryBatchStore() if redis is None else RedisBatchStore(redis, prefix)

@@ -8,13 +8,15 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis.asyncio as aioredis
 
 from gateway.batches.disk import DiskBatchStore, StateDirBusy
 from gateway.batches.queue import MemoryWorkQueue, RedisWorkQueue, WorkQueue
-from gateway.batches.stores import BatchStore, RedisBatchStore
+from gateway.batches.state import batch_store
+from gateway.batches.stores import BatchStore, MemoryBatchStore, RedisBatchStore
 from tests.redis_env import require_redis, unique_prefix
 
 DAY = 86_400.0
@@ -171,3 +173,17 @@ async def test_a_journal_row_cut_short_by_a_crash_is_dropped(tmp_path: Path) -> 
     finally:
         await third.aclose()
 
+
+async def test_without_a_usable_state_dir_batches_fall_back_to_memory(tmp_path: Path) -> None:
+    """A second process on the same state (`--workers N` without Redis), or a directory that cannot be
+    written: the gateway still starts, its batches in memory."""
+    no_redis = SimpleNamespace(link=SimpleNamespace(client=None))
+    owner = batch_store(no_redis, "gw:", tmp_path / "state")  # type: ignore[arg-type]
+    try:
+        assert isinstance(owner, DiskBatchStore)
+        assert type(batch_store(no_redis, "gw:", tmp_path / "state")) is MemoryBatchStore  # type: ignore[arg-type]
+    finally:
+        await owner.aclose()
+    (tmp_path / "a-file").write_bytes(b"")
+    assert type(batch_store(no_redis, "gw:", tmp_path / "a-file" / "state")) is MemoryBatchStore  # type: ignore[arg-type]
+    assert type(batch_store(no_redis, "gw:", None)) is MemoryBatchStore  # type: ignore[arg-type]
