@@ -2,6 +2,8 @@
 pipeline (auth, routes, failover, cache, usage, spend, budgets) on spare capacity.
 
 `blobs` stores file contents (a local directory by default: a volume shared by the replicas), `stores`
-keeps file and batch objects, each batch's finished lines and each replica's lease on a batch (Redis, or
-this process), `jsonl` checks an input file line by line, and `runner` takes batches and runs their lines.
+keeps file and batch objects, each batch's finished lines and the coordinators' leases (Redis, or this
+process with `disk` writing it through to local disk), `queue` is the work queue of the batches' lines
+(Redis Streams, or this process), `jsonl` checks an input file line by line, `inputs` parses it once per
+replica, `coordinator` starts and ends each batch, and `runner` takes lines from the queue and runs them.
 """

@@ -5,8 +5,9 @@ newest first. A batch's finished lines are kept by `custom_id`, first write wins
 replicas both finished (one of them about to die) is in the output once. A lease says which replica runs
 a batch; it lapses when that replica stops renewing it, and any other may take the batch over.
 
-In Redis (every replica sees the same, durable as Redis is) or in this process (lost on restart). Redis
-failures are `StoreUnavailable`, as everywhere.
+In Redis (every replica sees the same, durable as Redis is), or in this process: in memory, written through
+to local disk (gateway.batches.disk) so that it survives a restart. Redis failures are `StoreUnavailable`,
+as everywhere.
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ class BatchStore(abc.ABC):
     async def lines(self, batch_id: str) -> dict[str, dict[str, Any]]: ...
 
     @abc.abstractmethod
+    async def finished(self, batch_id: str) -> set[str]:
+        """The custom_ids of the lines finished so far (without their rows)."""
+
+    @abc.abstractmethod
+    async def is_finished(self, batch_id: str, custom_id: str) -> bool: ...
+
+    @abc.abstractmethod
     async def counts(self, batch_id: str) -> tuple[int, int]:
         """(finished lines, failed lines)."""
 
@@ -91,6 +99,13 @@ class BatchStore(abc.ABC):
 
     @abc.abstractmethod
     async def release(self, batch_id: str, holder: str) -> None: ...
+
+    async def aclose(self) -> None:
+        """Let go of what the store holds open (the disk store's files and lock)."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _ms(seconds: float) -> int:
@@ -146,8 +161,19 @@ class RedisBatchStore(BatchStore):
         return bool(done)
 
     async def lines(self, batch_id: str) -> dict[str, dict[str, Any]]:
-        raw = await guard(self.redis.hgetall(f"{self.p}batch:{batch_id}:lines"))
-        return {(k.decode() if isinstance(k, bytes) else k): orjson.loads(v) for k, v in raw.items()}
+        out: dict[str, dict[str, Any]] = {}
+        cursor = 0
+        while True:  # a page at a time: 50,000 lines in one reply would outlast the socket timeout
+            cursor, page = await guard(self.redis.hscan(f"{self.p}batch:{batch_id}:lines", cursor, count=500))
+            out.update({_text(k): orjson.loads(v) for k, v in page.items()})
+            if not cursor:
+                return out
+
+    async def finished(self, batch_id: str) -> set[str]:
+        return {_text(k) for k in await guard(self.redis.hkeys(f"{self.p}batch:{batch_id}:lines"))}
+
+    async def is_finished(self, batch_id: str, custom_id: str) -> bool:
+        return bool(await guard(self.redis.hexists(f"{self.p}batch:{batch_id}:lines", custom_id)))
 
     async def counts(self, batch_id: str) -> tuple[int, int]:
         pipe = self.redis.pipeline(transaction=False)
@@ -168,8 +194,7 @@ class RedisBatchStore(BatchStore):
         await guard(self.redis.sadd(key, batch_id) if active else self.redis.srem(key, batch_id))
 
     async def active(self) -> list[str]:
-        return sorted(i.decode() if isinstance(i, bytes) else i
-                      for i in await guard(self.redis.smembers(f"{self.p}batches:active")))
+        return sorted(_text(i) for i in await guard(self.redis.smembers(f"{self.p}batches:active")))
 
     async def lease(self, batch_id: str, holder: str, ttl_s: float) -> bool:
         key = f"{self.p}batch:{batch_id}:lease"
@@ -182,7 +207,7 @@ class RedisBatchStore(BatchStore):
 
 
 class MemoryBatchStore(BatchStore):
-    """This process only: one replica, and nothing survives a restart."""
+    """This process only: one replica, and nothing survives a restart (DiskBatchStore keeps it on disk)."""
 
     def __init__(self) -> None:
         self._objects: dict[tuple[Kind, str], tuple[dict[str, Any], str, float]] = {}
@@ -220,6 +245,12 @@ class MemoryBatchStore(BatchStore):
     async def lines(self, batch_id: str) -> dict[str, dict[str, Any]]:
         return dict(self._lines.get(batch_id, {}))
 
+    async def finished(self, batch_id: str) -> set[str]:
+        return set(self._lines.get(batch_id, ()))
+
+    async def is_finished(self, batch_id: str, custom_id: str) -> bool:
+        return custom_id in self._lines.get(batch_id, ())
+
     async def counts(self, batch_id: str) -> tuple[int, int]:
         return len(self._lines.get(batch_id, {})), self._failed.get(batch_id, 0)
 
@@ -242,5 +273,3 @@ class MemoryBatchStore(BatchStore):
         return None
 
 
-def batch_store(redis: redis.asyncio.Redis | None, prefix: str = "gw:") -> BatchStore:
-    return MemoryBatchStore() if redis is None else RedisBatchStore(redis, prefix)

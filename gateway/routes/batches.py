@@ -72,6 +72,7 @@ async def create_batch(request: Request) -> Response:
         await state.store.activate(batch["id"], True)
     except StoreUnavailable as exc:
         raise unavailable(exc, request) from None
+    state.runner.created()
     return json(batch)
 
 

@@ -1,5 +1,7 @@
 """The Files and Batch APIs with the official `openai` SDK: batches that run through the gateway's routes,
-refusals with line numbers, ownership, cancel, and a replica killed mid-batch (two gateways, one Redis)."""
+refusals with line numbers, ownership, cancel (with Redis, and without: state on disk), two replicas on one
+Redis running the lines of one batch and one of them killed mid-batch, and a gateway without Redis killed
+mid-batch and started again on the same files directory."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,9 +31,10 @@ pytestmark = pytest.mark.process  # gateway processes and simulated upstreams
 MASTER = "sk-master-batches-0123456789"
 
 
-def config(s: Sims, prefix: str, files_dir: Path, **batches: Any) -> dict[str, Any]:
+def config(s: Sims, prefix: str | None, files_dir: Path, **batches: Any) -> dict[str, Any]:
+    """A gateway with Redis under `prefix`, or without Redis (`prefix` None: batch state on local disk)."""
     return {
-        "redis": {"url": require_redis(), "prefix": prefix},
+        **({"redis": {"url": require_redis(), "prefix": prefix}} if prefix is not None else {}),
         "providers": {"vllm-a": {"kind": "vllm", "base_url": f"{s.a.url}/v1"}},
         "deployments": [{"name": "a", "provider": "vllm-a", "model": "vllm-model"}],
         "routes": [{"name": "chat", "deployments": ["a"]}],
@@ -44,6 +48,17 @@ def config(s: Sims, prefix: str, files_dir: Path, **batches: Any) -> dict[str, A
 def setup(sims: Sims, tmp_path: Path) -> Iterator[tuple[GatewayProcess, dict[str, Any]]]:
     sims.reset()
     cfg = config(sims, unique_prefix(), tmp_path / "files", max_lines=300)
+    with GatewayProcess(cfg, env={"LLM_GATEWAY_MASTER_KEY": MASTER}) as g:
+        yield g, cfg
+    sims.reset()
+
+
+@pytest.fixture(params=["redis", "disk"])
+def either(request: pytest.FixtureRequest, sims: Sims, tmp_path: Path) -> Iterator[tuple[GatewayProcess, dict]]:
+    """A gateway with Redis, then one without (its batch state on disk)."""
+    sims.reset()
+    prefix = unique_prefix() if request.param == "redis" else None
+    cfg = config(sims, prefix, tmp_path / "files", max_lines=300)
     with GatewayProcess(cfg, env={"LLM_GATEWAY_MASTER_KEY": MASTER}) as g:
         yield g, cfg
     sims.reset()
@@ -78,8 +93,8 @@ def output_lines(client: openai.OpenAI, file_id: str | None) -> list[dict[str, A
     return [json.loads(line) for line in client.files.content(file_id).text.splitlines() if line]
 
 
-def test_a_200_line_batch_runs_every_line_once(setup, sims: Sims) -> None:
-    g, _ = setup
+def test_a_200_line_batch_runs_every_line_once(either, sims: Sims) -> None:
+    g, _ = either
     client = sdk(g, key(g))
     upload = client.files.create(file=("lines.jsonl", jsonl(200)), purpose="batch")
     assert upload.purpose == "batch" and upload.bytes > 0
@@ -149,8 +164,8 @@ def test_a_batch_refuses_a_file_of_another_endpoint_and_other_keys_see_nothing(s
         alice.files.retrieve(upload.id)
 
 
-def test_cancel_mid_batch_keeps_the_finished_lines(setup, sims: Sims) -> None:
-    g, _ = setup
+def test_cancel_mid_batch_keeps_the_finished_lines(either, sims: Sims) -> None:
+    g, _ = either
     client = sdk(g, key(g))
     sims.a.set_fault(Fault.latency(0.3))
     upload = client.files.create(file=("lines.jsonl", jsonl(60)), purpose="batch")
@@ -168,41 +183,134 @@ def test_cancel_mid_batch_keeps_the_finished_lines(setup, sims: Sims) -> None:
     assert sims.a.count("/v1/chat/completions") == len(lines), "nothing started after the cancel went unrecorded"
 
 
-def test_a_replica_killed_mid_batch_leaves_it_to_the_other(sims: Sims, tmp_path: Path) -> None:
-    """Two gateways share Redis and the files volume; the one holding the batch's lease is SIGKILLed; the
-    other takes the batch over when the lease lapses, and every line is in the output exactly once."""
+KILLED_MID = 120  # lines of the batch a replica is killed in: about 5 s of work for two replicas
+
+
+def requests_per_line(s: Sims) -> Counter[int]:
+    """How many times each line reached the upstream (its prompt says which line it is)."""
+    return Counter(int(r.body["messages"][0]["content"].removeprefix("Line ")) for r in s.a.requests
+                   if r.path == "/v1/chat/completions")
+
+
+def logged_lines(g: GatewayProcess, batch_id: str) -> set[str]:
+    """The request ids of the lines of `batch_id` that this gateway ran (its JSON request log)."""
+    out = set()
+    for raw in g.log_path.read_text(errors="replace").splitlines():
+        if raw.startswith("{") and '"batch_id"' in raw:
+            rec = json.loads(raw)
+            if rec.get("batch_id") == batch_id:
+                out.add(rec["request_id"])
+    return out
+
+
+def test_two_replicas_run_one_batch_and_take_over_the_lines_of_one_killed(sims: Sims, tmp_path: Path) -> None:
+    """Two gateways share Redis and the files volume. Both take lines of one batch (a work queue, not a
+    replica per batch); the one coordinating it is SIGKILLed with lines in flight. The survivor reclaims those
+    pending lines and runs them, takes the batch's coordination over, and completes it: every line exactly
+    once in the output, and none that the dead one had recorded run again."""
     import redis
 
     sims.reset()
     prefix = unique_prefix()
     cfg = config(sims, prefix, tmp_path / "files")
     env = {"LLM_GATEWAY_MASTER_KEY": MASTER}
-    sims.a.set_fault(Fault.latency(0.15))
+    sims.a.set_fault(Fault.latency(0.3))
+    r = redis.Redis.from_url(require_redis())
     with GatewayProcess(cfg, env=env) as a, GatewayProcess(cfg, env=env) as b:
         secret = key(a)
         client = sdk(a, secret)
-        upload = client.files.create(file=("lines.jsonl", jsonl(80)), purpose="batch")
+        upload = client.files.create(file=("lines.jsonl", jsonl(KILLED_MID)), purpose="batch")
         batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
                                       completion_window="24h")
-        wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 10, timeout=30,
-                   what="the batch under way")
-        holder = redis.Redis.from_url(require_redis()).get(f"{prefix}batch:{batch.id}:lease")
-        assert holder is not None, "a replica holds the batch"
+        wait_until(lambda: logged_lines(a, batch.id) and logged_lines(b, batch.id), timeout=30,
+                   what="both replicas running lines of the batch")
+        assert client.batches.retrieve(batch.id).status == "in_progress"
+        holder = r.get(f"{prefix}batch:{batch.id}:lease")
+        assert holder is not None, "a replica coordinates the batch"
         pid = int(holder.decode().split("-")[-2])
-        running, other = (a, b) if a.proc is not None and a.proc.pid == pid else (b, a)
-        assert running.proc is not None and running.proc.pid == pid
+        victim, survivor = (a, b) if a.proc is not None and a.proc.pid == pid else (b, a)
+        assert victim.proc is not None and victim.proc.pid == pid
         os.kill(pid, signal.SIGKILL)
-        running.proc.wait(10)
-        survivor = sdk(other, secret)
-        done = finished(survivor, batch.id, timeout=90)
+        victim.proc.wait(10)
+        left = r.xpending_range(f"{prefix}batch:{batch.id}:q", "runners", "-", "+", 1000, consumername=holder)
+        left_lines = {int(e["message_id"].decode().split("-")[1]) - 1 for e in left}
+        recorded = {k.decode() for k in r.hkeys(f"{prefix}batch:{batch.id}:lines")}
+        assert left_lines, "the killed replica had lines in flight"
+        assert len(recorded) < KILLED_MID - 8, "the kill came mid-batch"
+        survivor_client = sdk(survivor, secret)
+        done = finished(survivor_client, batch.id, timeout=90)
         assert done.status == "completed", done
-        lines = output_lines(survivor, done.output_file_id)
+        lines = output_lines(survivor_client, done.output_file_id)
+        ran_on_survivor = logged_lines(survivor, batch.id)
     sims.a.set_fault(None)
-    assert sorted(line["custom_id"] for line in lines) == sorted(f"req-{i}" for i in range(80)), \
+    assert sorted(line["custom_id"] for line in lines) == sorted(f"req-{i}" for i in range(KILLED_MID)), \
         "no line lost, none twice"
-    assert (done.request_counts.completed, done.request_counts.failed) == (80, 0)
-    sent = sims.a.count("/v1/chat/completions")
-    assert 80 <= sent <= 80 + cfg["batches"]["concurrency"], "only lines in flight at the kill ran again"
+    assert (done.request_counts.completed, done.request_counts.failed) == (KILLED_MID, 0)
+    by_id = {line["custom_id"]: line for line in lines}
+    reclaimed = [i for i in left_lines if f"req-{i}" not in recorded]
+    assert reclaimed, "the killed replica left lines unrecorded"
+    for i in reclaimed:
+        assert by_id[f"req-{i}"]["response"]["request_id"] in ran_on_survivor, f"line {i}: the survivor ran it"
+    sent = requests_per_line(sims)
+    assert set(sent) == set(range(KILLED_MID))
+    twice = {i for i, n in sent.items() if n > 1}
+    assert twice <= left_lines and max(sent.values()) <= 2, "only the lines in flight at the kill ran again"
+    assert all(sent[int(c.removeprefix("req-"))] == 1 for c in recorded), "a recorded line never runs again"
+    sims.reset()
+
+
+def test_a_line_running_longer_than_the_lease_is_not_taken_over(sims: Sims, tmp_path: Path) -> None:
+    """A replica keeps the lines it runs (a heartbeat): a generation longer than `lease_s` runs once, though
+    another replica looks for lines to reclaim all the while."""
+    sims.reset()
+    cfg = config(sims, unique_prefix(), tmp_path / "files")
+    env = {"LLM_GATEWAY_MASTER_KEY": MASTER}
+    sims.a.set_fault(Fault.latency(3 * cfg["batches"]["lease_s"]))
+    with GatewayProcess(cfg, env=env) as a, GatewayProcess(cfg, env=env):
+        client = sdk(a, key(a))
+        upload = client.files.create(file=("lines.jsonl", jsonl(6)), purpose="batch")
+        batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        done = finished(client, batch.id, timeout=60)
+    sims.a.set_fault(None)
+    assert (done.status, done.request_counts.completed) == ("completed", 6)
+    assert requests_per_line(sims) == {i: 1 for i in range(6)}, "no line ran twice"
+    sims.reset()
+
+
+def test_a_gateway_without_redis_killed_mid_batch_resumes_it(sims: Sims, tmp_path: Path) -> None:
+    """No Redis: batch state is on local disk. A gateway SIGKILLed mid-batch and started again on the same
+    files directory resumes the batch from the lines it had recorded; none lost, none of those run again."""
+    sims.reset()
+    cfg = config(sims, None, tmp_path / "files")
+    env = {"LLM_GATEWAY_MASTER_KEY": MASTER}  # without Redis, keys made at run time die with the process
+    sims.a.set_fault(Fault.latency(0.2))
+    with GatewayProcess(cfg, env=env) as first:
+        client = sdk(first, MASTER)
+        upload = client.files.create(file=("lines.jsonl", jsonl(60)), purpose="batch")
+        batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        wait_until(lambda: client.batches.retrieve(batch.id).request_counts.completed >= 12, timeout=30,
+                   what="the batch under way")
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+    journal = tmp_path / "files" / "state" / "lines" / f"{batch.id}.jsonl"
+    recorded = {json.loads(row)["c"] for row in journal.read_text().splitlines()}
+    assert 12 <= len(recorded) < 60
+    with GatewayProcess(cfg, env=env) as second:
+        client = sdk(second, MASTER)
+        assert client.files.retrieve(upload.id).id == upload.id, "files survive the restart too"
+        done = finished(client, batch.id, timeout=60)
+        assert done.status == "completed", done
+        lines = output_lines(client, done.output_file_id)
+    sims.a.set_fault(None)
+    assert [line["custom_id"] for line in lines] == [f"req-{i}" for i in range(60)], "each once, in input order"
+    assert (done.request_counts.completed, done.request_counts.failed) == (60, 0)
+    sent = requests_per_line(sims)
+    assert set(sent) == set(range(60))
+    assert all(sent[int(c.removeprefix("req-"))] == 1 for c in recorded), "a recorded line never runs again"
+    assert sum(n - 1 for n in sent.values()) <= cfg["batches"]["concurrency"], "only lines in flight ran again"
     sims.reset()
 
 
