@@ -24,6 +24,7 @@ from typing import Any, AsyncIterator
 
 from backends.aio import within
 from backends.base import BackendStatus, CallContext, SSEStream
+from backends.contract import priority as scheduling
 from backends.contract import responses as fmt
 from backends.contract.errors import ContextLengthExceeded, EngineError, InvalidRequest, UpstreamTimeout
 from backends.contract.protocol import (
@@ -295,8 +296,10 @@ class LlamaCppBackend(EngineBackend):
             "repeat_penalty": request.repetition_penalty or 1.0,
             "seed": None if request.seed is None else request.seed & _SEED_MASK,
         }
+        # The class the gateway gave this request at admission: the engine serves the urgent ones first.
         return wire.job_spec(prompt=tokens, max_tokens=max_tokens, sampling=sampling, stop=request.stop or [],
-                             n=request.n, grammar=grammar, ignore_eos=request.ignore_eos, logprobs=logprobs)
+                             n=request.n, grammar=grammar, ignore_eos=request.ignore_eos, logprobs=logprobs,
+                             priority=int(scheduling.current.get().priority))
 
     # -- engine events -> OpenAI ---------------------------------------------
 

@@ -9,12 +9,15 @@ others and a new request never waits for them to finish. Each sequence has its
 own `seq_id`, its own sampler chain and its own KV cells, freed when it leaves.
 The KV cache is unified, so one long request may use the whole context; when a
 step finds no room, idle cached prefixes are dropped first, then the youngest
-sequence is preempted and later resumed by recomputing its tokens.
+sequence of the least urgent class is preempted and later resumed by
+recomputing its tokens. Jobs are served by class (`schedule`): every queued job
+is taken into its class's waiting line at once, an urgent sequence that finds
+no free slot takes a less urgent one's (preempted the same way), and its prompt
+is read ahead of their decoding.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import time
@@ -24,6 +27,7 @@ from backends.llamacpp.engine_thread import EngineThread
 from backends.llamacpp.jobs import DONE, END, ERROR, TEXT, EngineSettings, Job, Sampling, default_threads
 from backends.llamacpp.logprobs import Pending, entry
 from backends.llamacpp.sampler import SamplerChain, choice_seed
+from backends.llamacpp.schedule import ClassQueue, Waiting, least_urgent, plan_step, waiting_stats
 from backends.llamacpp.seqs import Run, Seq, Slot, reusable
 from backends.llamacpp.sysinfo import model_params
 from backends.llamacpp.text_stream import StopTextStream
@@ -47,7 +51,7 @@ class BatchEngine(EngineThread):
         # Every decoding sequence needs a row in the batch, so never more sequences than rows.
         self._slots = [Slot(i) for i in range(max(1, min(settings.parallel, settings.n_batch)))]
         self._active: list[Seq] = []
-        self._waiting: collections.deque[Seq] = collections.deque()
+        self._waiting = Waiting()
         self._admit_blocked = False  # after a preemption, admit nothing until a sequence leaves
         self._last_was_prefill = False
         self._clock = 0
@@ -58,6 +62,7 @@ class BatchEngine(EngineThread):
         self.tokens_generated = 0
         self.prefix_tokens_reused = 0
         self.preemptions = 0
+        self.preemptions_by = {"kv": 0, "priority": 0}  # no KV room; a slot taken for a more urgent class
 
     def _cancel_running(self) -> None:
         self._stopping = True
@@ -70,6 +75,18 @@ class BatchEngine(EngineThread):
     def depth(self) -> int:
         """Jobs waiting for a slot."""
         return self._queue.qsize() + len({id(s.run) for s in list(self._waiting)})
+
+    def waiting_by_class(self) -> list[int]:
+        """Jobs waiting per class, from any thread. The queue is read first: a job the engine thread
+        moves meanwhile is counted twice rather than not at all, so the bound on submit holds."""
+        queued = self._queue.counts()  # type: ignore[attr-defined]
+        return [q + w for q, w in zip(queued, self._waiting.jobs())]
+
+    def _new_queue(self) -> queue.Queue[Any]:
+        return ClassQueue()
+
+    def _ahead(self, job: Job) -> int:
+        return sum(self.waiting_by_class()[: job.priority + 1])
 
     @property
     def active(self) -> int:
@@ -101,7 +118,9 @@ class BatchEngine(EngineThread):
 
     def stats(self) -> dict[str, int]:
         return {"active_sequences": len(self._active), "prefix_tokens_reused": self.prefix_tokens_reused,
-                "preemptions": self.preemptions, "failed": self.failed}
+                "preemptions": self.preemptions, "preemptions_kv": self.preemptions_by["kv"],
+                "preemptions_priority": self.preemptions_by["priority"], "failed": self.failed,
+                **waiting_stats(self.waiting_by_class())}
 
     # -- loading -------------------------------------------------------------
 
@@ -178,12 +197,10 @@ class BatchEngine(EngineThread):
         self.after_step()
 
     def _intake(self) -> bool:
-        """Move jobs from the queue while slots are free; block only when there is nothing to do."""
+        """Move every queued job into its class's waiting line, so that an urgent job behind batch jobs
+        is seen at once; block only when there is nothing to do."""
         while True:
             idle = not self._active and not self._waiting
-            free = sum(1 for s in self._slots if s.seq is None) - len(self._waiting)
-            if not idle and (free <= 0 or self._admit_blocked):
-                return True
             if idle:
                 self.after_step()  # nothing left to decode: send what the last step produced before waiting
             try:
@@ -204,7 +221,6 @@ class BatchEngine(EngineThread):
             self._fail(run, ValueError("empty prompt"))
             return
         budget = min(job.max_tokens, self._n_ctx - len(job.prompt_tokens))
-        run.started = time.monotonic()
         for choice in range(job.n):
             chain = SamplerChain(self.llm._model, self.llm.n_vocab(), job.sampling, choice_seed(job.sampling, choice),
                                  job.grammar)
@@ -213,7 +229,7 @@ class BatchEngine(EngineThread):
             if budget <= 0:
                 self._finish(seq, "length")
             else:
-                self._waiting.append(seq)
+                self._waiting.add(seq)
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in list(self._active) + list(self._waiting) if s.job.cancelled.is_set()]:
@@ -222,12 +238,24 @@ class BatchEngine(EngineThread):
     # -- admission ---------------------------------------------------------------
 
     def _admit(self) -> None:
-        """FIFO: the oldest waiting sequence takes the free slot that holds most of its prefix."""
-        while self._waiting and not self._admit_blocked:
+        """The most urgent class first, FIFO within a class: the next waiting sequence takes the free slot
+        that holds most of its prefix; with none free, the slot of a less urgent sequence, preempted.
+
+        After a preemption for KV room nothing is admitted until a sequence leaves, except a sequence
+        more urgent than one still running: the room it needs is then taken from that one.
+        """
+        while (seq := self._waiting.first()) is not None:
+            victim = least_urgent(self._active)
+            outranks = victim is not None and victim.priority > seq.priority
+            if self._admit_blocked and not outranks:
+                return
             free = [s for s in self._slots if s.seq is None]
             if not free:
-                return
-            seq = self._waiting.popleft()
+                if not outranks:
+                    return
+                self._preempt(victim, "priority")  # type: ignore[arg-type]
+                free = [s for s in self._slots if s.seq is None]
+            self._waiting.remove(seq)
             slot = max(free, key=lambda s: (reusable(s.cached, seq.tokens), -s.last_used))
             self._bind(seq, slot)
 
@@ -242,6 +270,8 @@ class BatchEngine(EngineThread):
         slot.cached = []
         slot.seq, seq.slot = seq, slot
         seq.n_past = keep
+        if not seq.run.started:
+            seq.run.started = time.monotonic()  # service time, for retry_after: from its first slot
         self.prefix_tokens_reused += keep
         self._clock += 1
         seq.order = self._clock
@@ -254,29 +284,11 @@ class BatchEngine(EngineThread):
     # -- one decode step ---------------------------------------------------------
 
     def _plan(self) -> list[tuple[Seq, int]]:
-        """(sequence, tokens to feed) for this step; the prompt budget goes to the oldest first."""
+        """(sequence, tokens to feed) for this step: see `schedule.plan_step`."""
         feeding = [s for s in self._active if s.leader is None]
-        decoding = [(s, 1) for s in feeding if s.pending == 1]
-        # Prompt pieces and decode tokens take turns rather than share a step: a new request then waits
-        # for at most one decode step plus its own piece of prefill (measured: TTFT 2x idle instead of 3x
-        # when joined), and the others' decoding goes on between the pieces of a long prompt.
-        prefill_turn = not self._last_was_prefill or not decoding
-        self._last_was_prefill = False
-        if not prefill_turn:
-            return decoding
-        # With nobody decoding, a prompt goes in as large a piece as the serial engine uses.
-        budget = self.settings.prefill_chunk if decoding else self._n_batch
-        prefill: list[tuple[Seq, int]] = []
-        for s in sorted((s for s in feeding if s.pending > 1), key=lambda s: s.order):
-            if budget <= 0:
-                break
-            take = min(s.pending, budget)
-            prefill.append((s, take))
-            budget -= take
-        if prefill and decoding:
-            self._last_was_prefill = True
-            return prefill
-        return prefill + decoding
+        plan, self._last_was_prefill = plan_step(feeding, self._last_was_prefill, self.settings.prefill_chunk,
+                                                 self._n_batch)
+        return plan
 
     def _step(self) -> None:
         import llama_cpp
@@ -367,7 +379,8 @@ class BatchEngine(EngineThread):
     # -- KV pressure -----------------------------------------------------------------
 
     def _make_room(self, plan: list[tuple[Seq, int]]) -> None:
-        """No KV cells for this step: drop an idle cached prefix, else preempt the youngest sequence."""
+        """No KV cells for this step: drop an idle cached prefix, else preempt the youngest sequence of the
+        least urgent class."""
         import llama_cpp
 
         idle = [s for s in self._slots if s.seq is None and s.cached]
@@ -381,14 +394,19 @@ class BatchEngine(EngineThread):
             for seq, _ in plan:
                 self._fail(seq.run, RuntimeError("the KV cache is full"))
             return
-        victim = max(self._active, key=lambda s: s.order)
+        self._preempt(least_urgent(self._active), "kv")  # type: ignore[arg-type]
+        self._admit_blocked = True
+
+    def _preempt(self, victim: Seq, reason: str) -> None:
+        """Free a running sequence's slot and cells; it waits first in its class's line and resumes by
+        recomputing its prompt and generated tokens, its sampler state intact (so its output is the same)."""
         self.preemptions += 1
+        self.preemptions_by[reason] += 1
         self._release(victim, keep_cache=False)
         for f in [s for s in self._active if s.leader is victim]:
             f.leader = None  # it prefills on its own when the step comes
         victim.n_past = 0
-        self._waiting.appendleft(victim)  # resumes first, from prompt + generated tokens
-        self._admit_blocked = True
+        self._waiting.put_back(victim)
 
     # -- leaving -----------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ class EngineThread:
         self.settings = settings
         self.name = name
         self.llm: Any = None  # a `Llama`: tokenizer and metadata for the backend
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=settings.max_queue)
+        self._queue: queue.Queue[Any] = self._new_queue()
         self._thread: threading.Thread | None = None
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
@@ -89,7 +89,18 @@ class EngineThread:
 
     def submit(self, job: Any) -> None:
         """Enqueue or raise `queue.Full`; never blocks the event loop."""
+        if self._ahead(job) >= self.settings.max_queue:
+            raise queue.Full
         self._queue.put_nowait(job)
+
+    def _new_queue(self) -> queue.Queue[Any]:
+        """A FIFO queue of `max_queue` jobs; the generation engines order theirs by class (`schedule`)."""
+        return queue.Queue(maxsize=self.settings.max_queue)
+
+    def _ahead(self, job: Any) -> int:
+        """Jobs waiting that would be served before this one or with it, which `max_queue` bounds; a
+        plain FIFO queue bounds itself."""
+        return 0
 
     # -- the thread ----------------------------------------------------------
 

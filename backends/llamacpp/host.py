@@ -39,6 +39,7 @@ from backends.llamacpp import wire
 from backends.llamacpp.batch import BatchEngine
 from backends.llamacpp.embed_engine import EmbedEngine
 from backends.llamacpp.jobs import DONE, EMBED, END, ERROR, TEXT, VECTORS, EmbedJob, EngineSettings, Job, Sampling
+from backends.llamacpp.schedule import class_of
 from backends.llamacpp.serial import LlamaEngine
 from backends.llamacpp.sysinfo import LoadLog, system_info
 
@@ -215,7 +216,7 @@ def _job(spec: dict[str, Any]) -> Job:
         grammar = LlamaGrammar.from_string(spec["grammar"], verbose=False)
     return Job(prompt_tokens=spec["prompt"], max_tokens=spec["max_tokens"], sampling=Sampling(**spec["sampling"]),
                stop=spec["stop"], n=spec["n"], grammar=grammar, ignore_eos=spec["ignore_eos"],
-               logprobs=spec.get("logprobs"))
+               logprobs=spec.get("logprobs"), priority=class_of(spec.get("priority")))
 
 
 def _embed_job(spec: dict[str, Any]) -> EmbedJob:

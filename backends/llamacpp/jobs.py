@@ -49,6 +49,7 @@ class Job:
     grammar: Any = None  # llama_cpp.LlamaGrammar
     ignore_eos: bool = False
     logprobs: int | None = None  # alternatives per token when the client asked for logprobs (see `logprobs`)
+    priority: int = 0  # its class, `backends.contract.priority.Priority` (0 interactive): see `schedule`
     post: Callable[[tuple], None] = lambda ev: None  # called on the engine thread, once per event
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = field(default_factory=time.monotonic)

@@ -36,7 +36,7 @@ class Seq:
     budget: int  # most tokens it may generate
     chain: SamplerChain
     stream: StopTextStream
-    order: int = 0  # admission order: the youngest is preempted first
+    order: int = 0  # admission order: the youngest (of the least urgent class) is preempted first
     slot: Slot | None = None
     n_past: int = 0  # tokens[:n_past] are in the KV cache
     produced: int = 0
@@ -46,6 +46,11 @@ class Seq:
     @property
     def job(self) -> Job:
         return self.run.job
+
+    @property
+    def priority(self) -> int:
+        """Its job's class (`schedule`): lower is served first."""
+        return self.run.job.priority
 
     @property
     def pending(self) -> int:

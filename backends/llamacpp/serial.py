@@ -1,7 +1,9 @@
 """The serial llama.cpp engine (`parallel: 1`): one high-level `Llama`, one request at a time.
 
 `Llama` objects are not thread-safe and every call blocks, so the engine owns
-one worker thread (`EngineThread`) and serves its queue in order. A job is
+one worker thread (`EngineThread`) and serves its queue by class (`schedule`:
+interactive first, then near real time, then batch), in arrival order within
+a class; a running job is never interrupted. A job is
 cancelled by setting its flag; the worker checks it after every token, so an
 abandoned stream frees the model within one token.
 """
@@ -9,12 +11,15 @@ abandoned stream frees the model within one token.
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import time
+from typing import Any
 
 from backends.llamacpp.engine_thread import EngineThread
 from backends.llamacpp.jobs import DONE, END, ERROR, TEXT, EngineSettings, Job, Sampling, default_threads
 from backends.llamacpp.logprobs import Pending, entry
+from backends.llamacpp.schedule import ClassQueue, waiting_stats
 from backends.llamacpp.sysinfo import extra_bufts
 from backends.llamacpp.text_stream import StopTextStream
 
@@ -49,6 +54,15 @@ class LlamaEngine(EngineThread):
 
     def retry_after(self) -> float:
         return min(60.0, max(1.0, self._avg_job_s * (self.depth + 1)))
+
+    def _new_queue(self) -> queue.Queue[Any]:
+        return ClassQueue()
+
+    def _ahead(self, job: Job) -> int:
+        return sum(self._queue.counts()[: job.priority + 1])  # type: ignore[attr-defined]
+
+    def stats(self) -> dict[str, int]:
+        return waiting_stats(self._queue.counts())  # type: ignore[attr-defined]
 
     @property
     def n_ctx(self) -> int:

@@ -88,12 +88,14 @@ class Reader:
 
 
 def job_spec(*, prompt: list[int], max_tokens: int, sampling: dict[str, Any], stop: list[str], n: int,
-             grammar: str | None, ignore_eos: bool, logprobs: int | None = None) -> dict[str, Any]:
+             grammar: str | None, ignore_eos: bool, logprobs: int | None = None, priority: int = 0
+             ) -> dict[str, Any]:
     """`SUBMIT`'s spec: prompt token ids, the sampling values (`jobs.Sampling` fields), stop strings,
-    choices, a GBNF grammar (text) or None, whether to run past end-of-generation tokens, and how many
-    alternatives each token's logprob entry lists (None: no logprobs)."""
+    choices, a GBNF grammar (text) or None, whether to run past end-of-generation tokens, how many
+    alternatives each token's logprob entry lists (None: no logprobs), and the request's class
+    (`backends.contract.priority.Priority`: 0 interactive, 1 near real time, 2 batch; see `schedule`)."""
     return {"prompt": prompt, "max_tokens": max_tokens, "sampling": sampling, "stop": stop, "n": n,
-            "grammar": grammar, "ignore_eos": ignore_eos, "logprobs": logprobs}
+            "grammar": grammar, "ignore_eos": ignore_eos, "logprobs": logprobs, "priority": priority}
 
 
 def embed_spec(*, inputs: list[list[int]], normalize: bool) -> dict[str, Any]:
