@@ -79,6 +79,14 @@ class RequestRecord:
     span: Any = None
     done: bool = False
     batch: str | None = None  # the batch this request is a line of (None: a live request)
+    priority: str = "interactive"  # its scheduling class (gateway/priority_policy.py)
+    queue_wait_s: float = 0.0  # waited for capacity: a concurrency limit, a deployment's slot
+    holds: list[Any] = field(default_factory=list)  # places under concurrency limits, given back at the end
+
+    def release_holds(self) -> None:
+        holds, self.holds = self.holds, []
+        for hold in holds:
+            hold.release()
 
     def begin(self) -> None:
         metrics.IN_FLIGHT.inc()
@@ -95,6 +103,8 @@ def finish(rec: RequestRecord) -> None:
     if rec.done:
         return
     rec.done = True
+    if rec.holds:
+        rec.release_holds()
     metrics.IN_FLIGHT.dec()
     if rec.batch is None:
         _live[0] -= 1
@@ -121,8 +131,10 @@ def finish(rec: RequestRecord) -> None:
         "ttft_ms": round(rec.ttft_s * 1000, 2) if rec.ttft_s is not None else None,
         "overhead_ms": round(rec.overhead_s * 1000, 3) if rec.overhead_s is not None else None,
         "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens, "cache": rec.cache,
-        "stream": rec.stream, "key_alias": rec.key_alias,
+        "stream": rec.stream, "key_alias": rec.key_alias, "priority": rec.priority,
     }
+    if rec.queue_wait_s:
+        line["queue_ms"] = round(rec.queue_wait_s * 1000, 2)
     if rec.batch is not None:
         line["batch_id"] = rec.batch
     if rec.prompt is not None:
