@@ -132,6 +132,17 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_the_next_one_gets_the_slo
     assert q.order == ["first", "next"]
     await q.release("next")
     assert q.scheduler.snapshot()["in_service"]["interactive"] == 0
+    # Cancelled and a slot freed in the same instant (before the cancelled task runs again): the slot goes
+    # to the next live waiter.
+    await q.add("first2", s("A"))
+    gone2 = await q.add("gone2", s("B"))
+    await q.add("next2", s("C"))
+    gone2.cancel()
+    q.slots.pop("first2").release()
+    await settle()
+    assert q.order[-1] == "next2" and gone2.cancelled()
+    await q.release("next2")
+    assert q.scheduler.snapshot()["in_service"]["interactive"] == 0
 
 
 async def test_a_slot_granted_as_its_waiter_is_cancelled_is_given_back() -> None:

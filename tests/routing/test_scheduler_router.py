@@ -170,8 +170,13 @@ async def test_a_continuation_gives_back_the_broken_leg_s_slot_and_holds_its_own
     outcome = await run([a, b], stream=True)
     await outcome.stream.__anext__()  # type: ignore[union-attr]
     assert (busy(a), busy(b)) == (1, 0)
-    a.backend.more.set()  # type: ignore[attr-defined]  # a breaks; b continues
+    other = b.scheduler.try_acquire(Scheduling(Priority.INTERACTIVE, "other"))  # b is full for now
+    a.backend.more.set()  # type: ignore[attr-defined]  # a breaks; b is to continue, once it has room
     nxt = asyncio.ensure_future(outcome.stream.__anext__())  # type: ignore[union-attr]
+    await settle()
+    assert busy(a) == 0, "the broken leg's slot is free while the continuation waits for its own"
+    assert b.scheduler.snapshot()["waiting"]["interactive"] == 1
+    other.release()  # type: ignore[union-attr]
     await settle()
     assert (busy(a), busy(b)) == (0, 1)
     b.backend.more.set()  # type: ignore[attr-defined]
@@ -184,7 +189,7 @@ async def test_interactive_skips_a_full_deployment_and_batch_waits_for_it() -> N
     a, b = deployment("a"), deployment("b", capacity=None)
     held = a.scheduler.try_acquire(Scheduling(Priority.INTERACTIVE, "other"))
     outcome = await run([a, b])
-    assert outcome.deployment == "b" and b.backend.calls == 1  # type: ignore[attr-defined]
+    assert outcome.deployment == "b" and b.backend.calls == 1 and outcome.queue_wait_s == 0  # type: ignore[attr-defined]
     assert a.breaker.state == "closed" and a.backend.calls == 0  # type: ignore[attr-defined]
     line = asyncio.ensure_future(run([a, b], p=Priority.BATCH))
     await settle()
