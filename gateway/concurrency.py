@@ -45,9 +45,9 @@ class WaitedTooLong(Exception):
 class Hold:
     """One request's place under a subject's limit, given back exactly once (`release` is idempotent)."""
 
-    __slots__ = ("_owner", "subject", "member")
+    __slots__ = ("_owner", "member", "subject")
 
-    def __init__(self, owner: "ConcurrencyLimiter | None", subject: str, member: str) -> None:
+    def __init__(self, owner: ConcurrencyLimiter | None, subject: str, member: str) -> None:
         self._owner = owner
         self.subject = subject
         self.member = member

@@ -18,8 +18,8 @@ from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 from starlette.responses import Response
 
-from backends.contract.errors import GatewayError
 from backends.contract import priority
+from backends.contract.errors import GatewayError
 from backends.contract.priority import Priority
 from backends.contract.protocol import SamplingFields
 from gateway.accounting import settle

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway import tracing
+from gateway import metrics, tracing
 from gateway.auth import Authenticator
-from gateway import metrics
 from gateway.cache import ResponseCache, response_cache
 from gateway.concurrency import ConcurrencyLimiter, concurrency_limiter
 from gateway.keys import KeyStore, key_store

@@ -22,8 +22,8 @@ from typing import Any, AsyncIterator, Callable, Protocol
 
 from backends.aio import within
 from backends.base import CallContext, SSEStream
-from backends.contract import responses as fmt
 from backends.contract import priority
+from backends.contract import responses as fmt
 from backends.contract.errors import (
     AllDeploymentsFailed,
     FirstTokenTimeout,

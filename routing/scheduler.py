@@ -82,7 +82,7 @@ class Slot:
 
     __slots__ = ("_owner", "priority", "tenant")
 
-    def __init__(self, owner: "Scheduler | None", priority: Priority, tenant: str) -> None:
+    def __init__(self, owner: Scheduler | None, priority: Priority, tenant: str) -> None:
         self._owner = owner
         self.priority = priority
         self.tenant = tenant
@@ -112,7 +112,7 @@ NO_SLOT = Slot(None, Priority.INTERACTIVE, "-")  # what an unlimited deployment 
 
 
 class _Waiter:
-    __slots__ = ("sched", "seq", "future", "queued", "since")
+    __slots__ = ("future", "queued", "sched", "seq", "since")
 
     def __init__(self, sched: Scheduling, seq: int, future: asyncio.Future, since: float) -> None:
         self.sched = sched
@@ -300,7 +300,7 @@ class Scheduler:
     # -- what the admin sees --------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        every, later, batch = self.limits.caps()
+        _, later, batch = self.limits.caps()
         return {
             "capacity": self.limits.capacity,
             "in_service": {p.label: self._busy[p] for p in CLASSES},
