@@ -108,7 +108,6 @@ def test_one_tenant_s_queue_does_not_hold_up_another(replicas) -> None:
     mine, theirs, arrived, _ = asyncio.run(go())
     one_stream = min(last - first for first, last, _ in mine)
     b_waited = theirs[0] - arrived
-    print("MEASURE fair", round(b_waited, 3), round(one_stream, 3), sorted(round(f, 2) for f, _, _ in mine), round(theirs[0], 2))
     assert b_waited < one_stream + 1.0, (b_waited, one_stream)  # one slot's end, not three rounds of A's
     after_b = sum(1 for first, _, _ in mine if first > theirs[0])
     assert after_b >= 4, f"only {after_b} of A's requests started after B's"
@@ -132,7 +131,6 @@ def test_batch_holds_its_share_and_interactive_gets_in_at_once(replicas) -> None
         return await asyncio.gather(*lines), user, asked
 
     lines, user, asked = asyncio.run(go())
-    print("MEASURE batch", round(user[0] - asked, 3), sorted(round(f, 2) for f, _, _ in lines))
     assert user[0] - asked < 1.0, "the interactive request did not wait for the batch ones"
     assert user[2] == "interactive" and all(cls == "batch" for *_, cls in lines)
     firsts = sorted(first for first, _, _ in lines)

@@ -228,3 +228,24 @@ async def test_an_unlimited_deployment_is_not_scheduled() -> None:
     slot = sched.try_acquire(s("A"))
     assert slot is not None and not slot.held
     assert sched.granted == 0
+
+
+def test_a_reload_keeps_a_deployment_s_scheduler_with_its_new_limits() -> None:
+    from routing.config import GatewayConfig
+    from routing.runtime import build_runtime
+
+    def config(capacity: int, url: str = "http://127.0.0.1:9/v1") -> GatewayConfig:
+        return GatewayConfig.model_validate({
+            "providers": {"p": {"kind": "vllm", "base_url": url}},
+            "deployments": [{"name": "d", "provider": "p", "model": "m", "max_concurrency": capacity}],
+            "routes": [{"name": "r", "deployments": ["d"]}]})
+
+    first = build_runtime(config(2), {})
+    held = first.deployments["d"].scheduler.try_acquire(s("A"))
+    second = build_runtime(config(3), {}, previous=first, version=2)
+    sched = second.deployments["d"].scheduler
+    assert sched is first.deployments["d"].scheduler and sched.limits.capacity == 3
+    assert sched.snapshot()["in_service"]["interactive"] == 1, "the old runtime's request stays counted"
+    moved = build_runtime(config(3, "http://127.0.0.1:10/v1"), {}, previous=second, version=3)
+    assert moved.deployments["d"].scheduler is not sched, "another upstream: a scheduler of its own"
+    held.release()  # type: ignore[union-attr]
