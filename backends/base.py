@@ -50,6 +50,17 @@ class BackendStatus:
         return out
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """How many requests a backend serves at once, as the router's scheduler should count them."""
+
+    slots: int  # requests served together (a local engine's sequences: `parallel` x instances)
+    queue: int | None = None  # the waiting room it would keep itself (None: no bound of its own)
+    # An interactive or near-real-time request takes a batch sequence's slot within a decode step, so
+    # the slots batch requests hold do not keep the more urgent classes waiting.
+    preempts_batch: bool = False
+
+
 @dataclass
 class CallContext:
     """Per-attempt settings the router hands a backend."""
@@ -98,6 +109,11 @@ class Backend(abc.ABC):
 
     def estimate_tokens(self, request: Any) -> int | None:
         """Prompt tokens by the deployment's own tokenizer, when it has one here (local models)."""
+        return None
+
+    def capacity(self) -> Capacity | None:
+        """What it serves at once when the deployment does not say (`max_concurrency`); None: unknown,
+        and unlimited for the scheduler (a provider's own limits answer 429, and the router fails over)."""
         return None
 
     def load_score(self) -> float:

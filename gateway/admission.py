@@ -9,17 +9,21 @@ of the gateway.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from backends.contract.errors import GatewayError
+from backends.contract.priority import DEFAULT, Priority, Scheduling
 from backends.contract.protocol import SamplingFields
 from gateway import metrics
 from gateway.accounting import Reservation
 from gateway.auth import Principal, authorize_model
 from gateway.cache_lookup import CacheLookup
+from gateway.concurrency import Hold, WaitedTooLong
 from gateway.keys import MISSING
 from gateway.observe import RequestRecord
+from gateway.priority_policy import decide
 from gateway.ratelimit import LimitResult, LimitSpec
 from gateway.services import Services
 from gateway.store_errors import StoreUnavailable, unavailable
@@ -37,12 +41,15 @@ class Admission:
     fetched: Any  # the cache entry's raw value when it rode along with the key lookup, else MISSING
     reservation: Reservation | None = None
     headers: dict[str, str] = field(default_factory=dict)  # for the response: rate-limit headers so far
+    scheduling: Scheduling = DEFAULT  # its class and tenant, for the scheduler and the engines
+    queue_wait_s: float = 0.0  # waited for its key's or route's max_concurrent_requests
 
 
 async def admit(svc: Services, runtime: Runtime, body: SamplingFields, headers: Mapping[str, str],
-                rec: RequestRecord, preset: Principal | None = None) -> Admission:
+                rec: RequestRecord, preset: Principal | None = None, priority: Priority | None = None) -> Admission:
     """The request's admission, or the GatewayError that refuses it (401, 403, 404, 429, 503...).
-    `preset`: the caller is known already (a batch line, as its batch's key): no key lookup."""
+    `preset`: the caller is known already (a batch line, as its batch's key): no key lookup.
+    `priority`: the class the caller set (a batch line's); else the header's, the route's or the key's."""
     guessed_tier = svc.auth.remembered_tier(headers)
     early: GatewayError | None = None
     plan = lookup = None
@@ -69,14 +76,57 @@ async def admit(svc: Services, runtime: Runtime, body: SamplingFields, headers: 
     admission = Admission(principal, plan, lookup, fetched)
     rec.route = plan.route.name
     authorize_model(principal, plan.route.name, body.model)
+    admission.scheduling = decide(headers, plan.route.config, principal, priority)
+    rec.priority = admission.scheduling.priority
+    admission.headers["x-gateway-priority"] = rec.priority.label
     try:
         await check_budget(svc, principal)
+        await hold_places(svc, admission, rec)
         admission.reservation = await reserve(svc, admission, body, runtime.config.usage.default_max_tokens)
     except GatewayError as exc:
+        rec.release_holds()  # a refused request holds no place
         if exc.status_code == 429:
             metrics.RATE_LIMITED.labels(plan.route.name, exc.code or "rate_limit").inc()
         raise
     return admission
+
+
+async def hold_places(svc: Services, admission: Admission, rec: RequestRecord) -> None:
+    """A place under the key's and the route's `max_concurrent_requests` (nothing to do, and no round trip,
+    when neither has one), held by `rec` to the answer's end. Waits up to the route's `queue_s` (batch: its
+    `total_s`), then 429 concurrency_limit_exceeded; a Redis that cannot be asked lets the request in."""
+    key, route = admission.principal.key, admission.plan.route
+    subjects: list[tuple[str, int, str]] = []
+    if key is not None and key.max_concurrent_requests:
+        subjects.append((f"key:{key.id}", key.max_concurrent_requests, "this API key"))
+    if route.config.max_concurrent_requests:
+        subjects.append((f"route:{route.name}", route.config.max_concurrent_requests, "this model"))
+    if not subjects:
+        return
+    sched = admission.scheduling
+    timeouts = route.config.timeouts
+    budget = timeouts.total_s if sched.priority == Priority.BATCH else min(timeouts.queue_s, timeouts.total_s)
+    started = time.monotonic()
+    try:
+        for subject, limit, who in subjects:
+            left = budget - (time.monotonic() - started)
+            try:
+                hold: Hold = await svc.concurrency.acquire(subject, limit, sched.priority, max(0.0, left))
+            except StoreUnavailable as exc:
+                svc.link.record_error(exc)
+                continue  # fail open
+            except WaitedTooLong:
+                raise concurrency_limited(who, limit, time.monotonic() - started) from None
+            rec.holds.append(hold)
+    finally:
+        admission.queue_wait_s = time.monotonic() - started
+        metrics.child(metrics.CONCURRENCY_WAIT, route.name, sched.priority.label).observe(admission.queue_wait_s)
+
+
+def concurrency_limited(who: str, limit: int, waited_s: float) -> GatewayError:
+    return GatewayError(f"Too many concurrent requests on {who} (at most {limit} at once); none finished within "
+                        f"{waited_s:.3g}s. Please try again shortly.", status_code=429, error_type="rate_limit_error",
+                        code="concurrency_limit_exceeded", headers={"Retry-After": "1", "retry-after-ms": "1000"})
 
 
 async def check_budget(svc: Services, principal: Principal) -> None:

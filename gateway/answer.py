@@ -11,6 +11,7 @@ import time
 from typing import Any, AsyncIterator, Mapping
 
 import orjson
+from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
 from backends.contract.protocol import SamplingFields
@@ -33,14 +34,17 @@ async def answer(svc: Services, admitted: Admission, body: SamplingFields, outco
     """The response for a routed outcome; a stream settles as it ends, a body before it is sent."""
     plan = admitted.plan
     rec.deployment, rec.attempts, rec.retries = outcome.deployment, outcome.attempts, len(outcome.errors)
+    rec.queue_wait_s = outcome.queue_wait_s
     _count_failures(plan.route.name, outcome.errors, failover=bool(outcome.errors) and not outcome.degraded)
-    rec.overhead_s = max(0.0, time.monotonic() - rec.started - outcome.backend_wait_s)
+    # The gateway's own time: neither the backends' nor the wait for capacity.
+    rec.overhead_s = max(0.0, time.monotonic() - rec.started - outcome.backend_wait_s - outcome.queue_wait_s)
     headers = {**admitted.headers, **_gateway_headers(outcome, rec.overhead_s)}
     settlement = Settlement(svc, admitted, outcome, rec)
     if outcome.stream is not None:
         rec.deferred = True
         stream = _settled_stream(outcome, settlement, not body.include_usage, rec, len(outcome.errors))
-        return StreamingResponse(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+        return StreamingResponse(stream, media_type="text/event-stream", headers={**SSE_HEADERS, **headers},
+                                 background=BackgroundTask(_response_over, outcome, rec, settlement))
     rec.ttft_s = time.monotonic() - rec.started
     raw = outcome.body
     result = orjson.loads(raw) if isinstance(raw, (bytes, bytearray)) else raw
@@ -54,6 +58,7 @@ class Settlement:
 
     def __init__(self, svc: Services, admitted: Admission, outcome: Outcome, rec: RequestRecord) -> None:
         self.svc, self.admitted, self.outcome, self.rec = svc, admitted, outcome, rec
+        self.streaming = False  # a stream's generator started (its `finally` will settle)
 
     async def run(self, result: dict[str, Any] | None, completion_frames: int = 0) -> None:
         svc, admitted, outcome, rec = self.svc, self.admitted, self.outcome, self.rec
@@ -91,6 +96,7 @@ async def _settled_stream(outcome: Outcome, settlement: Settlement, strip_usage:
                           rec: RequestRecord, counted: int) -> AsyncIterator[bytes]:
     """Relay frames; settle from the router's assembler even if the client leaves."""
     assert outcome.stream is not None
+    settlement.streaming = True
     try:
         async for chunk in outcome.stream:  # one or more frames (see backends.base.SSEStream)
             if rec.ttft_s is None:
@@ -101,10 +107,12 @@ async def _settled_stream(outcome: Outcome, settlement: Settlement, strip_usage:
                     continue
             yield chunk
     finally:
+        outcome.release_slot()  # at once, whatever awaits below: the relay may be left suspended by a disconnect
         try:
             asm = outcome.assembler
             # The deployment that finished it, and every attempt (a continuation's included).
             rec.deployment, rec.attempts, rec.retries = outcome.deployment, outcome.attempts, len(outcome.errors)
+            rec.queue_wait_s = outcome.queue_wait_s
             # Failures after the stream started (a break, a continuation refused) count as those before it did.
             later = outcome.errors[counted:]
             _count_failures(rec.route, later, failover=bool(outcome.legs) and not counted)
@@ -114,6 +122,18 @@ async def _settled_stream(outcome: Outcome, settlement: Settlement, strip_usage:
             await settlement.run(asm.result(), asm.content_frames)
         finally:
             finish_record(rec)
+
+
+def _response_over(outcome: Outcome, rec: RequestRecord, settlement: Settlement) -> None:
+    """Once the streamed response is over, however it went, its deployment slot and concurrency places are
+    given back, even when its client left while a chunk was being sent (the stream's `finally` then waits
+    for the generator to be closed) or before the stream was started at all (a generator never started
+    runs no `finally`: that request is finished here)."""
+    outcome.release_slot()
+    rec.release_holds()
+    if not settlement.streaming and not rec.done:
+        rec.status, rec.error_code = 499, "client_disconnected"
+        finish_record(rec)
 
 
 def _usage_only(frame: bytes) -> bool:

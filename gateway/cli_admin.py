@@ -57,7 +57,8 @@ def _duration(text: str) -> float:
 
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in ("alias", "owner", "rpm", "tpm", "budget_usd", "budget_period", "tier", "key"):
+    for name in ("alias", "owner", "rpm", "tpm", "budget_usd", "budget_period", "tier", "key", "priority", "weight",
+                 "max_concurrent_requests"):
         value = getattr(args, name, None)
         if value is not None:
             out[name] = value
@@ -145,6 +146,11 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("--budget-period", dest="budget_period", choices=["daily", "monthly", "total"])
         p.add_argument("--expires-in", dest="expires_in", help="e.g. 3600, 30m, 12h, 90d")
         p.add_argument("--tier")
+        p.add_argument("--priority", choices=["interactive", "near-real-time", "batch"],
+                       help="the best scheduling class the key's requests may use (default: interactive)")
+        p.add_argument("--weight", type=float, help="the key's share among tenants waiting for a deployment")
+        p.add_argument("--max-concurrent-requests", dest="max_concurrent_requests", type=int,
+                       help="the key's requests in flight at once, on every replica together")
 
     keys = sub.add_parser("keys", help="create, list, update and revoke virtual API keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)

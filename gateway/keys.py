@@ -57,6 +57,11 @@ class KeyRecord:
     expires_at: float | None = None  # unix seconds
     revoked: bool = False
     tier: str | None = None
+    # Scheduling (gateway/priority_policy.py): the best class its requests may use (None: interactive), its
+    # share among tenants waiting for the same deployment (None: 1), and its requests in flight at once.
+    priority: str | None = None
+    weight: float | None = None
+    max_concurrent_requests: int | None = None
     created_at: float = field(default_factory=time.time)
     display: str = ""  # the first characters, to recognise a key in listings
 
@@ -72,7 +77,8 @@ class KeyExists(Exception):
     """An imported secret that is already a key."""
 
 
-EDITABLE = {"alias", "owner", "models", "rpm", "tpm", "budget_usd", "budget_period", "expires_at", "tier", "revoked"}
+EDITABLE = {"alias", "owner", "models", "rpm", "tpm", "budget_usd", "budget_period", "expires_at", "tier", "revoked",
+            "priority", "weight", "max_concurrent_requests"}
 
 
 class KeyStore(abc.ABC):

@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from backends.contract.priority import Priority
+
 MULTIPROC = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
@@ -56,6 +58,19 @@ QUEUE_DEPTH = Gauge("llm_gateway_local_queue_depth", "Requests waiting for a loc
                     multiprocess_mode="livemostrecent")
 LOCAL_IN_FLIGHT = Gauge("llm_gateway_local_busy_instances", "Local model instances generating now.", ["model"],
                         multiprocess_mode="livemostrecent")
+# The schedulers (routing/scheduler.py): one per deployment with a capacity, per worker, so these add up.
+SCHED_WAITING = Gauge("llm_gateway_scheduler_queue_depth", "Requests waiting for a slot of a deployment, by class.",
+                      ["deployment", "priority"], multiprocess_mode="livesum")
+SCHED_IN_SERVICE = Gauge("llm_gateway_scheduler_in_service", "Slots of a deployment held now, by class.",
+                         ["deployment", "priority"], multiprocess_mode="livesum")
+QUEUE_WAIT = Histogram("llm_gateway_scheduler_wait_seconds", "Time requests waited for a slot of a deployment "
+                       "(only those that waited), by class.", ["deployment", "priority"], buckets=LATENCY_BUCKETS)
+QUEUE_REFUSED = Counter("llm_gateway_scheduler_refused", "Requests that got no slot of a deployment: its queue was "
+                        "full, the wait ran out, or a more urgent request took the place.",
+                        ["deployment", "priority", "reason"])
+CONCURRENCY_WAIT = Histogram("llm_gateway_concurrency_wait_seconds", "Time requests waited for their key's or "
+                             "route's max_concurrent_requests (only where one is set).", ["route", "priority"],
+                             buckets=LATENCY_BUCKETS)
 
 BREAKER_CODES = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -107,10 +122,22 @@ def refresh_gauges(runtime) -> None:  # type: ignore[no-untyped-def]
     for name, dep in runtime.deployments.items():
         BREAKER.labels(name).set(BREAKER_CODES.get(dep.breaker.state, 0))
         HEALTHY.labels(name).set(1 if dep.healthy else 0)
+        scheduler = dep.scheduler
+        if scheduler.limited:
+            for p in Priority:
+                SCHED_WAITING.labels(name, p.label).set(scheduler.depth(p))
+                SCHED_IN_SERVICE.labels(name, p.label).set(scheduler.in_service(p))
     for backend in runtime.local_backends():
         stats = backend.status().stats
         QUEUE_DEPTH.labels(backend.name).set(stats.get("queue_depth", 0))
         LOCAL_IN_FLIGHT.labels(backend.name).set(stats.get("busy", 0))
+
+
+def observe_queue_wait(deployment: str, priority: Priority, seconds: float, refusal: str | None) -> None:
+    """The router's `on_wait`: a wait for a deployment's slot ended (granted, refused, or its client left)."""
+    child(QUEUE_WAIT, deployment, priority.label).observe(seconds)
+    if refusal is not None and refusal != "left":
+        child(QUEUE_REFUSED, deployment, priority.label, refusal).inc()
 
 
 _children: dict[tuple, object] = {}

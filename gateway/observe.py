@@ -93,6 +93,13 @@ class RequestRecord:
         if self.batch is not None:
             return _BATCH
         return _LABELS[self.priority] if self.priority is not None else _INTERACTIVE
+    queue_wait_s: float = 0.0  # waited for capacity: a concurrency limit, a deployment's slot
+    holds: list[Any] = field(default_factory=list)  # places under concurrency limits, given back at the end
+
+    def release_holds(self) -> None:
+        holds, self.holds = self.holds, []
+        for hold in holds:
+            hold.release()
 
     def begin(self) -> None:
         metrics.IN_FLIGHT.inc()
@@ -109,6 +116,8 @@ def finish(rec: RequestRecord) -> None:
     if rec.done:
         return
     rec.done = True
+    if rec.holds:
+        rec.release_holds()
     metrics.IN_FLIGHT.dec()
     if rec.batch is None:
         _live[0] -= 1
@@ -138,7 +147,10 @@ def finish(rec: RequestRecord) -> None:
         "overhead_ms": round(rec.overhead_s * 1000, 3) if rec.overhead_s is not None else None,
         "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens, "cache": rec.cache,
         "stream": rec.stream, "key_alias": rec.key_alias, "tier": tier,
+        "priority": rec.priority.label if rec.priority is not None else _INTERACTIVE,
     }
+    if rec.queue_wait_s:
+        line["queue_ms"] = round(rec.queue_wait_s * 1000, 2)
     if rec.batch is not None:
         line["batch_id"] = rec.batch
     if rec.prompt is not None:

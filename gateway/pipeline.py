@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 from starlette.responses import Response
 
+from backends.contract import priority
 from backends.contract.errors import GatewayError
 from backends.contract.priority import Priority
 from backends.contract.protocol import SamplingFields
@@ -55,9 +56,11 @@ class Call:
 
 async def serve(svc: Services, runtime: Runtime, call: Call) -> Response:
     """`runtime` is the config this request finishes on, whatever reloads happen meanwhile."""
-    admitted = await admit(svc, runtime, call.body, call.headers, call.rec, call.preset)
+    admitted = await admit(svc, runtime, call.body, call.headers, call.rec, call.preset, call.priority)
     call.principal = admitted.principal
-    call.rec.priority = call.priority  # the class, once decided: the record's tier (usage, metrics, log) follows it
+    # This request's task (and the tasks it starts: its stream's) is scheduled by this, in the router and
+    # in a local engine. Each request runs in a task of its own, so the value never reaches another.
+    priority.current.set(admitted.scheduling)
     if runtime.config.logging.log_prompts:
         call.rec.prompt = call.body.wire_body().get(call.body.prompt_field)
     fresh, stale = await look_up(svc, admitted, call.rec)
@@ -103,11 +106,14 @@ async def route(svc: Services, admitted: Admission, call: Call) -> Outcome:
     still has its attempts counted in its record."""
     body = call.body
     upstream = body.with_usage_reported() if body.stream and not body.include_usage else body
-    outcome = call.outcome = Outcome()
+    outcome = call.outcome = Outcome(queue_wait_s=admitted.queue_wait_s)
     outcome.assembler.keep = call.keep_chunks
     work = svc.router.run(admitted.plan, upstream, call.request_id, outcome)
     try:
-        return await (work if body.stream else call.until_disconnect(work))
+        # A stream too: until its first chunk it may wait for a slot, and a client that left meanwhile
+        # must leave the queue (once the stream is open, Starlette stops it on a disconnect).
+        return await call.until_disconnect(work)
     except BaseException:
         call.rec.attempts, call.rec.retries = outcome.attempts, len(outcome.errors)
+        call.rec.queue_wait_s = outcome.queue_wait_s
         raise

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway import tracing
+from gateway import metrics, tracing
 from gateway.auth import Authenticator
 from gateway.cache import ResponseCache, response_cache
+from gateway.concurrency import ConcurrencyLimiter, concurrency_limiter
 from gateway.keys import KeyStore, key_store
 from gateway.ratelimit import RateLimiter, rate_limiter
 from gateway.redis_conn import RedisLink
@@ -32,6 +33,7 @@ class Services:
     usage: UsageStore
     router: Router
     responses: ResponseStore
+    concurrency: ConcurrencyLimiter
 
     @classmethod
     def build(cls, config: GatewayConfig, redis_url: str | None, settings: Settings | None = None) -> "Services":
@@ -44,5 +46,7 @@ class Services:
         return cls(settings=settings, auth=Authenticator(settings.master_key, keys, link), link=link, keys=keys,
                    limiter=rate_limiter(link.client, p, timeout_s=None),
                    cache=response_cache(link.client, p, max_entries=config.cache.max_entries, timeout_s=None),
-                   usage=usage_store(link.client, p), router=Router(hooks=tracing.AttemptSpans()),
-                   responses=response_store(link.client, p, config.responses.max_entries))
+                   usage=usage_store(link.client, p),
+                   router=Router(hooks=tracing.AttemptSpans(), on_wait=metrics.observe_queue_wait),
+                   responses=response_store(link.client, p, config.responses.max_entries),
+                   concurrency=concurrency_limiter(link.client, p))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Callable
 
 from backends.contract.errors import GatewayError, UpstreamTimeout
 from routing.config import RetryPolicy
@@ -65,6 +66,22 @@ class AttemptOrder:
         dep = self.candidates[self.current] if self.current is not None else None
         return (dep is not None and last is not None and last.retryable and not silent(last)
                 and self.streak <= self.retry_same and dep.name not in self.dropped)
+
+    def instead_of(self, dep: Deployment, fits: Callable[[Deployment], bool]) -> Deployment | None:
+        """The first other deployment after `dep`, in plan order (cycling), that `fits` and its breaker lets
+        through (claimed, as `next` does), now the current one; None when there is none. `dep` stays in
+        the order: a later turn may come back to it."""
+        n = len(self.candidates)
+        start = next((i for i, d in enumerate(self.candidates) if d is dep), -1) + 1
+        for k in range(n):
+            i = (start + k) % n
+            other = self.candidates[i]
+            if other is dep or other.name in self.dropped or not fits(other):
+                continue
+            if other.breaker.allow():
+                self.current, self.streak = i, 1
+                return other
+        return None
 
     def drop(self, dep: Deployment) -> None:
         """Never try `dep` again in this request (its wait would not fit in the deadline)."""

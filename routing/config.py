@@ -48,13 +48,14 @@ SDK_REQUEST_HEADERS = [
     "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-retry-count", "x-stainless-timeout",
     "x-stainless-helper-method", "x-stainless-stream-helper", "x-stainless-poll-helper",
     "x-stainless-custom-poll-interval", "x-request-id", "cache-control", "x-gateway-cache-ttl",
+    "x-gateway-priority",
 ]
 # The gateway's own response headers a page may read (by default a page sees only the CORS-safelisted ones).
 GATEWAY_RESPONSE_HEADERS = [
     "x-request-id", "x-gateway-deployment", "x-gateway-attempts", "x-gateway-overhead-ms", "x-gateway-cache",
-    "x-gateway-degraded", "retry-after", "retry-after-ms", "x-should-retry", "x-ratelimit-limit-requests",
-    "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
-    "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
+    "x-gateway-degraded", "x-gateway-priority", "retry-after", "retry-after-ms", "x-should-retry",
+    "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
 ]
 
 
@@ -179,6 +180,17 @@ class DeploymentConfig(_Strict):
     # relayed, and only if it begins with exactly that text), "auto" (prefill where the backend can, then
     # restart if the prefill is refused; restart where it cannot), "none" (never asked to continue).
     continuation: Literal["auto", "prefill", "instruction", "restart", "none"] = "auto"
+    # The scheduler (routing/scheduler.py): requests served at once from this replica. Unset: a local
+    # model's engine slots (parallel x instances), and no limit for a provider.
+    max_concurrency: int | None = Field(default=None, ge=1)
+    # Requests that may wait for a slot; a newcomer beyond it gets 503 (or takes the place of a less urgent
+    # or less fairly served waiter). Unset: a local model's `max_queue`, and no bound for a provider.
+    max_queue: int | None = Field(default=None, ge=0)
+    # The share of the slots batch requests may hold, so that interactive ones always find room.
+    batch_share: float = Field(default=0.5, gt=0, le=1)
+    # The share near-real-time (and batch) requests may hold together; below 1 keeps the rest for
+    # interactive requests alone. 1: none held back (interactive requests still go first in the queue).
+    near_real_time_share: float = Field(default=1.0, gt=0, le=1)
 
 
 class RetryPolicy(_Strict):
@@ -192,6 +204,9 @@ class RetryPolicy(_Strict):
 
 class Timeouts(StreamDeadlines):
     connect_s: float = Field(default=5.0, gt=0)
+    # The longest a request waits for capacity: a slot of a deployment at its `max_concurrency`, or its
+    # key's or this route's `max_concurrent_requests`. Batch requests wait up to `total_s` instead.
+    queue_s: float = Field(default=10.0, gt=0)
     read_s: float = Field(default=60.0, gt=0)  # any one socket read: to the first byte, and between stream chunks
     # The whole request, all attempts included, streams to their last chunk (then an in-band timeout + [DONE]).
     total_s: float = Field(default=300.0, gt=0)
@@ -245,6 +260,7 @@ class Rule(_Strict):
 
 
 Strategy = Literal["priority", "weighted", "least-busy", "lowest-latency", "cost"]
+PriorityLabel = Literal["interactive", "near-real-time", "batch"]  # backends.contract.priority.Priority labels
 
 
 class RouteConfig(_Strict):
@@ -259,6 +275,12 @@ class RouteConfig(_Strict):
     last_resort: LastResort | None = None
     cache: RouteCache = Field(default_factory=RouteCache)
     rate_limit: RouteLimits = Field(default_factory=RouteLimits)
+    # The scheduling class of this route's requests (unset: the key's), capped by what the key may use;
+    # a request's x-gateway-priority header overrides it.
+    priority: PriorityLabel | None = None
+    # Requests of this route in flight at once, on every replica together (with Redis); more wait up to
+    # `timeouts.queue_s`, then get 429 concurrency_limit_exceeded.
+    max_concurrent_requests: int | None = Field(default=None, ge=1)
 
 
 class BreakerConfig(_Strict):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from backends.base import Backend
 from routing.breaker import CircuitBreaker
 from routing.config import DeploymentConfig
+from routing.scheduler import Scheduler, limits_for
 
 EWMA_ALPHA = 0.3
 
@@ -23,6 +24,13 @@ class Deployment:
     failures: int = 0
     last_error: str | None = None
     extra: dict = field(default_factory=dict)
+    # Shares out the deployment's capacity (kept across reloads, like the breaker); made from the config
+    # when not given.
+    scheduler: Scheduler = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.scheduler is None:
+            self.scheduler = Scheduler(limits_for(self.config, self.backend), self.config.name)
 
     @property
     def name(self) -> str:
@@ -77,6 +85,8 @@ class Deployment:
             "last_error": self.last_error,
             "load_score": self.backend.load_score(),
         }
+        if self.scheduler.limited:
+            out["scheduler"] = self.scheduler.snapshot()
         load = getattr(self.backend, "load_snapshot", None)
         if load is not None:
             out["load"] = load()

@@ -12,6 +12,7 @@ from backends.base import Body, SSEStream
 from backends.contract.assembler import StreamAssembler
 from backends.contract.errors import GatewayError
 from routing.deployment import Deployment
+from routing.scheduler import Slot
 
 
 @dataclass(frozen=True)
@@ -42,3 +43,12 @@ class Outcome:
     assembler: StreamAssembler = field(default_factory=StreamAssembler)
     legs: list[Leg] = field(default_factory=list)  # deployments that served part of the stream before `served_by`
     stream_error: GatewayError | None = None  # why the stream ended with an in-band error, if it did
+    queue_wait_s: float = 0.0  # time spent waiting for capacity (a deployment's slot, a concurrency limit)
+    slot: Slot | None = None  # the streaming deployment's slot, held to the stream's last chunk
+
+    def release_slot(self) -> None:
+        """Give back the streaming deployment's slot (once; later calls do nothing). The relay calls it when
+        a leg ends, and the gateway once more when the response is over, however it ended."""
+        slot, self.slot = self.slot, None
+        if slot is not None:
+            slot.release()

@@ -18,10 +18,11 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Callable, Protocol
 
 from backends.aio import within
 from backends.base import CallContext, SSEStream
+from backends.contract import priority
 from backends.contract import responses as fmt
 from backends.contract.errors import (
     AllDeploymentsFailed,
@@ -30,6 +31,7 @@ from backends.contract.errors import (
     UpstreamTimeout,
     internal_error,
 )
+from backends.contract.priority import Priority
 from backends.contract.protocol import ChatCompletionRequest, SamplingFields
 from backends.contract.responses import split_frames
 from routing.attempt_order import AttemptOrder, outgrown, wait_before
@@ -39,6 +41,7 @@ from routing.last_resort import degraded_body, degraded_stream
 from routing.outcome import Leg, Outcome
 from routing.plan import Plan
 from routing.relay import assembled, close_stream, fed, idle_timeout, rewritten, to_first_content
+from routing.scheduler import NO_SLOT, QueueFull, Slot
 from routing.splice import Diverged, Splice
 
 log = logging.getLogger("llm_gateway.routing")
@@ -54,13 +57,18 @@ class AttemptHooks(Protocol):
         """Called once the attempt answered (`error` None) or failed (its code)."""
 
 
-class Router:
-    """Stateless between requests (breakers and latencies live on the deployments): each request
-    gets a `_Run` of its own."""
+QueueHook = Callable[[str, Priority, float, "str | None"], None]  # deployment, class, seconds waited, refusal reason
 
-    def __init__(self, rng: random.Random | None = None, hooks: AttemptHooks | None = None) -> None:
+
+class Router:
+    """Stateless between requests (breakers, latencies and schedulers live on the deployments): each
+    request gets a `_Run` of its own. `on_wait` is told of every wait for a deployment's slot (metrics)."""
+
+    def __init__(self, rng: random.Random | None = None, hooks: AttemptHooks | None = None,
+                 on_wait: QueueHook | None = None) -> None:
         self._rng = rng or random.Random()
         self._hooks = hooks
+        self._on_wait = on_wait
 
     async def run(self, plan: Plan, request: SamplingFields, request_id: str,
                   outcome: Outcome | None = None) -> Outcome:
@@ -76,12 +84,15 @@ class _Run:
                  outcome: Outcome | None = None) -> None:
         self.rng = router._rng
         self.hooks = router._hooks
+        self.on_wait = router._on_wait
         self.plan = plan
         self.route = plan.route.config
         self.request = request
         self.request_id = request_id
-        self.deadline = time.monotonic() + self.route.timeouts.total_s
         self.outcome = outcome if outcome is not None else Outcome()
+        # A wait before routing (the key's concurrency limit) counts against the route's deadline too.
+        self.deadline = time.monotonic() + self.route.timeouts.total_s - self.outcome.queue_wait_s
+        self.scheduling = priority.current.get()  # set at admission for this request's task
         self.failed: set[str] = set()  # deployments whose stream broke (never asked to continue it)
         self.ways: dict[str, list[str]] = {}  # a continuation's ways left per deployment, the next one first
 
@@ -141,6 +152,18 @@ class _Run:
             if remaining <= 0:
                 dep.breaker.release()
                 break
+            try:
+                dep, slot = await self.slot(dep, order, remaining, ready_at)
+            except QueueFull as exc:  # busy, not broken: on to the next deployment, never back to this one
+                self.outcome.errors.append(f"{dep.name}: {exc.status_code} {exc.code} (queue {exc.reason})")
+                order.drop(dep)
+                last = exc
+                continue
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:  # the wait took the rest of the deadline: no verdict on the deployment
+                slot.release()
+                dep.breaker.release()
+                break
             tries[dep.name] = tries.get(dep.name, 0) + 1
             outcome.attempts += 1
             way = self.ways[dep.name][0] if continuation else None
@@ -151,7 +174,10 @@ class _Run:
                               continue_from=continue_from if prefill else None)
             try:
                 result = await self.attempt(dep, ctx, remaining, self.request_for(way, continue_from))
-            except GatewayError as exc:
+            except BaseException as exc:
+                slot.release()
+                if not isinstance(exc, GatewayError):
+                    raise
                 if outgrown(exc):
                     self.outgrown(dep, exc, order)
                 elif continuation and refused(exc):
@@ -163,11 +189,61 @@ class _Run:
                                                                         self.rng)
                 last = exc
                 continue
+            if self.request.stream:
+                self.hold(slot)  # until the stream's last chunk (relay)
+            else:
+                slot.release()  # the whole answer is in
             return result, dep
         if last is None:
             last = AllDeploymentsFailed(f"No deployment of '{self.plan.route.name}' is available right now.",
                                         headers={"Retry-After": "1"})
         raise last
+
+    # -- capacity ---------------------------------------------------------------------------------------
+
+    async def slot(self, dep: Deployment, order: AttemptOrder, remaining: float,
+                   ready_at: dict[str, float]) -> tuple[Deployment, Slot]:
+        """A slot of `dep` (claimed from its breaker already), or of the next deployment with one free now
+        when `dep` is full and the request is interactive; else wait for `dep`'s, up to the route's
+        `queue_s` (batch: its whole deadline). QueueFull when none came; the breaker claim is given back."""
+        sched = self.scheduling
+        scheduler = dep.scheduler
+        if not scheduler.limited:
+            return dep, NO_SLOT
+        slot = scheduler.try_acquire(sched)
+        if slot is not None:
+            return dep, slot
+        if sched.priority == Priority.INTERACTIVE:
+            now = time.monotonic()
+            other = order.instead_of(dep, lambda d: d.scheduler.has_room(sched) and ready_at.get(d.name, 0.0) <= now)
+            if other is not None:
+                dep.breaker.release()
+                log.debug("request %s: %s is full; %s has room", self.request_id, dep.name, other.name)
+                return other, other.scheduler.try_acquire(sched) or NO_SLOT
+        limit = remaining if sched.priority == Priority.BATCH else min(remaining, self.route.timeouts.queue_s)
+        started = time.monotonic()
+        refusal: str | None = None
+        try:
+            slot = await scheduler.acquire(sched, limit)
+        except QueueFull as exc:
+            refusal = exc.reason
+            dep.breaker.release()
+            raise
+        except BaseException:
+            refusal = "left"
+            dep.breaker.release()
+            raise
+        finally:
+            waited = time.monotonic() - started
+            self.outcome.queue_wait_s += waited
+            if self.on_wait is not None:
+                self.on_wait(dep.name, sched.priority, waited, refusal)
+        return dep, slot
+
+    def hold(self, slot: Slot) -> None:
+        """The slot of the deployment streaming now, released when its leg ends (`release_slot`)."""
+        self.outcome.release_slot()
+        self.outcome.slot = slot
 
     def refused(self, dep: Deployment, exc: GatewayError, order: AttemptOrder) -> Deployment | None:
         """`dep` refused a way of continuing (its breaker was left alone): `dep` again for its next way,
@@ -363,6 +439,7 @@ class _Run:
                                     self.request_id, dep.name)
                     else:
                         self.failed_on(dep, exc)
+                    self.outcome.release_slot()  # the broken leg serves no more; a continuation takes its own
                     if asm.all_finished:
                         # The answer was complete (its finish_reason arrived); only the tail broke off.
                         # Like OpenAI's own interrupted streams, the usage chunk may then be missing.
@@ -384,6 +461,7 @@ class _Run:
                     splice = Splice(asm.text) if self.ways[dep.name][0] == "restart" else None
                     self.outcome.deployment, self.outcome.served_by = dep.name, dep
         finally:
+            self.outcome.release_slot()
             await close_stream(current)
 
     def leg_of(self, dep: Deployment, start: tuple[int, int], splice: Splice | None = None) -> Leg:

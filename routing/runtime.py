@@ -25,6 +25,7 @@ from routing.backend_factory import local_backend, remote_backend, upstream_pool
 from routing.breaker import CircuitBreaker
 from routing.config import DeploymentConfig, GatewayConfig, ProviderConfig, RetryPolicy, RouteConfig, Timeouts
 from routing.deployment import Deployment
+from routing.scheduler import limits_for
 
 log = logging.getLogger("llm_gateway.routing")
 
@@ -110,11 +111,18 @@ def build_runtime(config: GatewayConfig, cards: dict[str, ModelCard], previous: 
                                                                cards.get(dep.card) if dep.card else None)
             backends[key] = backend
         prev = old_deps.get(dep.name)
+        # The same deployment keeps its scheduler, whatever its limits now: the slots its requests on the
+        # old runtime hold stay counted, and a new capacity applies to them at once.
+        scheduler = prev.scheduler if prev is not None and prev.backend is backend else None
+        if scheduler is not None:
+            scheduler.configure(limits_for(dep, backend))
         if prev is not None and prev.backend is backend and prev.breaker.config == config.breaker:
             deployment = Deployment(config=dep, backend=backend, breaker=prev.breaker, healthy=prev.healthy,
-                                    ewma_ttft_s=prev.ewma_ttft_s, successes=prev.successes, failures=prev.failures)
+                                    ewma_ttft_s=prev.ewma_ttft_s, successes=prev.successes, failures=prev.failures,
+                                    scheduler=scheduler)
         else:
-            deployment = Deployment(config=dep, backend=backend, breaker=CircuitBreaker(config.breaker))
+            deployment = Deployment(config=dep, backend=backend, breaker=CircuitBreaker(config.breaker),
+                                    scheduler=scheduler)
         deployments[dep.name] = deployment
 
     routes: dict[str, Route] = {}

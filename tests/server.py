@@ -82,6 +82,11 @@ class GatewayProcess:
         body = httpx.get(f"{self.root_url}/ready", timeout=5).json()
         return body["backends"][model]["stats"]
 
+    def waiting(self, deployment: str) -> int:
+        """Requests waiting for a slot of `deployment` in the gateway's scheduler (its /ready detail)."""
+        body = httpx.get(f"{self.root_url}/ready", timeout=5).json()
+        return sum(body["scheduling"][deployment]["waiting"].values())
+
     def logs(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-8000:]

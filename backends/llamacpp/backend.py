@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from backends.aio import within
-from backends.base import BackendStatus, CallContext, SSEStream
+from backends.base import BackendStatus, CallContext, Capacity, SSEStream
 from backends.contract import priority as scheduling
 from backends.contract import responses as fmt
 from backends.contract.errors import ContextLengthExceeded, EngineError, InvalidRequest, UpstreamTimeout
@@ -104,6 +104,12 @@ class LlamaCppBackend(EngineBackend):
         model = llm._model
         return ChatTemplate(source, bos_token=model.token_get_text(model.token_bos()),
                             eos_token=model.token_get_text(model.token_eos()))
+
+    def capacity(self) -> Capacity:
+        """Its engines' sequences (`parallel` per instance) for the router's scheduler, whose waiting room
+        is `max_queue` as the engine's own is; the engines take batch sequences' slots for urgent ones."""
+        c = self.config
+        return Capacity(slots=c.parallel * c.instances, queue=c.max_queue, preempts_batch=True)
 
     def status(self) -> BackendStatus:
         engines = self.engines

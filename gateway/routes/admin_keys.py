@@ -39,6 +39,9 @@ class KeyFields(BaseModel):
     expires_in_s: float | None = Field(default=None, gt=0)
     tier: str | None = Field(default=None, max_length=50)
     revoked: bool | None = None
+    priority: Literal["interactive", "near-real-time", "batch"] | None = None  # the best class it may use
+    weight: float | None = Field(default=None, gt=0, le=1000)  # its fair share among waiting tenants
+    max_concurrent_requests: int | None = Field(default=None, ge=1)
     # Import a key issued elsewhere (e.g. by the gateway this one replaces); creation only.
     key: str | None = Field(default=None, min_length=16, max_length=256, pattern=r"^[\x21-\x7e]+$")
 

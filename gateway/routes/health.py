@@ -41,9 +41,12 @@ async def ready(request: Request) -> Response:
         if status.required and status.state != "ready":
             not_ready.append(backend.name)
     deployments = {}
+    scheduling = {}  # every deployment with a capacity: its slots in service and its queue, per class
     for dep in runtime.deployments.values():
         if dep.config.provider != "local":
             deployments[dep.name] = {"kind": dep.backend.kind, "healthy": dep.healthy, "breaker": dep.breaker.state}
+        if dep.scheduler.limited:
+            scheduling[dep.name] = dep.scheduler.snapshot()
     routes = {}
     for route in runtime.route_list:
         usable = sum(1 for d in route.deployments if d.healthy and d.backend.status().state == "ready")
@@ -54,7 +57,8 @@ async def ready(request: Request) -> Response:
     # Redis only degrades the gateway (cache and limits fail open); it never makes it unready.
     redis = request.app.state.services.link.status()
     body = {"status": "ready" if not not_ready else "not_ready", "not_ready": not_ready, "backends": backends,
-            "deployments": deployments, "routes": routes, "redis": redis, "config_version": runtime.version}
+            "deployments": deployments, "scheduling": scheduling, "routes": routes, "redis": redis,
+            "config_version": runtime.version}
     headers = {} if not not_ready else {"Retry-After": "2"}
     if request.app.state.services.auth.enabled and not is_admin(request):
         # Probes need the status code; the names of models, deployments and engines are for the admin.

@@ -29,7 +29,7 @@ async def reshape(response: Response, body: Callable[[dict[str, Any]], Awaitable
     """`body(chat_completion)` for a plain answer; `stream(chat_frames)` for a streamed one."""
     if isinstance(response, StreamingResponse):
         return StreamingResponse(stream(response.body_iterator), media_type="text/event-stream",  # type: ignore[arg-type]
-                                 headers=headers_of(response))
+                                 headers=headers_of(response), background=response.background)
     out = await body(orjson.loads(response.body))
     return Response(out if isinstance(out, bytes) else orjson.dumps(out), status_code=response.status_code,
                     media_type="application/json", headers=headers_of(response))

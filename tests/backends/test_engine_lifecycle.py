@@ -76,7 +76,7 @@ def test_full_queue_is_503_with_retry_after_and_timeout_is_504(tight_gateway: Ga
 
         tb = threading.Thread(target=run_b)
         tb.start()
-        wait_for(lambda: gw.ready_stats(MODEL)["queue_depth"] == 1)
+        wait_for(lambda: gw.waiting(MODEL) == 1)  # in the gateway's queue: the engine's one slot is A's
         # C: no room left -> 503 with Retry-After, which the OpenAI SDK understands.
         with pytest.raises(openai.InternalServerError) as err:
             sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2)

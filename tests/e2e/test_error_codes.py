@@ -322,7 +322,7 @@ def _model_overloaded(req: pytest.FixtureRequest) -> list[Reply]:
             wait_for(lambda: engine(g)["stats"]["busy"] == 1, 10, "one sequence running")
             waiting = threading.Thread(target=wait_in_the_queue)
             waiting.start()
-            wait_for(lambda: engine(g)["stats"]["queue_depth"] == 1, 10, "one request queued")
+            wait_for(lambda: g.waiting(MODEL) == 1, 10, "one request queued (by the gateway: A holds the one slot)")
             refused = chat(g, model=MODEL, max_tokens=2)  # no room left
         finally:
             running.close()

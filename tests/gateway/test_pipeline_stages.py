@@ -336,3 +336,58 @@ def _today() -> str:
     from gateway.usage import period_id
 
     return period_id("daily")
+
+
+def scheduled_runtime(backend: Backend, **route: Any) -> Runtime:
+    """One deployment of one slot, on a route that may hold one request at a time."""
+    config = GatewayConfig.model_validate({"cache": {"enabled": False}})
+    dep = Deployment(DeploymentConfig(name=backend.name, provider="p", model="m", max_concurrency=1), backend,
+                     CircuitBreaker(config.breaker))
+    r = Route(RouteConfig(name="r", deployments=[backend.name], max_concurrent_requests=1, **route), [dep])
+    return Runtime(config=config, version=1, routes={"r": r}, route_list=[r], deployments={dep.name: dep},
+                   backends={dep.name: backend}, pools={})
+
+
+async def test_a_stream_never_read_gives_back_its_slot_and_its_place_when_its_response_is_over(svc: Services) -> None:
+    rt = scheduled_runtime(Scripted(), timeouts={"queue_s": 0.05})
+    dep = rt.deployments["fake"]
+    c = call(chat(stream=True))
+    response = await serve(svc, rt, c)
+    assert dep.scheduler.snapshot()["in_service"]["interactive"] == 1 and svc.concurrency.held("route:r") == 1
+    with pytest.raises(GatewayError) as err:  # the route's one place is taken
+        await serve(svc, rt, call(chat()))
+    assert err.value.status_code == 429 and err.value.code == "concurrency_limit_exceeded"
+    await response.background()  # what Starlette runs once the response is over, read or not
+    assert dep.scheduler.snapshot()["in_service"]["interactive"] == 0 and svc.concurrency.held("route:r") == 0
+    assert c.rec.done and c.rec.status == 499 and dep.scheduler.dropped == 0
+    assert (await serve(svc, rt, call(chat()))).status_code == 200
+    # A stream its client left while a chunk was being sent: its generator stays suspended (its `finally`
+    # waits for it to be closed), but the response is over, and both come back.
+    c = call(chat(stream=True))
+    response = await serve(svc, rt, c)
+    await response.body_iterator.__anext__()
+    await response.background()
+    assert dep.scheduler.snapshot()["in_service"]["interactive"] == 0 and svc.concurrency.held("route:r") == 0
+    assert not c.rec.done, "the record is the stream's to finish, with what it relayed"
+    await response.body_iterator.aclose()
+    assert c.rec.done
+
+
+async def test_the_class_reaches_the_backend_and_the_response(svc: Services) -> None:
+    from backends.contract import priority
+
+    seen: list[Any] = []
+
+    class Watching(Scripted):
+        async def chat(self, request: ChatCompletionRequest, ctx: Any) -> dict[str, Any]:
+            seen.append(priority.current.get())
+            return await super().chat(request, ctx)
+
+    rt = runtime(Watching())
+    response = await serve(svc, rt, call(chat(), {"x-gateway-priority": "near-real-time"}))
+    assert response.headers["x-gateway-priority"] == "near-real-time"
+    assert seen[0].priority is priority.Priority.NEAR_REAL_TIME and seen[0].tenant == "anonymous"
+    batch = call(chat())
+    batch.priority = priority.Priority.BATCH  # a batch line
+    await serve(svc, rt, batch)
+    assert seen[1].priority is priority.Priority.BATCH and batch.rec.priority is priority.Priority.BATCH
