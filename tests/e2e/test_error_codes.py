@@ -29,6 +29,7 @@ from tests.conftest import MODEL
 from tests.paths import ROOT
 from tests.routing_env import ANTHROPIC_KEY, OPENAI_KEY, Sims, base_config, sims  # noqa: F401
 from tests.server import GatewayProcess, free_port
+from tests.sim import Fault
 
 pytestmark = pytest.mark.e2e
 
@@ -141,7 +142,10 @@ def local_gw(gate: Path) -> Iterator[GatewayProcess]:
 def keyed_gw(sims: Sims) -> Iterator[GatewayProcess]:  # noqa: F811
     sims.reset()
     env = {"LLM_GATEWAY_MASTER_KEY": MASTER, "SIM_OPENAI_KEY": OPENAI_KEY, "SIM_ANTHROPIC_KEY": ANTHROPIC_KEY}
-    with GatewayProcess(base_config(sims), env=env, require_ready=False) as g:
+    # `held`: a route whose concurrency waits are short, so a key over its max_concurrent_requests is told at once.
+    cfg = base_config(sims)
+    cfg["routes"].append({"name": "held", "deployments": ["a"], "timeouts": {"read_s": 5.0, "queue_s": 0.3}})
+    with GatewayProcess(cfg, env=env, require_ready=False) as g:
         yield g
 
 
@@ -436,6 +440,26 @@ def _insufficient_quota(req: pytest.FixtureRequest) -> list[Reply]:
     return [Reply.of(chat(g, bearer(key), model="gpt-first"))]
 
 
+def _concurrency_limit_exceeded(req: pytest.FixtureRequest) -> list[Reply]:
+    g, s = req.getfixturevalue("keyed_gw"), req.getfixturevalue("sims")
+    key = new_key(g, max_concurrent_requests=1)
+    s.a.set_fault(Fault.latency(1.5))  # the first request holds the key's one place this long
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(chat, g, bearer(key), model="held")
+            time.sleep(0.4)
+            second = chat(g, bearer(key), model="held")  # waits queue_s (0.3 s) for the place, then 429
+            assert first.result().status_code == 200
+    finally:
+        s.a.clear_faults()
+    return [Reply.of(second)]
+
+
+def _invalid_priority(req: pytest.FixtureRequest) -> list[Reply]:
+    g = req.getfixturevalue("keyed_gw")
+    return [Reply.of(chat(g, {**bearer(MASTER), "x-gateway-priority": "asap"}, model="chat-default"))]
+
+
 PROVOKE: dict[str, Provoke] = {
     "invalid_json": _invalid_json,
     "invalid_value": _invalid_value,
@@ -460,6 +484,8 @@ PROVOKE: dict[str, Provoke] = {
     "model_not_allowed": _model_not_allowed,
     "rate_limit_exceeded": _rate_limit_exceeded,
     "insufficient_quota": _insufficient_quota,
+    "concurrency_limit_exceeded": _concurrency_limit_exceeded,
+    "invalid_priority": _invalid_priority,
 }
 
 

@@ -188,6 +188,8 @@ def test_metrics_are_merged_across_two_workers(sims: Sims) -> None:
     sims.reset()
     cfg = {"server": {"watch_config": False}}
     with gateway(sims, config=cfg, extra_args=["--workers", "2"]) as g:
+        # /ready answers once one worker is up; on a busy machine the second may start a little later.
+        wait_until(lambda: g.logs().count("Started server process") >= 2, timeout=30, what="both workers")
         for _ in range(20):  # a new connection each time, so both workers serve some
             assert post(g, MASTER, model="chat-default").status_code == 200
         pids = set()
