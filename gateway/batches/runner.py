@@ -24,7 +24,7 @@ import math
 import os
 import socket
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -93,6 +93,12 @@ class _Batch:
     def takes_new(self) -> bool:
         return (self.lines is not None and self.doc["status"] == "in_progress" and not self.cancelled
                 and time.time() < self.doc["expires_at"])
+
+
+def _weight(principal: Principal | None) -> float:
+    """A tenant's share of the batch slots: its key's `weight` (1 when unset)."""
+    weight = principal.key.weight if principal is not None and principal.key is not None else None
+    return weight if weight else 1.0
 
 
 class BatchRunner:
@@ -196,17 +202,20 @@ class BatchRunner:
         return observe.live_in_flight() < self.config.yield_to_interactive
 
     async def _fill(self, free: int) -> int:
-        """Take up to `free` lines from the active batches, in turn; how many started."""
+        """Take up to `free` lines from the active batches: each tenant (a batch's key) a share of the free
+        slots by its key's weight, whatever its number of batches (`choose` orders them), split between its
+        batches in turn; how many started."""
         batches = await self._views()
         now = time.monotonic()
         candidates = [b for b in batches if b.lines is not None
                       and (b.takes_new or now - b.reclaimed >= self.config.lease_s / 2)]
         started = 0
-        share = math.ceil(free / max(1, len(candidates)))
+        weights = {b.owner: _weight(b.principal) for b in candidates}
+        left = {owner: math.ceil(free * w / sum(weights.values())) for owner, w in weights.items()}
         for batch in self.choose(candidates):
-            want = min(share, free - started)
+            want = min(left[batch.owner], free - started)
             if want <= 0:
-                break
+                continue
             taken: list[int] = []
             if now - batch.reclaimed >= self.config.lease_s / 2:
                 batch.reclaimed = now
@@ -219,15 +228,20 @@ class BatchRunner:
             for index in taken:
                 self._start(batch, index)
             started += len(taken)
+            left[batch.owner] -= len(taken)
         return started
 
     def choose(self, batches: list[_Batch]) -> list[_Batch]:
-        """The order to take lines in: the active batches in turn, one further each time. (A fair share
-        between tenants, the batches' keys, would be chosen here.)"""
+        """The order to take lines in: the tenant (the batches' key) with the fewest lines running here for
+        its key's weight first, so that one tenant's bulk work, however many batches, cannot hold every
+        slot; within that, the active batches in turn, one further each time."""
         if not batches:
             return []
         self._turn = (self._turn + 1) % len(batches)
-        return batches[self._turn:] + batches[:self._turn]
+        turned = batches[self._turn:] + batches[:self._turn]
+        owners = {b.id: b.owner for b in batches}
+        running = Counter(owners.get(batch_id) for batch_id, _ in self._running.values())
+        return sorted(turned, key=lambda b: running[b.owner] / _weight(b.principal))  # stable: keeps the turn
 
     async def _views(self) -> list[_Batch]:
         active = await self._active_batches()

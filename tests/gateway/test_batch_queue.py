@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -187,3 +188,51 @@ async def test_without_a_usable_state_dir_batches_fall_back_to_memory(tmp_path: 
     (tmp_path / "a-file").write_bytes(b"")
     assert type(batch_store(no_redis, "gw:", tmp_path / "a-file" / "state")) is MemoryBatchStore  # type: ignore[arg-type]
     assert type(batch_store(no_redis, "gw:", None)) is MemoryBatchStore  # type: ignore[arg-type]
+
+
+# -- sharing the batch slots between tenants --------------------------------------------------------------
+
+
+def _runner_taking_from(batches: list, queue: WorkQueue) -> tuple[Any, list[str]]:
+    """A runner whose views are `batches`; what it starts is only noted (the owner of each line)."""
+    from gateway.batches.runner import BatchRunner
+    from routing.config import BatchesConfig
+
+    runner = BatchRunner.__new__(BatchRunner)
+    runner.config, runner.queue, runner.holder, runner._turn, runner._running = BatchesConfig(), queue, "me", 0, {}
+    started: list[str] = []
+
+    async def views() -> list:
+        return batches
+
+    def start(batch: Any, index: int) -> None:
+        started.append(batch.owner)
+        runner._running[object()] = (batch.id, index)
+
+    runner._views, runner._start = views, start
+    return runner, started
+
+
+def _batch(batch_id: str, owner: str, weight: float | None = None) -> Any:
+    from gateway.auth import Principal
+    from gateway.batches.runner import _Batch
+    from gateway.keys import KeyRecord
+
+    doc = {"status": "in_progress", "expires_at": time.time() + DAY}
+    key = KeyRecord(id=owner, alias=owner, weight=weight)
+    return _Batch(batch_id, doc, f"key:{owner}", [{"custom_id": str(i)} for i in range(20)], Principal(key=key), False)
+
+
+async def test_free_slots_are_shared_by_tenant_and_weight_not_by_batch() -> None:
+    queue = MemoryWorkQueue()
+    batches = [_batch("a1", "a"), _batch("a2", "a"), _batch("a3", "a"), _batch("b1", "b")]
+    for b in batches:
+        await queue.enqueue(b.id, range(20), DAY)
+    runner, started = _runner_taking_from(batches, queue)
+    assert await runner._fill(4) == 4
+    assert sorted(started) == ["key:a", "key:a", "key:b", "key:b"], "three batches of one key get no more than one"
+    # The next slot goes to the tenant with the fewest lines running for its weight: b, weighted 3.
+    heavy = [_batch("a1", "a"), _batch("b1", "b", weight=3.0)]
+    runner, started = _runner_taking_from(heavy, queue)
+    assert await runner._fill(4) == 4
+    assert sorted(started) == ["key:a", "key:b", "key:b", "key:b"]
