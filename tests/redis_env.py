@@ -8,8 +8,11 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
+import redis.asyncio as aioredis
 
 from tests.server import free_port
 
@@ -37,6 +40,21 @@ def require_redis() -> str:
 
 def unique_prefix() -> str:
     return f"gwtest:{uuid.uuid4().hex[:10]}:"
+
+
+@asynccontextmanager
+async def fresh_redis() -> AsyncIterator[tuple[aioredis.Redis, str]]:
+    """An asyncio client on $REDIS_URL and a fresh key prefix, whose keys are deleted afterwards; fails the
+    test (never skips) without Redis."""
+    client = aioredis.Redis.from_url(require_redis(), socket_connect_timeout=1, socket_timeout=2)
+    prefix = unique_prefix()
+    try:
+        yield client, prefix
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
 
 
 class ThrowawayRedis:

@@ -87,9 +87,11 @@ class GatewayProcess:
         body = httpx.get(f"{self.root_url}/ready", timeout=5).json()
         return sum(body["scheduling"][deployment]["waiting"].values())
 
-    def logs(self) -> str:
+    def logs(self, tail: int | None = 8000) -> str:
+        """What the gateway wrote, its last `tail` characters (None: all of it)."""
         try:
-            return self.log_path.read_text(errors="replace")[-8000:]
+            text = self.log_path.read_text(errors="replace")
+            return text if tail is None else text[-tail:]
         except OSError:
             return ""
 

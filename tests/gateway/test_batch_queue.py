@@ -18,22 +18,15 @@ from gateway.batches.disk import DiskBatchStore, StateDirBusy
 from gateway.batches.queue import MemoryWorkQueue, RedisWorkQueue, WorkQueue
 from gateway.batches.state import batch_store
 from gateway.batches.stores import BatchStore, MemoryBatchStore, RedisBatchStore
-from tests.redis_env import require_redis, unique_prefix
+from tests.redis_env import fresh_redis
 
 DAY = 86_400.0
 
 
 @pytest.fixture
 async def redis_backend() -> AsyncIterator[tuple[aioredis.Redis, str]]:
-    client = aioredis.Redis.from_url(require_redis(), socket_connect_timeout=1, socket_timeout=2)
-    prefix = unique_prefix()
-    try:
-        yield client, prefix
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
+    async with fresh_redis() as live:
+        yield live
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -10,25 +10,13 @@ import asyncio
 from typing import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from backends.contract.priority import Priority
 from gateway import concurrency
 from gateway.concurrency import ConcurrencyLimiter, Hold, RedisConcurrency, WaitedTooLong, concurrency_limiter
-from tests.redis_env import require_redis, unique_prefix
+from tests.redis_env import fresh_redis
 
 I, N, B = Priority.INTERACTIVE, Priority.NEAR_REAL_TIME, Priority.BATCH
-
-
-async def _client() -> tuple[aioredis.Redis, str]:
-    return aioredis.Redis.from_url(require_redis(), socket_connect_timeout=1, socket_timeout=2), unique_prefix()
-
-
-async def _clean(client: aioredis.Redis, prefix: str) -> None:
-    keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -36,12 +24,11 @@ async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[ConcurrencyLi
     if request.param == "memory":
         yield concurrency_limiter(None)
         return
-    client, prefix = await _client()
-    lim = concurrency_limiter(client, prefix)
-    assert isinstance(lim, RedisConcurrency)
-    yield lim
-    await lim.aclose()
-    await _clean(client, prefix)
+    async with fresh_redis() as (client, prefix):
+        lim = concurrency_limiter(client, prefix)
+        assert isinstance(lim, RedisConcurrency)
+        yield lim
+        await lim.aclose()
 
 
 async def test_at_most_limit_are_held_and_a_release_lets_the_next_in(limiter: ConcurrencyLimiter) -> None:
@@ -88,42 +75,40 @@ async def test_waiters_go_by_class_then_arrival_and_one_that_leaves_is_skipped(l
 
 
 async def test_two_replicas_share_the_count() -> None:
-    client, prefix = await _client()
-    one, two = RedisConcurrency(client, prefix), RedisConcurrency(client, prefix)
-    try:
-        held = await one.acquire("key:s", 1, I, 1)
-        with pytest.raises(WaitedTooLong):
-            await two.acquire("key:s", 1, I, 0.2)
-        waiting = asyncio.ensure_future(two.acquire("key:s", 1, I, 5))
-        await asyncio.sleep(0.1)
-        held.release()  # on replica one: replica two's waiter finds the place at its next poll
-        (await asyncio.wait_for(waiting, 2)).release()
-    finally:
-        await one.aclose()
-        await two.aclose()
-        await _clean(client, prefix)
+    async with fresh_redis() as (client, prefix):
+        one, two = RedisConcurrency(client, prefix), RedisConcurrency(client, prefix)
+        try:
+            held = await one.acquire("key:s", 1, I, 1)
+            with pytest.raises(WaitedTooLong):
+                await two.acquire("key:s", 1, I, 0.2)
+            waiting = asyncio.ensure_future(two.acquire("key:s", 1, I, 5))
+            await asyncio.sleep(0.1)
+            held.release()  # on replica one: replica two's waiter finds the place at its next poll
+            (await asyncio.wait_for(waiting, 2)).release()
+        finally:
+            await one.aclose()
+            await two.aclose()
 
 
 async def test_a_dead_replica_s_holders_and_waiters_expire(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(concurrency, "HOLD_TTL_MS", 300)
     monkeypatch.setattr(concurrency, "WAIT_TTL_MS", 200)
-    client, prefix = await _client()
-    dead, alive = RedisConcurrency(client, prefix), RedisConcurrency(client, prefix)
-    try:
-        lost = await dead.acquire("key:d", 1, I, 1)
-        dead._mine.clear()  # the replica is gone: nobody renews its holder
-        assert lost is not None
-        got = await alive.acquire("key:d", 1, I, 3)  # free once the holder's entry expired
-        got.release()
-        # A live holder is renewed past its TTL.
-        kept = await alive.acquire("key:d", 1, I, 1)
-        monkeypatch.setattr(concurrency, "HOLD_TTL_MS", 300)
-        await asyncio.sleep(0.6)
-        with pytest.raises(WaitedTooLong):
-            await dead.acquire("key:d", 1, I, 0.1)
-        kept.release()
-    finally:
-        lost._owner = None  # type: ignore[union-attr]
-        await dead.aclose()
-        await alive.aclose()
-        await _clean(client, prefix)
+    async with fresh_redis() as (client, prefix):
+        dead, alive = RedisConcurrency(client, prefix), RedisConcurrency(client, prefix)
+        try:
+            lost = await dead.acquire("key:d", 1, I, 1)
+            dead._mine.clear()  # the replica is gone: nobody renews its holder
+            assert lost is not None
+            got = await alive.acquire("key:d", 1, I, 3)  # free once the holder's entry expired
+            got.release()
+            # A live holder is renewed past its TTL.
+            kept = await alive.acquire("key:d", 1, I, 1)
+            monkeypatch.setattr(concurrency, "HOLD_TTL_MS", 300)
+            await asyncio.sleep(0.6)
+            with pytest.raises(WaitedTooLong):
+                await dead.acquire("key:d", 1, I, 0.1)
+            kept.release()
+        finally:
+            lost._owner = None  # type: ignore[union-attr]
+            await dead.aclose()
+            await alive.aclose()

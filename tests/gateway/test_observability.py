@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -189,20 +190,19 @@ def test_metrics_are_merged_across_two_workers(sims: Sims) -> None:
     cfg = {"server": {"watch_config": False}}
     with gateway(sims, config=cfg, extra_args=["--workers", "2"]) as g:
         # /ready answers once one worker is up; on a busy machine the second may start a little later.
-        wait_until(lambda: g.logs().count("Started server process") >= 2, timeout=30, what="both workers")
+        wait_until(lambda: len(set(re.findall(r"Started server process \[(\d+)\]", g.logs(None)))) >= 2,
+                   timeout=30, what="both workers")
         for _ in range(20):  # a new connection each time, so both workers serve some
             assert post(g, MASTER, model="chat-default").status_code == 200
-        pids = set()
         for _ in range(6):
             m = samples(g)
             assert total(m, "llm_gateway_requests_total") == 20, "every scrape sees both workers' counts"
-        logs = [json.loads(x) for x in g.logs().splitlines() if x.startswith('{"ts"')]
+        logs = [json.loads(x) for x in g.logs(None).splitlines() if x.startswith('{"ts"')]
         assert len(logs) == 20
         served = sims.a.count("/v1/chat/completions") + sims.b.count("/v1/chat/completions")
         assert served == 20
-        for line in g.logs().splitlines():
-            if "Started server process" in line:
-                pids.add(line)
+        # Both workers write to one log, so one line may hold the start of both: read pids, not lines.
+        pids = set(re.findall(r"Started server process \[(\d+)\]", g.logs(None)))
         assert len(pids) == 2, "two workers served"
     sims.reset()
 

@@ -24,24 +24,9 @@ from gateway.keys import KEY_PREFIX, MISSING, KeyExists, KeyStore, MemoryKeyStor
 from gateway.ratelimit import LimitResult, LimitSpec, MemoryRateLimiter, RateLimiter, RedisRateLimiter, rate_limiter
 from gateway.store_errors import StoreUnavailable
 from gateway.usage import MemoryUsageStore, RedisUsageStore, UsageStore, period_id, split_tiers, usage_store
-from tests.redis_env import require_redis, unique_prefix
+from tests.redis_env import fresh_redis, unique_prefix
 
 Backend = tuple["aioredis.Redis | None", str]  # what every factory takes: a client (None: in-process), a prefix
-
-
-@asynccontextmanager
-async def _redis() -> AsyncIterator[Backend]:
-    """A live client on $REDIS_URL and a fresh prefix; fails the test (never skips) without Redis."""
-    url = require_redis()
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
-    prefix = unique_prefix()
-    try:
-        yield client, prefix
-    finally:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -49,13 +34,13 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     if request.param == "memory":
         yield None, "gw:"
         return
-    async with _redis() as live:
+    async with fresh_redis() as live:
         yield live
 
 
 @pytest.fixture
 async def redis_only() -> AsyncIterator[Backend]:
-    async with _redis() as live:
+    async with fresh_redis() as live:
         yield live
 
 
