@@ -21,13 +21,12 @@ from gateway.metrics import REDIS_ERRORS
 
 log = logging.getLogger("llm_gateway.redis")
 
-DEGRADED_FOR_S = 10.0  # after an error, report "degraded" this long
-
-
 class RedisLink:
-    def __init__(self, url: str | None, timeout_s: float = 0.25, prefix: str = "gw:") -> None:
+    def __init__(self, url: str | None, timeout_s: float = 0.25, prefix: str = "gw:",
+                 degraded_for_s: float = 10.0) -> None:
         self.url = url
         self.prefix = prefix
+        self.degraded_for_s = degraded_for_s  # after an error, report "degraded" this long
         self.client: aioredis.Redis | None = None
         if url:
             self.client = aioredis.Redis.from_url(
@@ -41,14 +40,14 @@ class RedisLink:
         REDIS_ERRORS.inc()
         self.errors += 1
         now = time.monotonic()
-        if now - self._last_error_at > DEGRADED_FOR_S:  # log once per episode, not per request
+        if now - self._last_error_at > self.degraded_for_s:  # log once per episode, not per request
             log.warning("redis unavailable (%s); failing open where configured", type(exc.__cause__ or exc).__name__)
         self._last_error_at = now
         self._last_error = type(exc.__cause__ or exc).__name__
 
     @property
     def degraded(self) -> bool:
-        return self.client is not None and time.monotonic() - self._last_error_at < DEGRADED_FOR_S
+        return self.client is not None and time.monotonic() - self._last_error_at < self.degraded_for_s
 
     def status(self) -> dict[str, Any]:
         if self.client is None:

@@ -38,7 +38,7 @@ class Services:
     @classmethod
     def build(cls, config: GatewayConfig, redis_url: str | None, settings: Settings | None = None) -> "Services":
         settings = settings or Settings()
-        link = RedisLink(redis_url, config.redis.timeout_s, config.redis.prefix)
+        link = RedisLink(redis_url, config.redis.timeout_s, config.redis.prefix, config.redis.degraded_for_s)
         p = config.redis.prefix
         keys = key_store(link.client, p)
         # The link's client has socket timeouts and no retries, which bound every call already;

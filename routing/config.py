@@ -314,6 +314,7 @@ class RedisConfig(_Strict):
     url: str | None = None  # or ${REDIS_URL}; also --redis-url and the REDIS_URL environment variable
     prefix: str = "gw:"
     timeout_s: float = Field(default=0.25, gt=0)  # per call; past it the cache fails open
+    degraded_for_s: float = Field(default=10.0, gt=0)  # /ready says "degraded" this long after the last error
 
 
 class CacheConfig(_Strict):
