@@ -77,9 +77,17 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
                                services.link.record_error), name="usage-flush")
         batch_loop = (asyncio.create_task(batches.runner.run_forever(), name="batch-runner")
                       if config.batches.enabled else None)
+        grpc_server = None
+        if config.server.grpc.enabled:  # imports grpc only now: the HTTP gateway runs without it
+            from gateway.grpc_api.server import GrpcServer
+
+            grpc_server = GrpcServer(app, config.server.grpc.host, config.server.grpc.port)
+            await grpc_server.start()
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop()
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher

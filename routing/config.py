@@ -100,6 +100,14 @@ class CorsConfig(_Strict):
         return self
 
 
+class GrpcConfig(_Strict):
+    """The gRPC API for internal callers (gateway/grpc_api): off unless enabled; read at start-up."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=50051, ge=0, le=65535)
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -124,6 +132,7 @@ class ServerConfig(_Strict):
     model_cards_dir: str | None = None
     watch_config: bool = True  # reload the config file when it changes
     watch_interval_s: float = Field(default=1.0, gt=0)
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
 
 
 class ProviderConfig(_Strict):

@@ -17,6 +17,7 @@ echo "== installing"
 # llama.cpp compiled for this CPU without its AMX kernels (they crash); once per CPU, then cached.
 bash deploy/install-llama-cpp.sh "$VENV/bin/python"
 "$VENV/bin/python" -m pip install -q -e '.[test]'
+"$VENV/bin/python" -m gateway.grpc_api.codegen >/dev/null  # the gRPC stubs (git-ignored), generated once
 bash deploy/install-embedding-model.sh "$VENV/bin/python"
 
 # Redis: tests talk to a real server. Use $REDIS_URL, else the local one, else start a throwaway one.

@@ -1,0 +1,144 @@
+"""The gRPC API (gateway/grpc_api) with a real grpcio client against a real gateway process on simulated
+upstreams: unary and streaming chat, the model list, errors as gRPC status codes with the OpenAI error in
+the trailing metadata, the request id in the initial metadata, and grpc.health.v1. The error mapping and
+the SSE parsing are also checked on their own (unit)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from backends.contract.errors import GatewayError, InvalidRequest, ModelNotFound
+from gateway.grpc_api import errors
+from gateway.grpc_api.codegen import load
+from gateway.grpc_api.servicer import chunks_of, sse_events
+from tests.routing_env import Sims, sims  # noqa: F401  (fixtures)
+from tests.server import GatewayProcess, free_port
+from tests.sim import canonical_reply
+
+MASTER = "sk-master-grpc-0123456789"
+pb2, pb2_grpc = load()
+
+
+def config(s: Sims, port: int) -> dict[str, Any]:
+    return {
+        "server": {"grpc": {"enabled": True, "port": port}},
+        "providers": {"vllm-a": {"kind": "vllm", "base_url": f"{s.a.url}/v1"}},
+        "deployments": [{"name": "a", "provider": "vllm-a", "model": "vllm-model"}],
+        "routes": [{"name": "chat", "deployments": ["a"]}],
+    }
+
+
+@pytest.fixture
+def gateway(sims: Sims) -> Iterator[tuple[GatewayProcess, grpc.Channel]]:
+    sims.reset()
+    port = free_port()
+    with (GatewayProcess(config(sims, port), env={"LLM_GATEWAY_MASTER_KEY": MASTER}) as g,
+          grpc.insecure_channel(f"127.0.0.1:{port}") as channel):
+        grpc.channel_ready_future(channel).result(timeout=20)
+        yield g, channel
+
+
+AUTH = (("authorization", f"Bearer {MASTER}"),)
+MESSAGES = [{"role": "user", "content": "hello over grpc"}]
+
+
+def request(**fields: Any) -> Any:
+    from google.protobuf import json_format
+
+    return json_format.ParseDict({"model": "chat", "messages": MESSAGES, **fields}, pb2.ChatCompletionRequest())
+
+
+def openai_error(exc: grpc.RpcError) -> dict[str, Any]:
+    trailers = dict(exc.trailing_metadata() or ())
+    return json.loads(trailers["x-openai-error"])["error"]
+
+
+@pytest.mark.process
+def test_unary_streaming_models_and_health(gateway: tuple[GatewayProcess, grpc.Channel]) -> None:
+    _, channel = gateway
+    stub = pb2_grpc.ChatServiceStub(channel)
+    reply, call = stub.CreateChatCompletion.with_call(request(max_tokens=200, temperature=0.0), metadata=AUTH)
+    assert reply.object == "chat.completion" and reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].message.content == canonical_reply(MESSAGES)
+    assert reply.choices[0].finish_reason == "stop" and reply.usage.total_tokens > 0
+    assert len(dict(call.initial_metadata())["x-request-id"]) >= 8
+
+    mine = (*AUTH, ("x-request-id", "grpc-req-42"))
+    stream = stub.StreamChatCompletion(request(max_tokens=200), metadata=mine)
+    chunks = list(stream)
+    assert dict(stream.initial_metadata())["x-request-id"] == "grpc-req-42"
+    assert len(chunks) > 2 and all(c.object == "chat.completion.chunk" for c in chunks)
+    text = "".join(ch.delta.content for c in chunks for ch in c.choices)
+    assert text == canonical_reply(MESSAGES)
+    assert [ch.finish_reason for c in chunks for ch in c.choices if ch.HasField("finish_reason")] == ["stop"]
+
+    models = stub.ListModels(pb2.ListModelsRequest(), metadata=AUTH)
+    assert [m.id for m in models.data] == ["chat"]
+
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "chat"):
+        got = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert got.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.process
+def test_errors_are_grpc_status_codes(gateway: tuple[GatewayProcess, grpc.Channel]) -> None:
+    _, channel = gateway
+    stub = pb2_grpc.ChatServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as wrong:
+        stub.CreateChatCompletion(request(), metadata=(("authorization", "Bearer sk-wrong-key-000000"),))
+    assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert openai_error(wrong.value)["code"] == "invalid_api_key"
+    assert "sk-wrong" not in wrong.value.details()
+
+    with pytest.raises(grpc.RpcError) as bad:
+        stub.CreateChatCompletion(request(temperature=5.0), metadata=AUTH)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    err = openai_error(bad.value)
+    assert err["type"] == "invalid_request_error" and err["param"] == "temperature"
+    assert json.loads(bad.value.details())["error"] == err and "Traceback" not in bad.value.details()
+
+    for rpc in (stub.CreateChatCompletion, lambda r, metadata: list(stub.StreamChatCompletion(r, metadata=metadata))):
+        with pytest.raises(grpc.RpcError) as unknown:
+            rpc(request(model="no-such-model"), metadata=AUTH)
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        assert openai_error(unknown.value)["code"] == "model_not_found"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("status,name", [(400, "INVALID_ARGUMENT"), (401, "UNAUTHENTICATED"),
+                                         (403, "PERMISSION_DENIED"), (404, "NOT_FOUND"),
+                                         (429, "RESOURCE_EXHAUSTED"), (503, "UNAVAILABLE"),
+                                         (504, "DEADLINE_EXCEEDED"), (500, "INTERNAL"), (502, "INTERNAL")])
+def test_status_mapping(status: int, name: str) -> None:
+    assert errors.status_name(status) == name
+    assert hasattr(grpc.StatusCode, name)
+
+
+@pytest.mark.unit
+def test_describe_keeps_the_openai_body_and_hides_bugs() -> None:
+    code, raw, message = errors.describe(ModelNotFound("x"))
+    assert code == "NOT_FOUND" and json.loads(raw)["error"]["code"] == "model_not_found" and message == raw.decode()
+    code, raw, _ = errors.describe(InvalidRequest("nope", param="temperature"))
+    assert code == "INVALID_ARGUMENT" and json.loads(raw)["error"]["param"] == "temperature"
+    code, raw, message = errors.describe(ValueError("secret internals"))
+    assert code == "INTERNAL" and "secret" not in message
+    assert isinstance(ModelNotFound("x"), GatewayError)
+
+
+@pytest.mark.unit
+async def test_sse_split_across_pieces_until_done() -> None:
+    async def pieces() -> Any:
+        for p in [b'data: {"a": 1}\n', b'\ndata: {"a"', b': 2}\n\n: keep-alive\n\n', b"data: [DONE]\n\n",
+                  b'data: {"a": 3}\n\n']:
+            yield p
+
+    assert [c async for c in chunks_of(pieces())] == [{"a": 1}, {"a": 2}]
+    buf = bytearray(b'data: {"x": 1}\n\ndata: {"y"')
+    assert sse_events(buf) == [b'{"x": 1}'] and bytes(buf) == b'data: {"y"'
