@@ -6,6 +6,7 @@ pipeline's await, which frees the backend as an HTTP disconnect does."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -19,6 +20,7 @@ from starlette.responses import Response
 
 from backends.contract.errors import GatewayError
 from backends.contract.protocol import ChatCompletionRequest, validate_request
+from gateway.disconnect import ClientDisconnected
 from gateway.grpc_api import errors
 from gateway.observe import RequestRecord
 from gateway.pipeline import Call, serve
@@ -30,8 +32,13 @@ _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _INT64_FIELDS = ("seed",)  # protobuf's JSON mapping writes int64 as a string; OpenAI's is a number
 
 
-async def _identity(aw: Any) -> Any:
-    return await aw  # cancellation reaches the pipeline through the call's task itself
+async def _until_cancelled(aw: Any) -> Any:
+    """A client that cancels cancels the call's task, and so the router's work (its backend is freed as on
+    an HTTP disconnect); the request is then recorded as 499, as an HTTP client that left is."""
+    try:
+        return await aw
+    except asyncio.CancelledError:
+        raise ClientDisconnected() from None
 
 
 def headers_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -85,8 +92,9 @@ class ChatServicer:
         await context.send_initial_metadata((("x-request-id", request_id),))
         return headers, request_id
 
-    async def _serve(self, request: Any, context: grpc.aio.ServicerContext, stream: bool) -> tuple[Response, str]:
+    async def _serve(self, request: Any, context: grpc.aio.ServicerContext, stream: bool) -> tuple[Response, Call]:
         headers, request_id = await self._begin(context)
+        calls: list[Call] = []
 
         async def run(rec: RequestRecord) -> Response:
             try:
@@ -95,30 +103,34 @@ class ChatServicer:
                 await self.app.state.services.auth.authenticate(headers)  # anonymous callers get the 401 first
                 raise
             rec.stream = body.stream
-            call = Call(body, headers, request_id, rec, _identity)
-            return await serve(self.app.state.services, self.app.state.manager.current, call)
+            calls.append(Call(body, headers, request_id, rec, _until_cancelled))
+            return await serve(self.app.state.services, self.app.state.manager.current, calls[0])
 
-        return await observed(request_id, ChatCompletionRequest.endpoint, run), request_id
+        return await observed(request_id, ChatCompletionRequest.endpoint, run), calls[0]
 
     async def CreateChatCompletion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             response, _ = await self._serve(request, context, stream=False)
+            if response.background is not None:
+                await response.background()
             return json_format.ParseDict(orjson.loads(response.body), self.pb2.ChatCompletion(),
                                          ignore_unknown_fields=True)
         except Exception as exc:
             await abort(context, exc)
 
     async def StreamChatCompletion(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        response = None
         try:
-            response, _ = await self._serve(request, context, stream=True)
-            if not hasattr(response, "body_iterator"):  # a cached answer replayed whole
-                yield json_format.ParseDict(orjson.loads(response.body), self.pb2.ChatCompletionChunk(),
-                                            ignore_unknown_fields=True)
-                return
+            response, call = await self._serve(request, context, stream=True)
             async for chunk in chunks_of(response.body_iterator):
+                if "error" in chunk and "choices" not in chunk:  # an in-band error: the stream broke
+                    raise stream_error(call, chunk)
                 yield json_format.ParseDict(chunk, self.pb2.ChatCompletionChunk(), ignore_unknown_fields=True)
         except Exception as exc:
             await abort(context, exc)
+        finally:
+            if response is not None:
+                await over(response)
 
     async def ListModels(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -129,6 +141,28 @@ class ChatServicer:
             return json_format.ParseDict({"object": "list", "data": data}, self.pb2.ModelList())
         except Exception as exc:
             await abort(context, exc)
+
+
+def stream_error(call: Call, chunk: dict[str, Any]) -> GatewayError:
+    """The error a stream ended with (the router's, with its status), else one built from its frame."""
+    if call.outcome is not None and call.outcome.stream_error is not None:
+        return call.outcome.stream_error
+    err = chunk.get("error") or {}
+    return GatewayError(str(err.get("message") or "The stream failed."), status_code=502,
+                        error_type=err.get("type"), code=err.get("code"))
+
+
+async def over(response: Response) -> None:
+    """What Starlette does once a streamed response is sent, however it went: the stream's generator is
+    closed (it settles usage and finishes the request's record) and the response's background task runs
+    (it gives the deployment slot and the concurrency places back)."""
+    aclose = getattr(getattr(response, "body_iterator", None), "aclose", None)
+    try:
+        if aclose is not None:
+            await aclose()
+    finally:
+        if response.background is not None:
+            await response.background()
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:

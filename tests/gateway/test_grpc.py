@@ -19,7 +19,8 @@ from gateway.grpc_api.codegen import load
 from gateway.grpc_api.servicer import chunks_of, sse_events
 from tests.routing_env import Sims, sims  # noqa: F401  (fixtures)
 from tests.server import GatewayProcess, free_port
-from tests.sim import canonical_reply
+from tests.sim import Fault, canonical_reply
+from tests.waiting import wait_until
 
 MASTER = "sk-master-grpc-0123456789"
 pb2, pb2_grpc = load()
@@ -30,7 +31,8 @@ def config(s: Sims, port: int) -> dict[str, Any]:
         "server": {"grpc": {"enabled": True, "port": port}},
         "providers": {"vllm-a": {"kind": "vllm", "base_url": f"{s.a.url}/v1"}},
         "deployments": [{"name": "a", "provider": "vllm-a", "model": "vllm-model"}],
-        "routes": [{"name": "chat", "deployments": ["a"]}],
+        # One call at a time: a call that kept its place after it ended would make the next one wait, then 429.
+        "routes": [{"name": "chat", "deployments": ["a"], "max_concurrent_requests": 1, "timeouts": {"queue_s": 1.0}}],
     }
 
 
@@ -109,6 +111,31 @@ def test_errors_are_grpc_status_codes(gateway: tuple[GatewayProcess, grpc.Channe
             rpc(request(model="no-such-model"), metadata=AUTH)
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
         assert openai_error(unknown.value)["code"] == "model_not_found"
+
+
+def log_lines(g: GatewayProcess, request_id: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in g.logs(None).splitlines()
+            if x.startswith('{"ts"') and f'"request_id":"{request_id}"' in x.replace(" ", "")]
+
+
+@pytest.mark.process
+def test_calls_are_logged_and_a_cancelled_call_is_a_499(sims: Sims,
+                                                          gateway: tuple[GatewayProcess, grpc.Channel]) -> None:
+    g, channel = gateway
+    stub = pb2_grpc.ChatServiceStub(channel)
+    assert list(stub.StreamChatCompletion(request(), metadata=(*AUTH, ("x-request-id", "grpc-logged-1"))))
+    line = wait_until(lambda: log_lines(g, "grpc-logged-1"), what="the stream's log line")[0]
+    assert line["endpoint"] == "chat" and line["status"] == 200 and line["deployment"] == "a"
+    for _ in range(2):  # each stream gave its place back as it ended
+        assert list(stub.StreamChatCompletion(request(), metadata=AUTH, timeout=5))
+
+    sims.a.add_fault(Fault.latency(5.0))
+    before = sims.a.count("/v1/chat/completions")
+    future = stub.CreateChatCompletion.future(request(), metadata=(*AUTH, ("x-request-id", "grpc-cancel-1")))
+    wait_until(lambda: sims.a.count("/v1/chat/completions") > before, what="the upstream called")
+    future.cancel()
+    line = wait_until(lambda: log_lines(g, "grpc-cancel-1"), timeout=4, what="the cancelled call's log line")[0]
+    assert line["status"] == 499 and line["error_code"] == "client_disconnected"
 
 
 @pytest.mark.unit
