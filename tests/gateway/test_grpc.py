@@ -138,6 +138,28 @@ def test_calls_are_logged_and_a_cancelled_call_is_a_499(sims: Sims,
     assert line["status"] == 499 and line["error_code"] == "client_disconnected"
 
 
+@pytest.mark.process
+def test_a_broken_stream_ends_in_a_status_and_reflection_lists_the_services(
+        sims: Sims, gateway: tuple[GatewayProcess, grpc.Channel]) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    _, channel = gateway
+    stub = pb2_grpc.ChatServiceStub(channel)
+    sims.a.add_fault(Fault.cut_stream(after_chunks=3), times=10)  # one deployment: nothing to continue on
+    got = []
+    with pytest.raises(grpc.RpcError) as broken:
+        for chunk in stub.StreamChatCompletion(request(), metadata=AUTH, timeout=10):
+            got.append(chunk)
+    assert got and broken.value.code() == grpc.StatusCode.INTERNAL  # a 502: the upstream's stream broke off
+    assert openai_error(broken.value)["code"] == "stream_interrupted"
+    sims.a.clear_faults()
+
+    ask = reflection_pb2.ServerReflectionRequest(list_services="")
+    answer = next(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([ask]), timeout=5))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"llm_gateway.v1.ChatService", "grpc.health.v1.Health"} <= names
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize("status,name", [(400, "INVALID_ARGUMENT"), (401, "UNAUTHENTICATED"),
                                          (403, "PERMISSION_DENIED"), (404, "NOT_FOUND"),
