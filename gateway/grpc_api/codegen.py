@@ -20,41 +20,41 @@ PROTOS = HERE / "protos"
 OUT = HERE / "_generated"
 
 
-def proto_files() -> list[Path]:
-    return sorted(PROTOS.rglob("*.proto"))
+def proto_files(protos: Path = PROTOS) -> list[Path]:
+    return sorted(protos.rglob("*.proto"))
 
 
-def stale() -> bool:
+def stale(protos: Path = PROTOS, out: Path = OUT) -> bool:
     """True when a stub is missing or older than its .proto."""
-    for proto in proto_files():
-        rel = proto.relative_to(PROTOS).with_suffix("")
+    for proto in proto_files(protos):
+        rel = proto.relative_to(protos).with_suffix("")
         for suffix in ("_pb2.py", "_pb2_grpc.py"):
-            stub = OUT / f"{rel}{suffix}"
+            stub = out / f"{rel}{suffix}"
             if not stub.exists() or stub.stat().st_mtime < proto.stat().st_mtime:
                 return True
     return False
 
 
-def generate() -> Path:
+def generate(protos: Path = PROTOS, out: Path = OUT) -> Path:
     """Run protoc into a fresh directory, then swap it in (two workers generating at once both succeed)."""
     import grpc_tools
     from grpc_tools import protoc
 
     include = Path(grpc_tools.__file__).resolve().parent / "_proto"  # google/protobuf/*.proto
-    tmp = Path(tempfile.mkdtemp(prefix="_generated-", dir=HERE))
+    tmp = Path(tempfile.mkdtemp(prefix="_generated-", dir=out.parent))
     try:
-        args = ["grpc_tools.protoc", f"-I{PROTOS}", f"-I{include}", f"--python_out={tmp}",
-                f"--grpc_python_out={tmp}", *(str(p) for p in proto_files())]
+        args = ["grpc_tools.protoc", f"-I{protos}", f"-I{include}", f"--python_out={tmp}",
+                f"--grpc_python_out={tmp}", *(str(p) for p in proto_files(protos))]
         if protoc.main(args) != 0:
-            raise RuntimeError(f"protoc failed on {PROTOS}")
-        old = HERE / f"_generated-old-{os.getpid()}"
-        if OUT.exists():
-            OUT.rename(old)
-        tmp.rename(OUT)
+            raise RuntimeError(f"protoc failed on {protos}")
+        old = out.parent / f"_generated-old-{os.getpid()}"
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return OUT
+    return out
 
 
 def load() -> tuple[ModuleType, ModuleType]:

@@ -6,7 +6,11 @@ the SSE parsing are also checked on their own (unit)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,9 +18,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from backends.contract.errors import GatewayError, InvalidRequest, ModelNotFound
-from gateway.grpc_api import errors
+from gateway.grpc_api import codegen, errors
 from gateway.grpc_api.codegen import load
 from gateway.grpc_api.servicer import chunks_of, sse_events
+from tests.paths import ROOT
 from tests.routing_env import Sims, sims  # noqa: F401  (fixtures)
 from tests.server import GatewayProcess, free_port
 from tests.sim import Fault, canonical_reply
@@ -158,6 +163,41 @@ def test_a_broken_stream_ends_in_a_status_and_reflection_lists_the_services(
     answer = next(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([ask]), timeout=5))
     names = {s.name for s in answer.list_services_response.service}
     assert {"llm_gateway.v1.ChatService", "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.unit
+def test_stubs_are_generated_when_missing_or_older_than_the_proto(tmp_path: Path) -> None:
+    protos, out = tmp_path / "protos", tmp_path / "_generated"
+    shutil.copytree(codegen.PROTOS, protos)
+    assert codegen.stale(protos, out)
+    codegen.generate(protos, out)
+    assert not codegen.stale(protos, out)
+    assert (out / "llm_gateway/v1/chat_pb2_grpc.py").read_text().count("def StreamChatCompletion") == 2
+    proto = protos / "llm_gateway/v1/chat.proto"
+    later = (out / "llm_gateway/v1/chat_pb2.py").stat().st_mtime + 10
+    os.utime(proto, (later, later))
+    assert codegen.stale(protos, out)
+    assert not any(p.name.startswith("_generated-") for p in tmp_path.iterdir())  # no temporary left behind
+
+
+@pytest.mark.process  # runs git
+def test_generated_stubs_are_not_in_git() -> None:
+    tracked = subprocess_out(["git", "ls-files", "gateway/grpc_api"])
+    assert "chat.proto" in tracked and "_pb2" not in tracked
+
+
+def subprocess_out(cmd: list[str]) -> str:
+    import subprocess
+
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.process
+def test_the_http_gateway_does_not_import_grpc_when_it_is_off() -> None:
+    code = ("import sys, gateway.app, gateway.cli; from routing.config import GatewayConfig; "
+            "assert GatewayConfig().server.grpc.enabled is False; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'grpc_tools', 'grpc_health')))")
+    assert subprocess_out([sys.executable, "-c", code]).strip() == "[]"
 
 
 @pytest.mark.unit
