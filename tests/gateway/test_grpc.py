@@ -38,6 +38,7 @@ def config(s: Sims, port: int) -> dict[str, Any]:
         "deployments": [{"name": "a", "provider": "vllm-a", "model": "vllm-model"}],
         # One call at a time: a call that kept its place after it ended would make the next one wait, then 429.
         "routes": [{"name": "chat", "deployments": ["a"], "max_concurrent_requests": 1, "timeouts": {"queue_s": 1.0}}],
+        "health_checks": {"interval_s": 0.3, "timeout_s": 0.5},
     }
 
 
@@ -163,6 +164,29 @@ def test_a_broken_stream_ends_in_a_status_and_reflection_lists_the_services(
     answer = next(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([ask]), timeout=5))
     names = {s.name for s in answer.list_services_response.service}
     assert {"llm_gateway.v1.ChatService", "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.process
+def test_a_route_without_a_usable_deployment_is_not_serving(sims: Sims,
+                                                            gateway: tuple[GatewayProcess, grpc.Channel]) -> None:
+    _, channel = gateway
+    health = health_pb2_grpc.HealthStub(channel)
+
+    def status(service: str) -> int:
+        return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+    sims.a.stop()
+    try:
+        wait_until(lambda: status("chat") == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=15,
+                   what="the route's health NOT_SERVING")
+        assert status("") == health_pb2.HealthCheckResponse.SERVING  # the gateway itself still serves
+    finally:
+        sims.a.start()
+    wait_until(lambda: status("chat") == health_pb2.HealthCheckResponse.SERVING, timeout=15,
+               what="the route's health SERVING again")
+    with pytest.raises(grpc.RpcError) as unknown:
+        status("no-such-model")
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 @pytest.mark.unit
