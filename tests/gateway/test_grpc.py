@@ -139,6 +139,10 @@ def test_calls_are_logged_and_a_cancelled_call_is_a_499(sims: Sims,
     before = sims.a.count("/v1/chat/completions")
     future = stub.CreateChatCompletion.future(request(), metadata=(*AUTH, ("x-request-id", "grpc-cancel-1")))
     wait_until(lambda: sims.a.count("/v1/chat/completions") > before, what="the upstream called")
+    with pytest.raises(grpc.RpcError) as limited:  # the route's one place is taken: 429 after queue_s
+        stub.CreateChatCompletion(request(), metadata=AUTH, timeout=5)
+    assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert openai_error(limited.value)["code"] == "concurrency_limit_exceeded"
     future.cancel()
     line = wait_until(lambda: log_lines(g, "grpc-cancel-1"), timeout=4, what="the cancelled call's log line")[0]
     assert line["status"] == 499 and line["error_code"] == "client_disconnected"
