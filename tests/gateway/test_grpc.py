@@ -35,7 +35,7 @@ def config(s: Sims, port: int) -> dict[str, Any]:
     return {
         "server": {"grpc": {"enabled": True, "port": port}},
         "providers": {"vllm-a": {"kind": "vllm", "base_url": f"{s.a.url}/v1"}},
-        "deployments": [{"name": "a", "provider": "vllm-a", "model": "vllm-model"}],
+        "deployments": [{"name": "a", "provider": "vllm-a", "model": "vllm-model", "max_concurrency": 1}],
         # One call at a time: a call that kept its place after it ended would make the next one wait, then 429.
         "routes": [{"name": "chat", "deployments": ["a"], "max_concurrent_requests": 1, "timeouts": {"queue_s": 1.0}}],
         "health_checks": {"interval_s": 0.3, "timeout_s": 0.5},
@@ -125,8 +125,8 @@ def log_lines(g: GatewayProcess, request_id: str) -> list[dict[str, Any]]:
 
 
 @pytest.mark.process
-def test_calls_are_logged_and_a_cancelled_call_is_a_499(sims: Sims,
-                                                          gateway: tuple[GatewayProcess, grpc.Channel]) -> None:
+def test_logged_limited_and_a_cancelled_call_is_a_499_that_frees_its_place(
+        sims: Sims, gateway: tuple[GatewayProcess, grpc.Channel]) -> None:
     g, channel = gateway
     stub = pb2_grpc.ChatServiceStub(channel)
     assert list(stub.StreamChatCompletion(request(), metadata=(*AUTH, ("x-request-id", "grpc-logged-1"))))
@@ -146,6 +146,8 @@ def test_calls_are_logged_and_a_cancelled_call_is_a_499(sims: Sims,
     future.cancel()
     line = wait_until(lambda: log_lines(g, "grpc-cancel-1"), timeout=4, what="the cancelled call's log line")[0]
     assert line["status"] == 499 and line["error_code"] == "client_disconnected"
+    # Its place was given back at once (the upstream is still sleeping on it): the next call is answered.
+    assert stub.CreateChatCompletion(request(), metadata=AUTH, timeout=3).choices[0].message.content
 
 
 @pytest.mark.process
