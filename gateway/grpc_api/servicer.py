@@ -169,6 +169,8 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """End the call with the status for `exc`; the OpenAI body in the trailers and the message."""
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
+    if isinstance(exc, ClientDisconnected):  # the client cancelled: nobody to tell, nothing to log
+        raise asyncio.CancelledError from None
     code, raw, message = errors.describe(exc)
     if not isinstance(exc, GatewayError):
         log.exception("grpc call failed")  # the log has the trace; the caller only the OpenAI body

@@ -148,6 +148,7 @@ def test_logged_limited_and_a_cancelled_call_is_a_499_that_frees_its_place(
     assert line["status"] == 499 and line["error_code"] == "client_disconnected"
     # Its place was given back at once (the upstream is still sleeping on it): the next call is answered.
     assert stub.CreateChatCompletion(request(), metadata=AUTH, timeout=3).choices[0].message.content
+    assert "Traceback" not in g.logs(None)  # a client that left is no error of the gateway's
 
 
 @pytest.mark.process
