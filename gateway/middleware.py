@@ -24,7 +24,7 @@ MESSAGES_PREFIX = "/v1/messages"  # Anthropic's API: its errors in Anthropic's s
 
 log = logging.getLogger("llm_gateway")
 
-_VALID_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")  # a caller's x-request-id we keep (HTTP and gRPC)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -50,7 +50,7 @@ class RequestContextMiddleware:
         length = host = content_type = None
         keyed = False
         for key, value in scope["headers"]:
-            if key == b"x-request-id" and _VALID_ID.match(value):
+            if key == b"x-request-id" and VALID_REQUEST_ID.match(value):
                 rid = value
             elif key == b"content-length":
                 length = value

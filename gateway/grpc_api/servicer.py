@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,13 +21,13 @@ from backends.contract.errors import GatewayError
 from backends.contract.protocol import ChatCompletionRequest, validate_request
 from gateway.disconnect import ClientDisconnected
 from gateway.grpc_api import errors
+from gateway.middleware import VALID_REQUEST_ID
 from gateway.observe import RequestRecord
 from gateway.pipeline import Call, serve
 from gateway.routes.observed import observed
-from gateway.routes.openai import _visible
+from gateway.routes.openai import visible
 
 log = logging.getLogger("llm_gateway")
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _INT64_FIELDS = ("seed",)  # protobuf's JSON mapping writes int64 as a string; OpenAI's is a number
 
 
@@ -88,7 +87,7 @@ class ChatServicer:
     async def _begin(self, context: grpc.aio.ServicerContext) -> tuple[dict[str, str], str]:
         headers = headers_of(context)
         given = headers.get("x-request-id", "")
-        request_id = given if _VALID_ID.match(given) else uuid.uuid4().hex
+        request_id = given if VALID_REQUEST_ID.match(given.encode()) else uuid.uuid4().hex
         await context.send_initial_metadata((("x-request-id", request_id),))
         return headers, request_id
 
@@ -137,7 +136,7 @@ class ChatServicer:
             principal = await self.app.state.services.auth.authenticate(headers_of(context))
             created = self.app.state.manager.started_at
             data = [{"id": r.name, "object": "model", "created": created, "owned_by": "llm-gateway"}
-                    for r in self.app.state.manager.current.route_list if _visible(principal, r)]
+                    for r in self.app.state.manager.current.route_list if visible(principal, r)]
             return json_format.ParseDict({"object": "list", "data": data}, self.pb2.ModelList())
         except Exception as exc:
             await abort(context, exc)

@@ -92,7 +92,7 @@ def model_object(route: Route, created: int) -> dict[str, Any]:
     return obj
 
 
-def _visible(principal: Principal, route: Route) -> bool:
+def visible(principal: Principal, route: Route) -> bool:
     """A key limited to some models sees only those (a route is named by its name or an alias)."""
     allowed = principal.key.models if principal.key else None
     return allowed is None or any(name in allowed for name in (route.name, *route.config.aliases))
@@ -105,7 +105,7 @@ async def list_models(request: Request) -> Response:
     runtime = _runtime(request)
     created = request.app.state.manager.started_at
     return _json({"object": "list", "data": [model_object(r, created) for r in runtime.route_list
-                                             if _visible(principal, r)]})
+                                             if visible(principal, r)]})
 
 
 @router.get("/models/{model_id:path}")
@@ -114,6 +114,6 @@ async def get_model(model_id: str, request: Request) -> Response:
     principal = await svc.auth.authenticate(request.headers)
     runtime = _runtime(request)
     route = runtime.routes.get(model_id)
-    if route is None or not _visible(principal, route):  # a model the key may not use does not exist for it
+    if route is None or not visible(principal, route):  # a model the key may not use does not exist for it
         raise ModelNotFound(model_id)
     return _json(model_object(route, request.app.state.manager.started_at))
