@@ -81,7 +81,7 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
         if config.server.grpc.enabled:  # imports grpc only now: the HTTP gateway runs without it
             from gateway.grpc_api.server import GrpcServer
 
-            grpc_server = GrpcServer(app, config.server.grpc.host, config.server.grpc.port)
+            grpc_server = GrpcServer(app, config.server.grpc, config.server.max_body_bytes)
             await grpc_server.start()
         try:
             yield

@@ -51,6 +51,7 @@ class Call:
     preset: Principal | None = None  # the caller, known already (a batch line runs as its batch's key)
     priority: Priority | None = None  # set by the caller (a batch line: BATCH); else decided at admission
     keep_chunks: bool = False  # a surface translates the stream: the assembler keeps its parsed chunks
+    deadline: float | None = None  # the caller's own (time.monotonic), when it sent one: a gRPC deadline
     outcome: Outcome | None = None  # the router's, once routed
 
 
@@ -106,7 +107,7 @@ async def route(svc: Services, admitted: Admission, call: Call) -> Outcome:
     still has its attempts counted in its record."""
     body = call.body
     upstream = body.with_usage_reported() if body.stream and not body.include_usage else body
-    outcome = call.outcome = Outcome(queue_wait_s=admitted.queue_wait_s)
+    outcome = call.outcome = Outcome(queue_wait_s=admitted.queue_wait_s, caller_deadline=call.deadline)
     outcome.assembler.keep = call.keep_chunks
     work = svc.router.run(admitted.plan, upstream, call.request_id, outcome)
     try:

@@ -106,6 +106,19 @@ class GrpcConfig(_Strict):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=50051, ge=0, le=65535)
+    # TLS: a PEM certificate chain and its key (both, or neither: plaintext, for a sidecar or a mesh that
+    # does TLS itself). With `tls_client_ca_file` too, callers must present a certificate it signed (mTLS).
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "GrpcConfig":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both, or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        return self
 
 
 class ServerConfig(_Strict):

@@ -44,6 +44,7 @@ class Outcome:
     legs: list[Leg] = field(default_factory=list)  # deployments that served part of the stream before `served_by`
     stream_error: GatewayError | None = None  # why the stream ended with an in-band error, if it did
     queue_wait_s: float = 0.0  # time spent waiting for capacity (a deployment's slot, a concurrency limit)
+    caller_deadline: float | None = None  # the caller's own deadline (time.monotonic), if sooner than the route's
     slot: Slot | None = None  # the streaming deployment's slot, held to the stream's last chunk
 
     def release_slot(self) -> None:

@@ -92,6 +92,10 @@ class _Run:
         self.outcome = outcome if outcome is not None else Outcome()
         # A wait before routing (the key's concurrency limit) counts against the route's deadline too.
         self.deadline = time.monotonic() + self.route.timeouts.total_s - self.outcome.queue_wait_s
+        # A caller's own deadline (a gRPC one) that comes sooner bounds retries and failover as well.
+        self.callers = self.outcome.caller_deadline is not None and self.outcome.caller_deadline < self.deadline
+        if self.callers:
+            self.deadline = self.outcome.caller_deadline  # type: ignore[assignment]
         self.scheduling = priority.current.get()  # set at admission for this request's task
         self.failed: set[str] = set()  # deployments whose stream broke (never asked to continue it)
         self.ways: dict[str, list[str]] = {}  # a continuation's ways left per deployment, the next one first
@@ -336,6 +340,8 @@ class _Run:
         return await to_first_content(result, idle_s)
 
     def overdue(self, cls: type[UpstreamTimeout] = UpstreamTimeout) -> UpstreamTimeout:
+        if self.callers:
+            return cls("The request did not finish within the caller's deadline.", code="deadline_exceeded")
         return cls(f"The request did not finish within the route's deadline ({self.route.timeouts.total_s:g}s).")
 
     async def next_chunk(self, stream: SSEStream, idle_s: float | None) -> bytes:

@@ -1,12 +1,16 @@
-"""The gRPC server of one gateway worker: ChatService, grpc.health.v1.Health and server reflection,
-started in the app's lifespan when `server.grpc.enabled` (grpc is imported only then)."""
+"""The gRPC server of one gateway worker: ChatService, CompletionService, EmbeddingService,
+grpc.health.v1.Health (per model) and server reflection, started in the app's lifespan when
+`server.grpc.enabled` (grpc is imported only then)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 from typing import Any
+
+from routing.config import GrpcConfig
 
 log = logging.getLogger("llm_gateway")
 HEALTH_REFRESH_S = 2.0
@@ -22,41 +26,69 @@ def route_health(app: Any) -> dict[str, bool]:
     return out
 
 
+def credentials(cfg: GrpcConfig) -> Any:
+    """Server TLS credentials from the configured PEM files (None: plaintext)."""
+    import grpc
+
+    if cfg.tls_cert_file is None or cfg.tls_key_file is None:
+        return None
+    try:
+        pair = (Path(cfg.tls_key_file).read_bytes(), Path(cfg.tls_cert_file).read_bytes())
+        client_ca = Path(cfg.tls_client_ca_file).read_bytes() if cfg.tls_client_ca_file else None
+    except OSError as exc:
+        raise RuntimeError(f"server.grpc: cannot read a TLS file: {exc.filename}: {exc.strerror}") from None
+    return grpc.ssl_server_credentials([pair], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
+
+
 class GrpcServer:
-    def __init__(self, app: Any, host: str, port: int) -> None:
-        self.app, self.address = app, f"{host}:{port}"
+    def __init__(self, app: Any, cfg: GrpcConfig, max_message_bytes: int) -> None:
+        self.app, self.cfg, self.address = app, cfg, f"{cfg.host}:{cfg.port}"
+        # A message is bounded as an HTTP body is (server.max_body_bytes); grpc's own default is 4 MiB.
+        self.options = [("grpc.max_receive_message_length", max_message_bytes)]
         self.server: Any = None
         self._refresher: asyncio.Task[None] | None = None
+        self._routes: set[str] = set()
 
     async def start(self) -> None:
         import grpc
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha import reflection
 
-        from gateway.grpc_api.codegen import load
-        from gateway.grpc_api.servicer import ChatServicer
+        from gateway.grpc_api.servicer import SERVICERS
+        from gateway.grpc_api.stubs import load
 
-        pb2, pb2_grpc = load()
+        stubs = load()
         self._health_pb2 = health_pb2
-        self.server = grpc.aio.server()
-        pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(self.app, pb2), self.server)
+        self.server = grpc.aio.server(options=self.options)
+        for name, servicer in SERVICERS.items():
+            stubs.services[name].add_to_server(servicer(self.app, stubs.pb), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        names = (pb2.DESCRIPTOR.services_by_name["ChatService"].full_name, health.SERVICE_NAME,
-                 reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self.server)
-        if self.server.add_insecure_port(self.address) == 0:
+        self.service_names = [stubs.services[name].full_name for name in SERVICERS]
+        reflection.enable_server_reflection((*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                            self.server)
+        creds = credentials(self.cfg)
+        bound = (self.server.add_secure_port(self.address, creds) if creds is not None
+                 else self.server.add_insecure_port(self.address))
+        if bound == 0:
             raise RuntimeError(f"server.grpc: cannot listen on {self.address}")
         await self.server.start()
         await self._refresh()
         self._refresher = asyncio.create_task(self._refresh_forever(), name="grpc-health")
-        log.info("gRPC API listening on %s", self.address)
+        log.info("gRPC API listening on %s (%s)", self.address, "TLS" if creds is not None else "plaintext")
 
     async def _refresh(self) -> None:
+        """"" and each service: the gateway serves; each route (model) name: it has a usable deployment."""
         pb = self._health_pb2.HealthCheckResponse
-        await self.health.set("", pb.SERVING)
-        for name, ok in route_health(self.app).items():
+        for name in ("", *self.service_names):
+            await self.health.set(name, pb.SERVING)
+        routes = route_health(self.app)
+        for name, ok in routes.items():
             await self.health.set(name, pb.SERVING if ok else pb.NOT_SERVING)
+        for gone in self._routes - routes.keys():  # removed by a reload: health has no "remove"
+            await self.health.set(gone, pb.NOT_SERVING)
+        self._routes = set(routes)
 
     async def _refresh_forever(self) -> None:
         while True:

@@ -5,30 +5,42 @@ the SSE parsing are also checked on their own (unit)."""
 
 from __future__ import annotations
 
+import base64
+import importlib
 import json
 import os
 import shutil
+import struct
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from backends.contract.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.grpc_api import codegen, errors
 from gateway.grpc_api.codegen import load
-from gateway.grpc_api.servicer import chunks_of, sse_events
+from gateway.grpc_api.stubs import load as load_stubs
 from tests.paths import ROOT
 from tests.routing_env import Sims, sims  # noqa: F401  (fixtures)
 from tests.server import GatewayProcess, free_port
 from tests.sim import Fault, canonical_reply
+from tests.sim.openai_sim import sim_vector
 from tests.waiting import wait_until
 
 MASTER = "sk-master-grpc-0123456789"
 pb2, pb2_grpc = load()
+stubs = load_stubs()
+
+
+def pb2_grpc_of(proto: str) -> Any:
+    return importlib.import_module(f"llm_gateway.v1.{proto}_pb2_grpc")
 
 
 def config(s: Sims, port: int) -> dict[str, Any]:
@@ -110,13 +122,80 @@ def test_errors_are_grpc_status_codes(gateway: tuple[GatewayProcess, grpc.Channe
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     err = openai_error(bad.value)
     assert err["type"] == "invalid_request_error" and err["param"] == "temperature"
-    assert json.loads(bad.value.details())["error"] == err and "Traceback" not in bad.value.details()
+    assert bad.value.details() == err["message"] and "Traceback" not in bad.value.details()
+    status = rpc_status.from_call(bad.value)  # google.rpc.Status in grpc-status-details-bin
+    info = error_details_pb2.ErrorInfo()
+    assert status is not None and status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert status.details[0].Unpack(info) and info.metadata["param"] == "temperature"
+    assert dict(bad.value.trailing_metadata())["x-request-id"]  # an error names its request too
 
     for rpc in (stub.CreateChatCompletion, lambda r, metadata: list(stub.StreamChatCompletion(r, metadata=metadata))):
         with pytest.raises(grpc.RpcError) as unknown:
             rpc(request(model="no-such-model"), metadata=AUTH)
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
         assert openai_error(unknown.value)["code"] == "model_not_found"
+
+
+@pytest.mark.process
+def test_completions_and_embeddings_and_the_gateway_headers_as_metadata(
+        gateway: tuple[GatewayProcess, grpc.Channel]) -> None:
+    from google.protobuf import json_format
+
+    _, channel = gateway
+    completions = pb2_grpc_of("completions").CompletionServiceStub(channel)
+    ask = json_format.ParseDict({"model": "chat", "prompt": "Say hi", "max_tokens": 20, "seed": 7,
+                                 "extra_body": {"top_k": 3}}, stubs.pb.CompletionRequest())
+    reply, call = completions.CreateCompletion.with_call(ask, metadata=AUTH)
+    assert reply.object == "text_completion" and reply.choices[0].text and reply.usage.total_tokens > 0
+    meta = dict(call.initial_metadata())
+    assert meta["x-gateway-deployment"] == "a" and meta["x-gateway-attempts"] == "1" and "x-request-id" in meta
+    pieces = list(completions.StreamCompletion(ask, metadata=AUTH))
+    assert len(pieces) > 1 and all(p.object == "text_completion" for p in pieces)
+    assert "".join(c.text for p in pieces for c in p.choices) == reply.choices[0].text
+    assert not any(p.HasField("usage") for p in pieces)  # the usage the gateway asked for is not passed on
+    usage_asked = json_format.ParseDict({"model": "chat", "prompt": "Say hi", "stream_options": {"include_usage": True}},
+                                        stubs.pb.CompletionRequest())
+    assert list(completions.StreamCompletion(usage_asked, metadata=AUTH))[-1].usage.total_tokens > 0
+
+    embeddings = pb2_grpc_of("embeddings").EmbeddingServiceStub(channel)
+    tokens = json_format.ParseDict({"model": "chat", "input": [1, 2, 3]}, stubs.pb.EmbeddingRequest())
+    got = embeddings.CreateEmbedding(tokens, metadata=AUTH)  # token ids reach the upstream as integers
+    assert got.object == "list" and len(got.data) == 1 and got.usage.prompt_tokens == 3
+    assert list(got.data[0].embedding) == pytest.approx(sim_vector([1, 2, 3], 64), abs=1e-6)
+    texts = json_format.ParseDict({"model": "chat", "input": ["a b", "c"], "encoding_format": "base64",
+                                   "dimensions": 8}, stubs.pb.EmbeddingRequest())
+    got = embeddings.CreateEmbedding(texts, metadata=AUTH)
+    decoded = struct.unpack("<8f", base64.b64decode(got.data[1].embedding_base64))
+    assert [d.index for d in got.data] == [0, 1] and not got.data[1].embedding
+    assert list(decoded) == pytest.approx(sim_vector("c", 64, 8), abs=1e-6)
+
+
+@pytest.mark.process
+def test_a_deadline_is_deadline_exceeded_and_frees_the_route(sims: Sims,
+                                                               gateway: tuple[GatewayProcess, grpc.Channel]) -> None:
+    g, channel = gateway
+    stub = pb2_grpc.ChatServiceStub(channel)
+    sims.a.add_fault(Fault.latency(5.0))
+    for rpc, rid in ((stub.CreateChatCompletion, "grpc-deadline-1"),
+                     (lambda r, **kw: list(stub.StreamChatCompletion(r, **kw)), "grpc-deadline-2")):
+        with pytest.raises(grpc.RpcError) as late:
+            rpc(request(), metadata=(*AUTH, ("x-request-id", rid)), timeout=0.6)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        line = wait_until(lambda: log_lines(g, rid), timeout=4, what="the late call's log line")[0]
+        assert line["status"] == 504 and line["error_code"] == "deadline_exceeded"
+        sims.a.clear_faults()
+        # The route's one place came back with the deadline (the upstream still sleeps on the late call).
+        assert stub.CreateChatCompletion(request(), metadata=AUTH, timeout=3).choices[0].message.content
+        sims.a.add_fault(Fault.latency(5.0))
+    sims.a.clear_faults()
+    # The deadline bounds the router too: a retry that could only start after it is not waited for.
+    sims.a.add_fault(Fault.status(503, retry_after=3))
+    before, started = sims.a.count("/v1/chat/completions"), time.monotonic()
+    with pytest.raises(grpc.RpcError) as failed:
+        stub.CreateChatCompletion(request(), metadata=AUTH, timeout=1.5)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() - started < 1.2
+    assert sims.a.count("/v1/chat/completions") == before + 1
+    assert "Traceback" not in g.logs(None)
 
 
 def log_lines(g: GatewayProcess, request_id: str) -> list[dict[str, Any]]:
@@ -143,6 +222,10 @@ def test_logged_limited_and_a_cancelled_call_is_a_499_that_frees_its_place(
         stub.CreateChatCompletion(request(), metadata=AUTH, timeout=5)
     assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert openai_error(limited.value)["code"] == "concurrency_limit_exceeded"
+    retry = error_details_pb2.RetryInfo()
+    status = rpc_status.from_call(limited.value)
+    assert status is not None and any(d.Unpack(retry) for d in status.details if d.Is(retry.DESCRIPTOR))
+    assert retry.retry_delay.seconds == 1  # the Retry-After that HTTP sends
     future.cancel()
     line = wait_until(lambda: log_lines(g, "grpc-cancel-1"), timeout=4, what="the cancelled call's log line")[0]
     assert line["status"] == 499 and line["error_code"] == "client_disconnected"
@@ -243,22 +326,34 @@ def test_status_mapping(status: int, name: str) -> None:
 
 @pytest.mark.unit
 def test_describe_keeps_the_openai_body_and_hides_bugs() -> None:
-    code, raw, message = errors.describe(ModelNotFound("x"))
-    assert code == "NOT_FOUND" and json.loads(raw)["error"]["code"] == "model_not_found" and message == raw.decode()
-    code, raw, _ = errors.describe(InvalidRequest("nope", param="temperature"))
-    assert code == "INVALID_ARGUMENT" and json.loads(raw)["error"]["param"] == "temperature"
-    code, raw, message = errors.describe(ValueError("secret internals"))
-    assert code == "INTERNAL" and "secret" not in message
-    assert isinstance(ModelNotFound("x"), GatewayError)
+    f = errors.describe(ModelNotFound("x"))
+    assert f.code == "NOT_FOUND" and f.body["error"]["code"] == "model_not_found" and "x" in f.message
+    f = errors.describe(InvalidRequest("nope", param="temperature"))
+    assert f.code == "INVALID_ARGUMENT" and json.loads(f.openai_json)["error"]["param"] == "temperature"
+    f = errors.describe(ValueError("secret internals"))
+    assert f.code == "INTERNAL" and "secret" not in f.message and "secret" not in f.openai_json.decode()
+    limited = GatewayError("slow down", status_code=429, code="rate_limit_exceeded", headers={"Retry-After": "3"})
+    assert errors.describe(limited).retry_after_s == 3.0
 
 
 @pytest.mark.unit
-async def test_sse_split_across_pieces_until_done() -> None:
-    async def pieces() -> Any:
-        for p in [b'data: {"a": 1}\n', b'\ndata: {"a"', b': 2}\n\n: keep-alive\n\n', b"data: [DONE]\n\n",
-                  b'data: {"a": 3}\n\n']:
-            yield p
+def test_status_details_follow_aip_193() -> None:
+    from google.rpc import error_details_pb2, status_pb2
 
-    assert [c async for c in chunks_of(pieces())] == [{"a": 1}, {"a": 2}]
-    buf = bytearray(b'data: {"x": 1}\n\ndata: {"y"')
-    assert sse_events(buf) == [b'{"x": 1}'] and bytes(buf) == b'data: {"y"'
+    limited = GatewayError("slow down", status_code=429, code="rate_limit_exceeded", error_type="rate_limit_error")
+    limited.retry_after = 1.5
+    status = status_pb2.Status.FromString(errors.status_details(errors.describe(limited), 8, "req-1"))
+    assert status.code == 8 and status.message == "slow down"
+    info, retry, request_info = (error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo(),
+                                 error_details_pb2.RequestInfo())
+    assert [d.Unpack(m) for d, m in zip(status.details, (info, retry, request_info))] == [True] * 3
+    assert info.reason == "RATE_LIMIT_EXCEEDED" and info.domain == errors.DOMAIN
+    assert dict(info.metadata) == {"type": "rate_limit_error", "code": "rate_limit_exceeded", "http_status": "429"}
+    assert retry.retry_delay.ToMilliseconds() == 1500 and request_info.request_id == "req-1"
+
+    bad = errors.describe(InvalidRequest("temperature too high", param="temperature"))
+    status = status_pb2.Status.FromString(errors.status_details(bad, 3, "req-2"))
+    field = error_details_pb2.BadRequest()
+    assert status.details[1].Unpack(field) and field.field_violations[0].field == "temperature"
+    assert errors.reason({"code": None, "type": "invalid_request_error"}) == "INVALID_REQUEST_ERROR"
+    assert errors.reason({"code": "weird-code.v2"}) == "WEIRD_CODE_V2"
