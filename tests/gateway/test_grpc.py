@@ -226,6 +226,11 @@ def test_logged_limited_and_a_cancelled_call_is_a_499_that_frees_its_place(
     status = rpc_status.from_call(limited.value)
     assert status is not None and any(d.Unpack(retry) for d in status.details if d.Is(retry.DESCRIPTOR))
     assert retry.retry_delay.seconds == 1  # the Retry-After that HTTP sends
+    waiting = stub.CreateChatCompletion.future(request(), metadata=(*AUTH, ("x-request-id", "grpc-cancel-0")))
+    time.sleep(0.3)  # let it reach the route's queue (queue_s 1): it is cancelled while still in admission
+    waiting.cancel()
+    line = wait_until(lambda: log_lines(g, "grpc-cancel-0"), timeout=4, what="the queued call's log line")[0]
+    assert line["status"] == 499 and line["error_code"] == "client_disconnected"  # not a 500
     future.cancel()
     line = wait_until(lambda: log_lines(g, "grpc-cancel-1"), timeout=4, what="the cancelled call's log line")[0]
     assert line["status"] == 499 and line["error_code"] == "client_disconnected"
@@ -357,3 +362,44 @@ def test_status_details_follow_aip_193() -> None:
     assert status.details[1].Unpack(field) and field.field_violations[0].field == "temperature"
     assert errors.reason({"code": None, "type": "invalid_request_error"}) == "INVALID_REQUEST_ERROR"
     assert errors.reason({"code": "weird-code.v2"}) == "WEIRD_CODE_V2"
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, by openssl (Debian's; the tests need no other library)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess_out(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)])
+    return cert, key
+
+
+@pytest.mark.process
+def test_tls_with_client_certificates(sims: Sims, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    cfg = config(sims, port)
+    cfg["server"]["grpc"].update(tls_cert_file=str(cert), tls_key_file=str(key), tls_client_ca_file=str(cert))
+    ask = pb2.ListModelsRequest()
+    with GatewayProcess(cfg, env={"LLM_GATEWAY_MASTER_KEY": MASTER}) as g:
+        wait_until(lambda: "gRPC API listening" in g.logs(None), what="the gRPC server up")
+        assert "(TLS)" in g.logs(None)
+        mutual = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes(), private_key=key.read_bytes(),
+                                              certificate_chain=cert.read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{port}", mutual) as channel:
+            assert [m.id for m in pb2_grpc.ChatServiceStub(channel).ListModels(ask, metadata=AUTH, timeout=5).data] == ["chat"]
+        anonymous = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())  # no client certificate
+        for channel in (grpc.secure_channel(f"127.0.0.1:{port}", anonymous), grpc.insecure_channel(f"127.0.0.1:{port}")):
+            with channel, pytest.raises(grpc.RpcError) as refused:
+                pb2_grpc.ChatServiceStub(channel).ListModels(ask, metadata=AUTH, timeout=3)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.unit
+def test_tls_files_go_together() -> None:
+    from pydantic import ValidationError
+
+    from routing.config import GrpcConfig
+
+    for bad in ({"tls_cert_file": "c.pem"}, {"tls_key_file": "k.pem"}, {"tls_client_ca_file": "ca.pem"}):
+        with pytest.raises(ValidationError):
+            GrpcConfig(**bad)
+    assert GrpcConfig(tls_cert_file="c.pem", tls_key_file="k.pem").tls_client_ca_file is None
