@@ -84,6 +84,7 @@ class RequestRecord:
     done: bool = False
     batch: str | None = None  # the batch this request is a line of (None: a live request)
     priority: Priority | None = None  # its class, once decided (gateway.pipeline.serve); None: interactive
+    transport: str = "http"  # or "grpc" (gateway/grpc_api): in the log line and the span when not http
 
     @property
     def tier(self) -> str:
@@ -108,7 +109,8 @@ class RequestRecord:
         tracer = tracing.current()
         if tracer is not None:
             self.span = tracer.start_span("gateway.request", attributes={"gateway.request_id": self.request_id,
-                                                                          "gateway.endpoint": self.endpoint})
+                                                                          "gateway.endpoint": self.endpoint,
+                                                                          "gateway.transport": self.transport})
             tracing.request_span.set(self.span)
 
 
@@ -153,6 +155,8 @@ def finish(rec: RequestRecord) -> None:
         line["queue_ms"] = round(rec.queue_wait_s * 1000, 2)
     if rec.batch is not None:
         line["batch_id"] = rec.batch
+    if rec.transport != "http":
+        line["transport"] = rec.transport
     if rec.prompt is not None:
         line["prompt"] = redact(orjson.dumps(rec.prompt).decode())
         line["completion"] = redact(rec.completion or "")

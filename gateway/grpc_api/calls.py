@@ -103,7 +103,7 @@ class GrpcCall:
                     raise DeadlineExceeded("The call's deadline passed before the answer was complete.") from None
                 raise ClientDisconnected() from None
 
-        return await observed(self.request_id, kind.endpoint, run)
+        return await observed(self.request_id, kind.endpoint, run, transport="grpc")
 
     async def unary(self, message: Message, kind: type[APIRequest], to_message: ToMessage) -> Message:
         try:

@@ -15,10 +15,12 @@ from gateway.observe import RequestRecord, finish
 
 
 async def observed(request: Request | str, endpoint: str, run: Callable[[RequestRecord], Awaitable[Response]],
-                   batch: str | None = None) -> Response:
+                   batch: str | None = None, transport: str = "http") -> Response:
     """`run(rec)` under a request record that is finished exactly once: now, or when its stream ends.
-    `request`: the HTTP request, or the id of one that has none (a batch line, with its `batch`)."""
-    rec = RequestRecord(request if isinstance(request, str) else request.state.request_id, endpoint, batch=batch)
+    `request`: the HTTP request, or the id of one that has none (a batch line, with its `batch`; a gRPC
+    call, with its `transport`)."""
+    rec = RequestRecord(request if isinstance(request, str) else request.state.request_id, endpoint, batch=batch,
+                        transport=transport)
     rec.begin()
     try:
         response = await run(rec)

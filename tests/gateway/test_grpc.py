@@ -211,6 +211,7 @@ def test_logged_limited_and_a_cancelled_call_is_a_499_that_frees_its_place(
     assert list(stub.StreamChatCompletion(request(), metadata=(*AUTH, ("x-request-id", "grpc-logged-1"))))
     line = wait_until(lambda: log_lines(g, "grpc-logged-1"), what="the stream's log line")[0]
     assert line["endpoint"] == "chat" and line["status"] == 200 and line["deployment"] == "a"
+    assert line["transport"] == "grpc"
     for _ in range(2):  # each stream gave its place back as it ended
         assert list(stub.StreamChatCompletion(request(), metadata=AUTH, timeout=5))
 
