@@ -95,12 +95,19 @@ async def sse_events(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
 async def sse_batches(content: aiohttp.StreamReader) -> AsyncIterator[list[bytes]]:
     """The complete SSE events of each network read, together (so they can be relayed in one write).
 
-    Bytes are not decoded or re-encoded; CRLF framing is normalised to LF.
+    Bytes are not decoded or re-encoded. The SSE spec ends a line with CRLF, LF or a bare CR; all three are
+    normalised to LF (a JSON payload holds no raw CR). A CR that ends a read is held back until the next
+    read says whether an LF follows it, so a CRLF split across two reads is one line end, not two.
     """
     buf = b""
+    held_cr = False
     async for data in content.iter_any():
+        if held_cr:
+            data, held_cr = b"\r" + data, False
         if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
+            if data.endswith(b"\r"):
+                data, held_cr = data[:-1], True
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buf += data
         if b"\n\n" not in buf:
             continue
@@ -109,8 +116,12 @@ async def sse_batches(content: aiohttp.StreamReader) -> AsyncIterator[list[bytes
         batch = [part + b"\n\n" for part in parts if part.strip()]
         if batch:
             yield batch
-    if buf.strip():
-        yield [buf if buf.endswith(b"\n\n") else buf.rstrip(b"\n") + b"\n\n"]
+    if held_cr:
+        buf += b"\n"
+    # What is left: one event without its terminator (or two, when a held CR completed a terminator).
+    last = [event.rstrip(b"\n") + b"\n\n" for event in buf.split(b"\n\n") if event.strip()]
+    if last:
+        yield last
 
 
 def event_data(event: bytes) -> bytes | None:

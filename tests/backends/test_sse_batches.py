@@ -43,6 +43,23 @@ async def test_a_body_without_a_final_terminator_still_yields_its_last_event() -
     assert await _collect(b"data: [DONE]\n") == [[b"data: [DONE]\n\n"]]
 
 
+async def test_a_crlf_terminator_split_across_two_reads_still_ends_its_event() -> None:
+    a, b = _frame("a"), _frame("b")
+    crlf = [f.replace(b"\n", b"\r\n") for f in (a, b)]
+    for cut in range(1, len(crlf[0]) + len(crlf[1])):  # every place the network could split the body
+        body = crlf[0] + crlf[1]
+        events = [e for batch in await _collect(body[:cut], body[cut:]) for e in batch]
+        assert events == [a, b], cut
+
+
+async def test_bare_cr_line_endings_split_events() -> None:
+    a, b = _frame("a"), _frame("b")
+    cr = a.replace(b"\n", b"\r") + b": ping\r\r" + b.replace(b"\n", b"\r")
+    assert [e for batch in await _collect(cr) for e in batch] == [a, b": ping\n\n", b]
+    assert [e for batch in await _collect(cr[:-1], cr[-1:]) for e in batch] == [a, b": ping\n\n", b]
+    assert await _collect(b"data: [DONE]\r") == [[b"data: [DONE]\n\n"]]  # a held CR at the very end
+
+
 def test_split_frames_is_the_inverse_of_joining() -> None:
     frames = [_frame("x"), _frame("y", "stop"), fmt.DONE]
     assert fmt.split_frames(b"".join(frames)) == frames
