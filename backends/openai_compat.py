@@ -29,9 +29,9 @@ OPENAI_FIELDS = frozenset({
     "seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "stream",
     "stream_options", "user", "response_format", "tools", "tool_choice", "parallel_tool_calls", "functions",
     "function_call", "metadata", "store", "service_tier", "reasoning_effort", "modalities", "audio", "prediction",
-    "verbosity", "web_search_options", "prompt_cache_key", "prompt_cache_retention", "safety_identifier",
-    "echo", "suffix", "best_of",
-})
+    "verbosity", "web_search_options", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
+    "safety_identifier", "moderation", "echo", "suffix", "best_of",
+})  # tests/backends/test_openai_allow_list.py holds it equal to the installed openai SDK's parameters
 EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
 
 
