@@ -28,11 +28,12 @@ T = TypeVar("T")
 
 # Fields that don't change what the model generates, so they stay out of the key:
 # - stream, stream_options: transport only; entries are stored non-streamed and replayed.
-# - user, safety_identifier, metadata, prompt_cache_key, prompt_cache_retention: attribution/hints.
+# - user, safety_identifier, metadata, prompt_cache_key, prompt_cache_retention, prompt_cache_options:
+#   attribution/hints. (`moderation` stays in: it may change the answer.)
 # - store, service_tier: billing/retention on OpenAI's side.
 EXCLUDED_FIELDS = frozenset({
     "stream", "stream_options", "user", "safety_identifier", "metadata", "store",
-    "service_tier", "prompt_cache_key", "prompt_cache_retention",
+    "service_tier", "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options",
 })
 TTL_HEADER = "x-gateway-cache-ttl"
 

@@ -55,7 +55,8 @@ def test_key_ignores_order_and_transport_fields() -> None:
     assert key(dict(reversed(list(CHAT.items())))) == base
     for extra in ({"stream": True}, {"stream": True, "stream_options": {"include_usage": True}}, {"user": "u1"},
                   {"metadata": {"a": "b"}}, {"store": True}, {"service_tier": "flex"}, {"safety_identifier": "x"},
-                  {"prompt_cache_key": "k"}, {"prompt_cache_retention": "24h"}, {"top_p": None}):
+                  {"prompt_cache_key": "k"}, {"prompt_cache_retention": "24h"}, {"prompt_cache_options": {"mode": "x"}},
+                  {"top_p": None}):
         assert key({**CHAT, **extra}) == base, extra
 
 
@@ -63,6 +64,7 @@ def test_key_ignores_order_and_transport_fields() -> None:
     {"temperature": 0.5}, {"seed": 1}, {"messages": [{"role": "user", "content": "hello"}]},
     {"tools": [{"type": "function", "function": {"name": "f"}}]}, {"response_format": {"type": "json_object"}},
     {"n": 2}, {"model": "other"}, {"tool_choice": "required"}, {"logprobs": True}, {"top_k": 5},
+    {"moderation": {"type": "auto"}},
 ])
 def test_key_changes_with_output_fields(change: dict[str, Any]) -> None:
     assert key({**CHAT, **change}) != key(CHAT)
