@@ -33,7 +33,8 @@ from gateway.routes import admin, admin_cost, admin_keys, files, health, message
 from gateway.routes import batches as batch_routes
 from gateway.services import Services
 from gateway.settings import Settings
-from routing.config import GatewayConfig, resolve_secret
+from routing.config import GatewayConfig
+from routing.config_env import resolve as resolve_secret
 from routing.manager import RuntimeManager
 
 log = logging.getLogger("llm_gateway")

@@ -16,7 +16,8 @@ from backends.llamacpp.settings import LlamaCppModelConfig
 from backends.model_cards import ModelCard
 from backends.openai_compat import OpenAICompatBackend
 from backends.vllm import VLLMBackend
-from routing.config import DeploymentConfig, ProviderConfig, resolve_secret
+from routing.config import DeploymentConfig, ProviderConfig
+from routing.config_env import resolve as resolve_secret
 
 
 def local_backend(model: LlamaCppModelConfig, card: ModelCard, control: EngineControl | None) -> Backend:

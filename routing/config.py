@@ -7,7 +7,6 @@ exact place to fix.
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Annotated, Any, Literal
 
@@ -153,7 +152,7 @@ class ProviderConfig(_Strict):
 
     kind: Literal["openai", "vllm", "anthropic"]
     base_url: str = Field(pattern=r"^https?://")
-    api_key: str | None = None  # "${ENV_VAR}" reference; never a literal in a shared file
+    api_key: str | None = None  # a ${ENV_VAR} or ${file:/path} reference (routing/config_env.py), never a literal
     max_connections: int = Field(default=256, ge=1)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=120.0, gt=0)
@@ -434,20 +433,3 @@ class ConfigError(ValueError):
         self.source = source
         self.problems = problems
         super().__init__("\n".join(problems))
-
-
-_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")  # how a config names a secret: ${NAME}
-
-
-def env_reference(value: str | None) -> str | None:
-    """The variable a `${NAME}` value refers to; None for anything else."""
-    m = _ENV_REF.match(value or "")
-    return m.group(1) if m else None
-
-
-def resolve_secret(value: str | None) -> str | None:
-    """`${NAME}` -> the environment variable's value; anything else is returned as is."""
-    if value is None:
-        return None
-    name = env_reference(value)
-    return os.environ.get(name) if name else value

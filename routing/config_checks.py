@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Iterator
 
-from routing.config import GatewayConfig, env_reference
+from routing import config_env
+from routing.config import GatewayConfig
 
 Problem = tuple[tuple[Any, ...], str]
 
@@ -15,16 +15,15 @@ _URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.\-]*://[^/@]*:[^/@]+@", re.I)  # sch
 
 
 def missing_secrets(config: GatewayConfig) -> list[str]:
-    """Environment variables the config refers to that are not set (a warning: `check` may run elsewhere)."""
+    """Secrets the config refers to that have no value here (a warning: `check` may run elsewhere)."""
     out = []
     for name, provider in config.providers.items():
-        var = env_reference(provider.api_key)
-        if var and var not in os.environ:
-            out.append(f"provider {name!r}: the environment variable {var} is not set")
-    var = env_reference(config.redis.url)
-    if var and var not in os.environ:
-        out.append(f"redis.url: the environment variable {var} is not set (the gateway would run "
-                   "without Redis: in-process stores, one replica)")
+        why = config_env.problem(provider.api_key)
+        if why:
+            out.append(f"provider {name!r}: {why}")
+    why = config_env.problem(config.redis.url)
+    if why:
+        out.append(f"redis.url: {why} (the gateway would run without Redis: in-process stores, one replica)")
     return out
 
 
@@ -66,8 +65,9 @@ def _providers(config: GatewayConfig) -> Iterator[Problem]:
         key = provider.api_key
         if key is None:
             continue
-        if not env_reference(key):
-            yield ("providers", name, "api_key"), "give the key as a ${ENV_VAR} reference, not a literal"
+        if not config_env.is_reference(key):
+            yield (("providers", name, "api_key"),
+                   "give the key as a reference (${ENV_VAR} or ${file:/path}), not a literal")
 
 
 def _deployments(config: GatewayConfig, known_cards: set[str] | None) -> Iterator[Problem]:

@@ -7,12 +7,14 @@ Kept apart from the schema (`routing.config`) and the checks that need a whole c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from routing.config import ConfigError, GatewayConfig
 from routing.config_checks import semantic_problems
+from routing.config_env import expand_tree
 from routing.yaml_lines import compose, duplicate_keys, format_loc, line_of
 
 
@@ -37,21 +39,26 @@ def parse_config(text: str, source: str = "<config>", known_cards: set[str] | No
     if duplicates:  # YAML lets a second `routes:` replace the first without a word; we do not
         raise ConfigError(source, [f"{source}:{line}: {where}: {key!r} is given twice (first on line {first})"
                                    for line, where, key, first in duplicates])
+    data, unresolved = expand_tree(data)
+    # Every problem in one round: the references that have no value, then the schema's (except at those
+    # places: a value left unexpanded says nothing more), then the checks that need the whole config.
+    problems = [(loc, msg) for loc, msg in unresolved]
     try:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        problems = []
+        places = {loc for loc, _ in unresolved}
         for err in exc.errors(include_url=False):
-            loc = err["loc"]
-            where = format_loc(loc) or "(top level)"
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{source}:{line_of(root, loc) or '?'}: {where}: {msg}")
-        raise ConfigError(source, problems) from exc
-    problems = [f"{source}:{line_of(root, loc) or '?'}: {format_loc(loc)}: {msg}"
-                for loc, msg in semantic_problems(config, known_cards)]
+            if tuple(err["loc"]) not in places:
+                problems.append((tuple(err["loc"]), err["msg"].removeprefix("Value error, ")))
+        raise ConfigError(source, _lines(source, root, problems)) from exc
+    problems += semantic_problems(config, known_cards)
     if problems:
-        raise ConfigError(source, problems)
+        raise ConfigError(source, _lines(source, root, problems))
     return config
+
+
+def _lines(source: str, root: Any, problems: list[tuple[tuple[Any, ...], str]]) -> list[str]:
+    return [f"{source}:{line_of(root, loc) or '?'}: {format_loc(loc) or '(top level)'}: {msg}" for loc, msg in problems]
 
 
 def load_config(path: str | Path | None, known_cards: set[str] | None = None) -> GatewayConfig:

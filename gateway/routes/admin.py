@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from backends.contract.errors import GatewayError
 from gateway.settings import ENV_ADMIN_KEY, ENV_MASTER_KEY
-from routing.config import env_reference
+from routing.config_env import is_reference
 
 router = APIRouter(prefix="/admin")
 
@@ -55,7 +55,7 @@ def mask_secrets(value: Any, key: str = "") -> Any:
         return {k: mask_secrets(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_secrets(v, key) for v in value]
-    if isinstance(value, str) and not env_reference(value):
+    if isinstance(value, str) and not is_reference(value):
         if _SECRET_NAMES.search(key):
             return "***"
         return _URL_PASSWORD.sub(r"\1***@", value)

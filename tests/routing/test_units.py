@@ -255,7 +255,7 @@ def test_literal_api_key_is_refused() -> None:
                                                         "    base_url: http://127.0.0.1:1/v1\n    api_key: sk-live-123")
     with pytest.raises(ConfigError) as err:
         parse_config(text, "c.yaml")
-    assert "c.yaml:5: providers.gpu.api_key: give the key as a ${ENV_VAR} reference" in err.value.problems[0]
+    assert "c.yaml:5: providers.gpu.api_key: give the key as a reference (${ENV_VAR} or ${file:/path})" in err.value.problems[0]
 
 
 @pytest.mark.parametrize("raw,code", [
