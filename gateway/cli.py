@@ -28,7 +28,7 @@ from gateway.settings import (
     cards_dir,
     load_config_and_cards,
 )
-from gateway.workers import reuse_port_available, run_workers
+from gateway.workers import port_taken, reuse_port_available, run_workers
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -65,6 +65,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "and the admin API would be off. Set LLM_GATEWAY_MASTER_KEY, or pass --allow-unauthenticated "
               "(server.allow_unauthenticated) if a network policy guards the address.", file=sys.stderr)
         return 2
+    grpc_problem, grpc_status = _grpc_problem(server.grpc.enabled, server.grpc.host, server.grpc.port, args.workers)
+    if grpc_problem:
+        print(f"error: {grpc_problem}", file=sys.stderr)
+        return grpc_status
     shown = f"[{host}]" if ":" in host else host
     print(f"llm-gateway {__version__} listening on http://{shown}:{port}  (OpenAI base_url: http://{shown}:{port}/v1)")
     names = [r.name for r in config.routes]
@@ -98,6 +102,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(config, cards, config_path=config_path, redis_url=args.redis_url)
     uvicorn.run(app, **common)
     return 0
+
+
+def _grpc_problem(enabled: bool, host: str, port: int, workers: int) -> tuple[str | None, int]:
+    """Why the gRPC API cannot start as configured, and the exit status; (None, 0) when it can.
+    Several workers share its port through SO_REUSEPORT, as they share the HTTP one (gateway/workers.py)."""
+    if not enabled:
+        return None, 0
+    if workers > 1 and not reuse_port_available(port):
+        return (f"server.grpc with --workers {workers} needs a fixed port (not 0) and SO_REUSEPORT (Linux): "
+                "every worker serves gRPC on that one port"), 2
+    taken = port_taken(host, port) if port else None
+    if taken:
+        return f"server.grpc: cannot listen on {host}:{port}: {taken}", 1
+    return None, 0
 
 
 def _prepare_workers(config_path: str | None, redis_url: str | None) -> None:

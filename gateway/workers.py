@@ -10,6 +10,11 @@ its requests, as uvicorn does on those signals), and gives up when workers
 keep dying at start-up. (The local models' engine processes are supervised
 by the same parent, in a thread of its own: `backends.llamacpp.control`.) Where SO_REUSEPORT is missing, or the port is 0,
 the CLI uses uvicorn's own mode instead.
+
+With `server.grpc` on, every worker also serves gRPC on the configured port: grpc's server sets
+SO_REUSEPORT itself, so the workers' gRPC sockets form one group too and the kernel spreads gRPC
+connections (a channel is one connection: its calls stay on one worker) over them; a replaced worker
+joins it again. The CLI checks that port once, before any worker starts (`port_taken`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,21 @@ def reuse_port_available(port: int) -> bool:
     return port != 0 and hasattr(socket, "SO_REUSEPORT") and sys.platform.startswith("linux")
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be listened on now; None when it can. The probe binds without SO_REUSEPORT,
+    so a port that another process's SO_REUSEPORT group holds (another `--workers` gateway, or gRPC's
+    server, which sets it by default) counts as taken, rather than the kernel quietly splitting its
+    connections between that process and this one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
     """A socket in the port's SO_REUSEPORT group; raises OSError when the port is taken by anyone else."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -46,10 +66,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def run_workers(workers: int, host: str, port: int, uvicorn_options: dict[str, Any]) -> int:
     """Run `workers` processes serving `gateway.asgi:create` until a signal; the exit status."""
-    try:  # fail fast, in the parent, when the port is taken (a bound socket that never listens gets no traffic)
-        listening_socket(host, port).close()
-    except OSError as exc:
-        print(f"error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+    taken = port_taken(host, port)  # fail fast, in the parent (a bound socket that never listens gets no traffic)
+    if taken:
+        print(f"error: cannot listen on {host}:{port}: {taken}", file=sys.stderr)
         return 1
     spawn = multiprocessing.get_context("spawn")
     stopping = False
