@@ -1,4 +1,4 @@
-"""Where the gRPC stubs come from (gateway/grpc_api/codegen.py, hatch_build.py): a built wheel carries them,
+"""Where the gRPC stubs come from (gateway/grpc_api/codegen.py, deploy/hatch_build.py): a built wheel carries them,
 generated at build time by the pinned grpcio-tools, and an installed copy loads them without protoc and
 without writing; stale stubs in a read-only package are generated into the user's cache, or, without
 grpcio-tools, refused with a message that says what to do."""
@@ -138,7 +138,7 @@ def docker_context(dest: Path) -> Path:
     """What docker/Dockerfile's build stage COPYs into /src (no .git, no .gitignore: hatch sees only the
     project's own excludes), plus a checkout's stale stubs, which must not be the wheel's."""
     copies = [c.split() for c in _instructions(GATEWAY_DOCKERFILE, "COPY") if "--from" not in c]
-    assert any("hatch_build.py" in c for c in copies), "the build hook must be in the build stage"
+    assert any("deploy/hatch_build.py" in c for c in copies), "the build hook must be in the build stage"
     for *sources, target in copies:
         for src in sources:
             assert target in ("./", f"./{src}"), (sources, target)
