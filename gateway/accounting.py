@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from gateway.auth import Principal
 from gateway.ratelimit import LimitSpec, RateLimiter
@@ -36,8 +36,8 @@ _unfinished: set[asyncio.Task] = set()  # settlements that outlived a cancelled 
 async def settle(*, usage: dict[str, Any] | None, fallback_completion: int, prompt_estimate: int,
                  reservation: Reservation | None, principal: Principal, route: str, deployment: Deployment | None,
                  limiter: RateLimiter, store: UsageStore, link: RedisLink,
-                 served_by: str | None = None, earlier: Sequence[Leg] = (), tier: str = INTERACTIVE
-                 ) -> tuple[int, int]:
+                 served_by: str | None = None, earlier: Sequence[Leg] = (), tier: str = INTERACTIVE,
+                 counted: Callable[[int, int], None] | None = None) -> tuple[int, int]:
     """Record usage and spend, and give back (or take more of) the reserved tokens. Never raises.
 
     `usage` is the whole answer's; `earlier` the legs that other deployments served before `deployment`
@@ -46,9 +46,12 @@ async def settle(*, usage: dict[str, Any] | None, fallback_completion: int, prom
     same whatever the tier. Returns the (prompt, completion) tokens counted, for the request's log line and metrics. A
     request cancelled meanwhile (a client that left a stream) does not cut the settlement short: it runs
     on to the end in its own task, so the spend is counted and the TPM reservation is corrected all the
-    same."""
+    same. `counted(prompt, completion)` is told the counts at once, before anything is awaited, so a caller
+    that is cancelled meanwhile still has them for its log line."""
     prompt = int((usage or {}).get("prompt_tokens") or (prompt_estimate if deployment else 0))
     completion = int((usage or {}).get("completion_tokens") or (fallback_completion if deployment else 0))
+    if counted is not None:
+        counted(prompt, completion)
     legs = _legs(prompt, completion, deployment, earlier)
     work = asyncio.ensure_future(_settle(prompt, completion, legs, reservation, principal, route,
                                          limiter, store, link, served_by, tier))

@@ -7,6 +7,7 @@ router's assembler already holds everything the settlement needs, so no frame is
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, AsyncIterator, Mapping
 
@@ -73,13 +74,16 @@ class Settlement:
                 svc.link.record_error(exc)
         # The prompt's count, only when needed: the answer reported none (or a limit counted it already).
         counted = not outcome.degraded and (admitted.reservation is not None or not usage)
-        rec.prompt_tokens, rec.completion_tokens = await settle(
+        def count(prompt: int, completion: int) -> None:  # before the settlement awaits: a cut stream's too
+            rec.prompt_tokens, rec.completion_tokens = prompt, completion
+
+        await settle(
             usage=usage, fallback_completion=completion_frames,
             prompt_estimate=plan.tokens.counted() if counted else 0, reservation=admitted.reservation,
             principal=admitted.principal, route=plan.route.name,
             deployment=None if outcome.degraded else outcome.served_by, limiter=svc.limiter, store=svc.usage,
             link=svc.link, served_by="last-resort" if outcome.degraded else None, earlier=outcome.legs,
-            tier=rec.tier)
+            tier=rec.tier, counted=count)
         if rec.prompt is not None and result:
             rec.completion = _text_of(result)
 
@@ -106,6 +110,10 @@ async def _settled_stream(outcome: Outcome, settlement: Settlement, strip_usage:
                 if not chunk:
                     continue
             yield chunk
+    except (GeneratorExit, asyncio.CancelledError):  # closed before its end: the client left mid-stream
+        if not outcome.assembler.done and outcome.stream_error is None:
+            rec.status, rec.error_code = 499, "client_disconnected"
+        raise
     finally:
         outcome.release_slot()  # at once, whatever awaits below: the relay may be left suspended by a disconnect
         try:
