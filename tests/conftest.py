@@ -13,13 +13,15 @@ import pytest
 
 from tests.openapi_schema import errors as schema_errors
 from tests.openapi_schema import spec_path
-from tests.server import GatewayProcess
+from tests.server import GatewayProcess, free_port
 
 MODEL = "gemma-3-270m"
+# The session gateway's gRPC API (server.grpc), so gRPC is tested on the real model without a second one.
+E2E_GRPC_PORT = free_port()
 
 # Small context and bounded defaults keep the suite quick on 2 cores.
 E2E_CONFIG: dict[str, Any] = {
-    "server": {"host": "127.0.0.1", "max_body_bytes": 256 * 1024},
+    "server": {"host": "127.0.0.1", "max_body_bytes": 256 * 1024, "grpc": {"enabled": True, "port": E2E_GRPC_PORT}},
     "models": [{"card": MODEL, "n_ctx": 2048, "max_queue": 8, "default_max_tokens": 64, "request_timeout_s": 120}],
     "batches": {"files_dir": tempfile.mkdtemp(prefix="gw-e2e-files-")},  # batch files, not in the home directory
 }
@@ -29,6 +31,16 @@ E2E_CONFIG: dict[str, Any] = {
 def gateway() -> Iterator[GatewayProcess]:
     with GatewayProcess(E2E_CONFIG) as gw:
         yield gw
+
+
+@pytest.fixture(scope="session")
+def grpc_channel(gateway: GatewayProcess) -> Iterator[Any]:
+    """A grpc.Channel to the session gateway's gRPC API (grpc is imported only by the tests that use it)."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{E2E_GRPC_PORT}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=20)
+        yield channel
 
 
 @pytest.fixture(scope="session")
