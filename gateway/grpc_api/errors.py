@@ -23,7 +23,9 @@ from backends.contract.errors import GatewayError
 # grpc.StatusCode names, looked up on the grpc module only when a server runs (grpc stays optional).
 BY_HTTP = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
            409: "ABORTED", 413: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED",
-           499: "CANCELLED", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+           499: "CANCELLED", 501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+# 502 is the gateway's "the upstream failed" (unreachable, a broken stream, an upstream 5xx passed on):
+# like 503, worth a retry, and gRPC clients (their retry policies, grpc's own HTTP mapping) retry UNAVAILABLE.
 DOMAIN = "llm_gateway.v1"  # ErrorInfo.domain: who defines the reasons
 _NOT_REASON = re.compile(r"[^A-Z0-9]+")
 

@@ -252,7 +252,7 @@ def test_a_broken_stream_ends_in_a_status_and_reflection_lists_the_services(
     with pytest.raises(grpc.RpcError) as broken:
         for chunk in stub.StreamChatCompletion(request(), metadata=AUTH, timeout=10):
             got.append(chunk)
-    assert got and broken.value.code() == grpc.StatusCode.INTERNAL  # a 502: the upstream's stream broke off
+    assert got and broken.value.code() == grpc.StatusCode.UNAVAILABLE  # a 502: the upstream's stream broke off
     assert openai_error(broken.value)["code"] == "stream_interrupted"
     sims.a.clear_faults()
 
@@ -326,7 +326,8 @@ def test_the_http_gateway_does_not_import_grpc_when_it_is_off() -> None:
 @pytest.mark.parametrize("status,name", [(400, "INVALID_ARGUMENT"), (401, "UNAUTHENTICATED"),
                                          (403, "PERMISSION_DENIED"), (404, "NOT_FOUND"),
                                          (429, "RESOURCE_EXHAUSTED"), (503, "UNAVAILABLE"),
-                                         (504, "DEADLINE_EXCEEDED"), (500, "INTERNAL"), (502, "INTERNAL")])
+                                         (504, "DEADLINE_EXCEEDED"), (500, "INTERNAL"), (502, "UNAVAILABLE"),
+                                         (507, "INTERNAL"), (418, "FAILED_PRECONDITION")])
 def test_status_mapping(status: int, name: str) -> None:
     assert errors.status_name(status) == name
     assert hasattr(grpc.StatusCode, name)

@@ -185,6 +185,23 @@ def test_prompt_logging_is_opt_in_and_redacted(sims: Sims) -> None:
     sims.reset()
 
 
+def test_a_stream_its_client_leaves_is_logged_499_with_what_it_was_sent(sims: Sims) -> None:
+    sims.reset()
+    sims.a.add_fault(Fault.chunk_delay(0.2))  # about 2 s for the whole reply: time to leave in the middle
+    with gateway(sims) as g:
+        body = {"model": "chat-default", "messages": MSGS, "stream": True}
+        with httpx.stream("POST", f"{g.base_url}/chat/completions", json=body, timeout=30,
+                          headers={"Authorization": f"Bearer {MASTER}", "x-request-id": "left-midway"}) as r:
+            lines = r.iter_lines()
+            assert [next(lines) for _ in range(5)]  # a few events, then the client goes
+        line = wait_until(lambda: [x for x in request_lines(g) if x["request_id"] == "left-midway"], timeout=10,
+                          what="the stream's log line")[0]
+        assert (line["status"], line["error_code"]) == (499, "client_disconnected"), line
+        assert line["completion_tokens"] > 0 and line["prompt_tokens"] > 0, line  # what it was sent is counted
+        eventually(g, lambda m: total(m, "llm_gateway_requests_total", status="499") == 1, "the 499 counted")
+    sims.reset()
+
+
 def test_metrics_are_merged_across_two_workers(sims: Sims) -> None:
     sims.reset()
     cfg = {"server": {"watch_config": False}}
