@@ -22,6 +22,7 @@ from backends.model_cards import ModelCard, load_cards
 from gateway import __version__, connection_guard, docs_pages, observe, request_log, tracing
 from gateway.batches.state import BatchesState
 from gateway.cors import with_cors
+from gateway.drain import Drain
 from gateway.error_handlers import install_error_handlers
 from gateway.exposure import Exposure
 from gateway.fast_lane import FastLane
@@ -68,6 +69,7 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     manager = RuntimeManager(config, cards, config_path, control=engine_control(settings))
     services = Services.build(config, redis_url_for(config, settings, redis_url), settings)
     batches = BatchesState.build(config, services, manager)
+    drain = Drain(config.server.drain_timeout_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,11 +86,13 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
 
             grpc_server = GrpcServer(app, config.server.grpc, config.server.max_body_bytes)
             await grpc_server.start()
+            drain.on_begin(lambda: grpc_server.begin_stop(drain.left_s()))
+        drain.hook_signals(asyncio.get_running_loop())
         try:
             yield
         finally:
             if grpc_server is not None:
-                await grpc_server.stop()
+                await grpc_server.stop(drain.left_s())
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
@@ -116,6 +120,7 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     app.state.manager = manager
     app.state.services = services
     app.state.batches = batches
+    app.state.drain = drain
     app.max_upload_bytes = config.batches.max_file_bytes + 1024 * 1024  # the multipart framing around a file
     app.include_router(health.router)
     app.router.routes.extend([*HOT_ROUTES, *responses.routes])

@@ -83,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # The HTTP protocol with header deadlines and a connection cap (its limits are set by the app factory).
     common = dict(host=host, port=port, log_level=log_level, access_log=args.access_log,
-                  timeout_graceful_shutdown=10, http=GuardedHTTP, timeout_keep_alive=server.idle_timeout_s)
+                  timeout_graceful_shutdown=server.drain_timeout_s, http=GuardedHTTP, timeout_keep_alive=server.idle_timeout_s)
     if args.workers > 1:
         _prepare_workers(config_path, args.redis_url)
         # This process supervises the local models' engines; every worker connects to the same ones.

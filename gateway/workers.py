@@ -32,7 +32,7 @@ log = logging.getLogger("llm_gateway")
 BACKLOG = 2048  # uvicorn's default
 EARLY_DEATH_S = 5.0  # a worker that dies sooner than this after its start counts as a failed start
 MAX_FAILED_STARTS = 3
-GRACE_S = 15.0  # past uvicorn's own graceful-shutdown timeout
+GRACE_MARGIN_S = 5.0  # a worker gets its drain (uvicorn's timeout_graceful_shutdown) and this, then SIGKILL
 
 
 def reuse_port_available(port: int) -> bool:
@@ -105,7 +105,7 @@ def run_workers(workers: int, host: str, port: int, uvicorn_options: dict[str, A
         for proc, _ in procs:
             if proc.is_alive():
                 proc.terminate()  # SIGTERM: uvicorn shuts down gracefully
-        deadline = time.monotonic() + GRACE_S
+        deadline = time.monotonic() + float(uvicorn_options.get("timeout_graceful_shutdown") or 0) + GRACE_MARGIN_S
         for proc, _ in procs:
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():

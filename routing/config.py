@@ -128,6 +128,9 @@ class ServerConfig(_Strict):
     # Slow clients (gateway/connection_guard.py): none of these ever cuts a response in progress.
     header_timeout_s: float = Field(default=10.0, gt=0)  # first byte of a request to the end of its headers
     body_timeout_s: float = Field(default=60.0, gt=0)  # the whole request body, once its headers are in
+    # On SIGTERM/SIGINT: stop accepting, /ready 503, requests and streams in flight (HTTP and gRPC) get up
+    # to this long to finish, then are cut (gateway/drain.py). Read at start-up.
+    drain_timeout_s: float = Field(default=120.0, ge=0)
     body_idle_timeout_s: float = Field(default=15.0, gt=0)  # the longest pause between two pieces of body
     idle_timeout_s: float = Field(default=5.0, gt=0)  # a kept-alive connection with no request
     max_connections: int = Field(default=2048, ge=1)  # open at once, per worker; beyond it: 503

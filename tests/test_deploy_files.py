@@ -29,6 +29,7 @@ import jsonschema
 import pytest
 import yaml
 
+from routing.config import GatewayConfig
 from tests.paths import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -444,6 +445,11 @@ def test_gateway_deployment(built: dict, overlay: str) -> None:
     assert [(m["type"], m["resource"]["name"], m["resource"]["target"]["type"]) for m in hpa["spec"]["metrics"]] \
         == [("Resource", "cpu", "Utilization")]
     assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    # A rollout or scale-down lets streams finish: the grace covers the preStop pause and the whole drain.
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    drain_s = GatewayConfig().server.drain_timeout_s
+    assert pod["terminationGracePeriodSeconds"] >= float(pre_stop[1]) + drain_s + 5, "streams would be cut"
     pdb = _find(docs, "PodDisruptionBudget", "llm-gateway")
     assert pdb["apiVersion"] == "policy/v1"
     assert _labels_match(pdb["spec"]["selector"]["matchLabels"], gateway["spec"]["template"]["metadata"]["labels"])
@@ -633,6 +639,8 @@ def test_compose_cpu_stack_and_gpu_profile() -> None:
                  for src, dst, *mode in mounts if Path(in_container).is_relative_to(dst) and mode == ["ro"]]
         assert hosts == [(CONFIGS / expected).resolve()], (env, in_container)
         assert hosts[0].is_file()
+    grace = gateway["stop_grace_period"]
+    assert grace.endswith("s") and float(grace[:-1]) > GatewayConfig().server.drain_timeout_s, "docker stop cuts"
     for name in ("gateway", "redis", "vllm"):
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     assert "/ready" in " ".join(gateway["healthcheck"]["test"])

@@ -28,6 +28,7 @@ from backends.contract.errors import GatewayError
 from backends.contract.protocol import APIRequest
 from gateway.disconnect import ClientDisconnected
 from gateway.grpc_api import convert, errors
+from gateway.grpc_api.gate import Gate
 from gateway.middleware import VALID_REQUEST_ID
 from gateway.observe import RequestRecord
 from gateway.pipeline import Call, serve
@@ -75,8 +76,8 @@ def usage_only(chunk: dict[str, Any]) -> bool:
 class GrpcCall:
     """One call: its context, headers and request id; `routed` runs the pipeline."""
 
-    def __init__(self, app: Any, context: grpc.aio.ServicerContext) -> None:
-        self.app, self.context = app, context
+    def __init__(self, app: Any, context: grpc.aio.ServicerContext, gate: Gate) -> None:
+        self.app, self.context, self.gate = app, context, gate
         self.headers = headers_of(context)
         self.request_id = request_id_of(self.headers)
         remaining = context.time_remaining()
@@ -106,7 +107,10 @@ class GrpcCall:
         return await observed(self.request_id, kind.endpoint, run, transport="grpc")
 
     async def unary(self, message: Message, kind: type[APIRequest], to_message: ToMessage) -> Message:
+        entered = False
         try:
+            self.gate.enter()
+            entered = True
             response = await self.routed(message, kind, stream=False)
             if response.background is not None:
                 await response.background()
@@ -115,10 +119,15 @@ class GrpcCall:
         except BaseException as exc:
             await self.abort(exc)
             raise  # abort always raises; this line is for the type checker
+        finally:
+            if entered:
+                self.gate.leave()
 
     async def stream(self, message: Message, kind: type[APIRequest], to_message: ToMessage) -> AsyncIterator[Message]:
-        response = None
+        response, entered = None, False
         try:
+            self.gate.enter()
+            entered = True
             response = await self.routed(message, kind, stream=True)
             await self.context.send_initial_metadata(response_metadata(response, self.request_id))
             assert self.call is not None
@@ -134,8 +143,12 @@ class GrpcCall:
         except BaseException as exc:
             await self.abort(exc)
         finally:
-            if response is not None:
-                await over(response)
+            try:
+                if response is not None:
+                    await over(response)
+            finally:
+                if entered:
+                    self.gate.leave()
 
     async def abort(self, exc: BaseException) -> None:
         """End the call with the status for `exc` (see gateway.grpc_api.errors); always raises."""

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from gateway.grpc_api.gate import Gate
 from routing.config import GrpcConfig
 
 log = logging.getLogger("llm_gateway")
@@ -49,6 +50,8 @@ class GrpcServer:
         self.server: Any = None
         self._refresher: asyncio.Task[None] | None = None
         self._routes: set[str] = set()
+        self._stopping: asyncio.Future[None] | None = None
+        self.gate = Gate()  # the gateway's calls in flight, what a drain waits for
 
     async def start(self) -> None:
         import grpc
@@ -62,7 +65,7 @@ class GrpcServer:
         self._health_pb2 = health_pb2
         self.server = grpc.aio.server(options=self.options)
         for name, servicer in SERVICERS.items():
-            stubs.services[name].add_to_server(servicer(self.app, stubs.pb), self.server)
+            stubs.services[name].add_to_server(servicer(self.app, stubs.pb, self.gate), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = [stubs.services[name].full_name for name in SERVICERS]
@@ -98,10 +101,26 @@ class GrpcServer:
             except Exception:  # a reload mid-read: the next round sets it
                 log.exception("grpc health refresh failed")
 
-    async def stop(self) -> None:
+    def begin_stop(self, grace_s: float) -> None:
+        """Take no new calls, tell health checkers NOT_SERVING, and give the calls in flight `grace_s`
+        (the drain's time: gateway/drain.py); `stop` waits for it. Once; later calls do nothing."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace_s))
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        self.begin_stop(grace_s)
+        assert self._stopping is not None
+        await self._stopping
+
+    async def _stop(self, grace_s: float) -> None:
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
-        if self.server is not None:
-            await self.server.stop(grace=2.0)
+        if self.server is None:
+            return
+        with contextlib.suppress(Exception):
+            await self.health.enter_graceful_shutdown()  # every service NOT_SERVING, and it stays so
+        if not await self.gate.close(grace_s):
+            log.warning("gRPC drain: %d call(s) still running after %gs are cut", self.gate.active, grace_s)
+        await self.server.stop(grace=0)  # what is left: health watches, calls past the drain

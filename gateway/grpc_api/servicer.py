@@ -12,17 +12,18 @@ import grpc
 from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.grpc_api import convert
 from gateway.grpc_api.calls import GrpcCall
+from gateway.grpc_api.gate import Gate
 from gateway.routes.openai import visible
 
 
 class _Servicer:
     """Bound to the app (its services and runtime manager) and the generated message classes."""
 
-    def __init__(self, app: Any, pb: Any) -> None:
-        self.app, self.pb = app, pb
+    def __init__(self, app: Any, pb: Any, gate: Gate) -> None:
+        self.app, self.pb, self.gate = app, pb, gate
 
     def call(self, context: grpc.aio.ServicerContext) -> GrpcCall:
-        return GrpcCall(self.app, context)
+        return GrpcCall(self.app, context, self.gate)
 
 
 class ChatServicer(_Servicer):
