@@ -11,8 +11,9 @@ that the encoding itself can be, with the same payloads. The costs timed, in µs
   client use) and the stdlib json (for reference); pydantic validation (`validate_request`, which both the
   HTTP route and the gRPC servicer run on every request).
 - protobuf: SerializeToString + FromString of the request and of the response, and the gateway's conversion
-  between protobuf and the OpenAI dict: json_format.MessageToDict of the request and ParseDict of the
-  response, as gateway/grpc_api/servicer.py does (the pipeline inside the gateway speaks JSON dicts).
+  between protobuf and the OpenAI dict (the pipeline inside the gateway speaks JSON dicts): json_format's
+  MessageToDict and ParseDict, and the gateway's own converters (gateway/grpc_api/convert.py: request_of,
+  and chat_chunk, which builds a stream chunk directly).
 - Streams: the same per chunk, for one chunk of the fake upstream's stream, and times the chunk count.
 """
 
@@ -106,31 +107,22 @@ def proto_rows(pb2: Any, req: dict[str, Any], resp_raw: bytes, budget: Budget) -
         ("orjson.loads of the pipeline's response body (the servicer's first step)",
          per_call_us(lambda: orjson.loads(resp_raw), budget)),
     ]
-    body_of = servicer_body_of()
-    if body_of is not None:
-        try:
-            body_of(msg, False)
-            rows.append(("servicer.body_of(request) as it is now (MessageToDict + validate)",
-                         per_call_us(lambda: body_of(msg, False), budget)))
-        except Exception as exc:  # the servicer is being changed: time what exists, say what does not
-            rows.append((f"servicer.body_of(request): not timed ({type(exc).__name__})", float("nan")))
+    from backends.contract.protocol import ChatCompletionRequest
+    from gateway.grpc_api import convert
+
+    rows.append(("gateway convert.request_of(request): MessageToDict, integers mended, validate",
+                 per_call_us(lambda: convert.request_of(msg, ChatCompletionRequest, False), budget)))
     return rows
-
-
-def servicer_body_of() -> Callable[[Any, bool], Any] | None:
-    """The servicer's own request conversion, when it has one of that shape (it is edited independently)."""
-    try:
-        from gateway.grpc_api import servicer
-    except Exception:
-        return None
-    fn = getattr(servicer, "body_of", None)
-    return fn if callable(fn) else None
 
 
 def chunk_rows(pb2: Any, chunk_raw: bytes, budget: Budget) -> list[Row]:
     """One SSE chunk: what the REST path and the gRPC path each do with it, per chunk."""
     from google.protobuf import json_format
 
+    from gateway.grpc_api import convert
+    from gateway.grpc_api.stubs import load as load_stubs
+
+    pb = load_stubs().pb
     chunk = orjson.loads(chunk_raw)
     msg = json_format.ParseDict(chunk, pb2.ChatCompletionChunk(), ignore_unknown_fields=True)
     msg_raw = msg.SerializeToString()
@@ -139,6 +131,8 @@ def chunk_rows(pb2: Any, chunk_raw: bytes, budget: Budget) -> list[Row]:
         ("chunk orjson dumps", per_call_us(lambda: orjson.dumps(chunk), budget)),
         ("chunk json_format.ParseDict", per_call_us(
             lambda: json_format.ParseDict(chunk, pb2.ChatCompletionChunk(), ignore_unknown_fields=True), budget)),
+        ("chunk gateway convert.chat_chunk (the servicer's builder)", per_call_us(
+            lambda: convert.chat_chunk(chunk, pb), budget)),
         ("chunk protobuf SerializeToString", per_call_us(msg.SerializeToString, budget)),
         ("chunk protobuf FromString", per_call_us(lambda: pb2.ChatCompletionChunk.FromString(msg_raw), budget)),
     ]
@@ -169,8 +163,8 @@ def totals(us: dict[str, float]) -> dict[str, float]:
         "protobuf_dict": s("json_format.MessageToDict(request)") + s("json_format.ParseDict(response dict)"),
         "pydantic": s("pydantic validate_request (ChatCompletionRequest)"),
         "gateway_rest": s("orjson request decode (loads)") + s("pydantic validate_request (ChatCompletionRequest)"),
-        "gateway_grpc": s("protobuf request FromString") + s("json_format.MessageToDict(request)")
-        + s("pydantic validate_request (ChatCompletionRequest)")
+        "gateway_grpc": s("protobuf request FromString")
+        + s("gateway convert.request_of(request): MessageToDict, integers mended, validate")
         + s("orjson.loads of the pipeline's response body (the servicer's first step)")
         + s("json_format.ParseDict(response dict)") + s("protobuf response SerializeToString"),
     }

@@ -132,11 +132,12 @@ async def _settled_stream(outcome: Outcome, settlement: Settlement, strip_usage:
             finish_record(rec)
 
 
-def _response_over(outcome: Outcome, rec: RequestRecord, settlement: Settlement) -> None:
+async def _response_over(outcome: Outcome, rec: RequestRecord, settlement: Settlement) -> None:
     """Once the streamed response is over, however it went, its deployment slot and concurrency places are
     given back, even when its client left while a chunk was being sent (the stream's `finally` then waits
     for the generator to be closed) or before the stream was started at all (a generator never started
-    runs no `finally`: that request is finished here)."""
+    runs no `finally`: that request is finished here). A coroutine, so that Starlette runs it on the event
+    loop: a plain function would run in a worker thread, where waking a waiter's future is not safe."""
     outcome.release_slot()
     rec.release_holds()
     if not settlement.streaming and not rec.done:

@@ -29,7 +29,7 @@ class _Servicer:
 class ChatServicer(_Servicer):
     async def CreateChatCompletion(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self.call(context).unary(request, ChatCompletionRequest,
-                                              partial(convert.message_of, cls=self.pb.ChatCompletion))
+                                              partial(convert.chat_completion, pb2=self.pb))
 
     async def StreamChatCompletion(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async for chunk in self.call(context).stream(request, ChatCompletionRequest,

@@ -45,12 +45,35 @@ def test_the_chunk_fast_path_is_what_json_format_builds(c: dict[str, Any]) -> No
     assert convert.chat_chunk(c, pb) == slow
 
 
+message = st.fixed_dictionaries({}, optional={"role": st.just("assistant"), "content": maybe, "refusal": maybe,
+                                              "tool_calls": st.just([{"id": "c1", "type": "function",
+                                                                      "function": {"name": "f", "arguments": "{}"}}])})
+body_choice = st.fixed_dictionaries({"index": st.integers(0, 3)}, optional={
+    "message": message, "finish_reason": st.sampled_from(["stop", "length"]) | st.none(),
+    "logprobs": st.none() | st.just({"content": []})})
+body = st.fixed_dictionaries({"id": text, "object": st.just("chat.completion"), "created": st.integers(0, 2**40),
+                              "model": text, "choices": st.lists(body_choice, max_size=3)},
+                             optional={"usage": st.none() | usage, "system_fingerprint": maybe, "service_tier": maybe,
+                                       "unknown_field": text})
+
+
+@settings(max_examples=300, deadline=None)
+@given(body)
+def test_the_answer_fast_path_is_what_json_format_builds(b: dict[str, Any]) -> None:
+    slow = json_format.ParseDict(b, pb.ChatCompletion(), ignore_unknown_fields=True)
+    assert convert.chat_completion(b, pb) == slow
+
+
 def test_the_common_chunk_takes_the_fast_path() -> None:
     common = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
               "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None, "logprobs": None}]}
     assert convert._common_shape(common)
     assert not convert._common_shape({**common, "choices": [{"index": 0, "delta": {"tool_calls": []}}]})
     assert not convert._common_shape({**common, "extra": 1})
+    answer = {"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop", "logprobs": None}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    assert convert._plain_body(answer) and not convert._plain_body({**answer, "choices": None})
 
 
 def test_a_request_message_is_the_json_a_client_would_send() -> None:

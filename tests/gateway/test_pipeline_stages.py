@@ -357,6 +357,8 @@ async def test_a_stream_never_read_gives_back_its_slot_and_its_place_when_its_re
     with pytest.raises(GatewayError) as err:  # the route's one place is taken
         await serve(svc, rt, call(chat()))
     assert err.value.status_code == 429 and err.value.code == "concurrency_limit_exceeded"
+    # Starlette runs a plain function in a worker thread, where waking the next waiter's future is unsafe.
+    assert response.background.is_async, "the response's end must run on the event loop"
     await response.background()  # what Starlette runs once the response is over, read or not
     assert dep.scheduler.snapshot()["in_service"]["interactive"] == 0 and svc.concurrency.held("route:r") == 0
     assert c.rec.done and c.rec.status == 499 and dep.scheduler.dropped == 0
