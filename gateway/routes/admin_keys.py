@@ -20,7 +20,7 @@ from backends.contract.priority import Priority
 from gateway.keys import KeyExists
 from gateway.routes.admin import require_admin
 from gateway.store_errors import StoreUnavailable
-from gateway.usage import FIELDS, without_tiers
+from gateway.usage import DEFAULT_WINDOW_DAYS, FIELDS, without_tiers
 
 router = APIRouter(prefix="/admin")
 
@@ -141,7 +141,7 @@ async def usage(request: Request) -> Response:
     require_admin(request)
     query = request.query_params
     try:
-        n = max(1, min(400, int(query.get("days", "1"))))
+        n = max(1, min(400, int(query.get("days", str(DEFAULT_WINDOW_DAYS)))))
     except ValueError:
         raise InvalidRequest("'days' must be a whole number.", param="days") from None
     tier = _tier_param(query.get("tier"))

@@ -72,6 +72,31 @@ def test_cli_version_models_and_check(tmp_path: Path) -> None:
 
 
 @pytest.mark.process
+def test_check_reports_everything_at_once_as_text_or_json(tmp_path: Path) -> None:
+    import json
+
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("models:\n  - card: gemma-3-270m\n    model_path: /nonexistent/model.gguf\n"
+                   "providers:\n  up: {kind: openai, base_url: 'http://${NO_SUCH_HOST_VAR}/v1',"
+                   " api_key: '${NO_SUCH_KEY_VAR}'}\n")
+    r = cli("check", str(cfg))  # an unset reference: the config's own error; serve could not start
+    assert r.returncode == 2 and f"{cfg}:5: providers.up.base_url: ${{NO_SUCH_HOST_VAR}}" in r.stderr, r.stderr
+    cfg.write_text("models:\n  - card: gemma-3-270m\n    model_path: /nonexistent/model.gguf\n"
+                   "providers:\n  up: {kind: openai, base_url: 'http://127.0.0.1:1/v1', api_key: '${NO_SUCH_KEY_VAR}'}\n")
+    r = cli("check", str(cfg), "--json")
+    report = json.loads(r.stdout)
+    assert r.returncode == 2 and report["ok"] is False
+    assert report["errors"] == [f"{cfg}:2: models[0]: model_path /nonexistent/model.gguf does not exist"]
+    assert report["warnings"] == ["provider 'up': ${NO_SUCH_KEY_VAR}: the environment variable NO_SUCH_KEY_VAR is not "
+                                  "set (give a default as ${NO_SUCH_KEY_VAR:-value} if it may be)"]
+    cfg.write_text("providers:\n  up: {kind: openai, base_url: 'http://127.0.0.1:1/v1', api_key: '${NO_SUCH_KEY_VAR}'}\n")
+    assert cli("check", str(cfg)).returncode == 0  # a warning: the key may be set where the gateway runs
+    strict = cli("check", str(cfg), "--strict", "--json")
+    assert strict.returncode == 2 and json.loads(strict.stdout)["ok"] is False
+    assert json.loads(cli("check", str(cfg), "--json").stdout)["summary"]["providers"] == 1
+
+
+@pytest.mark.process
 def test_shipped_example_config_passes_check() -> None:
     r = cli("check", str(ROOT / "deploy" / "gateway.example.yaml"))
     assert r.returncode == 0, r.stderr
