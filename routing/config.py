@@ -131,6 +131,10 @@ class ServerConfig(_Strict):
     # On SIGTERM/SIGINT: stop accepting, /ready 503, requests and streams in flight (HTTP and gRPC) get up
     # to this long to finish, then are cut (gateway/drain.py). Read at start-up.
     drain_timeout_s: float = Field(default=120.0, ge=0)
+    # /health turns 503 (a liveness probe then restarts the pod) once a required local model has been `failed`
+    # this long: its supervisor gave up on it (it cannot load, or crashed loading in safe mode too), so it will
+    # not serve in this process again. null: /health stays 200 whatever the models do (gateway/probes.py).
+    liveness_failed_after_s: float | None = Field(default=60.0, ge=0)
     body_idle_timeout_s: float = Field(default=15.0, gt=0)  # the longest pause between two pieces of body
     idle_timeout_s: float = Field(default=5.0, gt=0)  # a kept-alive connection with no request
     max_connections: int = Field(default=2048, ge=1)  # open at once, per worker; beyond it: 503
@@ -305,6 +309,9 @@ class RouteConfig(_Strict):
     # Requests of this route in flight at once, on every replica together (with Redis); more wait up to
     # `timeouts.queue_s`, then get 429 concurrency_limit_exceeded.
     max_concurrent_requests: int | None = Field(default=None, ge=1)
+    # Count this route towards /ready: 503 while none of its deployments is usable. Off (the default), such a
+    # route is only reported `degraded` and /ready stays 200: an upstream's outage is every replica's at once.
+    ready_requires_upstreams: bool = False
 
 
 class BreakerConfig(_Strict):

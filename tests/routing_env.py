@@ -84,7 +84,7 @@ def base_config(s: Sims) -> dict[str, Any]:
 
 
 def start_gateway(s: Sims, config: dict[str, Any] | None = None, require_ready: bool = False) -> GatewayProcess:
-    """require_ready=False: return once the server answers (routes to a dead upstream keep /ready at 503)."""
+    """require_ready=False: return once the server answers (/ready 503 too: a required model still loading)."""
     env = {"SIM_OPENAI_KEY": OPENAI_KEY, "SIM_ANTHROPIC_KEY": ANTHROPIC_KEY, "LLM_GATEWAY_ADMIN_KEY": ADMIN_KEY}
     return GatewayProcess(config or base_config(s), env=env, require_ready=require_ready, ready_timeout=120)
 

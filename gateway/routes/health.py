@@ -1,9 +1,10 @@
-"""Liveness and readiness.
+"""Liveness and readiness (what they decide, and why: gateway/probes.py).
 
-`/health` answers as long as the process serves HTTP and touches nothing.
-`/ready` is 200 only when every required local model is loaded and warmed up,
-and every route without a last resort has at least one healthy deployment
-(as the background health checks last saw it).
+`/health` is 200 while the process serves HTTP, and 503 once a required local model has been `failed`
+(its supervisor gave up on it) for `server.liveness_failed_after_s`: only a restart can bring it back.
+`/ready` is 200 when every required local model is loaded and warmed up. A route with no usable
+deployment (every upstream down) is listed under `degraded` and leaves it 200, unless the route says
+`ready_requires_upstreams: true`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from gateway import metrics
+from gateway.probes import Liveness, LiveReport, assess_readiness
 from gateway.routes.admin import is_admin, require_admin
 
 router = APIRouter()
@@ -20,51 +22,55 @@ router = APIRouter()
 _HEALTH = orjson.dumps({"status": "ok"})
 
 
+def _liveness(request: Request) -> LiveReport:
+    state = request.app.state
+    tracker = getattr(state, "liveness", None)
+    if tracker is None:
+        tracker = state.liveness = Liveness()
+    runtime = state.manager.current
+    return tracker.observe(runtime.local_backends(), runtime.config.server.liveness_failed_after_s)
+
+
+def _detail_allowed(request: Request) -> bool:
+    """Probes need the status code; the names of models, deployments and engines are for the admin."""
+    return not request.app.state.services.auth.enabled or is_admin(request)
+
+
+def _health(request: Request) -> Response:
+    live = _liveness(request)
+    failing = live.failing
+    if not failing:
+        return Response(_HEALTH, media_type="application/json")
+    body: dict = {"status": "unhealthy"}
+    if _detail_allowed(request):
+        body.update(failed=failing, failed_after_s=live.after_s)
+    return Response(orjson.dumps(body), status_code=503, media_type="application/json")
+
+
 @router.head("/health", include_in_schema=False)
-async def health_head() -> Response:
-    return Response(_HEALTH, media_type="application/json")
+async def health_head(request: Request) -> Response:
+    return _health(request)
 
 
 @router.get("/health")
-async def health() -> Response:
-    return Response(_HEALTH, media_type="application/json")
+async def health(request: Request) -> Response:
+    return _health(request)
 
 
 @router.get("/ready")
 async def ready(request: Request) -> Response:
     runtime = request.app.state.manager.current
-    backends = {}
-    not_ready = []
-    for backend in runtime.local_backends():
-        status = backend.status()
-        backends[backend.name] = status.as_dict()
-        if status.required and status.state != "ready":
-            not_ready.append(backend.name)
-    deployments = {}
-    scheduling = {}  # every deployment with a capacity: its slots in service and its queue, per class
-    for dep in runtime.deployments.values():
-        if dep.config.provider != "local":
-            deployments[dep.name] = {"kind": dep.backend.kind, "healthy": dep.healthy, "breaker": dep.breaker.state}
-        if dep.scheduler.limited:
-            scheduling[dep.name] = dep.scheduler.snapshot()
-    routes = {}
-    for route in runtime.route_list:
-        usable = sum(1 for d in route.deployments if d.healthy and d.backend.status().state == "ready")
-        routes[route.name] = {"usable_deployments": usable, "deployments": len(route.deployments)}
-        if usable == 0 and route.config.last_resort is None and route.name not in not_ready:
-            if not all(d.config.provider == "local" for d in route.deployments):
-                not_ready.append(f"route:{route.name}")
-    # Redis only degrades the gateway (cache and limits fail open); it never makes it unready.
-    redis = request.app.state.services.link.status()
-    body = {"status": "ready" if not not_ready else "not_ready", "not_ready": not_ready, "backends": backends,
-            "deployments": deployments, "scheduling": scheduling, "routes": routes, "redis": redis,
-            "config_version": runtime.version}
-    headers = {} if not not_ready else {"Retry-After": "2"}
-    if request.app.state.services.auth.enabled and not is_admin(request):
-        # Probes need the status code; the names of models, deployments and engines are for the admin.
+    report = assess_readiness(runtime, request.app.state.services.link.status())
+    live = _liveness(request)  # /ready sees a failed model too, so its time counts from the first probe
+    body = report.body()
+    for name, seconds in live.failed_for_s.items():
+        if name in body["backends"]:
+            body["backends"][name]["failed_for_s"] = round(seconds, 1)
+    if not _detail_allowed(request):
         body = {"status": body["status"]}
-    return Response(orjson.dumps(body), status_code=200 if not not_ready else 503,
-                    media_type="application/json", headers=headers)
+    unready = bool(report.not_ready)
+    return Response(orjson.dumps(body), status_code=503 if unready else 200, media_type="application/json",
+                    headers={"Retry-After": "2"} if unready else {})
 
 
 @router.get("/metrics")
