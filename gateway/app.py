@@ -74,6 +74,7 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await manager.start()
+        await services.check_redis_memory()  # warnings only: a policy that evicts keys, a cache without bounds
         tune_for_serving()
         flusher = asyncio.create_task(
             flush_periodically([services.usage.flush, services.limiter.flush], config.usage.flush_interval_s,
@@ -102,7 +103,7 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
                     await batch_loop
                 await batches.runner.aclose()
             await manager.aclose()
-            await services.link.aclose()
+            await services.aclose()
             request_log.flush()
             if settings.metrics_dir:
                 from prometheus_client import multiprocess

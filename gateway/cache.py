@@ -126,6 +126,9 @@ class ResponseCache(abc.ABC):
     """
 
     redis: redis.asyncio.Redis | None  # the client when Redis-backed (so callers can read along with a key)
+    # Its entries sit on the same Redis as the API keys, so one can be read in the key lookup's round trip
+    # (not so for a cache on a Redis of its own, `redis.cache_url`: gateway/cache_separate.py).
+    rides_with_keys = True
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix

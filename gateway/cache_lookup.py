@@ -78,4 +78,7 @@ class CacheLookup:
         return cls(directives, cache_key(space, body.endpoint, wire))
 
     def redis_key(self, cache: ResponseCache) -> str | None:
-        return cache.redis_key(self.key) if self.key is not None and cache.redis is not None else None
+        """The entry's Redis key, to read along with the API key; None when it cannot ride along."""
+        if self.key is None or cache.redis is None or not cache.rides_with_keys:
+            return None
+        return cache.redis_key(self.key)

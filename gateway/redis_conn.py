@@ -21,10 +21,15 @@ from gateway.metrics import REDIS_ERRORS
 
 log = logging.getLogger("llm_gateway.redis")
 
+
 class RedisLink:
+    """One Redis server: the durable one (`redis.url`: keys, usage, limits, batches) or the cache's own
+    (`redis.cache_url`); `role` names it in the log."""
+
     def __init__(self, url: str | None, timeout_s: float = 0.25, prefix: str = "gw:",
-                 degraded_for_s: float = 10.0) -> None:
+                 degraded_for_s: float = 10.0, role: str = "redis") -> None:
         self.url = url
+        self.role = role
         self.prefix = prefix
         self.degraded_for_s = degraded_for_s  # after an error, report "degraded" this long
         self.client: aioredis.Redis | None = None
@@ -41,7 +46,8 @@ class RedisLink:
         self.errors += 1
         now = time.monotonic()
         if now - self._last_error_at > self.degraded_for_s:  # log once per episode, not per request
-            log.warning("redis unavailable (%s); failing open where configured", type(exc.__cause__ or exc).__name__)
+            log.warning("%s unavailable (%s); failing open where configured", self.role,
+                        type(exc.__cause__ or exc).__name__)
         self._last_error_at = now
         self._last_error = type(exc.__cause__ or exc).__name__
 

@@ -343,6 +343,9 @@ class HealthCheckConfig(_Strict):
 
 class RedisConfig(_Strict):
     url: str | None = None  # or ${REDIS_URL}; also --redis-url and the REDIS_URL environment variable
+    # The response cache's own Redis (or ${REDIS_CACHE_URL:-}); unset or empty: the cache shares `url`. It must
+    # be another server, not another DB of the same one: maxmemory and the eviction policy are per server.
+    cache_url: str | None = None
     prefix: str = "gw:"
     timeout_s: float = Field(default=0.25, gt=0)  # per call; past it the cache fails open
     degraded_for_s: float = Field(default=10.0, gt=0)  # /ready says "degraded" this long after the last error

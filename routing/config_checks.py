@@ -24,6 +24,9 @@ def missing_secrets(config: GatewayConfig) -> list[str]:
     why = config_env.problem(config.redis.url)
     if why:
         out.append(f"redis.url: {why} (the gateway would run without Redis: in-process stores, one replica)")
+    why = config_env.problem(config.redis.cache_url)
+    if why:
+        out.append(f"redis.cache_url: {why} (the response cache would share redis.url)")
     return out
 
 
@@ -42,9 +45,9 @@ def _server(config: GatewayConfig) -> Iterator[Problem]:
 
 
 def _redis(config: GatewayConfig) -> Iterator[Problem]:
-    url = config.redis.url or ""
-    if _URL_PASSWORD.match(url):
-        yield ("redis", "url"), "a URL with a password must be a ${ENV_VAR} reference, not a literal"
+    for field in ("url", "cache_url"):
+        if _URL_PASSWORD.match(getattr(config.redis, field) or ""):
+            yield ("redis", field), "a URL with a password must be a ${ENV_VAR} reference, not a literal"
 
 
 def _models(config: GatewayConfig, known_cards: set[str] | None) -> Iterator[Problem]:

@@ -58,18 +58,20 @@ async def fresh_redis() -> AsyncIterator[tuple[aioredis.Redis, str]]:
 
 
 class ThrowawayRedis:
-    """A private redis-server on its own port, which a test may stop and start again."""
+    """A private redis-server on its own port, which a test may stop and start again (and reconfigure with
+    CONFIG SET, which the shared Redis must never see); `args`: more redis-server options."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
         if shutil.which("redis-server") is None:
             pytest.skip("redis-server is not installed: the Redis-outage test needs its own server to stop")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "ThrowawayRedis":
         self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no"],
+                                      "--save", "", "--appendonly", "no", *self.args],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

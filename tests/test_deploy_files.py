@@ -84,6 +84,58 @@ def _strings(node: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
+def _redis_options(args: list[str]) -> dict[str, str]:
+    """`redis-server --name value ...` as {name: value}; a flag repeated keeps its last value, as Redis does."""
+    assert args[0] == "redis-server", args
+    rest = args[1:]
+    assert len(rest) % 2 == 0 and all(a.startswith("--") for a in rest[::2]), args
+    return {name[2:]: value for name, value in zip(rest[::2], rest[1::2])}
+
+
+def _bytes(size: str) -> int:
+    """A size as Redis (`256mb`: mebibytes) or Kubernetes (`512Mi`) writes it."""
+    m = re.fullmatch(r"(\d+)\s*(b|kb|mb|gb|k|m|g|ki|mi|gi)?", size.strip().lower())
+    assert m, f"not a size: {size!r}"
+    scale = {None: 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "ki": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
+             "mi": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gi": 1 << 30}[m.group(2)]
+    return int(m.group(1)) * scale
+
+
+DURABLE_REDIS, CACHE_REDIS = "redis", "redis-cache"  # the two servers' names, in Compose and Kubernetes
+
+
+def _check_durable_redis(options: dict[str, str]) -> None:
+    """Keys and spend: never evicted, and on disk."""
+    assert options.get("maxmemory-policy") == "noeviction", options
+    assert options.get("appendonly") == "yes", options
+    assert options.get("appendfsync", "everysec") in ("everysec", "always"), options
+
+
+def _check_cache_redis(options: dict[str, str]) -> int:
+    """The response cache: bounded, least recently used out first, nothing on disk; its maxmemory in bytes."""
+    assert _bytes(options.get("maxmemory", "0")) > 0, options
+    assert options.get("maxmemory-policy") == "allkeys-lru", options
+    assert options.get("save") == "" and options.get("appendonly") == "no", options
+    return _bytes(options["maxmemory"])
+
+
+def _check_gateway_redis_urls(durable_url: str, env: dict[str, str], hosts: set[str]) -> None:
+    """The gateway dials the durable server with --redis-url, and the cache's through every shipped config's
+    `redis.cache_url` as its environment resolves it: two servers that `hosts` (services) has."""
+    from routing import config_env
+
+    durable = urlsplit(durable_url)
+    assert durable.scheme == "redis" and durable.hostname == DURABLE_REDIS
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))["redis"]["cache_url"]
+        assert config_env.is_reference(raw), f"{_rel(path)}: redis.cache_url {raw!r}"
+        assert config_env.resolve(raw, {}) is None, f"{_rel(path)}: without the variable the cache shares --redis-url"
+        cache = urlsplit(config_env.resolve(raw, env) or "")
+        assert cache.scheme == "redis" and cache.hostname == CACHE_REDIS, f"{_rel(path)}: {raw!r} -> {cache}"
+        assert {durable.hostname, cache.hostname} <= hosts
+        assert (cache.hostname, cache.port) != (durable.hostname, durable.port), "one server cannot do both"
+
+
 # ---------------------------------------------------------------------------------------------
 # Every YAML file parses
 
@@ -429,12 +481,17 @@ def test_gateway_deployment(built: dict, overlay: str) -> None:
         assert ref == {**ref, "name": secret["metadata"]["name"], "key": key}
         assert key in secret["data"]
     assert env["LLM_GATEWAY_HOST"]["value"] == "0.0.0.0"
-    # Redis through its Service.
+    # Redis through its Service: the durable one with --redis-url, the cache's with REDIS_CACHE_URL.
     args = container["args"]
     redis_url = urlsplit(args[args.index("--redis-url") + 1])
     assert redis_url.scheme == "redis"
     redis_service = _find(docs, "Service", redis_url.hostname)
     assert (redis_url.port or 6379) in [p["port"] for p in redis_service["spec"]["ports"]]
+    cache_url = urlsplit(env["REDIS_CACHE_URL"]["value"])
+    cache_service = _find(docs, "Service", cache_url.hostname)
+    assert (cache_url.port or 6379) in [p["port"] for p in cache_service["spec"]["ports"]]
+    _check_gateway_redis_urls(args[args.index("--redis-url") + 1], {"REDIS_CACHE_URL": env["REDIS_CACHE_URL"]["value"]},
+                              {d["metadata"]["name"] for d in docs if d["kind"] == "Service"})
     # Service, HPA (autoscaling/v2 on CPU), PDB (policy/v1).
     service = _find(docs, "Service", "llm-gateway")
     assert _labels_match(service["spec"]["selector"], gateway["spec"]["template"]["metadata"]["labels"])
@@ -459,14 +516,39 @@ def test_gateway_deployment(built: dict, overlay: str) -> None:
 @pytest.mark.process
 @pytest.mark.parametrize("overlay", OVERLAY_CONFIG)
 def test_redis(built: dict, overlay: str) -> None:
+    """Two Redis servers: the durable one (noeviction, an append-only file on a claimed volume) and the
+    cache's (maxmemory + allkeys-lru, nothing on disk), each behind its Service and reachable from the
+    gateway only; each with room under its memory limit for what maxmemory does not count."""
     docs = built[overlay]
-    redis = [w for w in _workloads(docs) if w["metadata"]["name"] == "redis"]
-    assert len(redis) == 1 and redis[0]["kind"] in ("Deployment", "StatefulSet")
-    container = _container(redis[0], "redis")
-    for probe in ("readinessProbe", "livenessProbe"):
-        command = " ".join(container[probe]["exec"]["command"])
-        assert "redis-cli ping" in command, f"redis {probe}: {command}"
-    assert _find(docs, "Service", "redis")
+    gateway_labels = _find(docs, "Deployment", "llm-gateway")["spec"]["template"]["metadata"]["labels"]
+    limits = {}
+    for name in (DURABLE_REDIS, CACHE_REDIS):
+        redis = [w for w in _workloads(docs) if w["metadata"]["name"] == name]
+        assert len(redis) == 1 and redis[0]["kind"] in ("Deployment", "StatefulSet"), name
+        container = _container(redis[0], "redis")
+        for probe in ("readinessProbe", "livenessProbe"):
+            command = " ".join(container[probe]["exec"]["command"])
+            assert "redis-cli ping" in command, f"{name} {probe}: {command}"
+        pod_labels = redis[0]["spec"]["template"]["metadata"]["labels"]
+        assert _labels_match(_find(docs, "Service", name)["spec"]["selector"], pod_labels)
+        policy = _find(docs, "NetworkPolicy", name)
+        assert _labels_match(policy["spec"]["podSelector"]["matchLabels"], pod_labels)
+        assert [_labels_match(src["podSelector"]["matchLabels"], gateway_labels)
+                for rule in policy["spec"]["ingress"] for src in rule["from"]] == [True]
+        options = _redis_options(container["args"])
+        limits[name] = (_bytes(container["resources"]["limits"]["memory"]), options, redis[0], container)
+    limit, options, durable, container = limits[DURABLE_REDIS]
+    _check_durable_redis(options)
+    assert durable["kind"] == "StatefulSet" and options.get("dir") == "/data"
+    claims = {c["metadata"]["name"] for c in durable["spec"]["volumeClaimTemplates"]}
+    assert [m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/data"][0] in claims
+    if "maxmemory" in options:  # the AOF rewrite forks: copy-on-write needs room above maxmemory
+        assert limit >= 1.5 * _bytes(options["maxmemory"]), (limit, options["maxmemory"])
+    limit, options, cache, container = limits[CACHE_REDIS]
+    maxmemory = _check_cache_redis(options)
+    assert limit >= 1.5 * maxmemory, (limit, maxmemory)
+    volumes = cache["spec"]["template"]["spec"].get("volumes", [])
+    assert all("emptyDir" in v for v in volumes) and "volumeClaimTemplates" not in cache["spec"], "no persistence"
 
 
 @pytest.mark.process
@@ -622,11 +704,12 @@ def _interpolate(text: str, env: dict[str, str]) -> str:
 
 def test_compose_cpu_stack_and_gpu_profile() -> None:
     services = _compose()["services"]
-    assert set(services) == {"gateway", "redis", "vllm"}
+    assert set(services) == {"gateway", DURABLE_REDIS, CACHE_REDIS, "vllm"}
     assert services["vllm"]["profiles"] == ["gpu"]
-    assert "profiles" not in services["gateway"] and "profiles" not in services["redis"]
+    assert not {"gateway", DURABLE_REDIS, CACHE_REDIS} & {n for n, s in services.items() if "profiles" in s}
     gateway = services["gateway"]
-    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert gateway["depends_on"][DURABLE_REDIS]["condition"] == "service_healthy"
+    assert gateway["depends_on"][CACHE_REDIS]["condition"] == "service_healthy"
     command = gateway["command"]
     assert command[0] == "serve"
     assert command[command.index("--redis-url") + 1] == "redis://redis:6379/0"
@@ -641,13 +724,50 @@ def test_compose_cpu_stack_and_gpu_profile() -> None:
         assert hosts[0].is_file()
     grace = gateway["stop_grace_period"]
     assert grace.endswith("s") and float(grace[:-1]) > GatewayConfig().server.drain_timeout_s, "docker stop cuts"
-    for name in ("gateway", "redis", "vllm"):
+    for name in ("gateway", DURABLE_REDIS, CACHE_REDIS, "vllm"):
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     assert "/ready" in " ".join(gateway["healthcheck"]["test"])
-    assert "redis-cli ping" in " ".join(services["redis"]["healthcheck"]["test"])
+    for name in (DURABLE_REDIS, CACHE_REDIS):
+        assert "redis-cli ping" in " ".join(services[name]["healthcheck"]["test"]), name
     assert gateway["ports"] == ["127.0.0.1:8000:8000"], "no auth by default: publish on loopback only"
     for key in KEY_ENVS:
         assert key in gateway["environment"]
+
+
+def test_compose_redis_roles() -> None:
+    """The durable Redis never evicts and keeps its append-only file on a named volume; the cache's is
+    bounded, evicts least recently used first and keeps nothing; the gateway dials both."""
+    doc = _compose()
+    services = doc["services"]
+    durable, cache = services[DURABLE_REDIS], services[CACHE_REDIS]
+    options = _redis_options(durable["command"])
+    _check_durable_redis(options)
+    data = [v.split(":") for v in durable["volumes"]]
+    assert [src for src, dst, *_ in data if dst == options.get("dir", "/data")][0] in doc["volumes"]
+    _check_cache_redis(_redis_options(cache["command"]))
+    assert not cache.get("volumes"), "the cache keeps nothing on disk"
+    gateway = services["gateway"]
+    command = gateway["command"]
+    _check_gateway_redis_urls(command[command.index("--redis-url") + 1], gateway["environment"], set(services))
+
+
+def test_the_redis_role_checks_are_live() -> None:
+    """The checks above fail on the policies that lose keys or let the cache grow."""
+    services = _compose()["services"]
+    durable = _redis_options(services[DURABLE_REDIS]["command"])
+    cache = _redis_options(services[CACHE_REDIS]["command"])
+    for broken in ({"maxmemory-policy": "allkeys-lru"}, {"maxmemory-policy": "volatile-lru"}, {"appendonly": "no"}):
+        with pytest.raises(AssertionError):
+            _check_durable_redis({**durable, **broken})
+    for broken in ({"maxmemory": "0"}, {"maxmemory-policy": "noeviction"}, {"save": "3600 1"}, {"appendonly": "yes"}):
+        with pytest.raises(AssertionError):
+            _check_cache_redis({**cache, **broken})
+    gateway = services["gateway"]
+    command = gateway["command"]
+    url = command[command.index("--redis-url") + 1]
+    with pytest.raises(AssertionError):  # the cache on the durable server, another DB
+        _check_gateway_redis_urls(url, {**gateway["environment"], "REDIS_CACHE_URL": "redis://redis:6379/1"},
+                                  set(services))
 
 
 def test_compose_vllm_service() -> None:
