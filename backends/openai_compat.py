@@ -18,6 +18,7 @@ import orjson
 from backends.base import Backend, BackendStatus, Body, CallContext, SSEStream
 from backends.contract.errors import GatewayError, StreamInterrupted, UpstreamError, _type_for
 from backends.contract.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, SamplingFields
+from backends.contract.trace_context import with_trace
 from backends.http import UpstreamPool, event_data, parse_retry_after, prepend, sse_batches, transport_error
 from backends.model_cards import ModelCard
 from backends.scrub import scrub
@@ -81,9 +82,10 @@ class OpenAICompatBackend(Backend):
         return body
 
     async def _post(self, path: str, body: dict[str, Any], ctx: CallContext) -> aiohttp.ClientResponse:
+        url = self._url(path)
         try:
             resp = await self.pool.session.post(
-                self._url(path), data=orjson.dumps(body), headers=self._headers,
+                url, data=orjson.dumps(body), headers=with_trace(self._headers, url),
                 timeout=self.pool.timeout(ctx.connect_timeout, ctx.read_timeout))
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise transport_error(exc, self.name) from None

@@ -28,5 +28,6 @@ def create() -> FastAPI:
     cards_dir = os.environ.get(ENV_CARDS)
     cards = load_cards(Path(cards_dir) if cards_dir else None)
     config = load_config(path, known_cards=set(cards))
-    configure(os.environ.get(ENV_LOG_LEVEL) or config.server.log_level, config.logging.json_requests)
+    configure(os.environ.get(ENV_LOG_LEVEL) or config.server.log_level, config.logging.json_requests,
+              config.logging.format)
     return create_app(config, cards, config_path=path, settings=Settings.from_env())

@@ -35,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from backends.weights import WeightsError, progress_bar, resolve_weights
-    from gateway.logsetup import configure
+    from gateway.logsetup import configure, uvicorn_options
 
     config_path = args.config or os.environ.get(ENV_CONFIG)
     config, cards = load_config_and_cards(config_path)
@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or os.environ.get(ENV_HOST) or server.host
     port = args.port if args.port is not None else int(os.environ.get(ENV_PORT) or server.port)
     log_level = args.log_level or os.environ.get(ENV_LOG_LEVEL) or server.log_level
-    configure(log_level, config.logging.json_requests)
+    configure(log_level, config.logging.json_requests, config.logging.format)
 
     # Build any missing GGUF now, in the foreground, where a progress bar makes sense.
     for model in config.models:
@@ -83,7 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # The HTTP protocol with header deadlines and a connection cap (its limits are set by the app factory).
     common = dict(host=host, port=port, log_level=log_level, access_log=args.access_log,
-                  timeout_graceful_shutdown=server.drain_timeout_s, http=GuardedHTTP, timeout_keep_alive=server.idle_timeout_s)
+                  timeout_graceful_shutdown=server.drain_timeout_s, http=GuardedHTTP, timeout_keep_alive=server.idle_timeout_s,
+                  **uvicorn_options(config.logging.format))
     if args.workers > 1:
         _prepare_workers(config_path, args.redis_url)
         # This process supervises the local models' engines; every worker connects to the same ones.

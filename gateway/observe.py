@@ -8,6 +8,7 @@ prompts only when `logging.log_prompts` is on, and then redacted.
 
 from __future__ import annotations
 
+import contextvars
 import re
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,10 @@ def own_secrets(*secrets: str | None) -> None:
     _own = tuple(s for s in secrets if s and len(s) >= 4)
 
 
+# The request being served, for the event log lines written meanwhile (gateway.logsetup's JSON format).
+current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("llm_gateway_request_id",
+                                                                                default=None)
+
 _LABELS = {p: p.label for p in Priority}
 _BATCH, _INTERACTIVE = Priority.BATCH.label, Priority.INTERACTIVE.label
 
@@ -80,7 +85,8 @@ class RequestRecord:
     deferred: bool = False  # a stream: finished when the stream ends
     prompt: Any = None  # only with logging.log_prompts
     completion: str | None = None
-    span: Any = None
+    span: Any = None  # the request's span, while tracing is on (gateway.tracing)
+    trace: Any = None  # and the rest of its trace (tracing.RequestTrace): the caller's context, the attempt
     done: bool = False
     batch: str | None = None  # the batch this request is a line of (None: a live request)
     priority: Priority | None = None  # its class, once decided (gateway.pipeline.serve); None: interactive
@@ -106,12 +112,8 @@ class RequestRecord:
         metrics.IN_FLIGHT.inc()
         if self.batch is None:
             _live[0] += 1
-        tracer = tracing.current()
-        if tracer is not None:
-            self.span = tracer.start_span("gateway.request", attributes={"gateway.request_id": self.request_id,
-                                                                          "gateway.endpoint": self.endpoint,
-                                                                          "gateway.transport": self.transport})
-            tracing.request_span.set(self.span)
+        # The span starts once the pipeline has the caller's headers (tracing.join), dated from `started`.
+        current_request_id.set(self.request_id)
 
 
 def finish(rec: RequestRecord) -> None:
@@ -161,12 +163,5 @@ def finish(rec: RequestRecord) -> None:
         line["prompt"] = redact(orjson.dumps(rec.prompt).decode())
         line["completion"] = redact(rec.completion or "")
     request_log.write(orjson.dumps(line))
-    if rec.span is not None:
-        rec.span.set_attributes({"gateway.route": route, "gateway.deployment": dep, "gateway.attempts": rec.attempts,
-                                 "http.status_code": rec.status, "gateway.cache": rec.cache,
-                                 "gateway.tier": tier})
-        if rec.status >= 500:
-            from opentelemetry.trace import Status, StatusCode
-
-            rec.span.set_status(Status(StatusCode.ERROR, rec.error_code or str(rec.status)))
-        rec.span.end()
+    if rec.span is not None or tracing.current() is not None:
+        tracing.end_request(rec, route, dep, tier)

@@ -22,6 +22,7 @@ from backends.contract import priority
 from backends.contract.errors import GatewayError
 from backends.contract.priority import Priority
 from backends.contract.protocol import SamplingFields
+from gateway import tracing
 from gateway.accounting import settle
 from gateway.admission import Admission, admit
 from gateway.answer import answer, cached_response, stale_response
@@ -57,6 +58,7 @@ class Call:
 
 async def serve(svc: Services, runtime: Runtime, call: Call) -> Response:
     """`runtime` is the config this request finishes on, whatever reloads happen meanwhile."""
+    tracing.join(call, runtime)  # the caller's trace context, from the headers (a gRPC call's metadata)
     admitted = await admit(svc, runtime, call.body, call.headers, call.rec, call.preset, call.priority)
     call.principal = admitted.principal
     # This request's task (and the tasks it starts: its stream's) is scheduled by this, in the router and

@@ -381,6 +381,9 @@ class CostConfig(_Strict):
 
 class LoggingConfig(_Strict):
     json_requests: bool = True  # one JSON line per request on stderr (gateway.request_log)
+    # The event lines (the gateway's and uvicorn's loggers): readable text, or one JSON object per line for a
+    # log shipper (gateway.logsetup). The request lines are JSON either way.
+    format: Literal["text", "json"] = "text"
     # Opt-in: add prompts and completions to that line, with keys, tokens, e-mails and card numbers redacted.
     log_prompts: bool = False
 

@@ -37,6 +37,7 @@ from backends.base import Backend, BackendState, BackendStatus, CallContext, SSE
 from backends.contract.errors import GatewayError, InvalidRequest, UpstreamError
 from backends.contract.native import ANTHROPIC_MESSAGES
 from backends.contract.protocol import ChatCompletionRequest, CompletionRequest
+from backends.contract.trace_context import with_trace
 from backends.http import UpstreamPool, event_data, event_name, prepend, sse_events, transport_error
 from backends.model_cards import ModelCard
 
@@ -161,7 +162,7 @@ class AnthropicBackend(Backend):
                     extra_headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
         """POST, returning only a 200 response; anything else is raised as a GatewayError. `extra_headers`
         (a passed-through request's `anthropic-beta`) never replace the deployment's key or version."""
-        headers = {**extra_headers, **self._headers} if extra_headers else self._headers
+        headers = with_trace({**extra_headers, **self._headers} if extra_headers else self._headers, self.url)
         try:
             resp = await self.pool.session.post(self.url, data=orjson.dumps(body), headers=headers,
                                                 timeout=self.pool.timeout(ctx.connect_timeout, ctx.read_timeout))

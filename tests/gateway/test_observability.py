@@ -330,8 +330,10 @@ def test_spans_for_the_request_and_each_attempt(sims: Sims, monkeypatch: pytest.
                                                                              "messages": MSGS})
         assert r.status_code == 200
         spans = exporter.get_finished_spans()
-        request = [s for s in spans if s.name == "gateway.request"]
-        attempts = [s for s in spans if s.name == "gateway.attempt"]
+        # Named as OpenTelemetry's GenAI conventions have it: "{operation} {model}", the route's model for the
+        # request, the deployment's for each attempt (tests/gateway/test_trace_context.py: their attributes).
+        request = [s for s in spans if s.name == "chat chat-default"]
+        attempts = [s for s in spans if s.name == "chat vllm-model"]
         assert len(request) == 1 and len(attempts) == 2
         assert all(a.parent.span_id == request[0].context.span_id for a in attempts)
         assert [a.attributes["gateway.deployment"] for a in attempts] == ["a", "b"]
