@@ -12,6 +12,7 @@ and the preStop pause must add up to more (deploy/kubernetes/base/gateway-deploy
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 import threading
@@ -62,7 +63,8 @@ class Drain:
             previous = signal.getsignal(sig)
 
             def handler(signum: int, frame: Any, previous: Any = previous) -> None:
-                loop.call_soon_threadsafe(self.begin)
+                # A fresh context: a signal lands in whatever task ran, and its request id is not the drain's.
+                loop.call_soon_threadsafe(self.begin, context=contextvars.Context())
                 if callable(previous):
                     previous(signum, frame)
                 elif previous == signal.SIG_DFL and signum == signal.SIGINT:
