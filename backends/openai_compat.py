@@ -10,7 +10,7 @@ a truncated stream is never passed off as complete.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 import aiohttp
 import orjson
@@ -24,7 +24,7 @@ from backends.model_cards import ModelCard
 from backends.scrub import scrub
 
 # What OpenAI's own API accepts; anything else (vLLM or llama.cpp extras) is dropped
-# for kind "openai", because OpenAI answers unknown parameters with a 400.
+# for kinds "openai" and "azure", because both answer unknown parameters with a 400.
 OPENAI_FIELDS = frozenset({
     "model", "messages", "prompt", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop",
     "seed", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "stream",
@@ -34,22 +34,34 @@ OPENAI_FIELDS = frozenset({
     "safety_identifier", "moderation", "echo", "suffix", "best_of",
 })  # tests/backends/test_openai_allow_list.py holds it equal to the installed openai SDK's parameters
 EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
+STRICT_KINDS = frozenset({"openai", "azure"})  # sent only the fields above: both answer others with a 400
 
 
 class OpenAICompatBackend(Backend):
     kind = "openai"
+    filters_events = False  # does `skip_event` drop anything? (checked first: most kinds drop nothing)
 
     def __init__(self, name: str, card: ModelCard | None, *, base_url: str, model: str, api_key: str | None,
-                 pool: UpstreamPool, health_path: str | None = None, required: bool = False) -> None:
+                 pool: UpstreamPool, health_path: str | None = None, required: bool = False,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(name, card, required=required)
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.pool = pool
         self.health_path = health_path
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        self._secrets = (api_key,)  # scrubbed from every message an upstream sends back
+        extra = dict(headers or {})  # the config's `headers` (routing/upstream_headers.py refuses managed ones)
+        self._headers = {**extra, "Content-Type": "application/json", "Accept": "application/json"}
+        # Scrubbed from every message an upstream sends back: the key, and every extra header's value.
+        self._secrets = (api_key, *extra.values())
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+            self._headers.update(self.auth_headers(api_key))
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        """How this kind of upstream takes its key."""
+        return {"Authorization": f"Bearer {api_key}"}
+
+    def __repr__(self) -> str:  # never the headers: they hold credentials
+        return f"{type(self).__name__}(name={self.name!r}, model={self.model!r}, base_url={self.base_url!r})"
 
     async def start(self) -> None:
         return None
@@ -72,7 +84,7 @@ class OpenAICompatBackend(Backend):
 
     def build_body(self, request: SamplingFields, ctx: CallContext, stream: bool) -> dict[str, Any]:
         body = request.wire_body()
-        if self.kind == "openai":
+        if self.kind in STRICT_KINDS:
             body = {k: v for k, v in body.items() if k in OPENAI_FIELDS}
         body.update(ctx.params)
         body["model"] = self.model
@@ -126,7 +138,7 @@ class OpenAICompatBackend(Backend):
                 out: list[bytes] = []
                 for event in batch:
                     data = event_data(event)
-                    if data is None:
+                    if data is None or (self.filters_events and self.skip_event(data)):
                         continue  # comments and keep-alives are not forwarded
                     if data.startswith(b"[DONE]"):
                         done = True
@@ -149,6 +161,10 @@ class OpenAICompatBackend(Backend):
             resp.close() if not done else resp.release()
         if not done:
             raise StreamInterrupted(f"The stream from '{self.name}' ended without [DONE].")
+
+    def skip_event(self, data: bytes) -> bool:
+        """Is this event's payload one to leave out of the stream (an upstream's own annotation)?"""
+        return False
 
     # -- errors ------------------------------------------------------------------
 
@@ -216,7 +232,7 @@ class OpenAICompatBackend(Backend):
         """The body as sent (model and overrides replaced, never a `stream`); the answer's bytes untouched."""
         body = request.wire_body()
         body.pop("stream", None)
-        if self.kind == "openai":
+        if self.kind in STRICT_KINDS:
             body = {k: v for k, v in body.items() if k in EMBEDDING_FIELDS}
         body.update(ctx.params)
         body["model"] = self.model

@@ -14,6 +14,7 @@ from gateway.auth import Authenticator
 from gateway.cache import ResponseCache, response_cache
 from gateway.cache_separate import SeparateRedisCache
 from gateway.concurrency import ConcurrencyLimiter, concurrency_limiter
+from gateway.deployment_quota import DeploymentQuotas
 from gateway.keys import KeyStore, key_store
 from gateway.ratelimit import RateLimiter, rate_limiter
 from gateway.redis_conn import RedisLink
@@ -52,10 +53,13 @@ class Services:
         # a second, asyncio-level deadline per call would only cost time on the hot path.
         cache = (SeparateRedisCache(cache_link, timeout_s=None) if cache_link is not None
                  else response_cache(link.client, p, max_entries=config.cache.max_entries, timeout_s=None))
+        limiter = rate_limiter(link.client, p, timeout_s=None)
+        # Deployments' rpm/tpm caps are counted by the same limiter (flushed with it), checked by the router.
+        quotas = DeploymentQuotas(limiter, link)
         return cls(settings=settings, auth=Authenticator(settings.master_key, keys, link), link=link, keys=keys,
-                   limiter=rate_limiter(link.client, p, timeout_s=None), cache=cache,
+                   limiter=limiter, cache=cache,
                    usage=usage_store(link.client, p),
-                   router=Router(hooks=tracing.AttemptSpans(), on_wait=metrics.observe_queue_wait),
+                   router=Router(hooks=tracing.AttemptSpans(), on_wait=metrics.observe_queue_wait, quotas=quotas),
                    responses=response_store(link.client, p, config.responses.max_entries),
                    concurrency=concurrency_limiter(link.client, p), cache_link=cache_link)
 

@@ -7,6 +7,7 @@ new branch here and a module or folder of its own in `backends/`.
 from __future__ import annotations
 
 from backends.anthropic.backend import AnthropicBackend
+from backends.azure import AzureOpenAIBackend
 from backends.base import Backend
 from backends.http import PoolSettings, UpstreamPool
 from backends.llamacpp.backend import LlamaCppBackend
@@ -18,6 +19,7 @@ from backends.openai_compat import OpenAICompatBackend
 from backends.vllm import VLLMBackend
 from routing.config import DeploymentConfig, ProviderConfig
 from routing.config_env import resolve as resolve_secret
+from routing.upstream_headers import merged as merged_headers
 
 
 def local_backend(model: LlamaCppModelConfig, card: ModelCard, control: EngineControl | None) -> Backend:
@@ -37,15 +39,21 @@ def upstream_pool(provider: ProviderConfig) -> UpstreamPool:
 
 def remote_backend(dep: DeploymentConfig, provider: ProviderConfig, pool: UpstreamPool,
                    card: ModelCard | None) -> Backend:
-    """A deployment on a vLLM server, Anthropic, or any OpenAI-compatible service."""
+    """A deployment on a vLLM server, Anthropic, Azure OpenAI, or any OpenAI-compatible service, sending its
+    provider's and its own `headers` with every request."""
     key = resolve_secret(provider.api_key)
+    headers = merged_headers(provider, dep)
     if provider.kind == "vllm":
         return VLLMBackend(dep.name, card, base_url=provider.base_url, model=dep.model, api_key=key, pool=pool,
                            health_path=provider.health_path or "/health",
-                           metrics_path=provider.metrics_path or "/metrics")
+                           metrics_path=provider.metrics_path or "/metrics", headers=headers)
     if provider.kind == "anthropic":
         return AnthropicBackend(dep.name, card, base_url=provider.base_url, model=dep.model, api_key=key, pool=pool,
                                 default_max_tokens=provider.default_max_tokens,
-                                anthropic_version=provider.anthropic_version)
+                                anthropic_version=provider.anthropic_version, headers=headers)
+    if provider.kind == "azure":
+        return AzureOpenAIBackend(dep.name, card, base_url=provider.base_url, model=dep.model, api_key=key,
+                                  pool=pool, health_path=provider.health_path, headers=headers,
+                                  api_version=provider.api_version)
     return OpenAICompatBackend(dep.name, card, base_url=provider.base_url, model=dep.model, api_key=key, pool=pool,
-                               health_path=provider.health_path)
+                               health_path=provider.health_path, headers=headers)

@@ -155,11 +155,18 @@ class ServerConfig(_Strict):
 
 
 class ProviderConfig(_Strict):
-    """An upstream endpoint: an OpenAI-compatible API, a vLLM server, or Anthropic."""
+    """An upstream endpoint: an OpenAI-compatible API, a vLLM server, Azure OpenAI, or Anthropic."""
 
-    kind: Literal["openai", "vllm", "anthropic"]
-    base_url: str = Field(pattern=r"^https?://")
+    kind: Literal["openai", "vllm", "anthropic", "azure"]
+    base_url: str = Field(pattern=r"^https?://")  # azure: the resource's root, https://{resource}.openai.azure.com
     api_key: str | None = None  # a ${ENV_VAR} or ${file:/path} reference (routing/config_env.py), never a literal
+    # Sent with every request to this provider (OpenAI-Organization, OpenAI-Project, a custom auth header...);
+    # a deployment's own `headers` add to these and override them by name. Values are kept as written
+    # (`${...}` references resolved where used, like api_key) and masked in GET /admin/config.
+    headers: dict[str, str] = Field(default_factory=dict)
+    # azure: the `api-version` of the classic deployment URLs (default backends.azure.DEFAULT_API_VERSION),
+    # or "v1" for the v1 API (/openai/v1/..., no api-version).
+    api_version: str | None = Field(default=None, pattern=r"^(v1|\d{4}-\d{2}-\d{2}(-preview)?)$")
     max_connections: int = Field(default=256, ge=1)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=120.0, gt=0)
@@ -200,6 +207,12 @@ class DeploymentConfig(_Strict):
     # When Redis cannot be asked, may requests to this deployment skip rate limits (open)
     # or are they refused (closed)? Open by default: an outage of Redis is not an outage of the gateway.
     rate_limit_failure: Literal["open", "closed"] = "open"
+    # The upstream's quota for this deployment (LiteLLM's rpm/tpm): requests and tokens per minute, counted on
+    # every replica together when the gateway has Redis. A deployment at its cap is skipped (the next one is
+    # tried; none left: 429 with Retry-After), so the upstream never sees a request it would answer with 429.
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    headers: dict[str, str] = Field(default_factory=dict)  # on every request, over its provider's `headers`
     # This deployment's own stream deadlines (a slow-to-start model, a provider known to pause): each value
     # set here overrides the route's for attempts on this deployment.
     timeouts: StreamDeadlines = Field(default_factory=StreamDeadlines)

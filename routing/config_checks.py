@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator
 
-from routing import config_env
-from routing.config import GatewayConfig
+from routing import config_env, upstream_headers
+from routing.config import GatewayConfig, ProviderConfig
 
 Problem = tuple[tuple[Any, ...], str]
 
@@ -21,6 +21,9 @@ def missing_secrets(config: GatewayConfig) -> list[str]:
         why = config_env.problem(provider.api_key)
         if why:
             out.append(f"provider {name!r}: {why}")
+        out += upstream_headers.missing(f"provider {name!r}", provider.headers)
+    for dep in config.deployments:
+        out += upstream_headers.missing(f"deployment {dep.name!r}", dep.headers)
     why = config_env.problem(config.redis.url)
     if why:
         out.append(f"redis.url: {why} (the gateway would run without Redis: in-process stores, one replica)")
@@ -65,12 +68,26 @@ def _providers(config: GatewayConfig) -> Iterator[Problem]:
     for name, provider in config.providers.items():
         if name == "local":
             yield ("providers", name), "'local' is reserved for the llama.cpp models under 'models'"
+        yield from upstream_headers.problems(("providers", name, "headers"), provider.headers, provider)
+        yield from _kind_settings(name, provider)
         key = provider.api_key
         if key is None:
             continue
         if not config_env.is_reference(key):
             yield (("providers", name, "api_key"),
                    "give the key as a reference (${ENV_VAR} or ${file:/path}), not a literal")
+
+
+_AZURE_PATH = re.compile(r"^https?://[^/]+/+openai(/|$)", re.I)
+
+
+def _kind_settings(name: str, provider: ProviderConfig) -> Iterator[Problem]:
+    if provider.api_version is not None and provider.kind != "azure":
+        yield ("providers", name, "api_version"), "api_version is for kind azure only"
+    if provider.kind == "azure" and _AZURE_PATH.match(provider.base_url):
+        yield (("providers", name, "base_url"),
+               "give the resource's root (https://{resource}.openai.azure.com): the gateway adds /openai/... "
+               "itself, and api_version: v1 picks the v1 API")
 
 
 def _deployments(config: GatewayConfig, known_cards: set[str] | None) -> Iterator[Problem]:
@@ -84,9 +101,14 @@ def _deployments(config: GatewayConfig, known_cards: set[str] | None) -> Iterato
             if dep.model not in local:
                 yield ("deployments", i, "model"), (f"no local model {dep.model!r} under 'models' "
                                                     f"(local: {', '.join(sorted(local)) or 'none'})")
-        elif dep.provider not in config.providers:
-            yield ("deployments", i, "provider"), (f"no provider {dep.provider!r} "
-                                                   f"(known: {', '.join(sorted(config.providers)) or 'none'}, local)")
+            if dep.headers:
+                yield ("deployments", i, "headers"), "a local model is not called over HTTP: it takes no headers"
+        else:
+            if dep.provider not in config.providers:
+                yield ("deployments", i, "provider"), (f"no provider {dep.provider!r} (known: "
+                                                       f"{', '.join(sorted(config.providers)) or 'none'}, local)")
+            yield from upstream_headers.problems(("deployments", i, "headers"), dep.headers,
+                                                 config.providers.get(dep.provider))
         if dep.card is not None and known_cards is not None and dep.card not in known_cards:
             yield ("deployments", i, "card"), f"no model card with id {dep.card!r}"
 

@@ -8,9 +8,10 @@
 Any string value may hold references, whole or inside other text (`http://${VLLM_HOST}:8000/v1`); a
 number or a boolean may be given as one (`port: ${PORT:-8000}`) and is converted as the text would be.
 Ordinary values are expanded when the config is read (at start-up and on every reload), so an unset
-variable is a line-numbered config error. The secrets, `providers.*.api_key`, `redis.url` and
-`redis.cache_url`, are kept as references and resolved only where they are used (`resolve`), so the
-config the admin API shows names a secret and never holds one.
+variable is a line-numbered config error. The secrets, `providers.*.api_key`, `redis.url`, `redis.cache_url`
+and the values of upstream `headers` (a provider's or a deployment's: a custom auth header is one), are kept
+as written and resolved only where they are used (`resolve`), so the config the admin API shows names a
+secret and never holds one.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def problem(value: str | None, env: Mapping[str, str] | None = None) -> str | No
     return None
 
 
-SECRET_PATHS: tuple[Loc, ...] = (("providers", "*", "api_key"), ("redis", "url"), ("redis", "cache_url"))
+SECRET_PATHS: tuple[Loc, ...] = (("providers", "*", "api_key"), ("redis", "url"), ("redis", "cache_url"),
+                                  ("providers", "*", "headers", "*"), ("deployments", "*", "headers", "*"))
 
 
 def _secret(loc: Loc) -> bool:

@@ -40,6 +40,7 @@ from routing.deployment import Deployment
 from routing.last_resort import degraded_body, degraded_stream
 from routing.outcome import Leg, Outcome
 from routing.plan import Plan
+from routing.quota import Quotas, QuotaStore
 from routing.relay import assembled, close_stream, fed, idle_timeout, rewritten, to_first_content
 from routing.scheduler import NO_SLOT, QueueFull, Slot
 from routing.splice import Diverged, Splice
@@ -62,13 +63,15 @@ QueueHook = Callable[[str, Priority, float, "str | None"], None]  # deployment, 
 
 class Router:
     """Stateless between requests (breakers, latencies and schedulers live on the deployments): each
-    request gets a `_Run` of its own. `on_wait` is told of every wait for a deployment's slot (metrics)."""
+    request gets a `_Run` of its own. `on_wait` is told of every wait for a deployment's slot (metrics);
+    `quotas` counts deployments' `rpm`/`tpm` caps (routing/quota.py; None: no caps are enforced)."""
 
     def __init__(self, rng: random.Random | None = None, hooks: AttemptHooks | None = None,
-                 on_wait: QueueHook | None = None) -> None:
+                 on_wait: QueueHook | None = None, quotas: QuotaStore | None = None) -> None:
         self._rng = rng or random.Random()
         self._hooks = hooks
         self._on_wait = on_wait
+        self._quotas = quotas
 
     async def run(self, plan: Plan, request: SamplingFields, request_id: str,
                   outcome: Outcome | None = None) -> Outcome:
@@ -98,6 +101,7 @@ class _Run:
             self.deadline = self.outcome.caller_deadline  # type: ignore[assignment]
         self.scheduling = priority.current.get()  # set at admission for this request's task
         self.failed: set[str] = set()  # deployments whose stream broke (never asked to continue it)
+        self.quotas = Quotas(router._quotas, request, plan.tokens, plan.max_tokens, plan.route.name)
         self.ways: dict[str, list[str]] = {}  # a continuation's ways left per deployment, the next one first
 
     async def start(self) -> Outcome:
@@ -168,6 +172,12 @@ class _Run:
                 slot.release()
                 dep.breaker.release()
                 break
+            capped = await self.within_caps(dep, slot)
+            if capped is not None:  # at its rpm/tpm cap: on to the next deployment, never back to this one
+                self.outcome.errors.append(f"{dep.name}: {capped.status_code} {capped.code} (cap)")
+                order.drop(dep)
+                last = capped
+                continue
             tries[dep.name] = tries.get(dep.name, 0) + 1
             outcome.attempts += 1
             way = self.ways[dep.name][0] if continuation else None
@@ -180,6 +190,7 @@ class _Run:
                 result = await self.attempt(dep, ctx, remaining, self.request_for(way, continue_from))
             except BaseException as exc:
                 slot.release()
+                await self.quotas.failed(exc)
                 if not isinstance(exc, GatewayError):
                     raise
                 if outgrown(exc):
@@ -193,10 +204,12 @@ class _Run:
                                                                         self.rng)
                 last = exc
                 continue
+            self.quotas.answered()
             if self.request.stream:
-                self.hold(slot)  # until the stream's last chunk (relay)
+                self.hold(slot)  # until the stream's last chunk (relay), which settles the caps' tokens too
             else:
                 slot.release()  # the whole answer is in
+                await self.quotas.settle_body(result)
             return result, dep
         if last is None:
             last = AllDeploymentsFailed(f"No deployment of '{self.plan.route.name}' is available right now.",
@@ -243,6 +256,20 @@ class _Run:
             if self.on_wait is not None:
                 self.on_wait(dep.name, sched.priority, waited, refusal)
         return dep, slot
+
+    async def within_caps(self, dep: Deployment, slot: Slot) -> GatewayError | None:
+        """None: `dep` is within its rpm/tpm caps, and this attempt is counted against them. Else the
+        refusal, with the slot and the breaker's claim given back (no verdict on a deployment at its cap)."""
+        try:
+            refusal = await self.quotas.take(dep)
+        except BaseException:
+            slot.release()
+            dep.breaker.release()
+            raise
+        if refusal is not None:
+            slot.release()
+            dep.breaker.release()
+        return refusal
 
     def hold(self, slot: Slot) -> None:
         """The slot of the deployment streaming now, released when its leg ends (`release_slot`)."""
@@ -468,7 +495,10 @@ class _Run:
                     self.outcome.deployment, self.outcome.served_by = dep.name, dep
         finally:
             self.outcome.release_slot()
-            await close_stream(current)
+            try:
+                await close_stream(current)
+            finally:
+                await self.quotas.settle_stream(asm.usage, asm.content_frames, self.outcome.legs, dep)
 
     def leg_of(self, dep: Deployment, start: tuple[int, int], splice: Splice | None = None) -> Leg:
         """The leg `dep` served, from `start` to now. Its prompt: the request's, plus what was relayed

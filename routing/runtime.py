@@ -106,7 +106,7 @@ def build_runtime(config: GatewayConfig, cards: dict[str, ModelCard], previous: 
             backend = local[dep.model]
         else:
             provider = config.providers[dep.provider]
-            key = _key("remote", dep.provider, provider.model_dump(), dep.model, dep.card)
+            key = _key("remote", dep.provider, provider.model_dump(), dep.model, dep.card, dep.headers)
             backend = old_backends.get(key) or remote_backend(dep, provider, provider_pool(dep.provider, provider),
                                                                cards.get(dep.card) if dep.card else None)
             backends[key] = backend

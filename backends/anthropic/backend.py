@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 import aiohttp
 import orjson
@@ -62,14 +62,15 @@ class AnthropicBackend(Backend):
 
     def __init__(self, name: str, card: ModelCard | None, *, base_url: str, model: str, api_key: str | None,
                  pool: UpstreamPool, default_max_tokens: int = 4096, anthropic_version: str = "2023-06-01",
-                 required: bool = False) -> None:
+                 required: bool = False, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(name, card, required=required)
         self.model = model
         self.url = messages_url(base_url)
         self.pool = pool
         self.default_max_tokens = default_max_tokens
         self._api_key = api_key
-        self._headers = {"anthropic-version": anthropic_version, "content-type": "application/json"}
+        # The config's `headers` first: the version, the content type and the key are the gateway's own.
+        self._headers = {**(headers or {}), "anthropic-version": anthropic_version, "content-type": "application/json"}
         if api_key:
             self._headers["x-api-key"] = api_key
         self._state: BackendState = "loading"

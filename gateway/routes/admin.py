@@ -50,8 +50,11 @@ _URL_PASSWORD = re.compile(r"(?i)^([a-z][a-z0-9+.\-]*://[^/@:]*:)[^/@]+@")
 
 def mask_secrets(value: Any, key: str = "") -> Any:
     """Keep `${ENV}` references (they name a secret, they are not one); mask any literal secret: values of
-    secret-sounding fields, and the password of any URL, whatever its field is called."""
+    secret-sounding fields, every value of upstream `headers` (any of them may be a credential), and the
+    password of any URL, whatever its field is called."""
     if isinstance(value, dict):
+        if key == "headers":
+            return {k: v if is_reference(v) else "***" for k, v in value.items()}
         return {k: mask_secrets(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_secrets(v, key) for v in value]

@@ -1,4 +1,4 @@
-"""Run one simulator in the foreground: ``python -m tests.sim {openai|vllm|anthropic} --port N``.
+"""Run one simulator in the foreground: ``python -m tests.sim {openai|vllm|anthropic|azure} --port N``.
 
 For tests that need an upstream in another process (to SIGKILL it, for example).
 The URL is printed on stdout, flushed, once the socket is listening.
@@ -12,6 +12,7 @@ import sys
 import threading
 
 from tests.sim.anthropic_sim import AnthropicSim
+from tests.sim.azure_sim import AzureSim
 from tests.sim.base import SimServer
 from tests.sim.openai_sim import OpenAISim
 from tests.sim.vllm_sim import VLLMSim
@@ -21,13 +22,15 @@ def build(kind: str, port: int, model: str | None, api_key: str | None) -> SimSe
     """The simulator for ``kind``, with the default model name unless ``model`` is given."""
     if kind == "anthropic":
         return AnthropicSim(port=port, model_name=model, api_key=api_key)
+    if kind == "azure":  # `model` names its one deployment
+        return AzureSim(port=port, api_key=api_key, **({"deployments": (model,)} if model else {}))
     cls = VLLMSim if kind == "vllm" else OpenAISim
     return cls(port=port, api_key=api_key, **({"model_name": model} if model else {}))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.sim", description=__doc__)
-    parser.add_argument("kind", choices=["openai", "vllm", "anthropic"])
+    parser.add_argument("kind", choices=["openai", "vllm", "anthropic", "azure"])
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (see the printed URL)")
     parser.add_argument("--model", default=None, help="model name the simulator reports")
     parser.add_argument("--api-key", default=None, help="require this key")

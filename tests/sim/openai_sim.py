@@ -115,6 +115,14 @@ class OpenAISim(SimServer):
         """Non-OpenAI fields added to each finished choice."""
         return {}
 
+    def body_extra(self) -> dict[str, Any]:
+        """Non-OpenAI top-level fields of a non-streamed chat or completion answer (AzureSim's filter results)."""
+        return {}
+
+    def stream_prologue(self) -> list[StreamEvent]:
+        """Events of the upstream's own before a stream's first chunk (AzureSim's prompt annotations)."""
+        return []
+
     def model_card(self) -> dict[str, Any]:
         return {"id": self.model_name, "object": "model", "created": 1700000000, "owned_by": "openai"}
 
@@ -184,6 +192,7 @@ class OpenAISim(SimServer):
         dropped = await self.nonstream_fault(request, fault, len(plan.pieces))
         if dropped is not None:
             return dropped
+        head.update(self.body_extra())
         text = plan.text
         call = due_call(body) if chat else None
         if call is not None:
@@ -216,7 +225,8 @@ class OpenAISim(SimServer):
                         "finish_reason": finish, **extra} for i in range(n)]
             return sse_data({**head, "choices": choices, **({"usage": None} if usage else {})})
 
-        events = [StreamEvent(chunk({"role": "assistant", "content": ""}), True)] if chat else []
+        events = [*self.stream_prologue(), *([StreamEvent(chunk({"role": "assistant", "content": ""}), True)]
+                                             if chat else [])]
         call = due_call(body) if chat else None
         produced = len(plan.pieces) * n
         if call is not None:  # the id and name first, then the arguments in fragments
