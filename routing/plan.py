@@ -69,16 +69,26 @@ def make_plan(runtime: Runtime, request: SamplingFields, headers: Mapping[str, s
     return _finish(route, deployments, tokens, max_tokens, request.prompt_field, tier_sensitive)
 
 
+def fits(dep: Deployment, tokens: PromptTokens) -> bool:
+    """Does the prompt fit `dep`'s context? Unknown contexts take anything; a prompt near the context is
+    counted by the deployment's own tokenizer where it can be, else judged by the rough estimate."""
+    if dep.context_length is None or tokens.surely_fits(dep.context_length):
+        return True
+    exact = tokens.exact_for(dep)
+    return (tokens.longest if exact is None else exact) + 1 <= dep.context_length
+
+
 def _finish(route: Route, deployments: list[Deployment], tokens: PromptTokens, max_tokens: int, param: str,
             tier_sensitive: bool) -> Plan:
-    prompt_tokens = tokens.longest
     # Long prompts only go where they fit (when a deployment's context is known).
-    fitting = [d for d in deployments if d.context_length is None or prompt_tokens + 1 <= d.context_length]
+    fitting = [d for d in deployments if fits(d, tokens)]
     if not fitting and deployments:
-        biggest = max(d.context_length or 0 for d in deployments)
+        biggest = max(deployments, key=lambda d: d.context_length or 0)
+        exact = tokens.exact_for(biggest)
         raise ContextLengthExceeded(
-            f"The prompt (about {prompt_tokens} tokens) is longer than any deployment of '{route.name}' "
-            f"can take (largest context: {biggest} tokens).", param=param)
+            f"The prompt ({'about ' if exact is None else ''}{tokens.longest if exact is None else exact} tokens) "
+            f"is longer than any deployment of '{route.name}' can take (largest context: "
+            f"{biggest.context_length} tokens).", param=param)
     ordered = STRATEGIES[route.config.strategy](fitting, tokens.rough, max_tokens)  # cost: the whole prompt
     # Deployments that failed their health check, or cannot serve right now (a local engine restarting),
     # go last: tried only when nothing else is left.

@@ -1,7 +1,9 @@
 """How long a request's prompt is: one estimate per request, owned by its plan.
 
 `rough` is made at once from characters, for what must be decided before anything is counted (rules
-on prompt size, which deployments' context it fits, the cost strategies). `counted()` is the number
+on prompt size, the cost strategies). Which deployments' context a prompt fits starts from it too, and a
+chat prompt too near a context to tell (`surely_fits`) is counted by that deployment's tokenizer
+(`exact_for`): four characters a token is far off for Chinese or code. `counted()` is the number
 to reserve against token limits and to bill when an answer reports no usage: by the first
 deployment's own tokenizer where it has one here (a local model), else by tiktoken for its model
 name. Counting costs time, so it runs only when first asked for, and then once.
@@ -16,6 +18,12 @@ from routing import tokens
 from routing.deployment import Deployment
 
 CHARS_PER_TOKEN = 4  # a deliberately rough estimate; exact counts need the deployment's own tokenizer
+# Text can be as dense as one character per token (Chinese, Japanese, some code): a prompt whose rough
+# estimate times this still fits a context fits for sure; nearer than that, `exact_for` decides.
+WORST_CHARS_PER_TOKEN = 1
+# Counting runs in the event loop: above this many characters the plan keeps the rough estimate (the
+# router still moves to a larger context when a deployment refuses the prompt as too long).
+EXACT_MAX_CHARS = 64_000
 
 
 def rough_estimate(request: SamplingFields) -> int:
@@ -50,7 +58,7 @@ def rough_longest(request: SamplingFields, rough: int) -> int:
 class PromptTokens:
     """The prompt of one request, measured roughly now and exactly on demand."""
 
-    __slots__ = ("rough", "longest", "_request", "_first", "_o200k_path", "_counted")
+    __slots__ = ("rough", "longest", "_request", "_first", "_o200k_path", "_counted", "_exact")
 
     def __init__(self, request: SamplingFields, o200k_path: str | None = None) -> None:
         self.rough = rough_estimate(request)
@@ -59,10 +67,34 @@ class PromptTokens:
         self._first: Deployment | None = None
         self._o200k_path = o200k_path
         self._counted: int | None = None
+        self._exact: dict[int, int | None] = {}  # per backend: the prompt by its tokenizer (exact_for)
 
     def count_for(self, first: Deployment | None) -> None:
         """Count with this deployment's tokenizer (the plan's first choice, once it is known)."""
         self._first = first
+
+    def surely_fits(self, context_length: int) -> bool:
+        """Even at one character per token the longest prompt leaves room in `context_length`."""
+        return self.longest * CHARS_PER_TOKEN // WORST_CHARS_PER_TOKEN + 1 <= context_length
+
+    def exact_for(self, dep: Deployment) -> int | None:
+        """A chat prompt's tokens as `dep` will see them: by its own tokenizer where it has one here (a local
+        model: its template too), else by tiktoken for its model name. None for what is not a chat, or too
+        long to count in the event loop (`EXACT_MAX_CHARS`). Counted once per backend."""
+        request = self._request
+        if not isinstance(request, ChatCompletionRequest) or self.rough * CHARS_PER_TOKEN > EXACT_MAX_CHARS:
+            return None
+        key = id(dep.backend)
+        if key not in self._exact:
+            exact = dep.backend.estimate_tokens(request)
+            if exact is None:
+                body = request.wire_body()
+                exact = tokens.estimate_chat(body.get("messages") or [], dep.config.model, self._o200k_path)
+                if body.get("tools"):
+                    exact += tokens.count_text(orjson.dumps(body["tools"]).decode(), dep.config.model,
+                                               self._o200k_path)
+            self._exact[key] = exact
+        return self._exact[key]
 
     def counted(self) -> int:
         if self._counted is None:
