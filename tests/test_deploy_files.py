@@ -29,7 +29,8 @@ import jsonschema
 import pytest
 import yaml
 
-from routing.config import GatewayConfig
+from routing import config_env
+from routing.config import GatewayConfig, Timeouts
 from tests.paths import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -139,7 +140,9 @@ def _check_gateway_redis_urls(durable_url: str, env: dict[str, str], hosts: set[
 # ---------------------------------------------------------------------------------------------
 # Every YAML file parses
 
-YAML_FILES = sorted(p for d in (DEPLOY, DOCKER) for p in d.rglob("*") if p.suffix in (".yaml", ".yml"))
+# A Helm chart's templates/ are Go templates, not YAML: tests/test_helm_chart.py renders and checks them.
+YAML_FILES = sorted(p for d in (DEPLOY, DOCKER) for p in d.rglob("*") if p.suffix in (".yaml", ".yml")
+                    and not (p.is_relative_to(DEPLOY / "helm") and "templates" in p.relative_to(DEPLOY).parts))
 
 
 def test_yaml_file_list_covers_the_deployment() -> None:
@@ -234,6 +237,8 @@ def test_the_schema_check_is_strict() -> None:
 # ---------------------------------------------------------------------------------------------
 # Kubernetes: the kustomizations hold together
 
+COMPONENTS = {p.name: p for p in sorted((K8S / "components").iterdir()) if (p / "kustomization.yaml").is_file()}
+
 KNOWN_KUSTOMIZATION_KEYS = {
     "apiVersion", "kind", "resources", "components", "labels", "commonAnnotations", "namespace", "namePrefix",
     "nameSuffix", "images", "replicas", "patches", "configMapGenerator", "secretGenerator", "generatorOptions",
@@ -286,11 +291,14 @@ def test_kustomization_references_exist(name: str) -> None:
 
 
 def test_every_file_under_kubernetes_is_used() -> None:
-    used = set(_manifest_files()) | {K8S / ".gitignore"}
+    used = set(_manifest_files()) | {K8S / ".gitignore"} | {p.resolve() for c in COMPONENTS.values()
+                                                            for p in _component_files(c)}
     for directory in KUSTOMIZATIONS.values():
         used.add(directory / "kustomization.yaml")
         for path in _generator_sources(directory):
             used |= {path.resolve(), path.with_name(path.name + ".example").resolve()}
+        patches = _kustomization(directory).get("patches") or []
+        used |= {(directory / p["path"]).resolve() for p in patches if "path" in p}
     present = {p.resolve() for p in K8S.rglob("*") if p.is_file() and p.name != "secrets.env"}
     assert present - {p.resolve() for p in used} == set()
 
@@ -652,6 +660,214 @@ def _port_or_none(container: dict, port: int | str) -> int | None:
     if isinstance(port, int):
         return port if any(p["containerPort"] == port for p in container.get("ports", [])) else None
     return {p.get("name"): p["containerPort"] for p in container.get("ports", [])}.get(port)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes: vLLM's key and weights (overlays/gpu)
+
+@pytest.mark.process
+def test_vllm_api_key_comes_from_the_secret_on_both_sides(built: dict) -> None:
+    """vLLM reads VLLM_API_KEY as its --api-key; the gateway's vllm provider sends ${VLLM_API_KEY}: one key."""
+    docs = built["gpu"]
+    config = yaml.safe_load((CONFIGS / "gpu-first.yaml").read_text(encoding="utf-8"))
+    var = config_env.variable(config["providers"]["vllm"].get("api_key"))
+    assert var == "VLLM_API_KEY", "vLLM's own variable, so the one Secret key serves both sides"
+    secret = _generated(docs, "Secret", KEYS_SECRET)
+    vllm = _container(_find(docs, "Deployment", "vllm"), "vllm")
+    gateway = _container(_find(docs, "Deployment", "llm-gateway"), "gateway")
+    refs = [{e["name"]: e for e in c["env"]}[var]["valueFrom"]["secretKeyRef"] for c in (vllm, gateway)]
+    assert refs[0] == refs[1] and refs[0]["name"] == secret["metadata"]["name"] and refs[0]["key"] == var
+    assert not any(a.startswith("--api-key") for a in vllm["args"]), "a key is never a literal in a manifest"
+    cpu_gateway = _container(_find(built["cpu"], "Deployment", "llm-gateway"), "gateway")
+    assert var not in {e["name"] for e in cpu_gateway["env"]}
+
+
+async def test_gpu_configs_vllm_provider_sends_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider as gpu-first.yaml defines it, against a vLLM that requires the key."""
+    from backends.base import CallContext
+    from backends.contract.errors import UpstreamError
+    from backends.contract.protocol import ChatCompletionRequest
+    from routing.backend_factory import remote_backend, upstream_pool
+    from routing.config_file import parse_config
+    from tests.sim import VLLMSim
+
+    config = parse_config((CONFIGS / "gpu-first.yaml").read_text(encoding="utf-8"), "gpu-first.yaml")
+    dep = next(d for d in config.deployments if d.provider == "vllm")
+    request = ChatCompletionRequest(model=dep.model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    with VLLMSim(api_key="vllm-key-1", model_name=dep.model) as sim:
+        provider = config.providers["vllm"].model_copy(update={"base_url": sim.url + "/v1"})
+        for key, accepted in (("vllm-key-1", True), ("another-key", False)):
+            monkeypatch.setenv("VLLM_API_KEY", key)
+            pool = upstream_pool(provider)
+            backend = remote_backend(dep, provider, pool, None)
+            try:
+                if accepted:
+                    assert await backend.chat(request, CallContext())
+                else:
+                    with pytest.raises(UpstreamError, match="credentials .* refused"):
+                        await backend.chat(request, CallContext())
+            finally:
+                await pool.aclose()
+        assert [r.headers.get("authorization") for r in sim.requests if r.path == "/v1/chat/completions"] \
+            == ["Bearer vllm-key-1", "Bearer another-key"]
+
+
+@pytest.mark.process
+def test_vllm_keeps_its_weights_on_a_claim(built: dict) -> None:
+    docs = built["gpu"]
+    vllm = _find(docs, "Deployment", "vllm")
+    pod = vllm["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [m for m in _container(vllm, "vllm")["volumeMounts"] if m["mountPath"] == "/root/.cache/huggingface"]
+    claim = _find(docs, "PersistentVolumeClaim", volumes[mount["name"]]["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["resources"]["requests"]["storage"].endswith("Gi")
+    assert int(claim["spec"]["resources"]["requests"]["storage"][:-2]) >= 20, "room for the weights"
+    if claim["spec"]["accessModes"] == ["ReadWriteOnce"]:
+        assert vllm["spec"]["strategy"]["type"] == "Recreate" and vllm["spec"]["replicas"] == 1
+
+
+VLLM_CHECKED_RELEASE = (0, 33, 0)  # the release whose `vllm serve` flags the Dockerfile and manifest were checked on
+
+
+def test_vllm_image_is_at_least_the_checked_release() -> None:
+    (base,) = _instructions(VLLM_DOCKERFILE, "FROM")
+    m = re.fullmatch(r"vllm/vllm-openai:v(\d+)\.(\d+)\.(\d+)(?:-\w+)?", base)
+    assert m, base
+    assert tuple(int(g) for g in m.groups()) >= VLLM_CHECKED_RELEASE
+    flags = " ".join(_instructions(VLLM_DOCKERFILE, "ENTRYPOINT"))
+    for flag in ("--served-model-name", "--max-model-len", "--gpu-memory-utilization", "--host", "--port"):
+        assert flag in flags, flag
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes: the optional components (components/ingress, components/servicemonitor)
+
+CRD_GROUPS = {"monitoring.coreos.com"}  # no schema in kubernetes-validate: checked by hand below
+SERVICE_MONITOR_ENDPOINT_KEYS = {"port", "path", "scheme", "interval", "scrapeTimeout", "authorization",
+                                 "honorLabels", "relabelings", "metricRelabelings", "tlsConfig"}
+NGINX = "nginx.ingress.kubernetes.io/"
+
+
+def _component_files(directory: Path) -> list[Path]:
+    k = _kustomization(directory)
+    return [directory / "kustomization.yaml"] + [directory / e for e in (k.get("resources") or [])
+                                                 + (k.get("configurations") or [])]
+
+
+def custom_resources(docs: list[dict]) -> list[dict]:
+    return [d for d in docs if d["apiVersion"].split("/")[0] in CRD_GROUPS]
+
+
+def _deploy_configs() -> list[GatewayConfig]:
+    from routing.config_file import parse_config
+
+    return [parse_config(p.read_text(encoding="utf-8"), p.name) for p in sorted(CONFIGS.glob("*.yaml"))]
+
+
+def _size_bytes(text: str) -> int:
+    m = re.fullmatch(r"(\d+)([kmg]?)", str(text).lower())
+    assert m, text
+    return int(m.group(1)) * 1024 ** " kmg".index(m.group(2) or " ")
+
+
+def _duration_s(text: str) -> float:
+    parts = re.findall(r"(\d+)(ms|s|m|h)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a Prometheus duration: {text}"
+    return sum(int(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+
+
+def check_sse_ingress(docs: list[dict]) -> None:
+    """The Ingress passes streams on unbuffered, outwaits the gateway, and takes a file upload."""
+    (ingress,) = [d for d in docs if d["kind"] == "Ingress"]
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations[NGINX + "proxy-buffering"] == "off"
+    configs = _deploy_configs() + [GatewayConfig()]
+    longest = max([c.server.drain_timeout_s for c in configs]
+                  + [r.timeouts.total_s for c in configs for r in c.routes] + [Timeouts().total_s])
+    for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
+        assert float(annotations[NGINX + timeout]) > longest, f"{timeout} would cut streams"
+    body = _size_bytes(annotations[NGINX + "proxy-body-size"])
+    assert body >= max(c.batches.max_file_bytes + 1024 * 1024 for c in configs)
+    assert body >= max(c.server.max_body_bytes for c in configs)
+    for rule in ingress["spec"]["rules"]:
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            service = _find(docs, "Service", backend["name"])
+            assert backend["port"].get("name") in [p["name"] for p in service["spec"]["ports"]]
+
+
+def check_service_monitor(docs: list[dict], secret_name: str) -> None:
+    """monitoring.coreos.com/v1 is a CRD, with no schema here: its shape by hand."""
+    (monitor,) = custom_resources(docs)
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["kind"] == "ServiceMonitor"
+    assert set(monitor["spec"]) == {"selector", "endpoints"}
+    selector = monitor["spec"]["selector"]
+    assert set(selector) == {"matchLabels"}
+    services = [d for d in docs if d["kind"] == "Service"
+                and _labels_match(selector["matchLabels"], d["metadata"].get("labels") or {})]
+    assert [s["metadata"]["name"] for s in services] == ["llm-gateway"], "it scrapes the gateway's Service only"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert set(endpoint) <= SERVICE_MONITOR_ENDPOINT_KEYS, set(endpoint) - SERVICE_MONITOR_ENDPOINT_KEYS
+    assert endpoint["port"] in [p["name"] for p in services[0]["spec"]["ports"]]
+    assert endpoint["path"] == "/metrics"
+    assert _duration_s(endpoint["scrapeTimeout"]) <= _duration_s(endpoint["interval"])
+    # With keys on, /metrics needs the admin key (server.public_metrics opens it): the gateway's own.
+    assert not any(c.server.public_metrics for c in _deploy_configs())
+    gateway = _container(_find(docs, "Deployment", "llm-gateway"), "gateway")
+    admin = {e["name"]: e for e in gateway["env"]}["LLM_GATEWAY_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]
+    credentials = {"name": admin["name"], "key": admin["key"]}
+    assert endpoint.get("authorization") == {"type": "Bearer", "credentials": credentials}
+    assert admin["name"] == secret_name
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_component_references_exist(name: str) -> None:
+    directory = COMPONENTS[name]
+    k = _kustomization(directory)
+    assert k["apiVersion"] == "kustomize.config.k8s.io/v1alpha1" and k["kind"] == "Component"
+    assert set(k) <= KNOWN_KUSTOMIZATION_KEYS | {"configurations"}
+    for path in _component_files(directory):
+        assert path.is_file(), f"{name}: {path} is missing"
+    assert set(COMPONENTS) >= {"ingress", "servicemonitor"}
+
+
+@pytest.fixture(scope="module")
+def built_with_components(kubectl: str, k8s_tree: Path) -> dict[str, list[dict]]:
+    """Each overlay with every component, as a user's kustomization lists them (deploy/README.md)."""
+    out = {}
+    for overlay in OVERLAY_CONFIG:
+        directory = k8s_tree / f"with-components-{overlay}"
+        directory.mkdir(exist_ok=True)
+        (directory / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": [f"../overlays/{overlay}"], "components": [f"../components/{c}" for c in COMPONENTS],
+        }), encoding="utf-8")
+        r = _kustomize(kubectl, directory)
+        assert r.returncode == 0, f"kubectl kustomize {overlay} with the components:\n{r.stderr}"
+        out[overlay] = [d for d in yaml.safe_load_all(r.stdout) if d]
+    return out
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("version", _k8s_versions())
+@pytest.mark.parametrize("overlay", OVERLAY_CONFIG)
+def test_components_build_passes_the_kubernetes_schema(built_with_components: dict, overlay: str,
+                                                       version: str) -> None:
+    docs = built_with_components[overlay]
+    assert [d["kind"] for d in custom_resources(docs)] == ["ServiceMonitor"]
+    _validate_resources([d for d in docs if d not in custom_resources(docs)], version, f"{overlay} + components")
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("overlay", OVERLAY_CONFIG)
+def test_components_add_an_sse_ingress_and_a_service_monitor(built: dict, built_with_components: dict,
+                                                             overlay: str) -> None:
+    docs = built_with_components[overlay]
+    check_sse_ingress(docs)
+    check_service_monitor(docs, _generated(docs, "Secret", KEYS_SECRET)["metadata"]["name"])
+    added = {(d["kind"], d["metadata"]["name"]) for d in docs} - {(d["kind"], d["metadata"]["name"])
+                                                                  for d in built[overlay]}
+    assert added == {("Ingress", "llm-gateway"), ("ServiceMonitor", "llm-gateway")}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The pieces of deploy/helm/generate.py: manifests (what `kubectl kustomize` builds) to a Helm chart."""
