@@ -31,18 +31,23 @@ def models_dir() -> Path:
 
 
 def progress_bar(label: str, stream: TextIO = sys.stderr) -> Progress:
-    """A dependency-free progress bar; silent when the stream is not a terminal."""
+    """A dependency-free progress bar on a terminal; elsewhere (Docker, systemd, CI: a log, not a screen)
+    a plain line at the start, at every quarter and at the end, so a long first start is never silent."""
     last = [-1]
-    if not stream.isatty():
-        return lambda done, total: None
+    tty = stream.isatty()
 
     def update(done: int, total: int) -> None:
         pct = int(100 * done / total) if total else 100
-        if pct == last[0]:
+        step = pct if tty else (pct // 25) * 25
+        if step == last[0]:
             return
-        last[0] = pct
-        filled = pct * 30 // 100
+        last[0] = step
         mb_done, mb_total = done / 1e6, total / 1e6
+        if not tty:
+            stream.write(f"{label}: {step}% ({mb_done:.0f}/{mb_total:.0f} MB)\n")
+            stream.flush()
+            return
+        filled = pct * 30 // 100
         end = "\n" if done >= total else ""
         stream.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {pct:3d}% {mb_done:.0f}/{mb_total:.0f} MB{end}")
         stream.flush()
