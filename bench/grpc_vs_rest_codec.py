@@ -112,6 +112,11 @@ def proto_rows(pb2: Any, req: dict[str, Any], resp_raw: bytes, budget: Budget) -
 
     rows.append(("gateway convert.request_of(request): MessageToDict, integers mended, validate",
                  per_call_us(lambda: convert.request_of(msg, ChatCompletionRequest, False), budget)))
+    from gateway.grpc_api.stubs import load as load_stubs
+
+    pb = load_stubs().pb
+    rows.append(("gateway convert.chat_completion(response dict): the answer built directly",
+                 per_call_us(lambda: convert.chat_completion(resp, pb), budget)))
     return rows
 
 
@@ -166,7 +171,11 @@ def totals(us: dict[str, float]) -> dict[str, float]:
         "gateway_grpc": s("protobuf request FromString")
         + s("gateway convert.request_of(request): MessageToDict, integers mended, validate")
         + s("orjson.loads of the pipeline's response body (the servicer's first step)")
-        + s("json_format.ParseDict(response dict)") + s("protobuf response SerializeToString"),
+        + s("gateway convert.chat_completion(response dict): the answer built directly")
+        + s("protobuf response SerializeToString"),
+        "gateway_convert": s("gateway convert.request_of(request): MessageToDict, integers mended, validate")
+        - s("pydantic validate_request (ChatCompletionRequest)")
+        + s("gateway convert.chat_completion(response dict): the answer built directly"),
     }
 
 
