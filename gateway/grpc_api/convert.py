@@ -13,6 +13,7 @@ calls, logprobs, fields this file does not know) goes through json_format. Embed
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from google.protobuf import json_format, struct_pb2
@@ -70,27 +71,47 @@ def message_of(data: dict[str, Any], cls: type[M]) -> M:
     return json_format.ParseDict(data, cls(), ignore_unknown_fields=True)
 
 
-_CHUNK = frozenset({"id", "object", "created", "model", "choices", "usage", "system_fingerprint", "service_tier"})
-_CHOICE = frozenset({"index", "delta", "finish_reason", "logprobs"})
-_DELTA = frozenset({"role", "content", "refusal"})
+_TOP = frozenset({"id", "object", "created", "model", "choices", "usage", "system_fingerprint", "service_tier"})
+_TEXT = frozenset({"role", "content", "refusal"})  # a text message, or a stream's delta of one
 _USAGE = frozenset({"prompt_tokens", "completion_tokens", "total_tokens"})
 _NULL = struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)  # `"logprobs": null`, as json_format keeps it
 
 
-def _common_shape(chunk: dict[str, Any]) -> bool:
-    if not _CHUNK.issuperset(chunk):
+@dataclass(frozen=True)
+class _Kind:
+    """A chat answer or a chat stream chunk: the same outline, with its own names."""
+
+    message: str  # the message class: ChatCompletion / ChatCompletionChunk
+    choice: str  # its choice class
+    text_field: str  # the choice's field holding the text: message / delta
+    text_message: str  # that field's class
+    choices_may_be_absent: bool  # a chunk may come without choices; an answer never does
+    choice_keys: frozenset[str] = field(init=False)  # made once: it is checked for every chunk
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "choice_keys", frozenset({"index", "finish_reason", "logprobs", self.text_field}))
+
+
+_CHUNK = _Kind("ChatCompletionChunk", "ChunkChoice", "delta", "Delta", True)
+_ANSWER = _Kind("ChatCompletion", "Choice", "message", "AssistantMessage", False)
+
+
+def _plain(data: dict[str, Any], kind: _Kind) -> bool:
+    """Text only (no tool calls, logprobs or fields this file does not know): built directly."""
+    if not _TOP.issuperset(data):
         return False
-    usage = chunk.get("usage")
+    usage = data.get("usage")
     if usage is not None and not (isinstance(usage, dict) and _USAGE.issuperset(usage)):
         return False
-    choices = chunk.get("choices")
+    choices = data.get("choices")
     if not isinstance(choices, list):
-        return choices is None
+        return choices is None and kind.choices_may_be_absent
+    keys = kind.choice_keys
     for choice in choices:
-        if not isinstance(choice, dict) or not _CHOICE.issuperset(choice) or choice.get("logprobs") is not None:
+        if not isinstance(choice, dict) or not keys.issuperset(choice) or choice.get("logprobs") is not None:
             return False
-        delta = choice.get("delta")
-        if delta is not None and not (isinstance(delta, dict) and _DELTA.issuperset(delta)):
+        text = choice.get(kind.text_field)
+        if text is not None and not (isinstance(text, dict) and _TEXT.issuperset(text)):
             return False
     return True
 
@@ -99,57 +120,31 @@ def _set(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def chat_chunk(chunk: dict[str, Any], pb2: Any) -> Any:
-    """A ChatCompletionChunk message; the same as json_format would build (tests/gateway hold them equal).
+def _built(data: dict[str, Any], pb2: Any, kind: _Kind) -> Any:
+    """The message json_format would build (tests/gateway hold them equal), directly when `_plain`.
     A message constructor takes None as "not set", so the fields go in as they are."""
-    if not _common_shape(chunk):
-        return message_of(chunk, pb2.ChatCompletionChunk)
-    Delta, Choice = pb2.Delta, pb2.ChunkChoice
+    if not _plain(data, kind):
+        return message_of(data, getattr(pb2, kind.message))
+    Text, Choice = getattr(pb2, kind.text_message), getattr(pb2, kind.choice)
     choices = [Choice(index=c.get("index"), finish_reason=c.get("finish_reason"),
-                      delta=None if (d := c.get("delta")) is None else Delta(**d),
-                      logprobs=_NULL if "logprobs" in c else None)
-               for c in chunk.get("choices") or ()]
-    usage = chunk.get("usage")
-    return pb2.ChatCompletionChunk(
-        id=chunk.get("id"), object=chunk.get("object"), created=chunk.get("created"), model=chunk.get("model"),
-        choices=choices, system_fingerprint=chunk.get("system_fingerprint"), service_tier=chunk.get("service_tier"),
-        usage=None if usage is None else pb2.Usage(**usage))
-
-
-_BODY = frozenset({"id", "object", "created", "model", "choices", "usage", "system_fingerprint", "service_tier"})
-_BODY_CHOICE = frozenset({"index", "message", "finish_reason", "logprobs"})
-_MESSAGE = frozenset({"role", "content", "refusal"})
-
-
-def _plain_body(data: dict[str, Any]) -> bool:
-    if not _BODY.issuperset(data):
-        return False
+                      logprobs=_NULL if "logprobs" in c else None,
+                      **{kind.text_field: None if (t := c.get(kind.text_field)) is None else Text(**t)})
+               for c in data.get("choices") or ()]
     usage = data.get("usage")
-    if usage is not None and not (isinstance(usage, dict) and _USAGE.issuperset(usage)):
-        return False
-    for choice in data.get("choices") or ():
-        if not isinstance(choice, dict) or not _BODY_CHOICE.issuperset(choice) or choice.get("logprobs") is not None:
-            return False
-        message = choice.get("message")
-        if message is not None and not (isinstance(message, dict) and _MESSAGE.issuperset(message)):
-            return False
-    return isinstance(data.get("choices"), list)
-
-
-def chat_completion(data: dict[str, Any], pb2: Any) -> Any:
-    """A ChatCompletion message, built directly for the common shape (text answers), as `chat_chunk`."""
-    if not _plain_body(data):
-        return message_of(data, pb2.ChatCompletion)
-    Message, Choice = pb2.AssistantMessage, pb2.Choice
-    choices = [Choice(index=c.get("index"), finish_reason=c.get("finish_reason"),
-                      message=None if (m := c.get("message")) is None else Message(**m),
-                      logprobs=_NULL if "logprobs" in c else None)
-               for c in data["choices"]]
-    usage = data.get("usage")
-    return pb2.ChatCompletion(
+    return getattr(pb2, kind.message)(
         id=data.get("id"), object=data.get("object"), created=data.get("created"), model=data.get("model"),
         choices=choices, system_fingerprint=data.get("system_fingerprint"), service_tier=data.get("service_tier"),
         usage=None if usage is None else pb2.Usage(**usage))
+
+
+def chat_chunk(chunk: dict[str, Any], pb2: Any) -> Any:
+    """A ChatCompletionChunk message (the per-chunk path of a stream)."""
+    return _built(chunk, pb2, _CHUNK)
+
+
+def chat_completion(data: dict[str, Any], pb2: Any) -> Any:
+    """A ChatCompletion message (a unary answer)."""
+    return _built(data, pb2, _ANSWER)
 
 
 def embeddings(data: dict[str, Any], pb2: Any) -> Any:

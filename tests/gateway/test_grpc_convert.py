@@ -67,13 +67,13 @@ def test_the_answer_fast_path_is_what_json_format_builds(b: dict[str, Any]) -> N
 def test_the_common_chunk_takes_the_fast_path() -> None:
     common = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
               "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None, "logprobs": None}]}
-    assert convert._common_shape(common)
-    assert not convert._common_shape({**common, "choices": [{"index": 0, "delta": {"tool_calls": []}}]})
-    assert not convert._common_shape({**common, "extra": 1})
+    assert convert._plain(common, convert._CHUNK)
+    assert not convert._plain({**common, "choices": [{"index": 0, "delta": {"tool_calls": []}}]}, convert._CHUNK)
+    assert not convert._plain({**common, "extra": 1}, convert._CHUNK)
     answer = {"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [
         {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop", "logprobs": None}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-    assert convert._plain_body(answer) and not convert._plain_body({**answer, "choices": None})
+    assert convert._plain(answer, convert._ANSWER) and not convert._plain({**answer, "choices": None}, convert._ANSWER)
 
 
 def test_a_request_message_is_the_json_a_client_would_send() -> None:
