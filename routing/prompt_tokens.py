@@ -58,7 +58,7 @@ def rough_longest(request: SamplingFields, rough: int) -> int:
 class PromptTokens:
     """The prompt of one request, measured roughly now and exactly on demand."""
 
-    __slots__ = ("rough", "longest", "_request", "_first", "_o200k_path", "_counted", "_exact")
+    __slots__ = ("rough", "longest", "_request", "_first", "_o200k_path", "_counts")
 
     def __init__(self, request: SamplingFields, o200k_path: str | None = None) -> None:
         self.rough = rough_estimate(request)
@@ -66,8 +66,9 @@ class PromptTokens:
         self._request = request
         self._first: Deployment | None = None
         self._o200k_path = o200k_path
-        self._counted: int | None = None
-        self._exact: dict[int, int | None] = {}  # per backend: the prompt by its tokenizer (exact_for)
+        # The prompt counted by a deployment (its backend and model name; None: no deployment), once each:
+        # the plan's context check and the billing count of the same deployment share one count.
+        self._counts: dict[tuple[int, str] | None, int] = {}
 
     def count_for(self, first: Deployment | None) -> None:
         """Count with this deployment's tokenizer (the plan's first choice, once it is known)."""
@@ -80,34 +81,27 @@ class PromptTokens:
     def exact_for(self, dep: Deployment) -> int | None:
         """A chat prompt's tokens as `dep` will see them: by its own tokenizer where it has one here (a local
         model: its template too), else by tiktoken for its model name. None for what is not a chat, or too
-        long to count in the event loop (`EXACT_MAX_CHARS`). Counted once per backend."""
-        request = self._request
-        if not isinstance(request, ChatCompletionRequest) or self.rough * CHARS_PER_TOKEN > EXACT_MAX_CHARS:
+        long to count in the event loop (`EXACT_MAX_CHARS`)."""
+        if not isinstance(self._request, ChatCompletionRequest) or self.rough * CHARS_PER_TOKEN > EXACT_MAX_CHARS:
             return None
-        key = id(dep.backend)
-        if key not in self._exact:
-            exact = dep.backend.estimate_tokens(request)
-            if exact is None:
-                body = request.wire_body()
-                exact = tokens.estimate_chat(body.get("messages") or [], dep.config.model, self._o200k_path)
-                if body.get("tools"):
-                    exact += tokens.count_text(orjson.dumps(body["tools"]).decode(), dep.config.model,
-                                               self._o200k_path)
-            self._exact[key] = exact
-        return self._exact[key]
+        return self._count_once(dep)
 
     def counted(self) -> int:
-        if self._counted is None:
-            self._counted = self._count()
-        return self._counted
+        return self._count_once(self._first)
 
-    def _count(self) -> int:
-        first, request = self._first, self._request
-        if first is not None:
-            exact = first.backend.estimate_tokens(request)
+    def _count_once(self, dep: Deployment | None) -> int:
+        key = None if dep is None else (id(dep.backend), dep.config.model)
+        if key not in self._counts:
+            self._counts[key] = self._count(dep)
+        return self._counts[key]
+
+    def _count(self, dep: Deployment | None) -> int:
+        request = self._request
+        if dep is not None:
+            exact = dep.backend.estimate_tokens(request)
             if exact is not None:
                 return exact
-        model = first.config.model if first else None
+        model = dep.config.model if dep else None
         body = request.wire_body()
         if isinstance(request, ChatCompletionRequest):
             counted = tokens.estimate_chat(body.get("messages") or [], model, self._o200k_path)
