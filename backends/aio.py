@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, TypeVar
+from typing import Any, Awaitable, Coroutine, TypeVar
 
 T = TypeVar("T")
 
@@ -17,3 +17,20 @@ async def within(aw: Awaitable[T], seconds: float) -> T:
         async with asyncio.timeout(seconds):
             return await aw
     return await asyncio.wait_for(aw, seconds)
+
+
+_running_on: set[asyncio.Future[Any]] = set()  # work that outlived the request that started it
+
+
+async def to_the_end(work: Coroutine[Any, Any, T]) -> T:
+    """Await `work` and let it finish even if the caller is cancelled meanwhile (a client that left):
+    accounting that was started must not be cut in half. The caller still sees its CancelledError; the
+    work runs on, held here until it is done."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            _running_on.add(task)
+            task.add_done_callback(_running_on.discard)
+        raise

@@ -5,11 +5,11 @@ Kept apart from the request pipeline so the hot path reads top to bottom.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from backends.aio import to_the_end
 from gateway.auth import Principal
 from gateway.ratelimit import LimitSpec, RateLimiter
 from gateway.redis_conn import RedisLink
@@ -28,9 +28,6 @@ class Reservation:
     subjects: list[tuple[str, LimitSpec]]
     tokens: int
     prompt_tokens: int = 0  # the estimate inside `tokens`
-
-
-_unfinished: set[asyncio.Task] = set()  # settlements that outlived a cancelled request
 
 
 async def settle(*, usage: dict[str, Any] | None, fallback_completion: int, prompt_estimate: int,
@@ -53,15 +50,8 @@ async def settle(*, usage: dict[str, Any] | None, fallback_completion: int, prom
     if counted is not None:
         counted(prompt, completion)
     legs = _legs(prompt, completion, deployment, earlier)
-    work = asyncio.ensure_future(_settle(prompt, completion, legs, reservation, principal, route,
-                                         limiter, store, link, served_by, tier))
-    try:
-        await asyncio.shield(work)
-    except asyncio.CancelledError:
-        if not work.done():
-            _unfinished.add(work)
-            work.add_done_callback(_unfinished.discard)
-        raise
+    await to_the_end(_settle(prompt, completion, legs, reservation, principal, route, limiter, store, link,
+                             served_by, tier))
     return prompt, completion
 
 

@@ -23,13 +23,13 @@ limiter: Redis, shared by every replica, or this process's). A Router without on
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
+from backends.aio import to_the_end
 from backends.contract.errors import GatewayError, UpstreamTimeout
 from backends.contract.protocol import SamplingFields
 from routing.deployment import Deployment
@@ -84,9 +84,6 @@ def capped(dep: Deployment) -> bool:
 class _Hold:
     deployment: Deployment
     tokens: int  # reserved
-
-
-_unfinished: set[asyncio.Task] = set()  # corrections that outlived a cancelled request
 
 
 class Quotas:
@@ -185,14 +182,8 @@ class Quotas:
         cfg = hold.deployment.config
         if not delta or self._store is None or not cfg.tpm:
             return
-        work = asyncio.ensure_future(self._store.correct(hold.deployment.name, cfg.rpm, cfg.tpm, delta))
         try:
-            await asyncio.shield(work)
-        except asyncio.CancelledError:
-            if not work.done():
-                _unfinished.add(work)
-                work.add_done_callback(_unfinished.discard)
-            raise
+            await to_the_end(self._store.correct(hold.deployment.name, cfg.rpm, cfg.tpm, delta))
         except Exception:
             log.exception("the TPM correction of deployment %s failed", hold.deployment.name)
 
