@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from backends.contract.errors import GatewayError
+from backends.http import parse_retry_after
 
 # grpc.StatusCode names, looked up on the grpc module only when a server runs (grpc stays optional).
 BY_HTTP = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -63,12 +64,7 @@ def describe(exc: BaseException) -> Failure:
     """The failure for an exception a call ended in."""
     if not isinstance(exc, GatewayError):
         return Failure("INTERNAL", 500, INTERNAL_BODY, None)
-    retry = exc.retry_after
-    if retry is None and "Retry-After" in exc.headers:
-        try:
-            retry = float(exc.headers["Retry-After"])
-        except ValueError:
-            retry = None
+    retry = exc.retry_after if exc.retry_after is not None else parse_retry_after(exc.headers)
     return Failure(status_name(exc.status_code), exc.status_code, exc.body(), retry)
 
 
