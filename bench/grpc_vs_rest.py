@@ -33,8 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,14 +95,9 @@ def fake_bodies(harness: Path | None = None) -> tuple[bytes, bytes]:
 # ------------------------------------------------------------------ processes -------------------------------------
 
 def http_status(url: str, timeout: float = 2.0) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            r.read()
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return 0
+    from bench.memory_soak import status  # the harness's one "what does this URL answer" (0: nothing)
+
+    return status(url, timeout)
 
 
 @dataclass
