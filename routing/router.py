@@ -46,6 +46,8 @@ from routing.scheduler import NO_SLOT, QueueFull, Slot
 from routing.splice import Diverged, Splice
 
 log = logging.getLogger("llm_gateway.routing")
+# A read timeout set to the time left fires at the deadline or a timer tick after it.
+CALLERS_DEADLINE_SLACK_S = 0.05
 
 
 class AttemptHooks(Protocol):
@@ -366,6 +368,13 @@ class _Run:
             return result
         return await to_first_content(result, idle_s)
 
+    def callers_time_up(self, exc: GatewayError) -> bool:
+        """A timeout that came when the caller's own deadline (a gRPC one, sooner than the route's) was up:
+        the attempt was cut by the caller's limit, which says nothing about the deployment's health (a
+        tenant sending tiny deadlines must not open a breaker the others share)."""
+        return (self.callers and isinstance(exc, UpstreamTimeout)
+                and time.monotonic() >= self.deadline - CALLERS_DEADLINE_SLACK_S)
+
     def overdue(self, cls: type[UpstreamTimeout] = UpstreamTimeout) -> UpstreamTimeout:
         if self.callers:
             return cls("The request did not finish within the caller's deadline.", code="deadline_exceeded")
@@ -388,6 +397,10 @@ class _Run:
             raise idle_timeout(idle_s) from None
 
     def failed_on(self, dep: Deployment, exc: GatewayError) -> None:
+        if self.callers_time_up(exc):  # a caller may set any deadline: its expiry is no fault of the deployment
+            dep.breaker.release()
+            self.outcome.errors.append(f"{dep.name}: {exc.status_code} {exc.code} (caller's deadline)")
+            return
         if exc.counts_against_breaker:
             dep.breaker.record_failure()
         else:

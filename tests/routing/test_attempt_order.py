@@ -215,3 +215,28 @@ def test_a_silent_deployment_is_not_asked_again_in_a_row(retry_same: int) -> Non
 def test_a_silent_deployment_is_not_asked_again_in_the_request_even_after_the_others() -> None:
     order = AttemptOrder([dep("a"), dep("b")], retry_same=0)
     assert walk(order, [None, TIMEOUT, ERR_500, ERR_500]) == ["a", "b", "b", "b"], "cycling skips the silent a"
+
+
+class Slow(Scripted):
+    async def chat(self, request, ctx):  # type: ignore[no-untyped-def]
+        self.calls.append(time.monotonic())
+        await asyncio.sleep(5)
+        return OK
+
+
+@pytest.mark.parametrize("caller_s,counted", [(0.2, False), (None, True)])
+def test_a_caller_s_short_deadline_is_no_verdict_on_the_deployment(caller_s: float | None, counted: bool) -> None:
+    """A tenant may send any deadline (gRPC): one too short to be met must not open a breaker the others share;
+    the route's own deadline (the admin's) still counts a deployment that cannot answer within it."""
+    from routing.outcome import Outcome
+
+    slow = Deployment(DeploymentConfig(name="slow", provider="p", model="m"), Slow("slow"),
+                      CircuitBreaker(BreakerConfig(failure_threshold=1)))
+    route = Route(RouteConfig(name="r", deployments=["slow"], retry=RetryPolicy(max_attempts=1),
+                              timeouts=Timeouts(total_s=0.3 if caller_s is None else 10)), [slow])
+    deadline = None if caller_s is None else time.monotonic() + caller_s
+    with pytest.raises(UpstreamTimeout):
+        asyncio.run(Router(random.Random(1)).run(Plan(route, [slow], PromptTokens(REQUEST), 1), REQUEST, "rid",
+                                                 Outcome(caller_deadline=deadline)))
+    assert (slow.breaker.snapshot()["consecutive_failures"] == 1) is counted
+    assert (slow.failures == 1) is counted
