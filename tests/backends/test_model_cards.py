@@ -102,3 +102,23 @@ def test_gguf_template_wins_over_the_card(cards) -> None:
     assert own is not None and own.render(msgs(("user", "x"))) == "<s>[x]"
     fallback = backend._chat_template(_FakeLlama({}))
     assert fallback is not None and fallback.source == cards["gemma-3-270m"].chat_template
+
+
+@pytest.mark.process  # loads the real GGUFs (vocab only)
+@pytest.mark.parametrize("card_id, gguf_has_template", [("gemma-3-270m", False), ("smollm2-135m-instruct", True)])
+def test_the_template_used_for_the_shipped_weights(cards, card_id: str, gguf_has_template: bool) -> None:
+    """What the cards' comments say: the Gemma GGUF carries no `tokenizer.chat_template`, so its card's template
+    is the one used; SmolLM2's GGUF carries its own, which wins over the card's."""
+    from backends.llamacpp.backend import LlamaCppBackend
+    from backends.llamacpp.engine_backend import vocab_only
+    from backends.weights import resolve_weights
+    from routing.config import LlamaCppModelConfig
+
+    card = cards[card_id]
+    llm = vocab_only(resolve_weights(card))
+    own = llm.metadata.get("tokenizer.chat_template")
+    assert bool(own) == gguf_has_template
+    used = LlamaCppBackend(card_id, card, LlamaCppModelConfig(card=card_id))._chat_template(llm)
+    assert used is not None
+    assert used.source == (own if gguf_has_template else card.chat_template)
+    assert (used.source == card.chat_template) != gguf_has_template
