@@ -6,7 +6,7 @@ One gateway on the embedded Gemma 3 270M (cache off, so every request reaches th
 1. Interactive latency, idle against with a 200-line batch running. `--interactive` streamed chat requests
    one after another (`--max-tokens` each); time to first token and total time, median of each. The same
    requests run first on an idle gateway, then while the batch runs (a request counts only if the batch
-   was still in progress when it ended). Goal of issue 15: at most 1.5x idle at the median.
+   was still in progress when it ended). Goal: at most 1.5x idle at the median.
 2. The batch's own speed: completion tokens per second from `in_progress_at` to `completed_at`, against
    the same 200 lines sent straight to /v1/chat/completions with as many in flight as the batch runner
    uses (`batches.concurrency`).

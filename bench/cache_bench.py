@@ -2,7 +2,7 @@
 
 Starts a simulated vLLM server and the gateway (Redis from $REDIS_URL or
 redis://127.0.0.1:6379/15, a private key prefix; clients use a virtual key that every
-request checks against Redis, as in the issue-6 harness runs), then runs wrk against four
+request checks against Redis, as in the gateway comparison, bench/compare.sh), then runs wrk against four
 paths, repeated and interleaved, after one unrecorded warm-up per path, and prints medians:
 
   hit            a deterministic request answered from the cache

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole gateway comparison of issue 6 in one run of the shared harness, then one table.
+# The whole gateway comparison in one run of the shared harness, then one table.
 #
 #   bash bench/compare.sh                          # DURATION=10 CONNS="1 32 128" REPEATS=3
 #   DURATION=2 CONNS="1 32" REPEATS=1 bash bench/compare.sh      # a quick smoke run

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The issue-6 comparison table from the harness's raw.jsonl: medians over repetitions.
+"""The gateway comparison table from the harness's raw.jsonl: medians over repetitions.
 
 usage: python3 bench/compare_table.py RESULTS/raw.jsonl [--ours1 ours-1w] [--ours2 ours-2w]
 
@@ -7,7 +7,7 @@ Reads the one-line-per-wrk-run records that ../shared/bench/run_gateway_bench.sh
 (label.target / label.mode / label.conns / label.rep, rps, lat_p50_ms, lat_p99_ms, err_*),
 takes for every target, mode and connection count the median over the repetitions, and prints
 Markdown: one row per target, then the ratios (ours/direct, ours/reference-aiohttp,
-ours/LiteLLM, 2 workers/1 worker) and the issue's targets checked against the medians.
+ours/LiteLLM, 2 workers/1 worker) and the performance targets checked against the medians.
 Only standard library; any cell without data shows "-".
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ def main() -> None:
                         (args.ours2, args.ours1, "ours 2w / ours 1w")):
         print(f"| {title} | " + " | ".join(ratio(a, b, mode, c) for mode, c, _ in COLUMNS) + " |")
 
-    # The issue's targets, checked against the medians of this run (1 worker unless stated).
+    # The performance targets, checked against the medians of this run (1 worker unless stated).
     j1, j32, j128 = (med(runs, args.ours1, "json", c) for c in (1, 32, 128))
     s32 = med(runs, args.ours1, "sse", 32)
     w2 = med(runs, args.ours2, "json", 32)
@@ -134,7 +134,7 @@ def main() -> None:
         checks.append((">= 40% of reference-aiohttp (json c=32)", f"{j32['rps'] / ref['rps']:.0%}",
                        j32["rps"] / ref["rps"] >= 0.4))
     if checks:
-        print("\n### Issue 6 targets (ours, medians of this run)\n")
+        print("\n### Targets (ours, medians of this run)\n")
         print("| target | measured | met |")
         print("|---|---:|---|")
         for name, value, ok in checks:

@@ -14,7 +14,7 @@ to core 1). wrk (1 thread, core 1) drives a json/sse mix in chunks; RSS is VmRSS
     python3 bench/memory_soak.py --lock /tmp/bench.lock # each wrk chunk under `flock -o LOCK`
     python3 bench/memory_soak.py --workers 2 --requests 50000 --first 5000
 
-Targets (issue 6): RSS after 200,000 within 10% of RSS after 10,000; idle RSS < 150 MB.
+Targets: RSS after 200,000 within 10% of RSS after 10,000; idle RSS < 150 MB.
 Needs wrk, nginx (only if no upstream answers), taskset, curl-free (urllib), Redis.
 """
 from __future__ import annotations
