@@ -148,7 +148,7 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("--budget-period", dest="budget_period", choices=["daily", "monthly", "total"],
                        help="when the budget starts again (default monthly)")
         p.add_argument("--expires-in", dest="expires_in", help="e.g. 3600, 30m, 12h, 90d")
-        p.add_argument("--tier", help="the key's routing tier (routes' `tiers` rules pick deployments by it)")
+        p.add_argument("--tier", help="the key's routing tier (a route's `key_tier` rules pick deployments by it)")
         p.add_argument("--priority", choices=["interactive", "near-real-time", "batch"],
                        help="the best scheduling class the key's requests may use (default: interactive)")
         p.add_argument("--weight", type=float, help="the key's share among tenants waiting for a deployment")
