@@ -21,7 +21,7 @@ def create() -> FastAPI:
     from backends.model_cards import load_cards
     from gateway.app import create_app
     from gateway.logsetup import configure
-    from gateway.settings import ENV_CARDS, ENV_CONFIG, ENV_LOG_LEVEL, Settings
+    from gateway.settings import ENV_CARDS, ENV_CONFIG, ENV_LOG_LEVEL, Settings, log_format
     from routing.config_file import load_config
 
     path = os.environ.get(ENV_CONFIG) or None
@@ -29,5 +29,5 @@ def create() -> FastAPI:
     cards = load_cards(Path(cards_dir) if cards_dir else None)
     config = load_config(path, known_cards=set(cards))
     configure(os.environ.get(ENV_LOG_LEVEL) or config.server.log_level, config.logging.json_requests,
-              config.logging.format)
+              log_format(config))  # the parent refused a bad LLM_GATEWAY_LOG_FORMAT before any worker started
     return create_app(config, cards, config_path=path, settings=Settings.from_env())

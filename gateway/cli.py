@@ -27,6 +27,7 @@ from gateway.settings import (
     Settings,
     cards_dir,
     load_config_and_cards,
+    log_format,
 )
 from gateway.workers import port_taken, reuse_port_available, run_workers
 
@@ -43,7 +44,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = args.host or os.environ.get(ENV_HOST) or server.host
     port = args.port if args.port is not None else int(os.environ.get(ENV_PORT) or server.port)
     log_level = args.log_level or os.environ.get(ENV_LOG_LEVEL) or server.log_level
-    configure(log_level, config.logging.json_requests, config.logging.format)
+    try:
+        fmt = log_format(config)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure(log_level, config.logging.json_requests, fmt)
 
     # Build any missing GGUF now, in the foreground, where a progress bar makes sense.
     for model in config.models:
@@ -84,7 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The HTTP protocol with header deadlines and a connection cap (its limits are set by the app factory).
     common = dict(host=host, port=port, log_level=log_level, access_log=args.access_log,
                   timeout_graceful_shutdown=server.drain_timeout_s, http=GuardedHTTP, timeout_keep_alive=server.idle_timeout_s,
-                  **uvicorn_options(config.logging.format))
+                  **uvicorn_options(fmt))
     if args.workers > 1:
         _prepare_workers(config_path, args.redis_url)
         # This process supervises the local models' engines; every worker connects to the same ones.

@@ -11,17 +11,18 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, get_args
 
 from backends.llamacpp.control import CONTROL_ENV as ENV_ENGINE_CONTROL
 from backends.model_cards import ModelCard, ModelCardError, default_cards_dir, load_cards
-from routing.config import ConfigError, GatewayConfig
+from routing.config import ConfigError, GatewayConfig, LoggingConfig
 from routing.config_file import load_config
 
 ENV_CONFIG = "LLM_GATEWAY_CONFIG"
 ENV_HOST = "LLM_GATEWAY_HOST"
 ENV_PORT = "LLM_GATEWAY_PORT"
 ENV_LOG_LEVEL = "LLM_GATEWAY_LOG_LEVEL"
+ENV_LOG_FORMAT = "LLM_GATEWAY_LOG_FORMAT"  # over `logging.format`, as ENV_LOG_LEVEL is over `server.log_level`
 ENV_CARDS = "LLM_GATEWAY_MODEL_CARDS_DIR"
 ENV_MASTER_KEY = "LLM_GATEWAY_MASTER_KEY"  # turns auth on; also an admin key
 ENV_ADMIN_KEY = "LLM_GATEWAY_ADMIN_KEY"  # the admin API's key, when it is not the master key
@@ -29,7 +30,8 @@ ENV_ALLOW_UNAUTHENTICATED = "LLM_GATEWAY_ALLOW_UNAUTHENTICATED"  # `serve --allo
 ENV_REDIS_URL = "LLM_GATEWAY_REDIS_URL"  # `serve --redis-url`, for its workers
 ENV_REDIS_URL_PLAIN = "REDIS_URL"  # the usual name, below --redis-url and above the config file
 ENV_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own: metrics shared across workers
-__all__ = ["ENV_ENGINE_CONTROL", "Settings", "cards_dir", "load_config_and_cards"]
+LOG_FORMATS = get_args(LoggingConfig.model_fields["format"].annotation)  # ("text", "json")
+__all__ = ["ENV_ENGINE_CONTROL", "Settings", "cards_dir", "load_config_and_cards", "log_format"]
 
 
 def _truthy(value: str | None) -> bool:
@@ -68,6 +70,18 @@ class Settings:
     def __repr__(self) -> str:  # never the keys themselves, should settings ever be logged
         return (f"Settings(auth_enabled={self.auth_enabled}, admin_key={'set' if self.admin_key else None}, "
                 f"allow_unauthenticated={self.allow_unauthenticated}, redis_url={'set' if self.redis_url else None})")
+
+
+def log_format(config: GatewayConfig, env: Mapping[str, str] | None = None) -> str:
+    """The event lines' format: LLM_GATEWAY_LOG_FORMAT when set, else `logging.format`. A value that is neither
+    "text" nor "json" is a ValueError saying so (the CLI exits 2 with it), never a silent fallback."""
+    env = os.environ if env is None else env
+    value = env.get(ENV_LOG_FORMAT, "").strip().lower()
+    if not value:
+        return config.logging.format
+    if value not in LOG_FORMATS:
+        raise ValueError(f"{ENV_LOG_FORMAT} must be 'text' or 'json', not {value!r}")
+    return value
 
 
 def cards_dir(config: GatewayConfig | None = None) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -176,3 +177,33 @@ def test_with_json_every_stderr_line_of_a_gateway_run_is_json(sims: Sims) -> Non
     for secret in (MASTER, ADMIN_KEY, OPENAI_KEY, ANTHROPIC_KEY, "sk-gw-wrong"):
         assert secret not in text
     sims.reset()
+
+
+@pytest.mark.process
+def test_llm_gateway_log_format_json_turns_a_text_config_into_json_lines() -> None:
+    """LLM_GATEWAY_LOG_FORMAT overrides `logging.format` as LLM_GATEWAY_LOG_LEVEL overrides `server.log_level`:
+    a served gateway whose config says text writes every event line as JSON."""
+    with SplitGateway({"models": [], "logging": {"format": "text"}}, env={"LLM_GATEWAY_LOG_FORMAT": "json"},
+                      require_ready=False) as g:
+        assert httpx.get(f"{g.root_url}/health", timeout=10).status_code == 200
+        text = g.stop()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # fails on any line that is not JSON
+    events = [x for x in lines if x.get("event") == "log"]
+    assert any("Application startup complete" in x["message"] for x in events), text
+    assert any("Finished server process" in x["message"] for x in events)
+
+
+@pytest.mark.process
+def test_llm_gateway_log_format_text_wins_over_a_json_config_and_nonsense_is_refused(tmp_path: Path) -> None:
+    with SplitGateway({"models": [], "logging": {"format": "json"}}, env={"LLM_GATEWAY_LOG_FORMAT": "text"},
+                      require_ready=False) as g:
+        text = g.stop()
+    assert "Application startup complete" in text
+    assert not any(line.startswith("{") for line in text.splitlines()), text
+    config = tmp_path / "gateway.yaml"
+    config.write_text("models: []\n", encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "LLM_GATEWAY_LOG_FORMAT": "xml"})
+    assert done.returncode == 2, done.stderr
+    assert "error: LLM_GATEWAY_LOG_FORMAT must be 'text' or 'json', not 'xml'" in done.stderr

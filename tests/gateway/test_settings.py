@@ -47,3 +47,16 @@ async def test_the_app_serves_on_the_settings_it_was_built_with(app: Any, monkey
         assert (await client.get("/v1/models", headers={"Authorization": "Bearer sk-master-a"})).status_code == 200
         assert (await client.get("/admin/config", headers={"Authorization": "Bearer adm-b"})).status_code == 401
         assert (await client.get("/admin/config", headers={"Authorization": "Bearer adm-a"})).status_code == 200
+
+
+def test_llm_gateway_log_format_overrides_logging_format() -> None:
+    """As LLM_GATEWAY_LOG_LEVEL does server.log_level; a value that is neither format is refused, not ignored."""
+    from gateway.settings import log_format
+
+    text, json_config = GatewayConfig.model_validate({}), GatewayConfig.model_validate({"logging": {"format": "json"}})
+    assert (log_format(text, {}), log_format(json_config, {})) == ("text", "json")
+    assert log_format(text, {"LLM_GATEWAY_LOG_FORMAT": "json"}) == "json"
+    assert log_format(json_config, {"LLM_GATEWAY_LOG_FORMAT": " Text "}) == "text"
+    assert log_format(json_config, {"LLM_GATEWAY_LOG_FORMAT": ""}) == "json", "empty is unset"
+    with pytest.raises(ValueError, match="LLM_GATEWAY_LOG_FORMAT must be 'text' or 'json', not 'xml'"):
+        log_format(text, {"LLM_GATEWAY_LOG_FORMAT": "xml"})
