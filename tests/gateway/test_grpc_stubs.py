@@ -162,7 +162,7 @@ def build_wheel(source: Path, dist: Path) -> Path:
                         *(["--no-build-isolation"] if offline else []), "-w", str(dist), str(source)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    (wheel,) = dist.glob("llm_gateway-*.whl")
+    (wheel,) = dist.glob("llm_gateway_server-*.whl")
     return wheel
 
 
