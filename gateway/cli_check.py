@@ -1,10 +1,11 @@
 """`llm-gateway check FILE`: everything wrong with a config in one round, before `serve` meets it.
 
 Errors (exit 2): the file's own problems, line-numbered (YAML, references, schema, cross-references:
-routing.config_file), a model card that does not parse, and a local model whose weights are not here (a
-package not installed, a file that does not exist: `serve` would stop on it). Warnings (exit 0, or 2 with
-`--strict`): secrets with no value in this environment, which may be set where the gateway runs. `--json`
-prints one object (`ok`, `errors`, `warnings`, `summary`) for a CI step or an editor."""
+routing.config_file), a model card that does not parse, and a local model that cannot run here (no llama.cpp,
+the `local` extra not installed; or weights that are not here, a package not installed, a file that does not
+exist: `serve` would stop on it). Warnings (exit 0, or 2 with `--strict`): secrets with no value in this
+environment, which may be set where the gateway runs. `--json` prints one object (`ok`, `errors`, `warnings`,
+`summary`) for a CI step or an editor."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from backends.llamacpp.installed import engine_problem
 from backends.model_cards import ModelCard, ModelCardError, load_cards
 from backends.weights import weights_problem
 from routing.config import ConfigError, GatewayConfig
@@ -46,13 +48,16 @@ def cards_for(file: str) -> dict[str, ModelCard]:
     return load_cards(Path(config.server.model_cards_dir)) if config.server.model_cards_dir else cards
 
 
-def weights_errors(file: str, config: GatewayConfig, cards: dict[str, ModelCard]) -> list[str]:
-    """A line per local model whose weights `serve` could not find."""
+def local_model_errors(file: str, config: GatewayConfig, cards: dict[str, ModelCard]) -> list[str]:
+    """A line per local model that `serve` could not start: no llama.cpp in this install (the `local`
+    extra), else weights it could not find."""
     root = compose(read_config_text(file)) if Path(file).is_file() else None
     out = []
     for i, model in enumerate(config.models):
         card = cards.get(model.card)
-        problem = weights_problem(card, model.model_path) if card is not None else None
+        problem = engine_problem(model.card)
+        if problem is None and card is not None:
+            problem = weights_problem(card, model.model_path)
         if problem:
             out.append(f"{file}:{line_of(root, ('models', i)) or '?'}: models[{i}]: {problem}")
     return out
@@ -70,7 +75,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ModelCardError as exc:
         errors.append(f"model card error: {exc}")
     else:
-        errors += weights_errors(args.file, config, cards)
+        errors += local_model_errors(args.file, config, cards)
         warnings += missing_secrets(config)
         summary = {"local_models": len(config.models), "providers": len(config.providers),
                    "deployments": len(config.deployments), "routes": len(config.routes)}

