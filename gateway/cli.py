@@ -36,7 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from backends.llamacpp.installed import engine_problem
-    from backends.weights import WeightsError, progress_bar, resolve_weights
+    from backends.weights import WeightsError, models_dir, progress_bar, resolve_weights
     from gateway.logsetup import configure, uvicorn_options
 
     config_path = args.config or os.environ.get(ENV_CONFIG)
@@ -66,6 +66,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             resolve_weights(card, model.model_path, progress_bar(f"assembling {card.id}"))
         except WeightsError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # the cache cannot be written: a read-only filesystem, a full disk, permissions
+            print(f"error: {card.id}: cannot build its GGUF in {models_dir()} ({exc.strerror or exc}): point "
+                  f"LLM_GATEWAY_MODELS_DIR at a writable folder, or build it there beforehand", file=sys.stderr)
             return 2
 
     from gateway.exposure import is_loopback

@@ -459,6 +459,13 @@ def test_configmap_embeds_the_config_byte_for_byte(built: dict, overlay: str) ->
     assert args[args.index("--config") + 1] == "/etc/llm-gateway/gateway.yaml"
 
 
+def image_data_dir() -> str:
+    """The gateway image's LLM_GATEWAY_DATA_DIR (uploaded files), as docker/Dockerfile sets it."""
+    found = re.findall(r"LLM_GATEWAY_DATA_DIR=(\S+)", (DOCKER / "Dockerfile").read_text())
+    assert len(found) == 1, found
+    return found[0]
+
+
 @pytest.mark.process
 @pytest.mark.parametrize("overlay", OVERLAY_CONFIG)
 def test_gateway_deployment(built: dict, overlay: str) -> None:
@@ -481,6 +488,9 @@ def test_gateway_deployment(built: dict, overlay: str) -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
     assert len(tmp) == 1 and "emptyDir" in volumes[tmp[0]["name"]]
+    # Uploaded files go to the image's data folder, which must be a volume (the root is read-only).
+    data = [m for m in container["volumeMounts"] if m["mountPath"] == image_data_dir()]
+    assert len(data) == 1 and not data[0].get("readOnly") and data[0]["name"] in volumes, "uploads would fail"
     # Keys from the generated Secret, each under its own name.
     secret = _generated(docs, "Secret", KEYS_SECRET)
     env = {e["name"]: e for e in container["env"]}
@@ -940,6 +950,10 @@ def test_compose_cpu_stack_and_gpu_profile() -> None:
         assert hosts[0].is_file()
     grace = gateway["stop_grace_period"]
     assert grace.endswith("s") and float(grace[:-1]) > GatewayConfig().server.drain_timeout_s, "docker stop cuts"
+    # read_only: true, so uploaded files need a volume on the image's data folder.
+    assert gateway["read_only"] is True
+    data = [src for src, dst, *mode in mounts if dst == image_data_dir() and mode != ["ro"]]
+    assert len(data) == 1 and data[0] in _compose().get("volumes", {}), "uploads would fail"
     for name in ("gateway", DURABLE_REDIS, CACHE_REDIS, "vllm"):
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     assert "/ready" in " ".join(gateway["healthcheck"]["test"])

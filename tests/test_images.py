@@ -131,7 +131,9 @@ def test_the_cpu_image_holds_the_weights_once(images: dict[str, str]) -> None:
 
 
 def test_the_cpu_image_serves_its_baked_weights(images: dict[str, str]) -> None:
-    cid = _docker("run", "-d", "-p", "127.0.0.1::8000",
+    # A read-only root filesystem (Kubernetes' readOnlyRootFilesystem) with only /tmp writable: the default config,
+    # the embedding model included, must serve from what the image baked.
+    cid = _docker("run", "-d", "-p", "127.0.0.1::8000", "--read-only", "--tmpfs", "/tmp",
                   "-e", "LLM_GATEWAY_ALLOW_UNAUTHENTICATED=1", images["cpu"], check=True).stdout.strip()
     try:
         port = _docker("port", cid, "8000/tcp", check=True).stdout.split()[0].rsplit(":", 1)[1]
@@ -151,5 +153,9 @@ def test_the_cpu_image_serves_its_baked_weights(images: dict[str, str]) -> None:
         r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
             "model": "gemma-3-270m", "max_tokens": 8, "messages": [{"role": "user", "content": "Say hi."}]})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"], r.text
+        # An upload is written to /data (LLM_GATEWAY_DATA_DIR), writable on the read-only root filesystem.
+        up = httpx.post(f"{url}/v1/files", timeout=30, headers={"Authorization": "Bearer anonymous"},
+                        data={"purpose": "batch"}, files={"file": ("a.jsonl", b'{"custom_id": "1"}\n')})
+        assert up.status_code == 200 and up.json()["bytes"] > 0, up.text
     finally:
         _docker("rm", "-f", cid)

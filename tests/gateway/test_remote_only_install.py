@@ -158,3 +158,15 @@ def test_the_other_commands_need_no_local_module(blocked: dict[str, str]) -> Non
         r = cli(blocked, *args)
         assert r.returncode == 0 and MARK not in r.stderr, (args, r.stderr)
     assert "gemma-3-270m" in cli(blocked, "models").stdout
+
+
+def test_serve_says_so_when_the_weights_cache_cannot_be_written(tmp_path: Path) -> None:
+    """With llama.cpp installed (no blocker) but a models folder that cannot be made (a read-only filesystem, a
+    full disk), assembling the default GGUF fails: one line naming the folder and the way out, not a traceback."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LLM_GATEWAY_CONFIG", "REDIS_URL")}
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("", encoding="utf-8")
+    env["LLM_GATEWAY_MODELS_DIR"] = str(not_a_dir / "models")  # its parent is a file: mkdir fails (even as root)
+    line = one_error_line(cli(env, "serve", "--port", str(free_port())))
+    assert line.startswith(f"error: gemma-3-270m: cannot build its GGUF in {not_a_dir / 'models'}"), line
+    assert "LLM_GATEWAY_MODELS_DIR" in line, line
