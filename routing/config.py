@@ -371,7 +371,9 @@ class CacheConfig(_Strict):
 
 class UsageConfig(_Strict):
     o200k_path: str | None = None  # a local o200k_base.tiktoken for gpt-4o-family estimates
-    default_max_tokens: int = Field(default=512, ge=1)  # TPM reservation when a request names none
+    # What a request that names no max_tokens is reserved for, in every TPM limit: a key's, a route's, a
+    # deployment's (routing/plan.py; corrected to the real usage once it is answered).
+    default_max_tokens: int = Field(default=512, ge=1)
     flush_interval_s: float = Field(default=1.0, gt=0)  # usage counters are batched this long per replica
 
 
