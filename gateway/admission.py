@@ -82,7 +82,7 @@ async def admit(svc: Services, runtime: Runtime, body: SamplingFields, headers: 
     try:
         await check_budget(svc, principal)
         await hold_places(svc, admission, rec)
-        admission.reservation = await reserve(svc, admission, body, runtime.config.usage.default_max_tokens)
+        admission.reservation = await reserve(svc, admission, body)
     except GatewayError as exc:
         rec.release_holds()  # a refused request holds no place
         if exc.status_code == 429:
@@ -144,8 +144,9 @@ async def check_budget(svc: Services, principal: Principal) -> None:
                            headers={"x-should-retry": "false"})
 
 
-async def reserve(svc: Services, admission: Admission, body: SamplingFields, default_max: int) -> Reservation | None:
-    """Count the request against the key's and the route's limits, reserving its tokens (None: no limits)."""
+async def reserve(svc: Services, admission: Admission, body: SamplingFields) -> Reservation | None:
+    """Count the request against the key's and the route's limits, reserving its tokens (None: no limits):
+    the prompt and the plan's max_tokens (usage.default_max_tokens when the request names none), times n."""
     principal, plan, headers = admission.principal, admission.plan, admission.headers
     subjects: list[tuple[str, LimitSpec]] = []
     if principal.key and (principal.key.rpm or principal.key.tpm):
@@ -156,8 +157,7 @@ async def reserve(svc: Services, admission: Admission, body: SamplingFields, def
     if not subjects:
         return None
     prompt_tokens = plan.tokens.counted()
-    asked = body.max_output_tokens  # 0 for embeddings: nothing is generated
-    amount = prompt_tokens + (default_max if asked is None else asked) * body.n
+    amount = prompt_tokens + plan.max_tokens * body.n  # max_tokens is 0 for embeddings: nothing is generated
     granted: list[tuple[str, LimitSpec]] = []
     for subject, spec in subjects:
         try:

@@ -42,7 +42,9 @@ class ReadyReport:
         return {"status": self.status, "not_ready": self.not_ready, "degraded": self.degraded, **self.detail}
 
 
-def assess_readiness(runtime: Runtime, redis: dict[str, Any]) -> ReadyReport:
+def assess_readiness(runtime: Runtime, redis: dict[str, Any], cache_redis: dict[str, Any] | None = None) -> ReadyReport:
+    """`redis`: the durable Redis's link status; `cache_redis`: the response cache's own Redis's
+    (`redis.cache_url`), None when the cache shares the durable one."""
     report = ReadyReport([], [])
     backends = {}
     for backend in runtime.local_backends():
@@ -58,11 +60,12 @@ def assess_readiness(runtime: Runtime, redis: dict[str, Any]) -> ReadyReport:
         if dep.scheduler.limited:
             scheduling[dep.name] = dep.scheduler.snapshot()
     routes = {route.name: _route_view(route, report) for route in runtime.route_list}
-    # Redis only degrades the gateway (cache and limits fail open); it never makes it unready.
-    if redis.get("state") == "degraded":
-        report.degraded.append("redis")
+    # Redis only degrades the gateway (cache and limits fail open); it never makes it unready. Nor does the
+    # cache's own Redis: every request a miss, served uncached.
+    redises = {"redis": redis} if cache_redis is None else {"redis": redis, "cache_redis": cache_redis}
+    report.degraded += [name for name, status in redises.items() if status.get("state") == "degraded"]
     report.detail = {"backends": backends, "deployments": deployments, "scheduling": scheduling,
-                     "routes": routes, "redis": redis, "config_version": runtime.version}
+                     "routes": routes, **redises, "config_version": runtime.version}
     return report
 
 

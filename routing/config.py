@@ -93,9 +93,14 @@ class GatewayConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _no_implicit_model_with_routes(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "models" not in data and (data.get("routes") or data.get("deployments")):
-            data = {**data, "models": []}
-        return data
+        return explicit_models(data) if isinstance(data, dict) else data
+
+
+def explicit_models(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with `models: []` when it defines routes or deployments and names no models (no default model)."""
+    if "models" not in data and (data.get("routes") or data.get("deployments")):
+        return {**data, "models": []}
+    return data
 
 
 class ConfigError(ValueError):

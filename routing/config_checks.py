@@ -1,4 +1,8 @@
-"""Checks that span several parts of the config: references, duplicates, missing secrets."""
+"""Checks that span several parts of the config: references, duplicates, missing secrets.
+
+They run on the parts that passed the schema (routing/config_partial.py) even when others did not; a
+reference to a part left out for its schema errors (`broken`) is not reported again.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any, Iterator
 
 from routing import config_env, upstream_headers
 from routing.config import GatewayConfig, ProviderConfig
+from routing.config_partial import Broken
 
 Problem = tuple[tuple[Any, ...], str]
 
@@ -33,9 +38,11 @@ def missing_secrets(config: GatewayConfig) -> list[str]:
     return out
 
 
-def semantic_problems(config: GatewayConfig, known_cards: set[str] | None) -> list[Problem]:
-    return [*_models(config, known_cards), *_providers(config), *_deployments(config, known_cards),
-            *_routes(config), *_redis(config), *_server(config)]
+def semantic_problems(config: GatewayConfig, known_cards: set[str] | None,
+                      broken: Broken | None = None) -> list[Problem]:
+    broken = broken or Broken()
+    return [*_models(config, known_cards), *_providers(config), *_deployments(config, known_cards, broken),
+            *_routes(config, broken), *_redis(config), *_server(config)]
 
 
 def _server(config: GatewayConfig) -> Iterator[Problem]:
@@ -90,30 +97,31 @@ def _kind_settings(name: str, provider: ProviderConfig) -> Iterator[Problem]:
                "itself, and api_version: v1 picks the v1 API")
 
 
-def _deployments(config: GatewayConfig, known_cards: set[str] | None) -> Iterator[Problem]:
+def _deployments(config: GatewayConfig, known_cards: set[str] | None, broken: Broken) -> Iterator[Problem]:
     local = {m.card for m in config.models}
+    named_local, providers = local | broken.named("models"), {*config.providers, *broken.named("providers")}
     seen: set[str] = set()
     for i, dep in enumerate(config.deployments):
         if dep.name in seen:
             yield ("deployments", i, "name"), f"deployment {dep.name!r} is defined twice"
         seen.add(dep.name)
         if dep.provider == "local":
-            if dep.model not in local:
+            if dep.model not in local and not broken.covers("models", dep.model):
                 yield ("deployments", i, "model"), (f"no local model {dep.model!r} under 'models' "
-                                                    f"(local: {', '.join(sorted(local)) or 'none'})")
+                                                    f"(local: {', '.join(sorted(named_local)) or 'none'})")
             if dep.headers:
                 yield ("deployments", i, "headers"), "a local model is not called over HTTP: it takes no headers"
         else:
-            if dep.provider not in config.providers:
+            if dep.provider not in config.providers and not broken.covers("providers", dep.provider):
                 yield ("deployments", i, "provider"), (f"no provider {dep.provider!r} (known: "
-                                                       f"{', '.join(sorted(config.providers)) or 'none'}, local)")
+                                                       f"{', '.join(sorted(providers)) or 'none'}, local)")
             yield from upstream_headers.problems(("deployments", i, "headers"), dep.headers,
                                                  config.providers.get(dep.provider))
         if dep.card is not None and known_cards is not None and dep.card not in known_cards:
             yield ("deployments", i, "card"), f"no model card with id {dep.card!r}"
 
 
-def _routes(config: GatewayConfig) -> Iterator[Problem]:
+def _routes(config: GatewayConfig, broken: Broken) -> Iterator[Problem]:
     deployments = {d.name for d in config.deployments}
     routes = {r.name for r in config.routes}
     names: dict[str, int] = {}
@@ -124,16 +132,17 @@ def _routes(config: GatewayConfig) -> Iterator[Problem]:
                 yield loc, f"model name {name!r} is already used by another route"
             names[name] = i
         for j, dep in enumerate(route.deployments):
-            if dep not in deployments:
+            if dep not in deployments and not broken.covers("deployments", dep):
                 yield ("routes", i, "deployments", j), f"no deployment named {dep!r}"
-        if route.strategy == "weighted" and not any(
+        if route.strategy == "weighted" and not broken.any_of("deployments", route.deployments) and not any(
                 d.weight > 0 for d in config.deployments if d.name in route.deployments):
             yield ("routes", i, "strategy"), "a weighted route needs at least one deployment with weight > 0"
         for k, rule in enumerate(route.rules):
-            if rule.route is not None and rule.route not in routes:
+            if rule.route is not None and rule.route not in routes and not broken.covers("routes", rule.route):
                 yield ("routes", i, "rules", k, "route"), f"no route named {rule.route!r}"
             for j, dep in enumerate(rule.deployments or []):
-                if dep not in deployments:
+                if dep not in deployments and not broken.covers("deployments", dep):
                     yield ("routes", i, "rules", k, "deployments", j), f"no deployment named {dep!r}"
-    if config.default_route is not None and config.default_route not in routes:
+    if config.default_route is not None and config.default_route not in routes \
+            and not broken.covers("routes", config.default_route):
         yield ("default_route",), f"no route named {config.default_route!r}"

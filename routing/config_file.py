@@ -1,6 +1,6 @@
 """From config text to a validated `GatewayConfig`, or a `ConfigError` whose every line names its line.
 
-Kept apart from the schema (`routing.config`) and the checks that need a whole config
+Kept apart from the schema (`routing.config`) and the checks that span its parts
 (`routing.config_checks`), so the schema imports neither.
 """
 
@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from routing.config import ConfigError, GatewayConfig
 from routing.config_checks import semantic_problems
 from routing.config_env import expand_tree
+from routing.config_partial import salvage
 from routing.yaml_lines import compose, duplicate_keys, format_loc, line_of
 
 
@@ -40,8 +41,9 @@ def parse_config(text: str, source: str = "<config>", known_cards: set[str] | No
         raise ConfigError(source, [f"{source}:{line}: {where}: {key!r} is given twice (first on line {first})"
                                    for line, where, key, first in duplicates])
     data, unresolved = expand_tree(data)
-    # Every problem in one round: the references that have no value, then the schema's (except at those
-    # places: a value left unexpanded says nothing more), then the checks that need the whole config.
+    # Every problem in one round: the references that have no value, the schema's (except at those places:
+    # a value left unexpanded says nothing more), and the checks that span parts, run on the parts that
+    # passed the schema when others did not. In the order of the file.
     problems = [(loc, msg) for loc, msg in unresolved]
     try:
         config = GatewayConfig.model_validate(data)
@@ -50,6 +52,10 @@ def parse_config(text: str, source: str = "<config>", known_cards: set[str] | No
         for err in exc.errors(include_url=False):
             if tuple(err["loc"]) not in places:
                 problems.append((tuple(err["loc"]), err["msg"].removeprefix("Value error, ")))
+        partial = salvage(data, exc)
+        if partial is not None:
+            problems += [(partial.file_loc(loc), msg)
+                         for loc, msg in semantic_problems(partial.config, known_cards, partial.broken)]
         raise ConfigError(source, _lines(source, root, problems)) from exc
     problems += semantic_problems(config, known_cards)
     if problems:
@@ -58,7 +64,10 @@ def parse_config(text: str, source: str = "<config>", known_cards: set[str] | No
 
 
 def _lines(source: str, root: Any, problems: list[tuple[tuple[Any, ...], str]]) -> list[str]:
-    return [f"{source}:{line_of(root, loc) or '?'}: {format_loc(loc) or '(top level)'}: {msg}" for loc, msg in problems]
+    """`source:line: field: message` for each problem, by line (a stable sort: one line's keep their order)."""
+    numbered = [(line_of(root, loc), loc, msg) for loc, msg in problems]
+    numbered.sort(key=lambda p: p[0] if p[0] is not None else float("inf"))
+    return [f"{source}:{line or '?'}: {format_loc(loc) or '(top level)'}: {msg}" for line, loc, msg in numbered]
 
 
 def load_config(path: str | Path | None, known_cards: set[str] | None = None) -> GatewayConfig:

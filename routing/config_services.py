@@ -42,8 +42,10 @@ class UsageConfig(_Strict):
 
     o200k_path: str | None = Field(default=None, description="A local o200k_base.tiktoken file, for gpt-4o-family "
                                                              "token estimates (unset: cl100k_base).")
-    default_max_tokens: int = Field(default=512, ge=1, description="The completion tokens a TPM limit reserves "
-                                                                   "when a request names no max_tokens.")
+    default_max_tokens: int = Field(default=512, ge=1, description="The completion tokens every TPM limit (a key's, a "
+                                                                   "route's, a deployment's) reserves when a request "
+                                                                   "names no max_tokens; corrected to the real usage "
+                                                                   "once answered.")
     flush_interval_s: float = Field(default=1.0, gt=0, description="Usage counters are batched this long per "
                                                                    "replica before they are written.")
 

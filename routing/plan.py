@@ -19,7 +19,7 @@ class Plan:
     route: Route
     candidates: list[Deployment]  # in the order to try
     tokens: PromptTokens  # the one estimate of the prompt, for rules, limits and billing
-    max_tokens: int
+    max_tokens: int  # the request's max_tokens, or usage.default_max_tokens when it names none
     # Did a rule look at the caller's key tier? If not, a plan made on a guessed tier stands.
     tier_sensitive: bool = False
 
@@ -48,7 +48,8 @@ def make_plan(runtime: Runtime, request: SamplingFields, headers: Mapping[str, s
     route = runtime.resolve(request.model)
     tokens = PromptTokens(request, runtime.config.usage.o200k_path)
     asked = request.max_output_tokens
-    max_tokens = 256 if asked is None else asked
+    # What it may generate: the one estimate every TPM reservation uses (the key's, the route's, a deployment's).
+    max_tokens = runtime.config.usage.default_max_tokens if asked is None else asked
     metadata = getattr(request, "metadata", None) or {}
     if not isinstance(metadata, dict):
         metadata = {}

@@ -6,7 +6,8 @@ So the upstream never sees a request it would refuse with a 429 of its own.
 
 What is counted, per attempt sent to the deployment:
 - one request, and the request's estimated tokens: the prompt (`Plan.tokens.counted()`) plus what it
-  may generate (`max_tokens`, or the plan's default when it names none, times `n`), reserved up front
+  may generate (`max_tokens`, or `usage.default_max_tokens` when it names none, times `n`: the plan's
+  `max_tokens`, as for a key's and a route's tpm), reserved up front
   so that concurrent requests cannot all squeeze under the cap;
 - once the answer is complete, the reservation is corrected to the tokens it really used (the answer's
   `usage`; without one, the prompt estimate and the chunks relayed), as the gateway corrects a key's

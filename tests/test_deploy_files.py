@@ -324,7 +324,7 @@ def test_secrets_example_holds_placeholders_only() -> None:
         if line.strip() and not line.lstrip().startswith("#"):
             key, _, value = line.partition("=")
             values[key.strip()] = value.strip()
-    assert set(KEY_ENVS) <= set(values)
+    assert set(KEY_ENVS) | {"VLLM_API_KEY"} <= set(values)  # vLLM's key: the gpu overlay's, on both sides
     for key, value in values.items():
         assert value == "" or value.startswith("replace-me"), f"{key} in {_rel(example)} looks like a real value"
     assert "secrets.env" in (K8S / ".gitignore").read_text(encoding="utf-8").split()
@@ -576,7 +576,7 @@ def test_key_check_refuses_placeholders_and_an_empty_master_key(built: dict) -> 
     assert init["image"] == _container(gateway, "gateway")["image"]
     assert init["command"][:2] == ["python", "-c"]
     script = init["command"][2]
-    env = {k: v for k, v in os.environ.items() if k not in KEY_ENVS}
+    env = {k: v for k, v in os.environ.items() if k not in (*KEY_ENVS, "VLLM_API_KEY")}
 
     def run(**keys: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", script], env={**env, **keys}, capture_output=True,
@@ -586,6 +586,9 @@ def test_key_check_refuses_placeholders_and_an_empty_master_key(built: dict) -> 
     assert run(**good).returncode == 0
     r = run(**{**good, "LLM_GATEWAY_MASTER_KEY": ""})
     assert r.returncode != 0 and "LLM_GATEWAY_MASTER_KEY" in r.stderr
+    assert run(**{**good, "VLLM_API_KEY": ""}).returncode == 0, "an empty vLLM key: neither side uses one"
+    r = run(**{**good, "VLLM_API_KEY": "replace-me-or-leave-empty"})  # the example's placeholder left in
+    assert r.returncode != 0 and "VLLM_API_KEY" in r.stderr
     example = {}
     for line in (K8S / "base" / "secrets.env.example").read_text(encoding="utf-8").splitlines():
         if "=" in line and not line.startswith("#"):
@@ -998,6 +1001,19 @@ def test_the_redis_role_checks_are_live() -> None:
     with pytest.raises(AssertionError):  # the cache on the durable server, another DB
         _check_gateway_redis_urls(url, {**gateway["environment"], "REDIS_CACHE_URL": "redis://redis:6379/1"},
                                   set(services))
+
+
+def test_compose_passes_vllm_api_key_to_both_sides() -> None:
+    """vLLM reads VLLM_API_KEY as its --api-key; gpu-first.yaml's vllm provider sends ${VLLM_API_KEY}: Compose
+    hands the one variable to both services, so it turns the key on for both, or (unset) for neither."""
+    services = _compose()["services"]
+    config = yaml.safe_load((CONFIGS / "gpu-first.yaml").read_text(encoding="utf-8"))
+    var = config_env.variable(config["providers"]["vllm"].get("api_key"))
+    assert var == "VLLM_API_KEY", "vLLM's own variable, so one value serves both sides"
+    for env, expected in (({var: "vllm-key-1"}, "vllm-key-1"), ({}, "")):
+        seen = [_interpolate(str(services[name].get("environment", {}).get(var)), env) for name in ("gateway", "vllm")]
+        assert seen == [expected, expected], (env, seen)
+    assert not any("--api-key" in str(a) for a in services["vllm"].get("command", [])), "never a literal key"
 
 
 def test_compose_vllm_service() -> None:

@@ -4,7 +4,9 @@ The wire translation lives in `translate` (requests, responses,
 errors) and `stream` (SSE events), the pass-through of requests that came
 in as Messages requests in `native`; this module only does HTTP.
 The API key goes into the `x-api-key` header and nowhere else: it is never
-logged and is scrubbed from any upstream error message.
+logged and is scrubbed from any upstream error message (an HTTP error body or an
+in-stream `event: error`), as are the values of the config's `headers` (a custom
+auth header is a credential too).
 
 Continuation (mid-stream failover): `ctx.continue_from` becomes an assistant
 prefill. Anthropic rejects a prefill that ends in whitespace, so that
@@ -68,9 +70,11 @@ class AnthropicBackend(Backend):
         self.url = messages_url(base_url)
         self.pool = pool
         self.default_max_tokens = default_max_tokens
-        self._api_key = api_key
+        extra = dict(headers or {})
+        # Scrubbed from every message an upstream sends back: the key, and every extra header's value.
+        self._secrets = (api_key, *extra.values())
         # The config's `headers` first: the version, the content type and the key are the gateway's own.
-        self._headers = {**(headers or {}), "anthropic-version": anthropic_version, "content-type": "application/json"}
+        self._headers = {**extra, "anthropic-version": anthropic_version, "content-type": "application/json"}
         if api_key:
             self._headers["x-api-key"] = api_key
         self._state: BackendState = "loading"
@@ -113,7 +117,7 @@ class AnthropicBackend(Backend):
             raise UpstreamError(f"The upstream '{self.name}' sent a response that is not a JSON object.",
                                 status_code=502)
         if msg.get("type") == "error":  # an error envelope with a 200 status: use the error type's status
-            raise error_from(msg.get("error") or {}, secret=self._api_key)
+            raise error_from(msg.get("error") or {}, secrets=self._secrets)
         chat = to_chat_completion(msg, created=int(time.time()), skip=skip)
         return with_message(chat, msg) if native is not None else chat
 
@@ -123,7 +127,8 @@ class AnthropicBackend(Backend):
         resp = await self._post(body, ctx, request.native_headers(ANTHROPIC_MESSAGES) if native is not None else None)
         translator = StreamTranslator(created=int(time.time()), include_usage=request.include_usage,
                                       fallback_id=uuid.uuid4().hex, fallback_model=self.model, skip=skip,
-                                      carrier=EventCarrier() if native is not None else None)
+                                      carrier=EventCarrier() if native is not None else None,
+                                      secrets=self._secrets)
         frames = self._frames(resp, translator)
         try:
             first = await frames.__anext__()  # errors before the first token stay HTTP errors
@@ -178,7 +183,7 @@ class AnthropicBackend(Backend):
             raw = b""
         finally:
             resp.release()
-        err = upstream_error(resp.status, raw, resp.headers, upstream=self.name, secret=self._api_key)
+        err = upstream_error(resp.status, raw, resp.headers, upstream=self.name, secrets=self._secrets)
         log.info("%s: request %s got HTTP %d (%s)", self.name, ctx.request_id, resp.status, err.code)
         raise err
 

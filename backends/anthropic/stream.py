@@ -8,7 +8,7 @@ looks complete to the client; the caller checks `done` to tell the two apart.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from backends.anthropic.native import EventCarrier
 from backends.anthropic.translate import FINGERPRINT, error_from, finish_reason, trim_repeat, usage
@@ -17,8 +17,10 @@ from backends.contract.responses import DONE, ChatChunks
 
 class StreamTranslator:
     def __init__(self, *, created: int, include_usage: bool, fallback_id: str = "anthropic",
-                 fallback_model: str = "", skip: str = "", carrier: EventCarrier | None = None) -> None:
+                 fallback_model: str = "", skip: str = "", carrier: EventCarrier | None = None,
+                 secrets: Iterable[str | None] = ()) -> None:
         self._created = created
+        self._secrets = tuple(secrets)  # scrubbed from an `event: error` message
         self._include_usage = include_usage
         self._id = f"chatcmpl-{fallback_id}"
         self._model = fallback_model
@@ -55,7 +57,7 @@ class StreamTranslator:
         if kind == "message_stop":
             return self._finish()
         if kind == "error":
-            raise error_from(data.get("error") or {})
+            raise error_from(data.get("error") or {}, secrets=self._secrets)
         return []  # ping, content_block_stop, and event types added later
 
     # -- frames -------------------------------------------------------------

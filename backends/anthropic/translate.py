@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import orjson
 
@@ -308,8 +308,9 @@ def to_chat_completion(msg: Mapping[str, Any], *, created: int, skip: str = "") 
 
 
 def upstream_error(status: int, raw: bytes, headers: Mapping[str, str], *, upstream: str,
-                   secret: str | None = None) -> UpstreamError:
-    """A non-200 answer -> UpstreamError; 529 stays 529 here (UpstreamError sends 503 and retries it)."""
+                   secrets: Iterable[str | None] = ()) -> UpstreamError:
+    """A non-200 answer -> UpstreamError; 529 stays 529 here (UpstreamError sends 503 and retries it).
+    `secrets` (the key, the configured headers' values) are scrubbed from the message."""
     retry_after = parse_retry_after(headers)
     try:
         body = orjson.loads(raw) if raw else None
@@ -317,18 +318,18 @@ def upstream_error(status: int, raw: bytes, headers: Mapping[str, str], *, upstr
         body = None
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict) and isinstance(err.get("message"), str):
-        return error_from(err, status=status, secret=secret, retry_after=retry_after)
+        return error_from(err, status=status, secrets=secrets, retry_after=retry_after)
     what = "is overloaded" if status == 529 else f"returned HTTP {status}"
     return UpstreamError(f"The upstream '{upstream}' {what}.", status_code=status, retry_after=retry_after,
                          error_type="service_unavailable_error" if status == 529 else None)
 
 
-def error_from(err: Mapping[str, Any], *, status: int | None = None, secret: str | None = None,
+def error_from(err: Mapping[str, Any], *, status: int | None = None, secrets: Iterable[str | None] = (),
                retry_after: float | None = None) -> UpstreamError:
     """An Anthropic `error` object (HTTP body or in-band `event: error`) -> UpstreamError."""
     kind = err.get("type") if isinstance(err.get("type"), str) else None
     status = status or ERROR_STATUS.get(kind or "", 500)
-    message = scrub(str(err.get("message") or "The upstream reported an error."), (secret,))
+    message = scrub(str(err.get("message") or "The upstream reported an error."), secrets)
     code = "context_length_exceeded" if status == 400 and message.startswith("prompt is too long") else kind
     overloaded = status == 529 or kind == "overloaded_error"  # OpenAI's type for "engine overloaded"
     return UpstreamError(message, status_code=status, code=code, retry_after=retry_after,

@@ -4,7 +4,8 @@
 (its supervisor gave up on it) for `server.liveness_failed_after_s`: only a restart can bring it back.
 `/ready` is 200 when every required local model is loaded and warmed up. A route with no usable
 deployment (every upstream down) is listed under `degraded` and leaves it 200, unless the route says
-`ready_requires_upstreams: true`.
+`ready_requires_upstreams: true`; so does a Redis in trouble (`redis`, and `cache_redis` when the cache has
+a server of its own).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ async def health(request: Request) -> Response:
 @router.get("/ready")
 async def ready(request: Request) -> Response:
     runtime = request.app.state.manager.current
-    report = assess_readiness(runtime, request.app.state.services.link.status())
+    svc = request.app.state.services
+    report = assess_readiness(runtime, svc.link.status(), svc.cache_link.status() if svc.cache_link else None)
     live = _liveness(request)  # /ready sees a failed model too, so its time counts from the first probe
     body = report.body()
     for name, seconds in live.failed_for_s.items():

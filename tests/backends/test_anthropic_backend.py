@@ -275,7 +275,7 @@ def test_client_errors_are_not_retryable_and_keep_their_status() -> None:
 def test_non_json_error_body_and_secret_scrubbing() -> None:
     e = upstream_error(502, b"<html>Bad Gateway</html>", {}, upstream="claude-a")
     assert e.status_code == 502 and e.retryable and "claude-a" in e.message
-    e = upstream_error(401, _err("authentication_error", f"invalid x-api-key {KEY}"), {}, upstream="a", secret=KEY)
+    e = upstream_error(401, _err("authentication_error", f"invalid x-api-key {KEY}"), {}, upstream="a", secrets=(KEY,))
     assert KEY not in e.message and e.status_code == 502 and e.code == "upstream_auth_failed"  # not the client's 401
 
 
@@ -515,6 +515,37 @@ async def test_fake_empty_200_stream_is_unavailable(fake: Callable[[Handler], An
     backend = await fake(handler)
     with pytest.raises(UpstreamUnavailable):
         await backend.chat_stream(req(stream=True), CallContext())
+
+
+TENANT_TOKEN = "tenant-credential-7f3a9c2e"  # no key's shape: only scrubbing by value takes it out
+
+
+@pytest.mark.parametrize("where", ["http_error", "error_envelope", "event_before_text", "event_after_text"])
+async def test_an_upstream_echoing_a_configured_header_value_never_shows_it(fake: Callable[[Handler], Any],
+                                                                           where: str) -> None:
+    """A custom auth header from the config's `headers`, quoted back by the upstream in an error, in each
+    place an error can come from: an HTTP error body, a 200 error envelope, an `event: error` before the
+    first text (an HTTP error) or after it (raised from the stream)."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        echoed = f"x-tenant-token {request.headers['x-tenant-token']} is not a tenant of this organization"
+        error = {"type": "error", "error": {"type": "invalid_request_error", "message": echoed}}
+        if where == "http_error":
+            return web.Response(status=400, body=orjson.dumps(error), content_type="application/json")
+        if where == "error_envelope":
+            return web.json_response(error)
+        text = [_sse(n, d) for n, d in _text_events()[:4]] if where == "event_after_text" else []
+        return await _stream_reply(request, [*text, _sse("error", error)])
+
+    backend = await fake(handler, headers={"x-tenant-token": TENANT_TOKEN})
+    calls = {"http_error": [backend.chat, backend.chat_stream], "error_envelope": [backend.chat]}.get(
+        where, [backend.chat_stream])
+    for call in calls:
+        with pytest.raises(UpstreamError) as e:
+            stream = await call(req(stream=call == backend.chat_stream), CallContext())
+            async for _ in stream:
+                pass
+        shown = f"{e.value.message} {e.value.body()}"
+        assert TENANT_TOKEN not in shown and "x-tenant-token *** is not a tenant" in e.value.message, shown
 
 
 async def test_completions_are_refused_and_lifecycle(fake: Callable[[Handler], Any]) -> None:

@@ -15,6 +15,7 @@ from backends.contract.priority import Priority
 from gateway import concurrency
 from gateway.concurrency import ConcurrencyLimiter, Hold, RedisConcurrency, WaitedTooLong, concurrency_limiter
 from tests.redis_env import fresh_redis
+from tests.waiting import wait_until_async
 
 I, N, B = Priority.INTERACTIVE, Priority.NEAR_REAL_TIME, Priority.BATCH
 
@@ -65,11 +66,9 @@ async def test_waiters_go_by_class_then_arrival_and_one_that_leaves_is_skipped(l
     await asyncio.sleep(0.1)
     holder.release()
     for expected in ("inter", "nrt1", "nrt2", "batch"):
-        for _ in range(100):
-            if order and order[-1] == expected:
-                break
-            await asyncio.sleep(0.02)
-        assert order[-1] == expected, order
+        # Until the next one is granted (the one that left, should Redis still list it, expires in WAIT_TTL_MS).
+        await wait_until_async(lambda: bool(order) and order[-1] == expected, timeout=10,
+                               what=f"{expected} granted next")
         holds[expected].release()
     assert order == ["inter", "nrt1", "nrt2", "batch"]
 

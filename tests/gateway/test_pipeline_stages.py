@@ -214,6 +214,33 @@ async def test_a_route_rate_limit_refuses_the_request_beyond_it_with_its_headers
     assert int(err.value.headers["Retry-After"]) >= 1 and len(backend.calls) == 1
 
 
+async def test_a_request_naming_no_max_tokens_reserves_usage_default_max_tokens_on_every_tpm(
+        svc: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One default for every TPM reservation: the route's limit and the deployment's cap both hold the prompt
+    plus usage.default_max_tokens times n (a request's own max_tokens wins, in both)."""
+    backend = Scripted()
+    config = GatewayConfig.model_validate({"usage": {"default_max_tokens": 300}})
+    dep = Deployment(DeploymentConfig(name="fake", provider="p", model="m", tpm=1_000_000), backend,
+                     CircuitBreaker(config.breaker))
+    r = Route(RouteConfig(name="r", deployments=["fake"], rate_limit={"tpm": 1_000_000}), [dep])
+    rt = Runtime(config=config, version=1, routes={"r": r}, route_list=[r], deployments={"fake": dep},
+                 backends={"fake": backend}, pools={})
+    taken: dict[str, int] = {}
+    acquire = svc.limiter.acquire
+
+    async def recorded(subject: str, spec: Any, tokens: int) -> Any:
+        taken[subject] = tokens
+        return await acquire(subject, spec, tokens)
+
+    monkeypatch.setattr(svc.limiter, "acquire", recorded)
+    for extra, generated in (({"n": 2}, 2 * 300), ({"max_tokens": 40}, 40)):
+        taken.clear()
+        assert (await serve(svc, rt, call(chat(**extra)))).status_code == 200
+        assert set(taken) == {"route:r", "dep:fake"} and taken["route:r"] == taken["dep:fake"], taken
+        prompt = taken["route:r"] - generated
+        assert 0 < prompt < 20, taken  # "hi", counted
+
+
 async def test_a_client_error_from_the_backend_is_the_clients_and_never_a_failover(svc: Services) -> None:
     backend = Scripted(fail=UpstreamError("bad request", status_code=400))
     rt = runtime(backend)

@@ -108,6 +108,19 @@ def test_redis_degrades_without_unreadying() -> None:
     assert assess_readiness(rt, {"state": "disabled"}).status == "ready"
 
 
+def test_the_cache_redis_is_shown_and_degrades_without_unreadying() -> None:
+    rt = runtime([], [Stub("gpt")], [{"name": "chat", "deployments": ["gpt"]}])
+    down = {"state": "degraded", "errors": 2, "last_error": "ConnectionError"}
+    report = assess_readiness(rt, REDIS_OK, down)
+    assert (report.status, report.not_ready, report.degraded) == ("degraded", [], ["cache_redis"])
+    assert report.body()["redis"] == REDIS_OK and report.body()["cache_redis"] == down
+    both = assess_readiness(rt, down, down)
+    assert (both.status, both.degraded) == ("degraded", ["redis", "cache_redis"])
+    fine = assess_readiness(rt, REDIS_OK, {"state": "ok", "errors": 0})
+    assert fine.status == "ready" and fine.body()["cache_redis"]["state"] == "ok"
+    assert "cache_redis" not in assess_readiness(rt, REDIS_OK).body(), "no cache_url: the cache shares redis"
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0

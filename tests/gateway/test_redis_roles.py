@@ -204,6 +204,10 @@ def _keys(url: str, prefix: str) -> list[str]:
         return sorted(k.decode() for k in r.scan_iter(match=f"{prefix}*"))
 
 
+def _ready(gw: GatewayProcess) -> httpx.Response:
+    return httpx.get(f"{gw.root_url}/ready", headers={"Authorization": f"Bearer {MASTER}"}, timeout=5)
+
+
 def _chat(gw: GatewayProcess, key: str, text: str) -> httpx.Response:
     return httpx.post(f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=10,
                       json={"model": "chat", "temperature": 0, "messages": [{"role": "user", "content": text}]})
@@ -219,7 +223,8 @@ def test_the_cache_on_its_own_redis_keys_and_usage_on_the_durable_one(
     sims.reset()
     prefix = unique_prefix()
     config: dict[str, Any] = {
-        "redis": {"url": durable.url, "cache_url": "${ROLES_CACHE_URL}", "prefix": prefix, "timeout_s": 0.2},
+        "redis": {"url": durable.url, "cache_url": "${ROLES_CACHE_URL}", "prefix": prefix, "timeout_s": 0.2,
+                  "degraded_for_s": 2},
         "usage": {"flush_interval_s": 0.2},
         "providers": {"gpt": {"kind": "openai", "base_url": f"{sims.gpt.url}/v1", "api_key": "${SIM_OPENAI_KEY}"}},
         "deployments": [{"name": "gpt", "provider": "gpt", "model": "sim-model", "card": "gpt-4o-mini"}],
@@ -246,20 +251,38 @@ def test_the_cache_on_its_own_redis_keys_and_usage_on_the_durable_one(
             kept = _keys(durable.url, prefix)
             assert any(k.startswith(f"{prefix}key:") for k in kept), kept
             assert not [k for k in kept if k.startswith(f"{prefix}cache:")], kept
+            ready = _ready(gw)
+            assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
+            assert ready.json()["redis"]["state"] == "ok" and ready.json()["cache_redis"]["state"] == "ok"
             # The cache's Redis dies: requests are served uncached (as with a shared Redis down), keys still
-            # work, and the durable Redis is not reported degraded for it.
+            # work, and the durable Redis is not reported degraded for it. /ready stays 200 and says which.
             cache.stop()
             for text in ("where do you live?", "and after the outage?"):
                 r = _chat(gw, key, text)
                 assert r.status_code == 200 and r.headers["x-gateway-cache"] == "miss", (r.status_code, r.text)
             assert "cache redis unavailable" in gw.logs(None)
-            ready = httpx.get(f"{gw.root_url}/ready", headers={"Authorization": f"Bearer {MASTER}"}, timeout=5).json()
-            assert ready["redis"]["state"] == "ok", ready["redis"]
-            # ... and comes back: the cache works again.
+            ready = _ready(gw)
+            body = ready.json()
+            assert ready.status_code == 200 and body["status"] == "degraded", ready.text
+            assert body["degraded"] == ["cache_redis"] and body["redis"]["state"] == "ok", body
+            assert body["cache_redis"]["state"] == "degraded" and body["cache_redis"]["errors"] >= 2, body
+            assert body["cache_redis"]["last_error"] == "ConnectionError", body
+            # ... and comes back: the cache works again, and /ready says so once the errors are old.
             cache.start()
             _chat(gw, key, "back again")
             wait_until(lambda: _chat(gw, key, "back again").headers["x-gateway-cache"] == "hit",
                        what="the cache working again once its Redis is back")
+            wait_until(lambda: _ready(gw).json()["status"] == "ready", what="/ready ready again")
+            # The durable Redis dies: as without a cache of its own, degraded and still 200 (keys are
+            # remembered, limits fail open); the cache's server is not blamed for it.
+            durable.stop()
+            assert _chat(gw, key, "while the durable one is down").status_code == 200  # the key is remembered
+            wait_until(lambda: _ready(gw).json()["redis"]["state"] == "degraded",
+                       what="the usage flush finding the durable Redis down")
+            ready = _ready(gw)
+            body = ready.json()
+            assert ready.status_code == 200 and body["degraded"] == ["redis"], ready.text
+            assert body["cache_redis"]["state"] == "ok", body
     finally:
         sims.reset()
 

@@ -18,7 +18,7 @@ from tests.redis_env import require_redis, unique_prefix
 from tests.routing_env import Sims, sims  # noqa: F401  (fixtures)
 from tests.server import GatewayProcess
 from tests.sim import Fault
-from tests.waiting import wait_until
+from tests.waiting import wait_until, wait_until_async
 
 pytestmark = pytest.mark.process
 
@@ -75,12 +75,15 @@ def client(g: GatewayProcess, key: str) -> openai.AsyncOpenAI:
 
 
 async def streamed(c: openai.AsyncOpenAI, model: str, started: float, priority: str | None = None,
-                   max_tokens: int = 4) -> tuple[float, float, str]:
-    """(seconds to the first chunk, to the last, the class the gateway used), from `started`."""
+                   max_tokens: int = 4, opened: asyncio.Event | None = None) -> tuple[float, float, str]:
+    """(seconds to the first chunk, to the last, the class the gateway used), from `started`. `opened` is set
+    once the response has begun: the request was admitted, so it holds its places until its last chunk."""
     raw = await c.chat.completions.with_raw_response.create(
         model=model, messages=MESSAGES, stream=True, max_tokens=max_tokens,
         extra_headers={HEADER: priority} if priority else None)
     first = time.monotonic() - started
+    if opened is not None:
+        opened.set()
     async for _ in raw.parse():
         pass
     return first, time.monotonic() - started, raw.headers.get(HEADER, "")
@@ -91,6 +94,22 @@ async def until(predicate: Any, what: str, timeout: float = 20) -> None:
     while not predicate():
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.05)
+
+
+async def holding(c: openai.AsyncOpenAI, model: str, started: float, count: int,
+                  max_tokens: int) -> list[asyncio.Future]:
+    """`count` streams, returned once every one has been admitted and holds its places (the key's, the
+    route's): a wait for that state, not for a time a loaded machine may need more than. A stream that
+    fails or ends first fails the test."""
+    opened = [asyncio.Event() for _ in range(count)]
+    streams = [asyncio.ensure_future(streamed(c, model, started, max_tokens=max_tokens, opened=e)) for e in opened]
+    await wait_until_async(lambda: all(e.is_set() for e in opened) or any(s.done() for s in streams),
+                           what=f"{count} streams admitted")
+    for s in streams:
+        if s.done():
+            s.result()  # its error, if it failed
+            raise AssertionError("a held stream ended before the others were admitted")
+    return streams
 
 
 def test_one_tenant_s_queue_does_not_hold_up_another(replicas) -> None:
@@ -163,8 +182,7 @@ def test_a_key_s_concurrency_limit_holds_across_replicas(replicas) -> None:
 
     async def go() -> tuple[list[tuple[float, float, str]], float, tuple[float, float, str], float]:
         t0 = time.monotonic()
-        held = [asyncio.ensure_future(streamed(first, "chat", t0, max_tokens=6)) for _ in range(2)]
-        await asyncio.sleep(0.5)  # both streams running on replica one
+        held = await holding(first, "chat", t0, 2, max_tokens=10)  # both streams running on replica one
         refused_at = time.monotonic()
         with pytest.raises(openai.RateLimitError) as err:
             await second.chat.completions.create(model="chat-short", messages=MESSAGES, max_tokens=1)
@@ -192,8 +210,7 @@ def test_a_route_s_concurrency_limit_holds_across_replicas(replicas) -> None:
 
     async def go() -> None:
         t0 = time.monotonic()
-        running = asyncio.ensure_future(streamed(a, "solo", t0, max_tokens=6))
-        await asyncio.sleep(0.5)
+        (running,) = await holding(a, "solo", t0, 1, max_tokens=10)
         with pytest.raises(openai.RateLimitError) as err:
             await b.chat.completions.create(model="solo", messages=MESSAGES, max_tokens=1)
         assert err.value.code == "concurrency_limit_exceeded" and "this model" in err.value.message

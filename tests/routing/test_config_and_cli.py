@@ -47,6 +47,71 @@ def test_errors_are_line_numbered(text: str, needle: str) -> None:
     assert any(p.startswith(needle) for p in err.value.problems), err.value.problems
 
 
+# A schema error in one route and one provider, and dangling references elsewhere: all in one round. What
+# names a part that failed the schema (the provider `odd`, the route `one`) is not reported again.
+BOTH_KINDS = """\
+providers:
+  up: {kind: openai, base_url: 'http://127.0.0.1:1/v1'}
+  odd: {kind: nope, base_url: 'http://127.0.0.1:1/v1'}
+deployments:
+  - {name: a, provider: up, model: m}
+  - {name: b, provider: ghost, model: m}
+  - {name: c, provider: odd, model: m}
+routes:
+  - name: one
+    deployments: [a]
+    timeouts: {queue_s: -1}
+  - name: two
+    deployments: [a, missing, c]
+  - name: three
+    deployments: [b]
+    rules:
+      - {when: {header: {x: y}}, route: one}
+      - {when: {header: {x: z}}, route: nowhere}
+"""
+BOTH_KINDS_PROBLEMS = [
+    "{f}:3: providers.odd.kind: Input should be 'openai', 'vllm', 'anthropic' or 'azure'",
+    "{f}:6: deployments[1].provider: no provider 'ghost' (known: odd, up, local)",
+    "{f}:11: routes[0].timeouts.queue_s: Input should be greater than 0",
+    "{f}:13: routes[1].deployments[1]: no deployment named 'missing'",
+    "{f}:18: routes[2].rules[1].route: no route named 'nowhere'",  # routes[2] of the file, [1] of what passed
+]
+
+
+def test_schema_and_cross_reference_problems_come_in_one_round_in_the_file_s_order() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(BOTH_KINDS, "<t>")
+    assert err.value.problems == [p.format(f="<t>") for p in BOTH_KINDS_PROBLEMS]
+
+
+def test_a_whole_section_that_fails_the_schema_stands_for_every_name_in_it() -> None:
+    text = ("providers: [up]\n"  # a list, not a mapping: no provider is known, so none is called missing
+            "deployments:\n  - {name: a, provider: up, model: m}\n"
+            "routes:\n  - {name: r, deployments: [a, nope]}\n"
+            "server: {port: -1}\n")
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "<t>")
+    assert [p.split(": ", 2)[:2] for p in err.value.problems] == [
+        ["<t>:1", "providers"], ["<t>:5", "routes[0].deployments[1]"], ["<t>:6", "server.port"]]
+    with pytest.raises(ConfigError) as err:  # nor do the embedded default models stand in for it
+        parse_config("models: 5\n", "<t>", known_cards={"qwen"})
+    assert [p.split(": ", 2)[:2] for p in err.value.problems] == [["<t>:1", "models"]]
+
+
+def test_parts_left_out_neither_bring_back_the_default_models_nor_look_missing() -> None:
+    """Every deployment and route left out: the embedded default models do not come back to be checked
+    (this file names none). A model left out is still there for the deployment that names it."""
+    text = ("deployments:\n  - {name: d, provider: local, model: gemma-3-270m, weight: -1}\n"
+            "routes:\n  - {name: r, deployments: [d], colour: red}\n")
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "<t>", known_cards={"qwen"})
+    assert [p.split(": ", 2)[:2] for p in err.value.problems] == [["<t>:2", "deployments[0].weight"],
+                                                                  ["<t>:4", "routes[0].colour"]]
+    with pytest.raises(ConfigError) as err:
+        parse_config("models:\n  - {card: gemma-3-270m, n_ctx: -1}\n" + text.replace(", weight: -1", ""), "<t>")
+    assert [p.split(": ", 2)[1] for p in err.value.problems] == ["models[0].n_ctx", "routes[0].colour"]
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
@@ -94,6 +159,22 @@ def test_check_reports_everything_at_once_as_text_or_json(tmp_path: Path) -> Non
     strict = cli("check", str(cfg), "--strict", "--json")
     assert strict.returncode == 2 and json.loads(strict.stdout)["ok"] is False
     assert json.loads(cli("check", str(cfg), "--json").stdout)["summary"]["providers"] == 1
+
+
+@pytest.mark.process
+def test_check_and_serve_report_schema_and_cross_reference_problems_together(tmp_path: Path) -> None:
+    import json
+
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(BOTH_KINDS)
+    expected = [p.format(f=cfg) for p in BOTH_KINDS_PROBLEMS]
+    r = cli("check", str(cfg), "--json")
+    report = json.loads(r.stdout)
+    assert r.returncode == 2 and report["ok"] is False and report["errors"] == expected, r.stdout
+    r = cli("check", str(cfg))
+    assert r.returncode == 2 and r.stderr.splitlines() == expected, r.stderr
+    r = cli("serve", "--config", str(cfg))
+    assert r.returncode == 2 and r.stderr.splitlines() == expected, r.stderr
 
 
 @pytest.mark.process

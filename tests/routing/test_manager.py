@@ -68,6 +68,18 @@ async def test_a_bad_reload_is_refused_with_line_numbers_and_the_old_config_serv
     assert manager.last_reload == result
 
 
+async def test_a_reload_is_refused_with_schema_and_cross_reference_problems_at_once(manager: RuntimeManager) -> None:
+    """One refusal lists both: a bad field in one route, a dangling reference in another, by line."""
+    text = CONFIG.replace("  - {name: r, deployments: [a, b]}",
+                          "  - {name: r, deployments: [a, b], retry: {max_attempts: 0}}\n"
+                          "  - {name: r2, deployments: [a, nope]}")
+    result = await manager.reload(text)
+    assert not result["ok"] and manager.current.version == 1
+    assert [p.split(": ", 2)[:2] for p in result["problems"]] == [
+        ["<config>:12", "routes[0].retry.max_attempts"], ["<config>:13", "routes[1].deployments[1]"]]
+    assert "no deployment named 'nope'" in result["problems"][1]
+
+
 async def test_a_reload_without_a_file_is_refused(manager: RuntimeManager) -> None:
     result = await manager.reload()
     assert not result["ok"] and "started without --config" in result["problems"][0]

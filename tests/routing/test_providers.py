@@ -118,3 +118,40 @@ def test_admin_api_needs_the_admin_key_and_masks_secrets(gw: GatewayProcess) -> 
     assert set(deps["a"]) >= {"breaker", "healthy", "ewma_ttft_ms", "in_flight"}
     logs = gw.logs()
     assert OPENAI_KEY not in logs and ANTHROPIC_KEY not in logs
+
+
+TENANT_TOKEN = "tenant-credential-7f3a9c2e"  # no key's shape: only scrubbing by value takes it out
+
+
+def test_an_anthropic_upstream_echoing_a_configured_header_leaks_it_nowhere(sims: Sims) -> None:  # noqa: F811
+    """A custom auth header (the provider's `headers`, a `${...}` reference) quoted back by Anthropic in an
+    error (an HTTP 400, an in-stream error event, a 500, which the gateway logs): neither the client, the log
+    nor the admin API sees it."""
+    sims.reset()
+    cfg = {"models": [],
+           "providers": {"claude": {"kind": "anthropic", "base_url": sims.claude.url, "api_key": "${SIM_ANTHROPIC_KEY}",
+                                    "headers": {"x-tenant-token": "${SIM_TENANT_TOKEN}"}}},
+           "deployments": [{"name": "claude", "provider": "claude", "model": "claude-haiku-4-5"}],
+           "routes": [{"name": "claude", "deployments": ["claude"], "retry": {"max_attempts": 1}}],
+           "health_checks": {"interval_s": 5}, "batches": {"enabled": False}}
+    env = {"SIM_ANTHROPIC_KEY": ANTHROPIC_KEY, "SIM_TENANT_TOKEN": TENANT_TOKEN, "LLM_GATEWAY_ADMIN_KEY": ADMIN_KEY}
+    with GatewayProcess(cfg, env=env) as g:
+        sims.claude.add_fault(Fault.status(400, message=f"x-tenant-token {TENANT_TOKEN} is not a tenant here"))
+        with pytest.raises(openai.BadRequestError) as err:
+            sdk(g).chat.completions.create(model="claude", messages=MSGS)
+        assert "x-tenant-token *** is not a tenant here" in err.value.message
+        assert TENANT_TOKEN not in err.value.response.text
+        assert last(sims.claude).headers["x-tenant-token"] == TENANT_TOKEN, "it was sent"
+        sims.claude.add_fault(Fault.in_band_error(after_chunks=2, message=f"tenant {TENANT_TOKEN} is over its quota"))
+        streamed = httpx.post(f"{g.base_url}/chat/completions", timeout=30,
+                              json={"model": "claude", "messages": MSGS, "stream": True})
+        assert "tenant *** is over its quota" in streamed.text and TENANT_TOKEN not in streamed.text, streamed.text
+        sims.claude.add_fault(Fault.status(500, message=f"no tenant {TENANT_TOKEN} on this shard"))  # logged too
+        failed = httpx.post(f"{g.base_url}/chat/completions", timeout=30, json={"model": "claude", "messages": MSGS})
+        assert failed.status_code == 500 and failed.json()["error"]["message"] == "no tenant *** on this shard"
+        for path in ("/config", "/deployments"):
+            shown = admin(g, "GET", path)
+            assert shown.status_code == 200 and TENANT_TOKEN not in shown.text, shown.text
+        logs = g.logs(None)
+        assert "no tenant *** on this shard" in logs and TENANT_TOKEN not in logs, logs[-3000:]
+    sims.reset()
