@@ -439,11 +439,13 @@ def test_kustomize_build_stops_without_secrets_env(kubectl: str, k8s_tree: Path,
 @pytest.mark.parametrize("overlay", OVERLAY_CONFIG)
 def test_configmap_embeds_the_config_byte_for_byte(built: dict, overlay: str) -> None:
     docs = built[overlay]
-    config_map = _generated(docs, "ConfigMap", CONFIG_MAP)
+    # A fixed name (no content hash): `kubectl apply -k` updates it in place and the pods hot-reload it.
+    config_map = _find(docs, "ConfigMap", CONFIG_MAP)
     assert set(config_map["data"]) == {"gateway.yaml"}
     expected = (CONFIGS / OVERLAY_CONFIG[overlay]).read_bytes()
     assert config_map["data"]["gateway.yaml"].encode("utf-8") == expected
-    # ... and the gateway mounts that ConfigMap (hashed name) at /etc/llm-gateway/gateway.yaml.
+    # ... and the gateway mounts that ConfigMap at /etc/llm-gateway/gateway.yaml, as a folder (a subPath mount
+    # never sees an update).
     gateway = _find(docs, "Deployment", "llm-gateway")
     pod = gateway["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -452,8 +454,8 @@ def test_configmap_embeds_the_config_byte_for_byte(built: dict, overlay: str) ->
               if volumes[m["name"]].get("configMap", {}).get("name") == config_map["metadata"]["name"]]
     assert len(mounts) == 1
     mount = mounts[0]
-    assert mount.get("readOnly") is True
-    path = Path(mount["mountPath"]) / mount.get("subPath", "gateway.yaml")
+    assert mount.get("readOnly") is True and "subPath" not in mount
+    path = Path(mount["mountPath"]) / "gateway.yaml"
     assert str(path) == "/etc/llm-gateway/gateway.yaml"
     args = container["args"]
     assert args[args.index("--config") + 1] == "/etc/llm-gateway/gateway.yaml"

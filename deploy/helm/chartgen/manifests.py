@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 GENERATED = re.compile(r"(?P<name>.+)-[a-z0-9]{10}")  # kustomize's content-hash suffix
+# Generated without that suffix (`disableNameSuffixHash`, so that an edit updates it in place): the config.
+UNHASHED = re.compile(r"(?P<name>llm-gateway-config)")
 FULL = "chart-source"  # the kustomization, in the copy, that adds every component to overlays/gpu
 
 
@@ -86,7 +88,7 @@ def _split(docs: list[dict[str, Any]]) -> Build:
     names: dict[str, str] = {}
     build = Build(docs=[])
     for doc in docs:
-        m = GENERATED.fullmatch(doc["metadata"]["name"])
+        m = GENERATED.fullmatch(doc["metadata"]["name"]) or UNHASHED.fullmatch(doc["metadata"]["name"])
         if doc["kind"] in ("ConfigMap", "Secret") and m:
             names[doc["metadata"]["name"]] = m.group("name")
             if doc["kind"] == "ConfigMap":
