@@ -17,13 +17,11 @@ from typing import Any
 
 import orjson
 
-from backends.llamacpp.installed import engine_problem
 from backends.model_cards import ModelCard, ModelCardError, load_cards
-from backends.weights import weights_problem
 from routing.config import ConfigError, GatewayConfig
 from routing.config_checks import missing_secrets
 from routing.config_file import load_config, read_config_text
-from routing.yaml_lines import compose, line_of
+from routing.local_models import local_model_problems
 
 
 def add_parser(sub: Any) -> None:
@@ -49,18 +47,8 @@ def cards_for(file: str) -> dict[str, ModelCard]:
 
 
 def local_model_errors(file: str, config: GatewayConfig, cards: dict[str, ModelCard]) -> list[str]:
-    """A line per local model that `serve` could not start: no llama.cpp in this install (the `local`
-    extra), else weights it could not find."""
-    root = compose(read_config_text(file)) if Path(file).is_file() else None
-    out = []
-    for i, model in enumerate(config.models):
-        card = cards.get(model.card)
-        problem = engine_problem(model.card)
-        if problem is None and card is not None:
-            problem = weights_problem(card, model.model_path)
-        if problem:
-            out.append(f"{file}:{line_of(root, ('models', i)) or '?'}: models[{i}]: {problem}")
-    return out
+    """A line per local model that `serve` could not start (routing.local_models)."""
+    return local_model_problems(config, cards, read_config_text(file) if Path(file).is_file() else None, file)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from backends.model_cards import ModelCard
 from routing.config import ConfigError, GatewayConfig, ServerConfig
 from routing.config_checks import missing_secrets
 from routing.config_file import parse_config, read_config_text
+from routing.local_models import local_model_problems
 from routing.runtime import Runtime, build_runtime, retire, start_backends
 
 log = logging.getLogger("llm_gateway.routing")
@@ -83,6 +84,11 @@ class RuntimeManager:
                     text = await asyncio.to_thread(read_config_text, self.config_path)
                 config = parse_config(text, source, known_cards=set(self.cards))
                 self._refuse_emptying(text, source)
+                # A local model this install cannot start (no llama.cpp, weights not here) is refused now,
+                # at its line, rather than failing in its engine after the swap.
+                problems = await asyncio.to_thread(local_model_problems, config, self.cards, text, source)
+                if problems:
+                    raise ConfigError(source, problems)
             except ConfigError as exc:
                 return self._refused(exc.problems)
             except Exception as exc:  # a bug must not take reloading down with it: refuse, keep serving

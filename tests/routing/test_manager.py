@@ -11,6 +11,7 @@ from backends.llamacpp.control import LocalControl
 from backends.model_cards import load_cards
 from routing.config_file import parse_config
 from routing.manager import RuntimeManager
+from tests.import_blocker import blocking
 
 CONFIG = """\
 providers:
@@ -78,6 +79,26 @@ async def test_a_reload_is_refused_with_schema_and_cross_reference_problems_at_o
     assert [p.split(": ", 2)[:2] for p in result["problems"]] == [
         ["<config>:12", "routes[0].retry.max_attempts"], ["<config>:13", "routes[1].deployments[1]"]]
     assert "no deployment named 'nope'" in result["problems"][1]
+
+
+async def test_a_reload_adding_a_local_model_whose_weights_are_not_here_is_refused_at_its_line(
+        manager: RuntimeManager, tmp_path) -> None:
+    missing = tmp_path / "nowhere.gguf"
+    result = await manager.reload(f"models:\n  - card: smollm2-135m-instruct\n    model_path: {missing}\n" + CONFIG)
+    assert not result["ok"] and manager.current.version == 1
+    assert result["problems"] == [f"<config>:2: models[0]: model_path {missing} does not exist"]
+
+
+async def test_a_reload_adding_a_local_model_on_a_remote_only_install_is_refused_at_its_line(
+        manager: RuntimeManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without llama.cpp (the `local` extra) the new model could never start: refused before the swap, with
+    the way out, and the remote routes keep serving."""
+    blocking(monkeypatch)
+    result = await manager.reload("models:\n  - card: smollm2-135m-instruct\n" + CONFIG)
+    assert not result["ok"] and manager.current.version == 1 and "r" in manager.current.routes
+    (problem,) = result["problems"]
+    assert problem.startswith("<config>:2: models[0]: local model 'smollm2-135m-instruct' needs llama.cpp"), problem
+    assert "pip install 'llm-gateway-server[local]'" in problem
 
 
 async def test_a_reload_without_a_file_is_refused(manager: RuntimeManager) -> None:
