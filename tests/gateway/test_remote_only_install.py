@@ -20,6 +20,7 @@ import yaml
 from tests.import_blocker import LOCAL_ONLY, MARK, blocked_env
 from tests.server import ROOT, GatewayProcess, free_port
 from tests.sim import AnthropicSim, AzureSim, OpenAISim, VLLMSim, canonical_reply
+from tests.sim.faults import Fault
 
 pytestmark = pytest.mark.process
 
@@ -170,3 +171,27 @@ def test_serve_says_so_when_the_weights_cache_cannot_be_written(tmp_path: Path) 
     line = one_error_line(cli(env, "serve", "--port", str(free_port())))
     assert line.startswith(f"error: gemma-3-270m: cannot build its GGUF in {not_a_dir / 'models'}"), line
     assert "LLM_GATEWAY_MODELS_DIR" in line, line
+
+
+def test_the_shipped_remote_only_config_serves_and_fails_over_without_the_local_extra(
+        blocked: dict[str, str], upstreams: dict[str, Any]) -> None:
+    """deploy/configs/remote-only.yaml, as the README tells a remote-only install to run it: the providers' base
+    URLs come from OPENAI_BASE_URL / ANTHROPIC_BASE_URL (here the simulators), OpenAI answers, and when it fails
+    Anthropic does, under the same model name."""
+    config = yaml.safe_load((ROOT / "deploy" / "configs" / "remote-only.yaml").read_text(encoding="utf-8"))
+    env = {**blocked, "OPENAI_BASE_URL": f"{upstreams['openai'].url}/v1", "OPENAI_API_KEY": KEYS["SIM_OPENAI_KEY"],
+           "ANTHROPIC_BASE_URL": upstreams["anthropic"].url, "ANTHROPIC_API_KEY": KEYS["SIM_ANTHROPIC_KEY"]}
+    assert cli(env, "check", str(ROOT / "deploy" / "configs" / "remote-only.yaml"), "--strict").returncode == 0
+    with GatewayProcess(config, env=env, ready_timeout=60) as gw:
+        client = openai.OpenAI(base_url=gw.base_url, api_key="unused", max_retries=0, timeout=30)
+        messages = [{"role": "user", "content": "Hello from the shipped remote-only config"}]
+        first = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
+        assert first.headers["x-gateway-deployment"] == "gpt-4o-mini"
+        assert first.parse().choices[0].message.content == canonical_reply(messages)
+        upstreams["openai"].set_fault(Fault.status(503))
+        second = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
+        assert second.headers["x-gateway-deployment"] == "claude-haiku"
+        assert second.parse().choices[0].message.content == canonical_reply(messages)
+        assert upstreams["anthropic"].count("/v1/messages") == 1
+        logs = gw.logs(tail=None)
+    assert MARK not in logs, "something tried to import a module of the `local` extra"
