@@ -31,5 +31,6 @@ def engine_problem(model: str, where: str = "") -> str | None:
         return None
     origin = f" ({where})" if where else ""
     return (f"local model '{model}'{origin} needs llama.cpp, which this install lacks (llama-cpp-python, the "
-            f"`local` extra): pip install '{LOCAL_EXTRA}', or serve a config (--config FILE) whose deployments "
+            f"`local` extra): pip install '{LOCAL_EXTRA}' (in a checkout: make serve, or deploy/install-llama-cpp.sh "
+            f"PYTHON then pip install '.[local]'), or serve a config (--config FILE) whose deployments "
             f"are all remote (kinds {REMOTE_KINDS})")
