@@ -106,4 +106,7 @@ def vocab_only(path: Path) -> Any:
     """The model's tokenizer and metadata, without its weights."""
     from llama_cpp import Llama
 
+    from backends.llamacpp.sysinfo import relay_llama_log
+
+    relay_llama_log()
     return Llama(model_path=str(path), vocab_only=True, verbose=False)

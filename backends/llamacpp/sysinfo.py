@@ -64,6 +64,56 @@ def system_info() -> dict[str, Any]:
     return {"cpu": cpu(), "llama_cpp": {"version": llama_cpp.__version__, "features": build_features()}}
 
 
+# llama.cpp warnings that report nothing wrong with the models and settings this gateway serves, each for a
+# reason; they go to the log at INFO, so that a warning in it means something. Anything else stays a warning.
+_BENIGN = (
+    # n_ctx is capped at the card's context_length (a GGUF without one says 0; an embedding engine's context
+    # holds several inputs, each refused beyond the model's own limit before it reaches the engine).
+    re.compile(r"n_ctx_seq \(\d+\) > n_ctx_train \(\d+\)"),
+    # Gemma's tokenizer metadata marks some control tokens as normal ones; llama.cpp corrects their type itself.
+    re.compile(r"control-looking token: .* was not control-type"),
+    # A sliding-window model's cache kept at full size: more memory, the same output.
+    re.compile(r"using full-size SWA cache"),
+)
+
+
+def log_level_for(level: int, line: str) -> int | None:
+    """The level a llama.cpp log line gets in our log: None for its info and debug chatter (and blank lines),
+    INFO for a known-benign warning, else WARNING or ERROR as llama.cpp said."""
+    line = line.strip()
+    if level not in (3, 4) or not line:  # GGML_LOG_LEVEL_WARN, _ERROR (ggml.h)
+        return None
+    if level == 3 and any(p.search(line) for p in _BENIGN):
+        return logging.INFO
+    return logging.WARNING if level == 3 else logging.ERROR
+
+
+def relay(level: int, line: str) -> None:
+    """Pass one llama.cpp log line on to our log, at the level `log_level_for` gives it."""
+    ours = log_level_for(level, line)
+    if ours is not None:
+        log.log(ours, "llama.cpp: %s", line.strip())
+
+
+_relay_callback: Any = None  # the ctypes thunk, alive as long as llama.cpp may call it
+
+
+def relay_llama_log() -> None:
+    """Send this process's llama.cpp log through `relay` (once): the gateway process loads tokenizers
+    (vocab only), and `verbose=False` leaves some of llama.cpp's lines on stderr, outside our log's format."""
+    global _relay_callback
+    if _relay_callback is not None:
+        return
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        relay(level, text.decode("utf-8", errors="replace"))
+
+    _relay_callback = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
 class LoadLog:
     """Captures llama.cpp's log while a model loads, to learn which buffer types hold its weights.
 
@@ -81,8 +131,7 @@ class LoadLog:
             line = text.decode("utf-8", errors="replace")
             if len(self.lines) < 2000:
                 self.lines.append(line)
-            if level in (3, 4) and line.strip():  # GGML_LOG_LEVEL_WARN, _ERROR (ggml.h)
-                log.warning("llama.cpp: %s", line.strip())
+            relay(level, line)
 
         self._callback = callback  # keep the ctypes thunk alive as long as llama.cpp may call it
         llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
