@@ -46,9 +46,19 @@ def cards_for(file: str) -> dict[str, ModelCard]:
     return load_cards(Path(config.server.model_cards_dir)) if config.server.model_cards_dir else cards
 
 
-def local_model_errors(file: str, config: GatewayConfig, cards: dict[str, ModelCard]) -> list[str]:
+def local_model_errors(file: str, config: GatewayConfig, cards: dict[str, ModelCard],
+                       model_index: list[int] | None = None) -> list[str]:
     """A line per local model that `serve` could not start (routing.local_models)."""
-    return local_model_problems(config, cards, read_config_text(file) if Path(file).is_file() else None, file)
+    text = read_config_text(file) if Path(file).is_file() else None
+    return local_model_problems(config, cards, text, file, model_index)
+
+
+def by_line(errors: list[str]) -> list[str]:
+    """`file:line: ...` lines in the order of the file (a stable sort; lines without a number last)."""
+    def line(error: str) -> float:
+        parts = error.split(":", 2)
+        return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else float("inf")
+    return sorted(errors, key=line)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -60,6 +70,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         config = load_config(args.file, known_cards=set(cards))
     except ConfigError as exc:
         errors += exc.problems
+        if exc.usable is not None:  # what did validate is checked against this machine in the same round
+            errors = by_line(errors + local_model_errors(args.file, exc.usable, cards, exc.model_index))
+            warnings += missing_secrets(exc.usable)
     except ModelCardError as exc:
         errors.append(f"model card error: {exc}")
     else:

@@ -104,9 +104,16 @@ def explicit_models(data: dict[str, Any]) -> dict[str, Any]:
 
 
 class ConfigError(ValueError):
-    """A config that cannot be used. `problems` holds one line-numbered message each."""
+    """A config that cannot be used. `problems` holds one line-numbered message each.
 
-    def __init__(self, source: str, problems: list[str]):
+    `usable` is what did validate, when something did (the whole config, or the parts that passed the schema),
+    and `model_index` the file's index of each of its models (None: the same): so that the checks made outside
+    the file (weights, secrets: `llm-gateway check`) still run in the same round."""
+
+    def __init__(self, source: str, problems: list[str], usable: "GatewayConfig | None" = None,
+                 model_index: list[int] | None = None):
         self.source = source
         self.problems = problems
+        self.usable = usable
+        self.model_index = model_index
         super().__init__("\n".join(problems))

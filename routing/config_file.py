@@ -56,10 +56,11 @@ def parse_config(text: str, source: str = "<config>", known_cards: set[str] | No
         if partial is not None:
             problems += [(partial.file_loc(loc), msg)
                          for loc, msg in semantic_problems(partial.config, known_cards, partial.broken)]
-        raise ConfigError(source, _lines(source, root, problems)) from exc
+        raise ConfigError(source, _lines(source, root, problems), partial.config if partial else None,
+                          partial.kept.get("models") if partial else None) from exc
     problems += semantic_problems(config, known_cards)
     if problems:
-        raise ConfigError(source, _lines(source, root, problems))
+        raise ConfigError(source, _lines(source, root, problems), config)
     return config
 
 

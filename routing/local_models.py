@@ -15,12 +15,14 @@ from routing.yaml_lines import compose, line_of
 
 
 def local_model_problems(config: GatewayConfig, cards: dict[str, ModelCard], text: str | None,
-                         source: str) -> list[str]:
+                         source: str, model_index: list[int] | None = None) -> list[str]:
     """A `source:line: models[i]: ...` line per local model that could not start here: no llama.cpp in this
-    install, else weights it could not find (found without building anything)."""
+    install, else weights it could not find (found without building anything). `model_index`: the file's
+    index of each of `config`'s models, when some were left out (ConfigError.model_index)."""
     root = compose(text) if text else None
     out = []
-    for i, model in enumerate(config.models):
+    for n, model in enumerate(config.models):
+        i = model_index[n] if model_index else n
         card = cards.get(model.card)
         problem = engine_problem(model.card)
         if problem is None and card is not None:

@@ -162,6 +162,27 @@ def test_check_reports_everything_at_once_as_text_or_json(tmp_path: Path) -> Non
 
 
 @pytest.mark.process
+def test_check_reports_weights_and_secrets_in_the_round_of_a_schema_error(tmp_path: Path) -> None:
+    """A schema error elsewhere in the file does not hide what only this machine can tell: a local model whose
+    weights are not here (at its line in the file, past a model left out for its own error) and an unset
+    secret, all in one round and in the order of the file."""
+    import json
+
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("models:\n"
+                   "  - card: gemma-3-270m\n    n_ctx: -1\n"  # a schema error: this model is left out
+                   "  - card: smollm2-135m-instruct\n    model_path: /nonexistent/smol.gguf\n"
+                   "providers:\n  up: {kind: openai, base_url: 'http://127.0.0.1:1/v1', api_key: '${NO_SUCH_KEY_VAR}'}\n"
+                   "deployments:\n  - {name: d, provider: up, model: m}\n"
+                   "routes:\n  - {name: r, deployments: [d], retry: {max_attempts: 0}}\n")
+    report = json.loads(cli("check", str(cfg), "--json").stdout)
+    assert [e.split(": ", 2)[:2] for e in report["errors"]] == [
+        [f"{cfg}:3", "models[0].n_ctx"], [f"{cfg}:4", "models[1]"], [f"{cfg}:11", "routes[0].retry.max_attempts"]]
+    assert "model_path /nonexistent/smol.gguf does not exist" in report["errors"][1]
+    assert [w.split(":")[0] for w in report["warnings"]] == ["provider 'up'"]
+
+
+@pytest.mark.process
 def test_check_and_serve_report_schema_and_cross_reference_problems_together(tmp_path: Path) -> None:
     import json
 
