@@ -73,9 +73,12 @@ def line_label(line: dict[str, Any]) -> str:
     return text + (f" + {money(line['per_request_usd'])}/request" if line["per_request_usd"] else "")
 
 
-def break_even_label(b: dict[str, Any], several: bool) -> str:
+def break_even_label(b: dict[str, Any], number: int | None = None) -> str:
+    """A break-even's words; with several on the chart, numbered as their markers are, and naming the pair."""
     text = f"{count(b['requests_per_day'])} req/day, {money(b['monthly_usd'])}/month"
-    return f"{b['api']} = {b['self_hosting']}: {text}" if several else f"break-even: {text}"
+    if number is None:
+        return f"break-even: {text}"
+    return f"({number}) {b['api']} via API = self-hosting on {b['self_hosting']}: {text}"
 
 
 class _Canvas:
@@ -157,15 +160,18 @@ def _markers(c: _Canvas, series: dict[str, Any]) -> list[str]:
                       + (" (no usage yet)" if series["state"] == "no_usage" else ""), x=_num(x - 6 if right else x + 6),
                       y=c.top + 16, text_anchor="end" if right else "start", class_="measured-label"), "</g>"]
     shown = [b for b in series["break_even"] if b["in_range"]]
-    for i, b in enumerate(shown):
+    for i, b in enumerate(shown, 1):
         x, y = c.x(b["requests_per_day"]), c.y(b["monthly_usd"])
         right = x > c.left + (c.right - c.left) * 0.6
-        label_y = y + 22 + 18 * i if y < c.top + 40 else y - 14 - 18 * i
+        label_y = y + 22 if y < c.top + 40 else y - 14
+        anchor = {"x": _num(x - 10 if right else x + 10), "y": _num(label_y), "text_anchor": "end" if right else "start",
+                  "font_weight": "bold"}
+        # One break-even: its words beside it. Several: a number each (labels would collide), words in the legend.
+        label = (_halo(break_even_label(b), class_="break-even-label", **anchor) if len(shown) == 1 else
+                 _halo(str(i), class_="break-even-number", **anchor))
         out += [f"<g{_attrs({'class': 'break-even', 'data-requests-per-day': repr(b['requests_per_day'])})}>",
-                el("circle", cx=_num(x), cy=_num(y), r=6, fill="#ffffff", stroke=INK, stroke_width=2.5),
-                _halo(break_even_label(b, len(shown) > 1), x=_num(x - 10 if right else x + 10), y=_num(label_y),
-                      text_anchor="end" if right else "start", font_weight="bold", class_="break-even-label"),
-                "</g>"]
+                el("title", break_even_label(b, i if len(shown) > 1 else None)),
+                el("circle", cx=_num(x), cy=_num(y), r=6, fill="#ffffff", stroke=INK, stroke_width=2.5), label, "</g>"]
     return out
 
 
@@ -190,9 +196,15 @@ def _legend(top: float, series: dict[str, Any]) -> tuple[list[str], float]:
         row("measured volume (average requests/day over the period)",
             el("line", x1=LEFT + 19, x2=LEFT + 19, y1=_num(y + 14), y2=_num(y + 30), stroke=MUTED, stroke_width=2,
                stroke_dasharray="1 4", stroke_linecap="round"))
-    if any(b["in_range"] for b in series["break_even"]):
+    shown = [b for b in series["break_even"] if b["in_range"]]
+    if shown:
         row("break-even: where an API and a self-hosting option cost the same",
             el("circle", cx=LEFT + 19, cy=_num(y + 22), r=6, fill="#ffffff", stroke=INK, stroke_width=2.5))
+    if len(shown) > 1:
+        for i, b in enumerate(shown, 1):
+            y += 20
+            out.append(el("text", break_even_label(b, i), x=LEFT + 48, y=_num(y + 4), font_size=13, fill=INK,
+                          class_="break-even-label"))
     return out, y + 20
 
 

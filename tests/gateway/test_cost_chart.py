@@ -221,6 +221,34 @@ def test_no_self_hosting_options_is_a_message_image(cards: dict[str, ModelCard])
     assert texts(root, "summary")[0].startswith("No self-hosting options configured")
 
 
+def test_several_break_evens_are_numbered_and_listed() -> None:
+    """Two APIs against two self-hosting options: four lines, a marker per crossing on the chart, each with a
+    number beside it and its words in the legend (four labels beside the points would overlap)."""
+    cards = load_cards()  # the shipped cards: two priced provider models
+    config = GatewayConfig.model_validate({
+        "providers": {"v": {"kind": "vllm", "base_url": "http://127.0.0.1:1/v1"}},
+        "deployments": [{"name": "qwen-gpu", "provider": "v", "model": "m"},
+                        {"name": "llama-a100", "provider": "v", "model": "m"}],
+        "routes": [{"name": "classify", "deployments": ["qwen-gpu"]}],
+        "cost": {"compare_with": ["gpt-4o-mini", "claude-haiku-4-5"], "self_hosting": [
+            {"deployment": "qwen-gpu", "instance_price_per_hour": 1.006, "instances": 2, "monthly_ops_cost": 5000},
+            {"deployment": "llama-a100", "instance_price_per_hour": 3.5, "monthly_ops_cost": 2000}]}})
+    report = build_report(article_rows(), config, cards, days=30)
+    series = chart_series(report)
+    root = parse(render_svg(series))
+    assert [g.get("data-kind") for g in groups(root, "cost-line")] == ["api", "api", "self_hosting", "self_hosting"]
+    shown = [b for b in series["break_even"] if b["in_range"]]
+    assert len(shown) >= 2 and len(series["break_even"]) == 4
+    markers = groups(root, "break-even")
+    assert [float(g.get("data-requests-per-day")) for g in markers] == [b["requests_per_day"] for b in shown]
+    assert [texts(g, "break-even-number") for g in markers] == [[str(i)] for i in range(1, len(shown) + 1)]
+    assert texts(root, "break-even-label") == [
+        f"({i}) {b['api']} via API = self-hosting on {b['self_hosting']}: {count(b['requests_per_day'])} req/day, "
+        f"{money(b['monthly_usd'])}/month" for i, b in enumerate(shown, 1)]
+    assert all(b["requests_per_day"] == r["requests_per_day"]
+               for b, r in zip(series["break_even"], report["total"]["break_even"]))
+
+
 def test_names_are_escaped_and_the_output_stays_xml(config: GatewayConfig, cards: dict[str, ModelCard]) -> None:
     _, series, _ = article(config, cards)
     hostile = '<script>alert(1)</script>&"\x01'
@@ -372,6 +400,10 @@ async def test_a_served_gateway_charts_the_traffic_it_counted(config: GatewayCon
             out = tmp_path / "online.svg"
             done = cli("--url", gw.root_url, "--days", "1", "--chart", str(out))
             assert done.returncode == 0, done.stderr
+            narrow = httpx.get(f"{gw.root_url}/admin/cost/chart.svg", params={"days": 1, "up_to": 10},
+                               headers=admin, timeout=10).text
+            to_stdout = cli("--url", gw.root_url, "--days", "1", "--up-to", "10", "--chart", "-")
+            assert to_stdout.returncode == 0, to_stdout.stderr
     finally:
         sim.stop()
         async with fresh_redis() as (redis, _):
@@ -387,3 +419,4 @@ async def test_a_served_gateway_charts_the_traffic_it_counted(config: GatewayCon
     assert chart["state"] == "no_crossing" and root.get("data-state") == "no_crossing"
     assert f"(break-even at {count(be)} requests/day, beyond this chart)" in root.find("s:desc", NS).text
     assert out.read_text(encoding="utf-8") == resp.text  # the CLI draws the gateway's numbers, byte for byte
+    assert to_stdout.stdout == narrow and texts(parse(narrow), "x-tick")[-1] == "10"
