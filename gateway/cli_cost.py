@@ -3,7 +3,8 @@
 Online it asks `/admin/cost` (admin key from the environment, like
 `llm-gateway usage`). Offline (`--usage-file` with `--config`) it computes the
 same report locally, with no gateway and no Redis: for planning ("what if we
-had this traffic?") and for tests.
+had this traffic?") and for tests. `--chart FILE.svg` also draws the
+break-even chart (gateway/cost_chart.py) from the same numbers.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import urlencode
 
 from gateway.cli_admin import URL_ENV, call
 from gateway.cost import build_report, render_table
+from gateway.cost_chart import render_svg
+from gateway.cost_series import chart_series
 from gateway.settings import ENV_CONFIG, load_config_and_cards
 from gateway.usage import DEFAULT_WINDOW_DAYS
 
@@ -42,13 +46,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "completion_tokens, cost_usd} (or an object with 'rows'; a row without a tier is "
                         "interactive)")
     p.add_argument("--config", help=f"offline: the gateway config with the `cost:` section (env {ENV_CONFIG})")
+    p.add_argument("--chart", metavar="FILE.svg", type=_chart_path,
+                   help="also write the break-even chart (monthly cost against requests/day, one line per option) "
+                        "to FILE.svg, or to stdout with '-' (then the report is not printed); SVG only: for a PNG, "
+                        "convert it (e.g. rsvg-convert -o chart.png chart.svg)")
+    p.add_argument("--up-to", dest="up_to", type=_up_to, metavar="REQ_PER_DAY",
+                   help="where the chart's x axis ends, in requests/day (default: around the measured volume and "
+                        "the break-even)")
 
 
-def _emit(report: dict[str, Any], as_json: bool) -> None:
-    if as_json:
+def _chart_path(text: str) -> str:
+    if text != "-" and not text.lower().endswith(".svg"):
+        raise argparse.ArgumentTypeError("the chart is SVG only: give a FILE.svg, or - for stdout "
+                                         "(convert it for a PNG, e.g. rsvg-convert -o chart.png chart.svg)")
+    return text
+
+
+def _up_to(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1e15:
+        raise argparse.ArgumentTypeError("must be a positive number of requests per day")
+    return value
+
+
+def _emit(report: dict[str, Any], args: argparse.Namespace) -> int:
+    """The report on stdout, and the chart where --chart says (stdout alone with '-')."""
+    if "chart" not in report:  # a gateway from before the chart: the same numbers, computed here
+        report = {**report, "chart": chart_series(report, args.up_to)}
+    if args.chart:
+        svg = render_svg(report["chart"])
+        if args.chart == "-":
+            sys.stdout.write(svg)
+            return 0
+        try:
+            Path(args.chart).write_text(svg, encoding="utf-8")
+        except OSError as exc:
+            print(f"error: cannot write {args.chart}: {exc.strerror}", file=sys.stderr)
+            return 1
+        print(f"chart: {args.chart}", file=sys.stderr)
+    if args.json:
         print(json.dumps(report, indent=2))
     else:
         sys.stdout.write(render_table(report))
+    return 0
 
 
 def read_usage(path: str) -> list[dict[str, Any]]:
@@ -94,14 +137,14 @@ def main_offline(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as exc:
         print(f"error: {args.usage_file}: bad 'day' in a row: {exc}", file=sys.stderr)
         return 2
-    _emit(build_report(rows, config, cards, days), args.json)
-    return 0
+    report = build_report(rows, config, cards, days)
+    return _emit({**report, "chart": chart_series(report, args.up_to)}, args)
 
 
 def main_online(args: argparse.Namespace) -> int:
     """The report of a running gateway, from its admin API."""
-    _emit(call(args, "GET", f"/admin/cost?days={args.days or DEFAULT_DAYS}"), args.json)
-    return 0
+    query = {"days": args.days or DEFAULT_DAYS, **({"up_to": repr(args.up_to)} if args.up_to else {})}
+    return _emit(call(args, "GET", f"/admin/cost?{urlencode(query)}"), args)
 
 
 def cmd_cost(args: argparse.Namespace) -> int:

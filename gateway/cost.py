@@ -14,6 +14,7 @@ spend on its own, besides the routes and the total.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from backends.contract.priority import Priority
@@ -26,7 +27,7 @@ _COUNTS = ("requests", "prompt_tokens", "completion_tokens")
 _TIER_ORDER = {p.label: int(p) for p in Priority}  # interactive first, batch last; an unknown tier after them
 
 
-def _money(x: float) -> str:
+def money(x: float) -> str:
     """Whole dollars for big sums, cents for small ones, 3 digits below a dollar."""
     if x >= 100:
         return f"${x:,.0f}"
@@ -35,8 +36,48 @@ def _money(x: float) -> str:
     return "$0" if x == 0 else f"${x:.3g}"
 
 
-def _count(x: float) -> str:
+def count(x: float) -> str:
+    """Requests or tokens: whole numbers with thousands separators, 3 digits for small fractions."""
     return f"{x:,.0f}" if x >= 100 or x == int(x) else f"{x:,.3g}"
+
+
+@dataclass(frozen=True)
+class CostLine:
+    """One option's monthly cost as a function of volume: `fixed + per_request x requests/day x days/month`.
+
+    The one place the economics live: the text report, the break-even and the chart all read it. An API is
+    all per-request (card prices times the measured tokens per request); self-hosting is all fixed (instances
+    around the clock plus operations), whatever the volume.
+    """
+
+    name: str
+    kind: str  # "api" or "self_hosting"
+    fixed_monthly_usd: float
+    per_request_usd: float
+    days_per_month: float
+
+    def monthly_usd(self, requests_per_day: float) -> float:
+        return self.fixed_monthly_usd + self.per_request_usd * requests_per_day * self.days_per_month
+
+    def break_even(self, other: "CostLine") -> float | None:
+        """The requests/day at which both cost the same; None when they never meet at a volume >= 0."""
+        slope = (self.per_request_usd - other.per_request_usd) * self.days_per_month
+        if not slope:
+            return None
+        x = (other.fixed_monthly_usd - self.fixed_monthly_usd) / slope
+        return x if x >= 0 else None
+
+
+def api_line(card: str, cost_per_request_usd: float | None, days_per_month: float) -> CostLine | None:
+    """An API's line; None while its cost per request is unknown (no request reached a model yet)."""
+    if cost_per_request_usd is None:
+        return None
+    return CostLine(card, "api", 0.0, cost_per_request_usd, days_per_month)
+
+
+def hosting_line(option: dict[str, Any], days_per_month: float) -> CostLine:
+    """A self-hosting option's line (an entry of the report's `self_hosting`): flat, no per-request part."""
+    return CostLine(option["name"], "self_hosting", option["monthly_usd"], 0.0, days_per_month)
 
 
 def _sum(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
@@ -99,16 +140,18 @@ def _group(rows: list[dict[str, Any]], days: int, dpm: float, apis: list[dict[st
         "served_requests_per_day": served["requests"] / days,
         "spend_per_month_usd": t["spend_usd"] * dpm / days,
     }
-    g["apis"] = []
+    g["apis"], api_lines = [], []
     for api in apis:
-        per_day = (served["prompt_tokens"] * api["input_per_mtok"]
-                   + served["completion_tokens"] * api["output_per_mtok"]) / 1e6 / days
-        per_req = per_day / g["served_requests_per_day"] if served["requests"] else None
-        g["apis"].append({"card": api["card"], "cost_per_request_usd": per_req, "monthly_usd": per_day * dpm})
-    g["break_even"] = [
-        {"api": a["card"], "self_hosting": h["name"],
-         "requests_per_day": h["monthly_usd"] / (a["cost_per_request_usd"] * dpm) if a["cost_per_request_usd"] else None}
-        for a in g["apis"] for h in hosting]
+        per_req = ((served["prompt_tokens"] * api["input_per_mtok"] + served["completion_tokens"]
+                    * api["output_per_mtok"]) / 1e6 / served["requests"]) if served["requests"] else None
+        line = api_line(api["card"], per_req, dpm)
+        api_lines.append(line)
+        g["apis"].append({"card": api["card"], "cost_per_request_usd": per_req,
+                          "monthly_usd": line.monthly_usd(g["served_requests_per_day"]) if line else 0.0})
+    host_lines = [hosting_line(h, dpm) for h in hosting]
+    g["break_even"] = [{"api": a["card"], "self_hosting": h.name,
+                        "requests_per_day": line.break_even(h) if line else None}
+                       for a, line in zip(g["apis"], api_lines) for h in host_lines]
     g["recommendation"] = _recommend(g, hosting, days)
     return g
 
@@ -119,10 +162,10 @@ def _recommend(g: dict[str, Any], hosting: list[dict[str, Any]], days: int) -> s
         return f"No traffic in the last {days} day(s): nothing to compare yet."
     if not g["served_requests_per_day"]:
         return "Every request was answered from the cache: no model cost to compare."
-    now = f" Measured spend now: {_money(g['spend_per_month_usd'])}/month."
+    now = f" Measured spend now: {money(g['spend_per_month_usd'])}/month."
     if g["cached_requests_per_day"]:
-        now += f" Cache hits ({_count(g['cached_requests_per_day'])}/day) are free either way."
-    rpd = _count(g["served_requests_per_day"])
+        now += f" Cache hits ({count(g['cached_requests_per_day'])}/day) are free either way."
+    rpd = count(g["served_requests_per_day"])
     api = min(g["apis"], key=lambda a: a["monthly_usd"], default=None)
     host = min(hosting, key=lambda h: h["monthly_usd"], default=None)
     if api is None and host is None:
@@ -130,22 +173,22 @@ def _recommend(g: dict[str, Any], hosting: list[dict[str, Any]], days: int) -> s
                 "`cost.self_hosting: [{deployment, instance_price_per_hour, instances, monthly_ops_cost}]` "
                 "to the config." + now)
     if host is None:
-        return (f"At {rpd} requests/day, {api['card']} via API costs {_money(api['monthly_usd'])}/month; "
+        return (f"At {rpd} requests/day, {api['card']} via API costs {money(api['monthly_usd'])}/month; "
                 f"add `cost.self_hosting` to compare with running a model yourself." + now)
     if api is None:
-        return (f"At {rpd} requests/day, self-hosting on {host['name']} costs {_money(host['monthly_usd'])}/month; "
+        return (f"At {rpd} requests/day, self-hosting on {host['name']} costs {money(host['monthly_usd'])}/month; "
                 f"add priced provider cards to `cost.compare_with` to compare with an API." + now)
     a, s = api["monthly_usd"], host["monthly_usd"]
     be = next(b["requests_per_day"] for b in g["break_even"]
               if b["api"] == api["card"] and b["self_hosting"] == host["name"])
-    text = (f"At {rpd} requests/day, {api['card']} via API costs {_money(a)}/month and self-hosting on "
-            f"{host['name']} costs {_money(s)}/month: ")
+    text = (f"At {rpd} requests/day, {api['card']} via API costs {money(a)}/month and self-hosting on "
+            f"{host['name']} costs {money(s)}/month: ")
     if a < s:
-        text += f"stay on the API (cheaper by {_money(s - a)}/month)"
-        text += f"; self-hosting wins above {_count(be)} requests/day." if be else "."
+        text += f"stay on the API (cheaper by {money(s - a)}/month)"
+        text += f"; self-hosting wins above {count(be)} requests/day." if be else "."
     elif s < a:
         ratio = f", {a / s:.2f}x cheaper" if s > 0 else ""
-        text += f"self-host (cheaper by {_money(a - s)}/month{ratio}); the API wins below {_count(be)} requests/day."
+        text += f"self-host (cheaper by {money(a - s)}/month{ratio}); the API wins below {count(be)} requests/day."
     else:
         text += "they cost the same; pick on latency, privacy and effort."
     return text + now
@@ -196,10 +239,10 @@ def _align(table: list[list[str]], left: tuple[int, ...] = (0,)) -> list[str]:
 
 
 def _volume_row(label: str, g: dict[str, Any]) -> list[str]:
-    return [label, _count(g["requests_per_day"]), _count(g["prompt_tokens_per_day"]),
-            _count(g["completion_tokens_per_day"]),
-            f"{_count(g['prompt_tokens_per_request'])} / {_count(g['completion_tokens_per_request'])}",
-            _money(g["spend_usd"]), _money(g["spend_per_month_usd"])]
+    return [label, count(g["requests_per_day"]), count(g["prompt_tokens_per_day"]),
+            count(g["completion_tokens_per_day"]),
+            f"{count(g['prompt_tokens_per_request'])} / {count(g['completion_tokens_per_request'])}",
+            money(g["spend_usd"]), money(g["spend_per_month_usd"])]
 
 
 def render_table(report: dict[str, Any]) -> str:
@@ -215,19 +258,19 @@ def render_table(report: dict[str, Any]) -> str:
     vol.append(_volume_row("TOTAL", total))
     lines += _align(vol)
     alt = [["ALTERNATIVE FOR THE SAME TRAFFIC", "PER MONTH", "HOW"],
-           ["measured spend now", _money(total["spend_per_month_usd"]), ""]]
+           ["measured spend now", money(total["spend_per_month_usd"]), ""]]
     for api, meta in zip(total["apis"], report["compare_with"]):
-        per_req = "-" if api["cost_per_request_usd"] is None else _money(api["cost_per_request_usd"])
-        alt.append([f"API {api['card']}", _money(api["monthly_usd"]),
+        per_req = "-" if api["cost_per_request_usd"] is None else money(api["cost_per_request_usd"])
+        alt.append([f"API {api['card']}", money(api["monthly_usd"]),
                     f"{per_req}/request (${meta['input_per_mtok']:g} in, ${meta['output_per_mtok']:g} out per 1M)"])
     for h in report["self_hosting"]:
-        alt.append([f"self-host {h['name']}", _money(h["monthly_usd"]),
+        alt.append([f"self-host {h['name']}", money(h["monthly_usd"]),
                     f"{h['instances']} x ${h['instance_price_per_hour']:g}/h x 24 x {dpm:g} = "
-                    f"{_money(h['infra_monthly_usd'])} + {_money(h['monthly_ops_cost'])} ops"])
+                    f"{money(h['infra_monthly_usd'])} + {money(h['monthly_ops_cost'])} ops"])
     lines += ["", *_align(alt, left=(0, 2))]
     if total["break_even"]:
         be = [["BREAK-EVEN: API", "VS SELF-HOSTING", "REQ/DAY ABOVE WHICH SELF-HOSTING WINS"]]
-        be += [[b["api"], b["self_hosting"], "-" if b["requests_per_day"] is None else _count(b["requests_per_day"])]
+        be += [[b["api"], b["self_hosting"], "-" if b["requests_per_day"] is None else count(b["requests_per_day"])]
                for b in total["break_even"]]
         lines += ["", *_align(be, left=(0, 1))]
     lines += [""] + [f"note: {n}" for n in report["notes"]]
