@@ -5,12 +5,22 @@ package `chromium` at its executable path (tests/install-chromium.sh, run by tes
 the browser or the `playwright` pip package the browser tests skip, saying which is missing; they never pass
 quietly.
 
-A browser test module sets ``pytestmark = tests.browser.MARKS``: the browser lives for the whole session on the
-session's event loop, so its tests run on that loop too (the function-scoped loops of the other async tests
-never see it). Each test gets a fresh context and page (1280x800) whose console, uncaught errors and
-Content-Security-Policy violations are watched: any of them fails the test, unless the test takes them with
-``await take_problems(page)`` (a test that expects an error asserts on it that way). ``await shot(page, "step")`` saves
-tests/artifacts/screenshots/<test name>-<step>.png.
+Writing one::
+
+    from tests import browser as harness
+
+    pytestmark = harness.MARKS  # process + browser, and the session's event loop, where the browser lives
+
+    async def test_it(page, some_gateway):  # page: a fresh context and 1280x800 page, watched
+        await page.goto(f"{some_gateway.root_url}/console")
+        await harness.shot(page, "login")  # tests/artifacts/screenshots/test_it-login.png
+        # only where an error is expected: take it, so that it does not fail the test, and assert on it
+        assert any("401" in p for p in await harness.take_problems(page))
+
+An uncaught error, a `console.error` (a failed resource load included) or a Content-Security-Policy violation
+(enforced or report-only) on any page of the test's context fails the test, with the page's console in the
+report; one that arrives after the test body fails it at teardown. A failed test leaves a `-failed` screenshot
+of each page. Every wait and action times out after TIMEOUT_MS.
 """
 
 from __future__ import annotations
@@ -87,6 +97,8 @@ class PageWatch:
                              f"\n{getattr(error, 'stack', '') or ''}".rstrip())
 
     def on_csp(self, source: Any, v: dict[str, Any]) -> None:
+        if v.get("flush"):  # settle()'s marker: every violation before it is in
+            return
         self.problems.append(f"CSP violation ({v.get('disposition')}): {v.get('directive')} blocked "
                              f"{v.get('blocked') or 'inline'} at {v.get('source')}:{v.get('line')}"
                              f" {v.get('sample') or ''}".rstrip())
@@ -111,7 +123,8 @@ def watch_of(page: Any) -> PageWatch:
 
 
 async def launch(playwright: Any) -> Any:
-    return await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+    path = CHROMIUM if os.sep in CHROMIUM else shutil.which(CHROMIUM) or CHROMIUM
+    return await playwright.chromium.launch(executable_path=path, headless=True, args=ARGS)
 
 
 def _watch_page(watch: PageWatch, page: Any) -> None:
@@ -132,13 +145,16 @@ async def new_watched_context(browser: Any, test: str) -> tuple[Any, PageWatch]:
 
 
 async def settle(context: Any) -> None:
-    """Let events the context's pages have already fired (a violation, a console line) reach its watch."""
+    """Let what the context's pages have already reported reach its watch: timers due within 50 ms run, and a
+    last call through the violation binding returns only once every earlier one was recorded (calls are
+    answered in order), so a CSP violation is never missed by timing."""
     for page in context.pages:
         try:
-            await page.evaluate("() => new Promise((done) => setTimeout(done, 50))")
+            await page.evaluate("async () => { await new Promise((done) => setTimeout(done, 50));"
+                                " await window.__gatewayTestCspViolation({flush: true}); }")
         except Exception:  # a page that navigated or crashed mid-call: what it reported is already in
             pass
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)
 
 
 async def take_problems(page: Any) -> list[str]:

@@ -176,7 +176,8 @@ async def page(browser: Any, request: pytest.FixtureRequest) -> AsyncIterator[An
         yield opened
         if request.node.stash.get(_CALL_FAILED, False):
             for n, each in enumerate(context.pages):
-                await browser_harness.shot(each, "failed" if n == 0 else f"failed-{n}")
+                with contextlib.suppress(Exception):  # a crashed page: the failure says enough
+                    await browser_harness.shot(each, "failed" if n == 0 else f"failed-{n}")
         await browser_harness.settle(context)
     finally:
         await context.close()
