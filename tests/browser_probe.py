@@ -25,8 +25,10 @@ PAGES: dict[str, tuple[str, dict[str, str]]] = {  # path -> (body, headers)
     "/app.js": ("document.getElementById('h').textContent = 'scripted';", {"Content-Type": "text/javascript"}),
     "/throws": ("<!doctype html><title>throws</title><script>null.boom();</script>", {}),
     "/console-error": ("<!doctype html><title>logs</title><script>console.error('harness says boom')</script>", {}),
-    "/late-error": ("<!doctype html><title>late</title>"
-                    "<script>setTimeout(() => { throw new Error('thrown after the test body') }, 20)</script>", {}),
+    # After the load that page.goto waits for, and within the 50 ms that settle() gives timers: only settle()
+    # at teardown makes its report certain (without it, a context closed sooner never reports it).
+    "/late-error": ("<!doctype html><title>late</title><script>window.addEventListener('load', () => "
+                    "setTimeout(() => { throw new Error('thrown after the test body') }, 45))</script>", {}),
 }
 
 
