@@ -4,10 +4,10 @@ package the browser tests skip with a reason that names what to install."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -95,13 +95,16 @@ def test_without_root_or_sudo_it_installs_nothing_and_says_so(tmp_path: Path) ->
 
 
 def test_the_skip_reason_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    package = types.ModuleType("playwright")  # the pip package as if installed, whether it is here or not
+    package.async_api = types.ModuleType("playwright.async_api")  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "playwright", package)
+    monkeypatch.setitem(sys.modules, "playwright.async_api", package.async_api)  # type: ignore[attr-defined]
     monkeypatch.delenv(harness.INSTALL_FAILED_ENV, raising=False)
     monkeypatch.setattr(harness, "CHROMIUM", sys.executable)  # an executable: the browser counts as there
-    if importlib.util.find_spec("playwright") is not None:
-        assert harness.unavailable() is None
+    assert harness.unavailable() is None
     monkeypatch.setattr(harness, "CHROMIUM", "/nonexistent/chromium")
     assert "no Chromium at /nonexistent/chromium: install the Debian package `chromium`" in harness.unavailable()
     monkeypatch.setenv(harness.INSTALL_FAILED_ENV, "E: Unable to locate package chromium")
     assert harness.unavailable() == "Chromium could not be installed: E: Unable to locate package chromium"
-    monkeypatch.setitem(sys.modules, "playwright.async_api", None)  # as if the pip package were not installed
+    monkeypatch.setitem(sys.modules, "playwright.async_api", None)  # the pip package not installed
     assert "the pip package `playwright` is not installed" in harness.unavailable()
