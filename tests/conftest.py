@@ -6,11 +6,13 @@ import contextlib
 import subprocess
 import sys
 import tempfile
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import openai
 import pytest
+import pytest_asyncio
 
+from tests import browser as browser_harness
 from tests.openapi_schema import errors as schema_errors
 from tests.openapi_schema import spec_path
 from tests.server import GatewayProcess, free_port
@@ -82,7 +84,8 @@ def conforms(openapi_spec: str):
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.get_closest_marker("process") is None and "e2e" in item.path.parts:
+        if item.get_closest_marker("process") is None and ("e2e" in item.path.parts
+                                                            or item.get_closest_marker("browser")):
             item.add_marker(pytest.mark.process)
         if item.get_closest_marker("process") is None:
             item.add_marker(pytest.mark.unit)
@@ -117,7 +120,66 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
         yield
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
-    with _no_processes(item):
-        yield
+    watch = item.stash.get(_PAGE_WATCH, None)
+    try:
+        with _no_processes(item):
+            result = yield
+    except BaseException:
+        item.stash[_CALL_FAILED] = True
+        if watch is not None and watch.problems:  # shown beside the failure, not again at teardown
+            item.add_report_section("call", "page", watch.report())
+            watch.take()
+        raise
+    if watch is not None and watch.problems:
+        item.stash[_CALL_FAILED] = True
+        problems = watch.report()
+        watch.take()
+        pytest.fail(problems, pytrace=False)
+    return result
+
+
+# -- real-browser tests (tests/browser.py): headless Chromium through Playwright ---------------------------
+# A test module sets `pytestmark = tests.browser.MARKS` and asks for `page`; a JS error, a console error or a
+# CSP violation on it fails the test (above: after the test body; events that arrive later, at teardown).
+
+_PAGE_WATCH = pytest.StashKey[browser_harness.PageWatch]()
+_CALL_FAILED = pytest.StashKey[bool]()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def browser() -> AsyncIterator[Any]:
+    """Headless Debian Chromium, one for the session; skips, saying what is missing, when it cannot start."""
+    reason = browser_harness.unavailable()
+    if reason:
+        pytest.skip(f"browser tests: {reason}")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await browser_harness.launch(playwright)
+        yield launched
+        await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def page(browser: Any, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """A new page (1280x800) in a fresh context, watched; a failed test leaves a `-failed` screenshot."""
+    marker = request.node.get_closest_marker("asyncio")
+    if marker is None or marker.kwargs.get("loop_scope") != "session":
+        pytest.fail(f"{request.node.nodeid}: a browser test runs on the session's event loop, "
+                    "where the browser lives: set `pytestmark = tests.browser.MARKS`", pytrace=False)
+    context, watch = await browser_harness.new_watched_context(browser, request.node.name)
+    request.node.stash[_PAGE_WATCH] = watch
+    opened = await context.new_page()
+    try:
+        yield opened
+        if request.node.stash.get(_CALL_FAILED, False):
+            for n, each in enumerate(context.pages):
+                with contextlib.suppress(Exception):  # a crashed page: the failure says enough
+                    await browser_harness.shot(each, "failed" if n == 0 else f"failed-{n}")
+        await browser_harness.settle(context)
+    finally:
+        await context.close()
+    if watch.problems:
+        pytest.fail(watch.report(), pytrace=False)

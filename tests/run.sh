@@ -20,6 +20,14 @@ bash deploy/install-llama-cpp.sh "$VENV/bin/python"
 "$VENV/bin/python" -m pip install -q -e '.[local,test]'
 "$VENV/bin/python" -m gateway.grpc_api.codegen >/dev/null  # the gRPC stubs (git-ignored), generated once
 bash deploy/install-embedding-model.sh "$VENV/bin/python"
+# Headless Chromium for the browser tests: Debian's package, installed once per machine (about 15 s), a check
+# after that. Never fatal: without it those tests skip with the reason given here (tests/browser.py).
+if why=$(bash tests/install-chromium.sh); then
+  unset BROWSER_TESTS_NO_CHROMIUM
+else
+  export BROWSER_TESTS_NO_CHROMIUM="${why:-tests/install-chromium.sh failed}"
+  echo "== browser tests will skip: $BROWSER_TESTS_NO_CHROMIUM"
+fi
 
 # Redis: tests talk to a real server. Use $REDIS_URL, else the local one, else start a throwaway one.
 redis_answers() {  # host port
