@@ -70,8 +70,7 @@ async def reload(request: Request) -> Response:
     text = await _config_text(request)
     manager = request.app.state.manager
     if text is None:
-        result = await manager.reload()
-        return _json(result, 200 if result["ok"] else 400)
+        return _answer(await manager.reload())
     try:
         result = await manager.apply(text)
     except NotWritable as exc:
@@ -82,7 +81,19 @@ async def reload(request: Request) -> Response:
         f"refused ({len(result['problems'])} problem(s))"
     log.warning("admin: config text (%d bytes, sha256 %s) sent by %s: %s", len(text), _digest(text), _who(request),
                 outcome)
-    return _json(result, 200 if result["ok"] else 400)
+    return _answer(result)
+
+
+def _answer(result: dict[str, Any]) -> Response:
+    """The reload's result; a refusal is a 400 whose body is an OpenAI error too (its `error`), besides the
+    result's own fields (`ok`, `version`, `problems`) that callers of the reload have always read."""
+    if result["ok"]:
+        return _json(result)
+    problems = result["problems"]
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    error = InvalidRequest(f"The config was refused; version {result['version']} keeps serving: "
+                           f"{problems[0] if problems else 'invalid'}{more}", code="config_invalid")
+    return _json({**error.body(), **result}, 400)
 
 
 @router.post("/config/validate")

@@ -235,6 +235,8 @@ def test_a_bad_text_is_refused_and_the_old_config_serves_on(gw: GatewayProcess) 
     assert r.status_code == 400, r.text
     body = r.json()
     assert body["ok"] is False and body["version"] == before["version"]
+    assert set(body["error"]) == {"message", "type", "param", "code"}, "an OpenAI error too, as every 4xx is"
+    assert body["error"]["code"] == "config_invalid" and "no deployment named 'nowhere'" in body["error"]["message"]
     (problem,) = body["problems"]
     assert problem.startswith(f"{gw.config_path}:") and "no deployment named 'nowhere'" in problem, problem
     assert gw.config_path.read_text() == file_before, "the file is untouched"

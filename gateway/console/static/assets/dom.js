@@ -32,6 +32,19 @@ export function byId(id) {
   return document.getElementById(id);
 }
 
+/**
+ * Run `render` (which replaces elements) and give the focus back to the element with the same id, if the
+ * focus was on one it replaced: a live page's refresh must not throw a keyboard user back to the top.
+ */
+export function keepingFocus(render) {
+  const id = document.activeElement && document.activeElement.id;
+  render();
+  if (id && !document.activeElement?.id) {
+    const again = byId(id);
+    if (again) again.focus({preventScroll: true});
+  }
+}
+
 export function clear(el) {
   el.replaceChildren();
   return el;
@@ -63,7 +76,8 @@ export function setState(section, state) {
  */
 export function table({caption, columns, rows, empty, testid, captionHidden = false}) {
   if (!rows.length) return h('p', {class: 'empty', 'data-testid': testid ? `${testid}-empty` : null}, empty);
-  return h('div', {class: 'table-wrap', tabindex: '0', role: 'region', 'aria-label': caption},
+  return h('div', {class: 'table-wrap', tabindex: '0', role: 'region', 'aria-label': caption,
+    id: testid ? `${testid}-region` : null},
     h('table', {'data-testid': testid},
       h('caption', {class: captionHidden ? 'visually-hidden' : null}, caption),
       h('thead', {}, h('tr', {}, columns.map((c) => h('th', {scope: 'col', class: c.numeric ? 'num' : null}, c.label)))),

@@ -3,7 +3,7 @@
 // state and queues, and the last reload's result.
 
 import {json} from './api.js';
-import {byId, clear, fmt, h, setState, table} from './dom.js';
+import {byId, clear, fmt, h, keepingFocus, setState, table} from './dom.js';
 
 const INTERVAL_MS = 2000;
 let timer = null;
@@ -98,11 +98,13 @@ async function refresh() {
   try {
     const body = await json('admin/deployments');
     byId('health-error').textContent = '';
-    clear(byId('health-reload')).append(reloadView(body.last_reload));
-    clear(byId('health-routes')).append(routesView(body.routes || {}));
     const said = changes(body.deployments);
-    clear(byId('health-deployments')).append(deploymentsView(body.deployments));
-    clear(byId('health-engines')).append(enginesView(body.engines || {}));
+    keepingFocus(() => {
+      clear(byId('health-reload')).append(reloadView(body.last_reload));
+      clear(byId('health-routes')).append(routesView(body.routes || {}));
+      clear(byId('health-deployments')).append(deploymentsView(body.deployments));
+      clear(byId('health-engines')).append(enginesView(body.engines || {}));
+    });
     if (said.length) byId('announcer').textContent = said.join('; ');
     byId('health-updated').textContent = `Config version ${body.version} · updated ${new Date().toLocaleTimeString('en-GB')}`
       + (paused ? ' · live updates paused' : ' · live, every 2 s');
