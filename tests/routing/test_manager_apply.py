@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -13,6 +14,7 @@ import pytest
 
 from backends.llamacpp.control import LocalControl
 from backends.model_cards import load_cards
+from routing import manager as manager_module
 from routing.config_file import parse_config
 from routing.config_mask import masked_text
 from routing.config_write import NotWritable
@@ -112,6 +114,30 @@ async def test_the_watcher_does_not_reload_an_applied_text_again(filed: tuple[Ru
                 break
             await asyncio.sleep(0.1)
         assert manager.current.version == 3 and "r2" not in manager.current.routes
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def test_the_watcher_waits_for_an_apply_that_is_still_writing(filed: tuple[RuntimeManager, Path],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file changes before the apply has taken note of its own write (a slow disk between the rename and
+    the fsync of the folder): the watcher, which looks under the same lock, must not take it for an edit."""
+    manager, path = filed
+    real_write = manager_module.write_atomically
+
+    def slow_write(where: str, text: str) -> Path:
+        written = real_write(where, text)
+        time.sleep(0.5)  # in the apply's thread: the event loop (and the watcher) run meanwhile
+        return written
+
+    monkeypatch.setattr(manager_module, "write_atomically", slow_write)
+    monkeypatch.setattr(manager.current.config.server, "watch_interval_s", 0.02)
+    watcher = asyncio.create_task(manager._watch_loop())
+    try:
+        assert (await manager.apply(CONFIG + "  - {name: r2, deployments: [a]}\n"))["ok"]
+        await asyncio.sleep(0.2)
+        assert manager.current.version == 2, "one apply, one version"
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
