@@ -33,7 +33,8 @@ URL_SECRET = "c0ns0le-s3cret"
 MSGS = [{"role": "user", "content": "hi"}]
 # Places in the config file as the test server writes it (yaml.safe_dump: block style).
 CHAT_DEFAULT = "- name: chat-default\n  deployments:\n  - a\n  - b\n"
-NEW_ROUTE = "- name: console-added\n  deployments:\n  - a\n"
+TEXT_ONLY = "only-in-the-text-7f3a"  # a comment of the applied text: the audit line must never show the text
+NEW_ROUTE = f"- name: console-added  # {TEXT_ONLY}\n  deployments:\n  - a\n"
 
 
 def edit(text: str, old: str, new: str) -> str:
@@ -266,7 +267,7 @@ def test_a_good_text_is_swapped_in_and_written_to_the_file(gw: GatewayProcess) -
         assert page.config()["version"] == before["version"] + 1
         assert chat(gw, "console-added").status_code == 200
         assert "console-added" in gw.logs(None) and "sent by the admin key: applied as version" in gw.logs(None)
-        assert URL_SECRET not in gw.logs(None), "the audit line never holds the text"
+        assert URL_SECRET not in gw.logs(None) and TEXT_ONLY not in gw.logs(None), "the log never holds the text"
     finally:
         put_back = page.yaml("/admin/reload", masked_again(page))
         assert put_back.status_code == 200 or put_back.json().get("ok"), put_back.text
