@@ -21,6 +21,7 @@ from backends.llamacpp.control import EngineControl, LocalControl, RemoteControl
 from backends.model_cards import ModelCard, load_cards
 from gateway import __version__, connection_guard, docs_pages, observe, request_log, tracing
 from gateway.batches.state import BatchesState
+from gateway.console import routes as console_routes
 from gateway.cors import with_cors
 from gateway.drain import Drain
 from gateway.error_handlers import install_error_handlers
@@ -30,10 +31,10 @@ from gateway.flushing import flush_periodically
 from gateway.gc_tuning import tune_for_serving
 from gateway.middleware import RequestContextMiddleware
 from gateway.openapi_doc import openapi_document
-from gateway.routes import admin, admin_cost, admin_keys, files, health, messages, openai, responses
+from gateway.routes import admin, admin_config, admin_cost, admin_keys, files, health, messages, openai, responses
 from gateway.routes import batches as batch_routes
 from gateway.services import Services
-from gateway.settings import Settings
+from gateway.settings import ENV_ADMIN_KEY, ENV_MASTER_KEY, Settings
 from routing.config import GatewayConfig
 from routing.config_env import resolve as resolve_secret
 from routing.manager import RuntimeManager
@@ -129,8 +130,14 @@ def create_app(config: GatewayConfig, cards: dict[str, ModelCard] | None = None,
         app.router.routes.extend([*files.routes, *batch_routes.routes])
     app.include_router(openai.router)
     app.include_router(admin.router)
+    app.include_router(admin_config.router)
     app.include_router(admin_keys.router)
     app.include_router(admin_cost.router)
+    if config.server.console.enabled:
+        app.include_router(console_routes.router)
+        if not settings.admin_keys:
+            log.warning("server.console is on but the admin API is off (no %s or %s): nobody can log in",
+                        ENV_ADMIN_KEY, ENV_MASTER_KEY)
     if config.server.docs:
         app.include_router(docs_pages.router)
         if settings.auth_enabled and not config.server.public_openapi:

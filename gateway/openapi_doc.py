@@ -27,6 +27,7 @@ from gateway.routes.batches import BatchCreate, FileUpload
 from gateway.surfaces.messages.protocol import CountTokensRequest, MessagesRequest
 from gateway.surfaces.responses.protocol import ResponsesRequest
 
+YAML = "application/yaml"
 GENERATION = ("400", "401", "403", "404", "408", "413", "415", "429", "500", "502", "503", "504")
 
 
@@ -37,7 +38,8 @@ class Endpoint:
     method: str  # "post", "get", "delete", "patch"
     path: str  # as clients write it: "/v1/responses/{response_id}" ({name} parts become path parameters)
     summary: str
-    request: type[BaseModel] | None = None  # the model that validates the JSON body (POST/PATCH)
+    request: type[BaseModel] | None = None  # the model that validates the JSON body (POST/PATCH); None and media
+    # YAML: the body is a config's text
     response: str | None = None  # a schema of RESPONSES (or of the request models' components); None: any object
     stream: bool = False  # with `"stream": true` the answer is server-sent events
     operation_id: str | None = None  # default: from method and path
@@ -91,6 +93,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("post", "/v1/batches/{batch_id}/cancel", "Cancel a batch", response="Batch", operation_id="cancelBatch",
              errors=("404",), body_required=False),
     Endpoint("post", "/admin/keys", "Create an API key", KeyFields, tag="admin", errors=("409", "503")),
+    Endpoint("post", "/admin/reload", "Reload the config file; with a YAML body, apply that config (written to the "
+             "file); 400 with line-numbered problems when refused", tag="admin", media=YAML, body_required=False,
+             errors=("409", "415")),
+    Endpoint("post", "/admin/config/validate", "The line-numbered problems of a config (YAML body), as "
+             "`llm-gateway check` finds them", tag="admin", media=YAML, errors=("415",)),
     Endpoint("patch", "/admin/keys/{key_id}", "Change an API key", KeyFields, tag="admin", body_required=False,
              errors=("404", "503")),
 )
@@ -223,6 +230,9 @@ def _apply(endpoint: Endpoint, paths: dict[str, Any], schemas: dict[str, Any]) -
     if endpoint.request is not None:
         op["requestBody"] = {"required": endpoint.body_required,
                              "content": {endpoint.media: {"schema": _schema(endpoint.request, schemas)}}}
+    elif endpoint.media == YAML:
+        op["requestBody"] = {"required": endpoint.body_required,
+                             "content": {YAML: {"schema": {"type": "string", "description": "a config file's text"}}}}
     if endpoint.response is not None or endpoint.stream:
         schema = {"$ref": f"#/components/schemas/{endpoint.response}"} if endpoint.response else {"type": "object"}
         content: dict[str, Any] = {"application/json": {"schema": schema}}

@@ -253,12 +253,13 @@ def usage_store(redis: redis.asyncio.Redis | None, prefix: str = "gw:") -> Usage
     return MemoryUsageStore() if redis is None else RedisUsageStore(redis, prefix)
 
 
-def without_tiers(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of `report(by_tier=True)` added up per (day, key, route), as `report` gives them without it."""
+def without_tiers(rows: list[dict[str, Any]],
+                  by: tuple[str, ...] = ("day", "key_id", "route")) -> list[dict[str, Any]]:
+    """Rows of `report(by_tier=True)` (or `report_deployments`, `by` day, route and deployment) added up per
+    `by`, as `report` gives them without tiers."""
     out: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
-        row = out.setdefault((r["day"], r["key_id"], r["route"]), {"day": r["day"], "key_id": r["key_id"],
-                                                                   "route": r["route"], **dict.fromkeys(FIELDS, 0)})
+        row = out.setdefault(tuple(r[k] for k in by), {**{k: r[k] for k in by}, **dict.fromkeys(FIELDS, 0)})
         for f in FIELDS:
             row[f] += r[f]
     for row in out.values():

@@ -132,6 +132,17 @@ class GrpcConfig(_Strict):
         return self
 
 
+class ConsoleConfig(_Strict):
+    """The admin console in the browser (gateway/console): off unless enabled; read at start-up.
+
+    It is a static page; everything it shows and changes goes through the admin API with the admin or
+    master key, which the page keeps in the tab's sessionStorage only."""
+
+    enabled: bool = Field(default=False, description="Serve the admin console at /console (the page and its "
+                                                     "assets; off: no such route). Logging in takes the admin "
+                                                     "or master key.")
+
+
 class ServerConfig(_Strict):
     """The HTTP server: its address, request limits, slow-client deadlines, exposure and start-up switches.
 
@@ -181,3 +192,5 @@ class ServerConfig(_Strict):
     watch_interval_s: float = Field(default=1.0, gt=0, description="How often the config file is checked for "
                                                                    "changes.")
     grpc: GrpcConfig = Field(default_factory=GrpcConfig, description="The gRPC API for internal callers.")
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig, description="The admin console in the browser, "
+                                                                              "at /console.")

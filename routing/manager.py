@@ -3,7 +3,8 @@
 A reload validates first; an invalid config is refused with line-numbered
 problems and the old runtime keeps serving. A valid one is swapped in
 atomically (one attribute assignment); requests already running finish on
-the runtime they started with.
+the runtime they started with. A config text applied through the admin API
+(`apply`) takes the same path, and is written to the config file too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from backends.model_cards import ModelCard
 from routing.config import ConfigError, GatewayConfig, ServerConfig
 from routing.config_checks import missing_secrets
 from routing.config_file import parse_config, read_config_text
+from routing.config_mask import restore_masked
+from routing.config_write import target, write_atomically
 from routing.local_models import local_model_problems
 from routing.runtime import Runtime, build_runtime, retire, start_backends
 
@@ -74,43 +77,99 @@ class RuntimeManager:
     # -- reload ------------------------------------------------------------------
 
     async def reload(self, text: str | None = None) -> dict[str, Any]:
-        """Validate and swap in the config file (or `text`); return the result either way."""
+        """Validate and swap in the config file (or `text`, in memory only); return the result either way."""
         async with self._lock:
-            source = self.config_path or "<config>"
+            return await self._reload(text)
+
+    async def _reload(self, text: str | None) -> dict[str, Any]:
+        source = self.config_path or "<config>"
+        try:
+            if text is None:
+                if not self.config_path:
+                    raise ConfigError(source, [f"{source}: the gateway was started without --config"])
+                text = await asyncio.to_thread(read_config_text, self.config_path)
+            config = await self._check(text, source)
+        except ConfigError as exc:
+            return self._refused(exc.problems)
+        return self._swap(config)
+
+    async def validate(self, text: str) -> dict[str, Any]:
+        """What `apply(text)` would say of the text, without applying it: {ok, problems, warnings}. The
+        problems are `llm-gateway check`'s (the same parser and local-model checks) and the reload's own."""
+        source = self.config_path or "<config>"
+        try:
+            text = await self._unmasked(text, source)
+            config = await self._check(text, source)
+        except ConfigError as exc:
+            return {"ok": False, "problems": exc.problems, "warnings": []}
+        return {"ok": True, "problems": [], "warnings": missing_secrets(config)}
+
+    async def apply(self, text: str) -> dict[str, Any]:
+        """Validate `text` as a reload of the file does; if it passes, write it to the config file (at once:
+        routing.config_write) and swap it in, so the watcher sees no change to undo and a restart keeps it.
+        A refused text changes nothing: the old config serves on. NotWritable (nothing changed) when the
+        gateway has no file it may write."""
+        async with self._lock:
+            await asyncio.to_thread(target, self.config_path)
+            assert self.config_path is not None
+            source = self.config_path
             try:
-                if text is None:
-                    if not self.config_path:
-                        raise ConfigError(source, [f"{source}: the gateway was started without --config"])
-                    text = await asyncio.to_thread(read_config_text, self.config_path)
-                config = parse_config(text, source, known_cards=set(self.cards))
-                self._refuse_emptying(text, source)
-                # A local model this install cannot start (no llama.cpp, weights not here) is refused now,
-                # at its line, rather than failing in its engine after the swap.
-                problems = await asyncio.to_thread(local_model_problems, config, self.cards, text, source)
-                if problems:
-                    raise ConfigError(source, problems)
+                text = await self._unmasked(text, source)
+                config = await self._check(text, source)
             except ConfigError as exc:
                 return self._refused(exc.problems)
-            except Exception as exc:  # a bug must not take reloading down with it: refuse, keep serving
-                log.exception("config reload failed")
-                return self._refused([f"{source}: the config could not be loaded ({type(exc).__name__})"])
-            old = self.current
-            new = build_runtime(config, self.cards, previous=old, version=old.version + 1, control=self.control)
-            self._follow_engines(new)
-            self.current = new  # the swap: new requests see the new routes from here on
-            for warning in missing_secrets(config):
-                log.warning("config: %s", warning)
-            self._tasks.append(asyncio.create_task(self._start(new), name=f"start-backends-v{new.version}"))
-            self._tasks.append(asyncio.create_task(retire(old, new), name=f"retire-v{old.version}"))
-            self._tasks = [t for t in self._tasks if not t.done()]
-            self.last_reload = {"ok": True, "version": new.version, "at": time.time(), "problems": []}
-            log.info("config reloaded: version %d, %d routes", new.version, len(new.route_list))
-            pending = server_changes(self.serving_server, config.server)
-            if pending:
-                self.last_reload["restart_needed"] = pending
-                log.warning("config: %s changed; the server section is read at start-up, so the running values "
-                            "stay until the gateway restarts", ", ".join(pending))
-            return self.last_reload
+            await asyncio.to_thread(write_atomically, self.config_path, text)
+            self._stamp = self._file_stamp()  # this worker's watcher: nothing new; other workers' reload it
+            return self._swap(config)
+
+    async def _unmasked(self, text: str, source: str) -> str:
+        """`text` with the masks it shows (GET /admin/config's `text`) back to the running file's secrets."""
+        running = None
+        if self.config_path:
+            try:
+                running = await asyncio.to_thread(read_config_text, self.config_path)
+            except ConfigError:
+                running = None
+        text, problems = restore_masked(text, running, source)
+        if problems:
+            raise ConfigError(source, problems)
+        return text
+
+    async def _check(self, text: str, source: str) -> GatewayConfig:
+        """The config `text` holds, or ConfigError with its line-numbered problems."""
+        try:
+            config = parse_config(text, source, known_cards=set(self.cards))
+            self._refuse_emptying(text, source)
+            # A local model this install cannot start (no llama.cpp, weights not here) is refused now,
+            # at its line, rather than failing in its engine after the swap.
+            problems = await asyncio.to_thread(local_model_problems, config, self.cards, text, source)
+        except ConfigError:
+            raise
+        except Exception as exc:  # a bug must not take reloading down with it: refuse, keep serving
+            log.exception("config reload failed")
+            raise ConfigError(source, [f"{source}: the config could not be loaded ({type(exc).__name__})"]) from exc
+        if problems:
+            raise ConfigError(source, problems)
+        return config
+
+    def _swap(self, config: GatewayConfig) -> dict[str, Any]:
+        old = self.current
+        new = build_runtime(config, self.cards, previous=old, version=old.version + 1, control=self.control)
+        self._follow_engines(new)
+        self.current = new  # the swap: new requests see the new routes from here on
+        for warning in missing_secrets(config):
+            log.warning("config: %s", warning)
+        self._tasks.append(asyncio.create_task(self._start(new), name=f"start-backends-v{new.version}"))
+        self._tasks.append(asyncio.create_task(retire(old, new), name=f"retire-v{old.version}"))
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self.last_reload = {"ok": True, "version": new.version, "at": time.time(), "problems": []}
+        log.info("config reloaded: version %d, %d routes", new.version, len(new.route_list))
+        pending = server_changes(self.serving_server, config.server)
+        if pending:
+            self.last_reload["restart_needed"] = pending
+            log.warning("config: %s changed; the server section is read at start-up, so the running values "
+                        "stay until the gateway restarts", ", ".join(pending))
+        return self.last_reload
 
     def _refused(self, problems: list[str]) -> dict[str, Any]:
         self.last_reload = {"ok": False, "version": self.current.version, "at": time.time(), "problems": problems}
@@ -148,10 +207,11 @@ class RuntimeManager:
         while True:
             await asyncio.sleep(interval)
             try:
-                stamp = self._file_stamp()
-                if stamp is not None and stamp != self._stamp:
-                    self._stamp = stamp
-                    await self.reload()
+                async with self._lock:  # under the lock: an apply's own write is never taken for an edit
+                    stamp = self._file_stamp()
+                    if stamp is not None and stamp != self._stamp:
+                        self._stamp = stamp
+                        await self._reload(None)
             except Exception:  # the watcher outlives anything a file can do to it
                 log.exception("config watch failed; watching on")
 

@@ -1,14 +1,15 @@
-"""The admin API: reload the config, show it (secrets masked), show deployments.
+"""The admin API's key check, and its deployments view: deployments, routes, engines, the last reload.
+(The config's routes are in admin_config.py; keys and usage in admin_keys.py; cost in admin_cost.py.)
 
 Protected by the admin key (`LLM_GATEWAY_ADMIN_KEY`) or the master key
 (`LLM_GATEWAY_MASTER_KEY`) from the environment, sent as `Authorization:
 Bearer <key>`. With neither set the admin API is off: every call gets 403.
+A change sent by a web page of another site is refused (gateway/cross_site.py).
 """
 
 from __future__ import annotations
 
 import hmac
-import re
 from typing import Any
 
 import orjson
@@ -16,12 +17,13 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from backends.contract.errors import GatewayError
+from gateway.cross_site import cross_site_refusal
 from gateway.settings import ENV_ADMIN_KEY, ENV_MASTER_KEY
-from routing.config_env import is_reference
+from routing.config_mask import mask_secrets
+
+__all__ = ["is_admin", "mask_secrets", "require_admin", "router"]  # mask_secrets: where it has always been
 
 router = APIRouter(prefix="/admin")
-
-_SECRET_NAMES = re.compile(r"(key|token|secret|password)", re.I)
 
 
 def is_admin(request: Request) -> bool:
@@ -33,7 +35,10 @@ def is_admin(request: Request) -> bool:
 
 
 def require_admin(request: Request) -> None:
-    """The admin key, or the master key, as a bearer token."""
+    """The admin key, or the master key, as a bearer token; a change not sent from another site's page."""
+    refused = cross_site_refusal(request.method, request.headers, getattr(request.app.server_config, "cors", None))
+    if refused is not None:
+        raise refused
     accepted = request.app.state.services.settings.admin_keys
     if not accepted:
         raise GatewayError(f"The admin API is disabled; set {ENV_ADMIN_KEY} (or {ENV_MASTER_KEY}) to enable it.",
@@ -45,53 +50,26 @@ def require_admin(request: Request) -> None:
                            code="invalid_api_key")
 
 
-_URL_PASSWORD = re.compile(r"(?i)^([a-z][a-z0-9+.\-]*://[^/@:]*:)[^/@]+@")
-
-
-def mask_secrets(value: Any, key: str = "") -> Any:
-    """Keep `${ENV}` references (they name a secret, they are not one); mask any literal secret: values of
-    secret-sounding fields, every value of upstream `headers` (any of them may be a credential), and the
-    password of any URL, whatever its field is called."""
-    if isinstance(value, dict):
-        if key == "headers":
-            return {k: v if is_reference(v) else "***" for k, v in value.items()}
-        return {k: mask_secrets(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask_secrets(v, key) for v in value]
-    if isinstance(value, str) and not is_reference(value):
-        if _SECRET_NAMES.search(key):
-            return "***"
-        return _URL_PASSWORD.sub(r"\1***@", value)
-    return value
-
-
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-@router.post("/reload")
-async def reload(request: Request) -> Response:
-    require_admin(request)
-    result = await request.app.state.manager.reload()
-    return _json(result, 200 if result["ok"] else 400)
-
-
-@router.get("/config")
-async def show_config(request: Request) -> Response:
+@router.get("/deployments")
+async def deployments(request: Request) -> Response:
+    """Every deployment's health, breaker, load and latency; every route's deployments and how many are usable;
+    the local engines' state and queues; the last reload's result. What the console's health page polls."""
     require_admin(request)
     manager = request.app.state.manager
     runtime = manager.current
-    return _json({
-        "version": runtime.version,
-        "source": manager.config_path,
-        "config": mask_secrets(runtime.config.model_dump(mode="json")),
-        "last_reload": manager.last_reload,
-    })
-
-
-@router.get("/deployments")
-async def deployments(request: Request) -> Response:
-    require_admin(request)
-    runtime = request.app.state.manager.current
     return _json({"version": runtime.version,
-                  "deployments": {name: dep.snapshot() for name, dep in runtime.deployments.items()}})
+                  "deployments": {name: dep.snapshot() for name, dep in runtime.deployments.items()},
+                  "routes": {route.name: _route(route) for route in runtime.route_list},
+                  "engines": {b.name: b.status().as_dict() for b in runtime.local_backends()},
+                  "last_reload": manager.last_reload})
+
+
+def _route(route: Any) -> dict[str, Any]:
+    """A route's deployments in order, and how many could take a request now (as /ready counts them)."""
+    usable = sum(1 for d in route.deployments if d.healthy and d.backend.status().state == "ready")
+    return {"deployments": [d.name for d in route.deployments], "strategy": route.config.strategy,
+            "aliases": list(route.config.aliases), "implicit": route.implicit, "usable_deployments": usable}

@@ -136,8 +136,9 @@ async def _or_404(aw: Any, key_id: str) -> Any:
 
 @router.get("/usage")
 async def usage(request: Request) -> Response:
-    """Usage per key, route and day. ?days=N (default 1, today UTC) &key_id=... &tier=interactive|batch (only
-    that tier's rows) &group_by=tier (a row per tier). `tiers` holds the totals of each tier shown."""
+    """Usage per key, route and day. ?days=N (default 7) &key_id=... &tier=interactive|batch (only that tier's
+    rows) &group_by=tier (a row per tier) | deployment (rows per day, route and deployment, "cache" for the
+    answers the cache gave; no key_id then). `tiers` holds the totals of each tier shown."""
     require_admin(request)
     query = request.query_params
     try:
@@ -146,18 +147,26 @@ async def usage(request: Request) -> Response:
         raise InvalidRequest("'days' must be a whole number.", param="days") from None
     tier = _tier_param(query.get("tier"))
     group_by = query.get("group_by")
-    if group_by not in (None, "tier"):
-        raise InvalidRequest("'group_by' must be 'tier' (rows are per day, key and route otherwise).",
-                             param="group_by")
+    if group_by not in (None, "tier", "deployment"):
+        raise InvalidRequest("'group_by' must be 'tier' or 'deployment' (rows are per day, key and route "
+                             "otherwise).", param="group_by")
+    if group_by == "deployment" and query.get("key_id"):
+        raise InvalidRequest("Usage per deployment is not kept per key: leave out 'key_id' with "
+                             "'group_by=deployment'.", param="key_id")
     today = dt.datetime.now(dt.timezone.utc).date()
     days = [(today - dt.timedelta(days=i)).isoformat() for i in range(n)]
+    store = request.app.state.services.usage
     try:
-        tier_rows = await request.app.state.services.usage.report(days, query.get("key_id"), by_tier=True)
+        tier_rows = await (store.report_deployments(days) if group_by == "deployment"
+                           else store.report(days, query.get("key_id"), by_tier=True))
     except StoreUnavailable:
         raise _store_down() from None
     if tier is not None:
         tier_rows = [r for r in tier_rows if r["tier"] == tier]
-    rows = tier_rows if group_by or tier else without_tiers(tier_rows)
+    if group_by == "deployment":
+        rows = tier_rows if tier else without_tiers(tier_rows, ("day", "route", "deployment"))
+    else:
+        rows = tier_rows if group_by or tier else without_tiers(tier_rows)
     per_tier: dict[str, list[dict[str, Any]]] = {}
     for r in tier_rows:
         per_tier.setdefault(r["tier"], []).append(r)

@@ -264,3 +264,15 @@ def test_the_wheel_needs_no_local_engine_or_weights_unless_the_local_extra_is_as
     with zipfile.ZipFile(docker_wheel) as z:
         (entry_points,) = [n for n in z.namelist() if n.endswith(".dist-info/entry_points.txt")]
         assert "llm-gateway = gateway.cli:main" in z.read(entry_points).decode("utf-8")
+
+
+@pytest.mark.process
+def test_the_wheel_carries_the_console(docker_wheel: Path) -> None:
+    """`server.console` serves its page and assets from package data: every file of gateway/console/static is
+    in the wheel, byte for byte (the image installs the wheel, not the checkout)."""
+    static = ROOT / "gateway/console/static"
+    files = [p for p in static.rglob("*") if p.is_file()]
+    assert {"index.html", "app.js", "console.css"} <= {p.name for p in files}
+    with zipfile.ZipFile(docker_wheel) as z:
+        for p in files:
+            assert z.read(p.relative_to(ROOT).as_posix()) == p.read_bytes(), p

@@ -67,8 +67,11 @@ async def test_every_served_route_is_in_the_document_and_every_body_has_its_sche
             error = op["responses"][code]["content"]["application/json"]["schema"]
             assert error == {"$ref": "#/components/schemas/Error"}, (method, path, code)
         assert "422" not in op["responses"]
-        if method in ("post", "patch") and path not in ("/admin/reload", "/v1/batches/{batch_id}/cancel"):  # no body
+        if method in ("post", "patch") and path != "/v1/batches/{batch_id}/cancel":  # no body
             content = op["requestBody"]["content"]
+            if "application/yaml" in content:  # a config's text: /admin/reload, /admin/config/validate
+                assert content["application/yaml"]["schema"]["type"] == "string", (method, path)
+                continue
             ref = (content.get("application/json") or content["multipart/form-data"])["schema"]["$ref"]
             assert ref.split("/")[-1] in doc["components"]["schemas"], (method, path, ref)
     ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
