@@ -6,6 +6,7 @@ import {h, s} from './dom.js';
 
 let ids = 0;
 const WIDTH = 640;
+const LABEL_CHARS = 26; // a bar's name, at most (see barChart's labelWidth)
 
 function labelled(title, summary, body, height, testid) {
   ids += 1;
@@ -32,7 +33,9 @@ export function barChart({title, items, format, testid}) {
   const rest = sorted.slice(12).reduce((sum, it) => sum + it.value, 0);
   if (rest > 0) shown.push({label: `${sorted.length - 12} others`, value: rest});
   const rowHeight = 24;
-  const labelWidth = 190;
+  // Room for LABEL_CHARS characters at 12px in a wide font (DejaVu Sans: up to ~8 px a character): a key's
+  // "alias (16-hex id)" is longer than that and is cut with an ellipsis, its full name in the desc and table.
+  const labelWidth = 230;
   const valueWidth = 90;
   const height = Math.max(1, shown.length) * rowHeight + 8;
   const max = niceMax(Math.max(0, ...shown.map((it) => it.value)));
@@ -40,7 +43,7 @@ export function barChart({title, items, format, testid}) {
   const rows = shown.map((it, i) => {
     const y = 4 + i * rowHeight;
     const width = Math.max(it.value > 0 ? 1 : 0, (it.value / max) * barSpace);
-    const label = it.label.length > 28 ? `${it.label.slice(0, 27)}…` : it.label;
+    const label = it.label.length > LABEL_CHARS ? `${it.label.slice(0, LABEL_CHARS - 1)}…` : it.label;
     return s('g', {class: 'bar-row'},
       s('text', {x: labelWidth - 8, y: y + 16, class: 'chart-label', 'text-anchor': 'end'}, label),
       s('rect', {x: labelWidth, y: y + 3, width: width.toFixed(1), height: rowHeight - 8, class: `bar bar-${i % 6}`}),
@@ -50,6 +53,19 @@ export function barChart({title, items, format, testid}) {
   return labelled(title, summary, rows, height, testid);
 }
 
+/**
+ * The step between an axis's `intervals` ticks up to `value`: 1, 2, 2.5 or 5 times a power of ten, whole when
+ * the values are (counts): 0, 1, 2, 3, 4 requests, never 0, 1.25, 2.5 shown rounded as 0, 1, 3.
+ */
+function tickStep(value, intervals, whole) {
+  const raw = value / intervals;
+  if (!(raw > 0)) return 1;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const steps = [1, 2, 2.5, 5, 10].map((m) => m * power).filter((m) => !whole || Number.isInteger(m));
+  const step = steps.find((m) => m >= raw * (1 - 1e-9));
+  return whole ? Math.max(1, step) : step;
+}
+
 /** Columns: points [{label, value}] in order (oldest day first). */
 export function columnChart({title, points, format, testid}) {
   const height = 220;
@@ -57,13 +73,16 @@ export function columnChart({title, points, format, testid}) {
   const bottom = 28;
   const top = 12;
   const plotHeight = height - top - bottom;
-  const max = niceMax(Math.max(0, ...points.map((p) => p.value)));
+  const intervals = 4;
+  const step = tickStep(Math.max(0, ...points.map((p) => p.value)), intervals,
+    points.every((p) => Number.isInteger(p.value)));
+  const max = step * intervals;
   const slot = (WIDTH - left - 10) / Math.max(1, points.length);
-  const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => {
-    const y = top + plotHeight * (1 - f);
+  const ticks = Array.from({length: intervals + 1}, (_, i) => {
+    const y = top + plotHeight * (1 - i / intervals);
     return s('g', {class: 'tick'},
       s('line', {x1: left, x2: WIDTH - 10, y1: y.toFixed(1), y2: y.toFixed(1), class: 'grid'}),
-      s('text', {x: left - 6, y: (y + 4).toFixed(1), 'text-anchor': 'end', class: 'chart-axis'}, format(max * f)));
+      s('text', {x: left - 6, y: (y + 4).toFixed(1), 'text-anchor': 'end', class: 'chart-axis'}, format(step * i)));
   });
   const every = Math.ceil(points.length / 10);
   const columns = points.map((p, i) => {
