@@ -19,14 +19,14 @@ def local_model_problems(config: GatewayConfig, cards: dict[str, ModelCard], tex
     """A `source:line: models[i]: ...` line per local model that could not start here: no llama.cpp in this
     install, else weights it could not find (found without building anything). `model_index`: the file's
     index of each of `config`'s models, when some were left out (ConfigError.model_index)."""
-    root = compose(text) if text else None
-    out = []
+    found = []
     for n, model in enumerate(config.models):
-        i = model_index[n] if model_index else n
         card = cards.get(model.card)
         problem = engine_problem(model.card)
         if problem is None and card is not None:
             problem = weights_problem(card, model.model_path)
         if problem:
-            out.append(f"{source}:{line_of(root, ('models', i)) or '?'}: models[{i}]: {problem}")
-    return out
+            found.append((model_index[n] if model_index else n, problem))
+    # The file is composed again only to number a problem's line: a reload without one pays nothing for it.
+    root = compose(text) if found and text else None
+    return [f"{source}:{line_of(root, ('models', i)) or '?'}: models[{i}]: {problem}" for i, problem in found]
