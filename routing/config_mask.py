@@ -47,8 +47,8 @@ def _is_mask(value: str, key: str, in_headers: bool) -> bool:
 def mask_secrets(value: Any, key: str = "") -> Any:
     """A parsed config (or any part of it) with its secrets masked."""
     if isinstance(value, dict):
-        if key == "headers":
-            return {k: v if isinstance(v, str) and is_reference(v) else MASK for k, v in value.items()}
+        if key == "headers":  # any header may be a credential: mask_value's rule for them, non-strings too
+            return {k: mask_value(v, k, True) if isinstance(v, str) else MASK for k, v in value.items()}
         return {k: mask_secrets(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_secrets(v, key) for v in value]
