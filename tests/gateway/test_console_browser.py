@@ -126,6 +126,17 @@ async def loaded(page: Any, name: str, state: "str | re.Pattern[str]" = "ready")
     return section
 
 
+async def over_one_day(page: Any, console: Console, name: str) -> Any:
+    """The `name` page (usage or cost), logged in, once loaded again over one day (its Window set to 1)."""
+    await log_in(page, console, f"#{name}")
+    section = await loaded(page, name)
+    loads = await section.get_attribute("data-loads")
+    await page.get_by_test_id(f"{name}-window").select_option("1")
+    await expect(section).not_to_have_attribute("data-loads", loads)
+    await expect(section).to_have_attribute("data-state", "ready")
+    return section
+
+
 async def storage(page: Any) -> dict[str, Any]:
     return await page.evaluate("""() => ({session: window.sessionStorage.getItem('llm-gateway.console.key'),
         sessionKeys: Object.keys(window.sessionStorage), local: window.localStorage.length,
@@ -343,12 +354,7 @@ async def test_the_break_even_chart_and_table_show_the_measured_usage(page: Any,
         await console.chat(model)
     await wait_until_async(lambda: _at_least(console, before + 3), what="the usage counted")
 
-    await log_in(page, console, "#cost")
-    cost = await loaded(page, "cost")
-    loads = await cost.get_attribute("data-loads")
-    await page.get_by_test_id("cost-window").select_option("1")
-    await expect(cost).not_to_have_attribute("data-loads", loads)
-    await expect(cost).to_have_attribute("data-state", "ready")
+    await over_one_day(page, console, "cost")
     figure = page.get_by_test_id("cost-chart")
     await expect(figure).to_have_attribute("data-state", "ready")
     img = page.get_by_test_id("cost-chart-img")
@@ -386,12 +392,7 @@ async def test_usage_over_a_day_shows_the_key_and_exports_it(page: Any, console:
 
     await wait_until_async(counted, what="the key's usage counted")
 
-    await log_in(page, console, "#usage")
-    usage = await loaded(page, "usage")
-    loads = await usage.get_attribute("data-loads")
-    await page.get_by_test_id("usage-window").select_option("1")
-    await expect(usage).not_to_have_attribute("data-loads", loads)
-    await expect(usage).to_have_attribute("data-state", "ready")
+    await over_one_day(page, console, "usage")
     for chart in ("chart-requests-per-day", "chart-requests", "chart-tokens", "chart-cost", "chart-errors"):
         await expect(page.get_by_test_id(chart)).to_be_visible()
     group = f"{alias} ({made['id']})"
